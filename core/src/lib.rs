@@ -1,0 +1,30 @@
+//! omnisync-core: the offline-first store and sync protocol embedded in every
+//! POS terminal and app.
+//!
+//! Layers, bottom up:
+//! - [`ids`]: identifier newtypes, parsed once at the boundary;
+//! - [`protocol`]: wire messages and sans-I/O client and hub state machines;
+//! - [`edit`]: typed document edits, so callers never see automerge;
+//! - [`store`]: the SQLite store with documents, the operation log and cursors;
+//! - [`hublog`]: the hub's durable log as a trait, with a memory backend;
+//! - `net` (feature `net`): the tokio/WebSocket client runtime.
+
+pub mod edit;
+pub mod hublog;
+pub mod ids;
+pub mod protocol;
+pub mod store;
+
+
+pub use edit::{Edit, Value};
+pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
+pub use store::{DocEdit, Store, StoreError};
+
+/// Milliseconds since the Unix epoch from the system clock. Only runtimes call
+/// this; the protocol and store take time as an argument.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,436 @@
+//! The device's local store: one SQLite file (WAL, one writer) holding the
+//! automerge documents, the operation log and the sync cursors.
+//!
+//! Architecture invariant: a local write returns only after one SQLite
+//! transaction that holds both the document change and its op has committed
+//! with `synchronous=FULL`, so a sale the app was told about survives a crash
+//! of the app, the OS or the power. Remote changes and acknowledgements are
+//! committed with `synchronous=NORMAL`: if the last of those roll back after a
+//! power loss, the cursor rolls back with them and the hub sends them again.
+
+pub mod docs;
+pub mod oplog;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::edit::{self, Edit, EditError, Value};
+use crate::ids::{DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
+use crate::protocol::message::{self, Ack, ChangeBatch, DocChange, Op, OpBody};
+pub use oplog::{AckSummary, DeadLetter, OpLogStats, OpStatus};
+
+/// Most documents one op may change.
+pub const OP_DOCS_MAX: usize = message::OP_DOC_CHANGES_MAX;
+/// Remote changes applied per SQLite transaction (see field notes on
+/// automerge memory: moderate batches keep memory flat).
+pub const REMOTE_APPLY_BATCH_MAX: usize = 128;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer omnisync.
+    #[error("database schema {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// Schema version in the file.
+        found: i64,
+        /// Newest schema this build knows.
+        supported: i64,
+    },
+    /// The database belongs to another device or store.
+    #[error("database belongs to {key} {found:?}, not {expected:?}")]
+    WrongOwner {
+        /// `device_id` or `store_id`.
+        key: &'static str,
+        /// What the file says.
+        found: String,
+        /// What the caller asked for.
+        expected: String,
+    },
+    /// Stored bytes do not decode.
+    #[error("stored data for {doc} is corrupt: {detail}")]
+    Corrupt {
+        /// What was being read.
+        doc: String,
+        /// Decoder's explanation.
+        detail: String,
+    },
+    /// An edit was refused; nothing was written.
+    #[error("edit of {doc} refused: {source}")]
+    Edit {
+        /// The document.
+        doc: String,
+        /// Why.
+        source: EditError,
+    },
+    /// The op is empty or too large; nothing was written.
+    #[error("invalid op: {0}")]
+    InvalidOp(String),
+    /// Encoding failed.
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+/// Edits to one document, part of an op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocEdit {
+    /// The document.
+    pub doc: DocId,
+    /// The edits, applied in order as one automerge change.
+    pub edits: Vec<Edit>,
+}
+
+/// The local store of one device.
+pub struct Store {
+    db: Connection,
+    replica: ReplicaId,
+    device: DeviceId,
+    store: StoreId,
+    last_seq: u64,
+    docs: docs::DocCache,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("device", &self.device).field("replica", &self.replica).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store file at `path` for this device.
+    pub fn open(path: &Path, device: DeviceId, store: StoreId) -> Result<Self, StoreError> {
+        let db = Connection::open(path)?;
+        Self::init(db, device, store)
+    }
+
+    /// A store in memory, for tests and simulations.
+    pub fn open_in_memory(device: DeviceId, store: StoreId) -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?, device, store)
+    }
+
+    fn init(mut db: Connection, device: DeviceId, store: StoreId) -> Result<Self, StoreError> {
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut db)?;
+        let replica = claim_identity(&db, &device, &store)?;
+        let last_seq = oplog::last_seq(&db)?;
+        Ok(Self { db, replica, device, store, last_seq, docs: docs::DocCache::default() })
+    }
+
+    /// This database's replica id (automerge actor, op id prefix).
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// The device this store belongs to.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The store (shop) this device belongs to.
+    pub fn store_id(&self) -> &StoreId {
+        &self.store
+    }
+
+    /// Records an op: applies the edits to their documents and writes the
+    /// changes and the op in one durable transaction. On any error nothing is
+    /// written and the documents are as before.
+    pub fn commit(&mut self, edits: &[DocEdit], now_ms: u64) -> Result<OpId, StoreError> {
+        if edits.is_empty() || edits.len() > OP_DOCS_MAX {
+            return Err(StoreError::InvalidOp(format!(
+                "an op changes 1 to {OP_DOCS_MAX} documents, not {}",
+                edits.len()
+            )));
+        }
+        let result = self.commit_inner(edits, now_ms);
+        if result.is_err() {
+            for doc_edit in edits {
+                self.docs.evict(&doc_edit.doc);
+            }
+        }
+        result
+    }
+
+    fn commit_inner(&mut self, edits: &[DocEdit], now_ms: u64) -> Result<OpId, StoreError> {
+        let mut changes = Vec::with_capacity(edits.len());
+        for doc_edit in edits {
+            let doc = self.docs.get_mut(&self.db, &doc_edit.doc, self.replica)?;
+            let mut tx = doc.transaction();
+            if let Err(source) = edit::apply_edits(&mut tx, &doc_edit.edits) {
+                tx.rollback();
+                return Err(StoreError::Edit { doc: doc_edit.doc.to_string(), source });
+            }
+            let options = automerge::transaction::CommitOptions::default()
+                .with_time((now_ms / 1000) as i64);
+            let (hash, _) = tx.commit_with(options);
+            if hash.is_none() {
+                continue; // The edits changed nothing (e.g. deleting a missing key).
+            }
+            // A commit that produced a hash has a last local change.
+            let change = doc.get_last_local_change().expect("committed change");
+            changes.push(DocChange { doc: doc_edit.doc.clone(), bytes: change.raw_bytes().to_vec() });
+        }
+        if changes.is_empty() {
+            return Err(StoreError::InvalidOp("the edits change nothing".into()));
+        }
+        let body = OpBody::Changes(changes);
+        let payload: usize = match &body {
+            OpBody::Changes(changes) => changes.iter().map(|change| change.bytes.len()).sum(),
+        };
+        if payload > message::OP_BYTES_MAX {
+            return Err(StoreError::InvalidOp(format!(
+                "op of {payload} bytes exceeds {} bytes",
+                message::OP_BYTES_MAX
+            )));
+        }
+        let seq = self.last_seq + 1;
+        let tx = self.db.transaction()?;
+        let OpBody::Changes(changes) = &body;
+        let mut doc_names = Vec::with_capacity(changes.len());
+        for change in changes {
+            let doc = self.docs.get_mut(&tx, &change.doc, self.replica)?;
+            docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
+            doc_names.push(change.doc.as_str());
+        }
+        oplog::insert(&tx, seq, now_ms, &body, &doc_names.join(" "))?;
+        tx.commit()?;
+        self.last_seq = seq;
+        Ok(OpId { replica: self.replica, seq })
+    }
+
+    /// The leaf value at `path` in a document, if any.
+    pub fn get(&mut self, doc: &DocId, path: &[&str]) -> Result<Option<Value>, StoreError> {
+        let path: Vec<String> = path.iter().map(|key| (*key).to_owned()).collect();
+        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        Ok(edit::read_value(loaded, &path))
+    }
+
+    /// The keys of the map at `path` in a document (root for an empty path).
+    pub fn keys(&mut self, doc: &DocId, path: &[&str]) -> Result<Vec<String>, StoreError> {
+        let path: Vec<String> = path.iter().map(|key| (*key).to_owned()).collect();
+        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        Ok(edit::read_keys(loaded, &path))
+    }
+
+    /// A whole document as JSON (debugging, demos, convergence checks).
+    pub fn doc_json(&mut self, doc: &DocId) -> Result<serde_json::Value, StoreError> {
+        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        Ok(docs::to_json(loaded))
+    }
+
+    /// A document's heads (sorted hex): two replicas with equal heads hold
+    /// equal documents.
+    pub fn doc_heads(&mut self, doc: &DocId) -> Result<Vec<String>, StoreError> {
+        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        Ok(docs::heads_hex(loaded))
+    }
+
+    /// Every document stored locally.
+    pub fn doc_ids(&self) -> Result<Vec<DocId>, StoreError> {
+        docs::list(&self.db)
+    }
+
+    /// Pending ops after `after_seq`, oldest first, at most `limit`.
+    pub fn pending_ops(&self, after_seq: u64, limit: usize) -> Result<Vec<Op>, StoreError> {
+        oplog::pending(&self.db, self.replica, after_seq, limit)
+    }
+
+    /// Records the hub's verdicts for ops.
+    pub fn record_acks(&mut self, acks: &[Ack], now_ms: u64) -> Result<AckSummary, StoreError> {
+        self.with_relaxed_sync(|db, replica| {
+            let tx = db.transaction()?;
+            let summary = oplog::record_acks(&tx, replica, acks, now_ms)?;
+            tx.commit()?;
+            Ok(summary)
+        })
+    }
+
+    /// Applies a batch of remote changes and stores the batch's cursor, in
+    /// transactions of at most [`REMOTE_APPLY_BATCH_MAX`] changes. Returns the
+    /// documents that changed.
+    pub fn apply_remote(&mut self, batch: &ChangeBatch, now_ms: u64) -> Result<Vec<DocId>, StoreError> {
+        let mut changed: Vec<DocId> = Vec::new();
+        let chunks: Vec<_> = batch.changes.chunks(REMOTE_APPLY_BATCH_MAX).collect();
+        let last_chunk = chunks.len().saturating_sub(1);
+        if chunks.is_empty() {
+            self.set_cursor(&batch.set, batch.cursor)?;
+        }
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let cursor = if index == last_chunk {
+                batch.cursor
+            } else {
+                chunk.last().map_or(batch.cursor, |change| change.hub_seq)
+            };
+            let result = self.apply_remote_chunk(&batch.set, chunk, cursor, now_ms, &mut changed);
+            if result.is_err() {
+                for change in chunk {
+                    self.docs.evict(&change.doc);
+                }
+            }
+            result?;
+        }
+        changed.sort();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    fn apply_remote_chunk(
+        &mut self,
+        set: &DocSetId,
+        chunk: &[message::RemoteChange],
+        cursor: u64,
+        now_ms: u64,
+        changed: &mut Vec<DocId>,
+    ) -> Result<(), StoreError> {
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = (|| {
+            let tx = self.db.transaction()?;
+            for change in chunk {
+                if change.doc.set() != *set {
+                    continue; // A hub never sends this; never let it cross sets.
+                }
+                let doc = self.docs.get_mut(&tx, &change.doc, self.replica)?;
+                let corrupt = |detail: String| StoreError::Corrupt {
+                    doc: change.doc.to_string(),
+                    detail: format!("remote change #{}: {detail}", change.hub_seq),
+                };
+                // automerge skips undecodable parts silently; check first.
+                docs::validate_chunk(&change.bytes).map_err(corrupt)?;
+                let before = doc.get_heads();
+                doc.load_incremental(&change.bytes).map_err(|error| corrupt(error.to_string()))?;
+                if doc.get_heads() != before {
+                    docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
+                    changed.push(change.doc.clone());
+                }
+            }
+            tx.execute(
+                "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
+                 ON CONFLICT (set_id) DO UPDATE SET cursor = MAX(cursor, ?2)",
+                params![set.as_str(), cursor as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })();
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    fn set_cursor(&mut self, set: &DocSetId, cursor: u64) -> Result<(), StoreError> {
+        self.with_relaxed_sync(|db, _| {
+            db.execute(
+                "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
+                 ON CONFLICT (set_id) DO UPDATE SET cursor = MAX(cursor, ?2)",
+                params![set.as_str(), cursor as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Adds a document set to follow (kept across restarts). Idempotent.
+    pub fn subscribe(&mut self, set: &DocSetId) -> Result<(), StoreError> {
+        self.db.execute(
+            "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, 0) ON CONFLICT (set_id) DO NOTHING",
+            [set.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// The followed sets with the hub sequence number applied through.
+    pub fn subscriptions(&self) -> Result<Vec<(DocSetId, u64)>, StoreError> {
+        let mut statement = self.db.prepare("SELECT set_id, cursor FROM subscriptions ORDER BY set_id")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(set, cursor)| DocSetId::new(set).ok().map(|set| (set, cursor as u64)))
+            .collect())
+    }
+
+    /// Where an op is in its lifecycle; `None` for an op this store never made.
+    pub fn op_status(&self, op: &OpId) -> Result<Option<OpStatus>, StoreError> {
+        if op.replica != self.replica {
+            return Ok(None);
+        }
+        oplog::status(&self.db, op.seq)
+    }
+
+    /// Counts for sync status screens: pending, oldest pending age, last ack.
+    pub fn op_stats(&self, now_ms: u64) -> Result<OpLogStats, StoreError> {
+        oplog::stats(&self.db, now_ms)
+    }
+
+    /// Ops the hub refused, with the reasons.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        oplog::dead_letters(&self.db, self.replica)
+    }
+
+    /// The highest op sequence number written so far.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn with_relaxed_sync<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection, ReplicaId) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = f(&mut self.db, self.replica);
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+}
+
+/// Applies the numbered migrations the file has not seen yet.
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew { found: version, supported });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = db.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Reads (or on first open writes) the replica id and the owner of the file.
+fn claim_identity(db: &Connection, device: &DeviceId, store: &StoreId) -> Result<ReplicaId, StoreError> {
+    let read = |key: &str| -> Result<Option<String>, StoreError> {
+        Ok(db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?)
+    };
+    for (key, expected) in [("device_id", device.as_str()), ("store_id", store.as_str())] {
+        match read(key)? {
+            Some(found) if found != expected => {
+                return Err(StoreError::WrongOwner { key, found, expected: expected.to_owned() });
+            }
+            Some(_) => {}
+            None => {
+                db.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", [key, expected])?;
+            }
+        }
+    }
+    if let Some(text) = read("replica_id")? {
+        return text.parse().map_err(|_| StoreError::Corrupt {
+            doc: "meta.replica_id".into(),
+            detail: format!("{text:?} is not a replica id"),
+        });
+    }
+    let replica = ReplicaId::random();
+    db.execute("INSERT INTO meta (key, value) VALUES ('replica_id', ?1)", [replica.to_string()])?;
+    Ok(replica)
+}
+
+#[cfg(test)]
+mod tests;
