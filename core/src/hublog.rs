@@ -27,6 +27,12 @@ pub struct AppliedBatch {
     pub acks: Vec<Ack>,
     /// The changes newly stored, for fan-out.
     pub committed: CommittedChanges,
+    /// Ops applied for the first time.
+    pub stored: usize,
+    /// Ops refused for the first time.
+    pub rejected: usize,
+    /// Ops answered with an earlier outcome (retries and duplicates).
+    pub duplicates: usize,
 }
 
 /// Durable storage of ops and the numbered change log.
@@ -36,6 +42,13 @@ pub trait HubLog {
     /// changes nothing. Returns after the commit is durable.
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError>;
 
+    /// The highest sequence number given so far.
+    fn head_seq(&self) -> Result<u64, HubLogError>;
+}
+
+/// Reads of the hub's log; safe to call from many threads while a
+/// [`HubLog`] writes.
+pub trait HubLogRead {
     /// Reads changes of `set` with a sequence number above `cursor`: at most
     /// `len_max` changes, stopping early once `bytes_target` is passed.
     fn changes_since(
@@ -46,8 +59,8 @@ pub trait HubLog {
         bytes_target: usize,
     ) -> Result<ChangePage, HubLogError>;
 
-    /// The highest sequence number given so far.
-    fn head_seq(&self) -> Result<u64, HubLogError>;
+    /// Every stored change of one document, in order (for admin reads).
+    fn doc_changes(&self, doc: &crate::ids::DocId) -> Result<Vec<Vec<u8>>, HubLogError>;
 
     /// The stored answer for an op, if it was ever applied or rejected.
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
@@ -80,11 +93,16 @@ impl HubLog for MemoryHubLog {
             let id = incoming.op.id;
             if let Some(outcome) = self.outcomes.get(&id) {
                 batch.acks.push(Ack { op: id, outcome: outcome.clone() });
+                batch.duplicates += 1;
                 continue;
             }
             let outcome = match incoming.rejection() {
-                Some(rejected) => rejected,
+                Some(rejected) => {
+                    batch.rejected += 1;
+                    rejected
+                }
                 None => {
+                    batch.stored += 1;
                     let OpBody::Changes(changes) = incoming.op.body;
                     for change in changes {
                         self.head += 1;
@@ -107,6 +125,12 @@ impl HubLog for MemoryHubLog {
         Ok(batch)
     }
 
+    fn head_seq(&self) -> Result<u64, HubLogError> {
+        Ok(self.head)
+    }
+}
+
+impl HubLogRead for MemoryHubLog {
     fn changes_since(
         &self,
         set: &DocSetId,
@@ -134,8 +158,13 @@ impl HubLog for MemoryHubLog {
         Ok(ChangePage { changes, cursor, caught_up })
     }
 
-    fn head_seq(&self) -> Result<u64, HubLogError> {
-        Ok(self.head)
+    fn doc_changes(&self, doc: &crate::ids::DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
+        Ok(self
+            .all_changes(&doc.set())
+            .iter()
+            .filter(|change| &change.doc == doc)
+            .map(|change| change.bytes.clone())
+            .collect())
     }
 
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
@@ -166,14 +195,14 @@ pub mod conformance {
     }
 
     /// Runs every property against logs made by `fresh`.
-    pub fn run_all<L: HubLog>(mut fresh: impl FnMut() -> L) {
+    pub fn run_all<L: HubLog + HubLogRead>(mut fresh: impl FnMut() -> L) {
         duplicates_get_the_original_answer(fresh());
         rejections_are_remembered(fresh());
         pages_are_ordered_bounded_and_per_set(fresh());
     }
 
     /// A repeated op id changes nothing and gets its original answer.
-    pub fn duplicates_get_the_original_answer<L: HubLog>(mut log: L) {
+    pub fn duplicates_get_the_original_answer<L: HubLog + HubLogRead>(mut log: L) {
         let first = log.apply(vec![op(1, 1, "store.a/x", b"one")]).expect("apply");
         let again = log
             .apply(vec![op(1, 1, "store.a/x", b"one"), op(1, 1, "store.a/x", b"one")])
@@ -181,6 +210,7 @@ pub mod conformance {
         assert_eq!(again.acks[0], first.acks[0]);
         assert_eq!(again.acks[1], first.acks[0], "duplicate inside one batch");
         assert!(again.committed.by_set.is_empty());
+        assert_eq!((first.stored, again.stored, again.duplicates), (1, 0, 2));
         let page = log.changes_since(&DocSetId::new("store.a").unwrap(), 0, 100, 1 << 20).unwrap();
         assert_eq!(page.changes.len(), 1);
         assert_eq!(log.head_seq().unwrap(), 1);
@@ -188,7 +218,7 @@ pub mod conformance {
 
     /// A rejected op stores nothing, and a retry gets the same rejection even
     /// if the retry would now be accepted.
-    pub fn rejections_are_remembered<L: HubLog>(mut log: L) {
+    pub fn rejections_are_remembered<L: HubLog + HubLogRead>(mut log: L) {
         let mut rejected = op(2, 1, "store.a/x", b"bad");
         rejected.verdict = Verdict::Reject { code: RejectCode::Forbidden, detail: "no".into() };
         let first = log.apply(vec![rejected]).unwrap();
@@ -200,7 +230,7 @@ pub mod conformance {
     }
 
     /// Pages respect the cursor, the set, the length limit, and end at the head.
-    pub fn pages_are_ordered_bounded_and_per_set<L: HubLog>(mut log: L) {
+    pub fn pages_are_ordered_bounded_and_per_set<L: HubLog + HubLogRead>(mut log: L) {
         let mut ops = Vec::new();
         for seq in 1..=10 {
             let doc = if seq % 2 == 0 { "store.a/x" } else { "store.b/y" };
@@ -222,6 +252,8 @@ pub mod conformance {
         assert!(none.changes.is_empty() && none.caught_up);
         assert_eq!(none.cursor, 10, "an empty set is caught up to the head");
         assert!(rest.changes.iter().all(|c| c.origin == ReplicaId([3; 16])));
+        let doc = DocId::new("store.a/x").unwrap();
+        assert_eq!(log.doc_changes(&doc).unwrap(), vec![vec![2], vec![4], vec![6], vec![8], vec![10]]);
     }
 }
 

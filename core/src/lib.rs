@@ -15,6 +15,9 @@ pub mod ids;
 pub mod protocol;
 pub mod store;
 
+#[cfg(feature = "net")]
+pub mod net;
+
 
 pub use edit::{Edit, Value};
 pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};

@@ -1,1 +1,167 @@
-//! hub
+//! omnisync-hub: the regional hub. An axum/tokio shell around the sans-I/O
+//! hub protocol of `omnisync-core`, with a group-committing SQLite log, live
+//! fan-out, health, metrics and an admin read endpoint.
+//!
+//! Embed it with [`Hub::start`] (the demo and the tests do), or run the
+//! `omnisync-hub` binary.
+
+pub mod auth;
+pub mod committer;
+pub mod connection;
+pub mod http;
+pub mod metrics;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use omnisync_core::hublog::{HubLogRead, HubLogError};
+use omnisync_core::protocol::hub::CommittedChanges;
+use tokio::sync::{broadcast, watch};
+
+use crate::auth::Authenticator;
+use crate::committer::Committer;
+use crate::metrics::Metrics;
+
+/// Commits buffered for the fan-out before slow connections fall back to
+/// reading the log.
+pub const FANOUT_QUEUE_MAX: usize = 1024;
+
+/// How to run a hub.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Directory for the hub database.
+    pub data_dir: PathBuf,
+    /// Name shown to devices and in logs.
+    pub hub_id: String,
+    /// Most ops per durable commit (1 = one commit per op).
+    pub group_ops_max: usize,
+}
+
+impl HubConfig {
+    /// Defaults for `data_dir`, listening on `listen`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self { listen, data_dir, hub_id: "hub".into(), group_ops_max: committer::GROUP_OPS_MAX }
+    }
+}
+
+/// State shared by every connection.
+pub struct HubState {
+    /// The hub's name.
+    pub hub_id: String,
+    /// The group committer.
+    pub committer: Committer,
+    /// Readers of the log.
+    pub reader: Arc<dyn HubLogRead + Send + Sync>,
+    /// Commits for live subscriptions.
+    pub fanout: broadcast::Sender<Arc<CommittedChanges>>,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Sender<bool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Handshake checks.
+    pub authenticator: Arc<dyn Authenticator>,
+}
+
+/// A running hub.
+pub struct Hub {
+    address: SocketAddr,
+    state: Arc<HubState>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Opens the storage, binds the listener and starts serving.
+    pub async fn start(config: HubConfig) -> anyhow::Result<Hub> {
+        let writer = storage::SqliteHubLog::open(&config.data_dir)
+            .with_context(|| format!("opening hub storage in {}", config.data_dir.display()))?;
+        let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
+        let (committer, committer_thread) =
+            Committer::start(Box::new(writer), fanout.clone(), metrics.clone(), config.group_ops_max);
+        let state = Arc::new(HubState {
+            hub_id: config.hub_id.clone(),
+            committer,
+            reader,
+            fanout,
+            shutdown: watch::channel(false).0,
+            metrics,
+            authenticator: Arc::new(auth::DevAuthenticator),
+        });
+        let app = http::router(state.clone());
+        let mut shutdown = state.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, "hub listening");
+        Ok(Hub { address, state, server, committer: Some(committer_thread) })
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The WebSocket URL devices use.
+    pub fn sync_url(&self) -> String {
+        format!("ws://{}/v1/sync", self.address)
+    }
+
+    /// Read access to the stored log (admin, demo checks).
+    pub fn reader(&self) -> Arc<dyn HubLogRead + Send + Sync> {
+        self.state.reader.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Graceful shutdown: stop accepting, tell every device why, let the
+    /// committer finish what it has, and return once it is all durable.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.state.shutdown.send_replace(true);
+        match self.server.await {
+            Ok(result) => result.context("serving")?,
+            Err(error) => anyhow::bail!("server task failed: {error}"),
+        }
+        let Hub { state, committer, .. } = self;
+        // Connections hold clones of the state; once they are gone the
+        // committer's queue closes and its thread drains and exits.
+        drop(state);
+        if let Some(thread) = committer {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("committer thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds an automerge document from the stored changes of `doc`.
+pub fn load_doc(
+    reader: &dyn HubLogRead,
+    doc: &omnisync_core::DocId,
+) -> Result<automerge::Automerge, HubLogError> {
+    let mut loaded = automerge::Automerge::new();
+    for bytes in reader.doc_changes(doc)? {
+        loaded
+            .load_incremental(&bytes)
+            .map_err(|error| HubLogError::Storage(format!("stored change of {doc}: {error}")))?;
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,412 @@
+//! The client runtime: the only tokio and WebSocket code in core.
+//!
+//! A [`Client`] owns a device's [`Store`] and, once started, one background
+//! task that keeps a WebSocket to the hub: it connects, reconnects with
+//! exponential backoff and jitter, uploads pending ops, records acks, applies
+//! remote changes, and publishes a [`SyncStatus`] and [`Notice`]s. The
+//! protocol decisions are made by the sans-I/O [`ClientSession`]; this module
+//! only moves bytes and calls the store.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+
+use crate::ids::{DocId, OpId};
+use crate::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
+use crate::protocol::message::{self, Credentials};
+use crate::store::{DocEdit, Store, StoreError};
+
+/// First reconnect delay.
+pub const BACKOFF_MIN_MS: u64 = 100;
+/// Longest reconnect delay.
+pub const BACKOFF_MAX_MS: u64 = 10_000;
+/// Give up a connection attempt after this long.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How often the session's clock advances (keep-alive, silence detection).
+pub const TICK_MS: u64 = 1_000;
+/// Notices buffered for slow listeners before the oldest are dropped.
+pub const NOTICE_QUEUE_MAX: usize = 1024;
+
+/// How to reach the hub.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// `ws://host:port/v1/sync` or `wss://...`.
+    pub hub_url: String,
+    /// Credentials for the handshake.
+    pub credentials: Credentials,
+    /// Client software name for the hub's logs.
+    pub agent: String,
+}
+
+impl SyncConfig {
+    /// A config for `hub_url` without credentials.
+    pub fn new(hub_url: impl Into<String>) -> Self {
+        Self {
+            hub_url: hub_url.into(),
+            credentials: Credentials::default(),
+            agent: format!("omnisync-core/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The state of the link to the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected (hub unreachable, or switched offline).
+    #[default]
+    Offline,
+    /// Connecting or waiting for the handshake.
+    Connecting,
+    /// Handshake done; syncing.
+    Online,
+}
+
+/// What an app shows about sync.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncStatus {
+    /// Link state.
+    pub link: Link,
+    /// Ops not yet acknowledged by the hub.
+    pub pending: u64,
+    /// Age of the oldest pending op, ms.
+    pub oldest_pending_age_ms: u64,
+    /// Ops in the dead-letter lane.
+    pub rejected: u64,
+    /// When the last acknowledgement arrived, ms since the epoch.
+    pub last_ack_ms: Option<u64>,
+    /// True when every subscription has reached the hub's head since connecting.
+    pub caught_up: bool,
+    /// The last connection error, if the link is down because of one.
+    pub last_error: Option<String>,
+}
+
+/// A coarse event for listeners (UI refresh, bindings).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A local op was committed.
+    LocalCommit {
+        /// The op.
+        op: OpId,
+        /// The documents it changed.
+        docs: Vec<DocId>,
+    },
+    /// Remote changes were applied.
+    RemoteChanges {
+        /// The documents that changed.
+        docs: Vec<DocId>,
+    },
+    /// Ops were acknowledged or rejected.
+    Verdicts {
+        /// Newly acknowledged.
+        acknowledged: usize,
+        /// Newly rejected (dead-letter lane).
+        rejected: usize,
+    },
+}
+
+/// Why the runtime failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A wait ran out of time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    config: SyncConfig,
+    wake: Notify,
+    notices: broadcast::Sender<Notice>,
+    status: watch::Sender<SyncStatus>,
+    online: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A device's store plus its link to the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Wraps a store. Nothing connects until [`Client::start`].
+    pub fn new(store: Store, config: SyncConfig) -> Self {
+        let (notices, _) = broadcast::channel(NOTICE_QUEUE_MAX);
+        let inner = Inner {
+            store: Mutex::new(store),
+            config,
+            wake: Notify::new(),
+            notices,
+            status: watch::channel(SyncStatus::default()).0,
+            online: watch::channel(true).0,
+            shutdown: watch::channel(false).0,
+        };
+        let client = Self { inner: Arc::new(inner) };
+        client.refresh_status(|_| {});
+        client
+    }
+
+    /// Spawns the sync task on the current tokio runtime.
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let client = self.clone();
+        tokio::spawn(async move { client.run().await })
+    }
+
+    /// Stops the sync task; the store stays usable.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Records an op durably (see [`Store::commit`]) and wakes the uploader.
+    pub fn commit(&self, edits: &[DocEdit]) -> Result<OpId, StoreError> {
+        let op = self.store().commit(edits, crate::now_ms())?;
+        let docs = edits.iter().map(|edit| edit.doc.clone()).collect();
+        let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
+        self.inner.wake.notify_one();
+        self.refresh_status(|_| {});
+        Ok(op)
+    }
+
+    /// Locks the store for reads (and for writes that need no upload wake-up).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves SQLite consistent (every write
+        // is one transaction), so a poisoned lock is still safe to use.
+        self.inner.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes the device to a document set (kept across restarts).
+    pub fn subscribe(&self, set: &crate::ids::DocSetId) -> Result<(), StoreError> {
+        self.store().subscribe(set)
+    }
+
+    /// The current sync status.
+    pub fn status(&self) -> SyncStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<SyncStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// A receiver of coarse notices.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Switches the link on or off (airplane mode for demos and tests).
+    pub fn set_online(&self, online: bool) {
+        self.inner.online.send_replace(online);
+    }
+
+    /// Waits until `condition` holds for the status, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        condition: impl Fn(&SyncStatus) -> bool,
+    ) -> Result<SyncStatus, ClientError> {
+        let mut receiver = self.watch_status();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let status = receiver.borrow_and_update().clone();
+                if condition(&status) {
+                    return status;
+                }
+                if receiver.changed().await.is_err() {
+                    return status;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| ClientError::Timeout(timeout, what))
+    }
+
+    /// Waits until online, nothing is pending and every subscription caught up.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<SyncStatus, ClientError> {
+        self.wait_for(timeout, "sync", |status| {
+            status.link == Link::Online && status.pending == 0 && status.caught_up
+        })
+        .await
+    }
+
+    fn refresh_status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        let stats = self.store().op_stats(crate::now_ms());
+        self.inner.status.send_modify(|status| {
+            change(status);
+            if let Ok(stats) = stats {
+                status.pending = stats.pending;
+                status.oldest_pending_age_ms = stats.oldest_pending_age_ms;
+                status.rejected = stats.rejected;
+                status.last_ack_ms = stats.last_ack_ms;
+            }
+        });
+    }
+
+    async fn run(&self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut online = self.inner.online.subscribe();
+        let mut backoff_ms = BACKOFF_MIN_MS;
+        while !*shutdown.borrow() {
+            if !*online.borrow_and_update() {
+                self.refresh_status(|status| status.link = Link::Offline);
+                tokio::select! {
+                    _ = online.changed() => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            self.refresh_status(|status| status.link = Link::Connecting);
+            let mut was_ready = false;
+            let reason = tokio::select! {
+                reason = self.connect_and_sync(&mut was_ready) => reason,
+                _ = shutdown.changed() => break,
+                _ = wait_offline(&mut online) => "switched offline".to_owned(),
+            };
+            tracing::debug!(device = %self.store().device(), %reason, "sync link down");
+            self.refresh_status(|status| {
+                status.link = Link::Offline;
+                status.caught_up = false;
+                status.last_error = Some(reason);
+            });
+            if was_ready {
+                backoff_ms = BACKOFF_MIN_MS;
+            }
+            let jitter = rand::rng().random_range(0..=backoff_ms / 2);
+            let delay = Duration::from_millis(backoff_ms / 2 + jitter);
+            backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => break,
+                _ = online.changed() => {}
+            }
+        }
+        self.refresh_status(|status| status.link = Link::Offline);
+    }
+
+    /// One connection's life; returns why it ended. Sets `was_ready` once
+    /// the handshake completes, so backoff restarts from the minimum.
+    async fn connect_and_sync(&self, was_ready: &mut bool) -> String {
+        match self.sync_once(was_ready).await {
+            Ok(never) => match never {},
+            Err(reason) => reason,
+        }
+    }
+
+    async fn sync_once(&self, was_ready: &mut bool) -> Result<std::convert::Infallible, String> {
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
+        ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
+        let connect = tokio_tungstenite::connect_async_with_config(
+            self.inner.config.hub_url.as_str(),
+            Some(ws_config),
+            true,
+        );
+        let (mut socket, _) = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|error| format!("connect: {error}"))?;
+        let (identity, subscriptions) = {
+            let store = self.store();
+            let identity = ClientIdentity {
+                device: store.device().clone(),
+                store: store.store_id().clone(),
+                replica: store.replica(),
+                credentials: self.inner.config.credentials.clone(),
+                agent: self.inner.config.agent.clone(),
+            };
+            (identity, store.subscriptions().map_err(|error| error.to_string())?)
+        };
+        let mut caught_up: std::collections::BTreeMap<_, bool> =
+            subscriptions.iter().map(|(set, _)| (set.clone(), false)).collect();
+        let mut session = ClientSession::new(identity, subscriptions, crate::now_ms());
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        loop {
+            while let Some(frame) = session.poll_transmit() {
+                socket.feed(Message::Binary(frame.into())).await.map_err(|error| format!("send: {error}"))?;
+            }
+            socket.flush().await.map_err(|error| format!("send: {error}"))?;
+            tokio::select! {
+                incoming = socket.next() => {
+                    let frame = match incoming {
+                        Some(Ok(Message::Binary(frame))) => frame,
+                        Some(Ok(Message::Close(close))) => {
+                            let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
+                            return Err(format!("hub closed the connection: {reason}"));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => return Err(format!("receive: {error}")),
+                        None => return Err("connection closed".to_owned()),
+                    };
+                    session.handle_frame(&frame, crate::now_ms()).map_err(|error| error.to_string())?;
+                }
+                _ = self.inner.wake.notified() => {}
+                _ = tick.tick() => {
+                    session.handle_tick(crate::now_ms()).map_err(|error| error.to_string())?;
+                    self.refresh_status(|_| {});
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    ClientEvent::Ready(welcome) => {
+                        *was_ready = true;
+                        tracing::debug!(hub = %welcome.hub_id, "sync session ready");
+                        let all_caught_up = caught_up.is_empty();
+                        self.refresh_status(|status| {
+                            status.link = Link::Online;
+                            status.last_error = None;
+                            status.caught_up = all_caught_up;
+                        });
+                    }
+                    ClientEvent::Acks(acks) => {
+                        let summary = self
+                            .store()
+                            .record_acks(&acks, crate::now_ms())
+                            .map_err(|error| format!("recording acks: {error}"))?;
+                        let _ = self.inner.notices.send(Notice::Verdicts {
+                            acknowledged: summary.acknowledged,
+                            rejected: summary.rejected,
+                        });
+                        self.refresh_status(|_| {});
+                    }
+                    ClientEvent::Changes(batch) => {
+                        let docs = self
+                            .store()
+                            .apply_remote(&batch, crate::now_ms())
+                            .map_err(|error| format!("applying remote changes: {error}"))?;
+                        if !docs.is_empty() {
+                            let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
+                        }
+                        if batch.caught_up {
+                            caught_up.insert(batch.set.clone(), true);
+                            let all = caught_up.values().all(|done| *done);
+                            self.refresh_status(|status| status.caught_up = all);
+                        }
+                    }
+                    ClientEvent::Failed(error) => {
+                        return Err(format!("hub refused: {} ({})", error.detail, error.code.as_str()));
+                    }
+                }
+            }
+            if let Some((after_seq, room)) = session.wants_ops() {
+                let ops = self.store().pending_ops(after_seq, room).map_err(|error| error.to_string())?;
+                session.handle_local_ops(ops);
+            }
+        }
+    }
+}
+
+async fn wait_offline(online: &mut watch::Receiver<bool>) {
+    while *online.borrow_and_update() {
+        if online.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

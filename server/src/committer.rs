@@ -1,0 +1,143 @@
+//! Group commit: one thread owns the hub log's writer, takes every op that
+//! is waiting, commits them in one durable transaction, then answers each
+//! connection and fans the new changes out.
+//!
+//! Architecture invariant: acks and fan-out happen strictly after the commit
+//! returned, so nothing a device hears about can be lost by a crash.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use omnisync_core::hublog::HubLog;
+use omnisync_core::protocol::hub::{CommittedChanges, IncomingOp};
+use omnisync_core::protocol::message::Ack;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::metrics::Metrics;
+
+/// Requests waiting for the committer before senders have to wait.
+pub const COMMIT_QUEUE_MAX: usize = 4096;
+/// Most ops in one group commit by default.
+pub const GROUP_OPS_MAX: usize = 2048;
+
+/// What a connection gets back: the acks for one request.
+pub type AckSender = mpsc::Sender<Result<Vec<Ack>, String>>;
+
+/// A batch of ops from one connection.
+pub struct CommitRequest {
+    /// The judged ops.
+    pub ops: Vec<IncomingOp>,
+    /// Where to send the acks.
+    pub reply: AckSender,
+    /// When the ops arrived, for the ack latency histogram.
+    pub received: Instant,
+}
+
+/// Handle for submitting ops to the committer thread.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<CommitRequest>,
+}
+
+impl Committer {
+    /// Starts the committer thread. `group_ops_max` of 1 commits each op on
+    /// its own (the baseline the benchmarks compare group commit against).
+    pub fn start(
+        mut log: Box<dyn HubLog + Send>,
+        fanout: broadcast::Sender<Arc<CommittedChanges>>,
+        metrics: Arc<Metrics>,
+        group_ops_max: usize,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (queue, mut receiver) = mpsc::channel::<CommitRequest>(COMMIT_QUEUE_MAX);
+        let group_ops_max = group_ops_max.max(1);
+        let thread = std::thread::Builder::new()
+            .name("omnisync-committer".into())
+            .spawn(move || {
+                while let Some(first) = receiver.blocking_recv() {
+                    let mut requests = vec![first];
+                    let mut op_count = requests[0].ops.len();
+                    while op_count < group_ops_max {
+                        match receiver.try_recv() {
+                            Ok(request) => {
+                                op_count += request.ops.len();
+                                requests.push(request);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    commit_group(log.as_mut(), requests, &fanout, &metrics, group_ops_max);
+                }
+                tracing::debug!("committer drained and stopped");
+            })
+            .expect("spawning the committer thread");
+        (Self { queue }, thread)
+    }
+
+    /// Queues ops; waits only if the committer is [`COMMIT_QUEUE_MAX`] requests behind.
+    pub async fn submit(&self, request: CommitRequest) -> Result<(), String> {
+        self.queue.send(request).await.map_err(|_| "committer stopped".to_owned())
+    }
+}
+
+fn commit_group(
+    log: &mut dyn HubLog,
+    requests: Vec<CommitRequest>,
+    fanout: &broadcast::Sender<Arc<CommittedChanges>>,
+    metrics: &Metrics,
+    group_ops_max: usize,
+) {
+    let lens: Vec<usize> = requests.iter().map(|request| request.ops.len()).collect();
+    let mut all_ops = Vec::with_capacity(lens.iter().sum());
+    let mut replies = Vec::with_capacity(requests.len());
+    for request in requests {
+        all_ops.extend(request.ops);
+        replies.push((request.reply, request.received));
+    }
+    let mut acks = Vec::with_capacity(all_ops.len());
+    let mut committed = CommittedChanges::default();
+    let mut failure = None;
+    let mut remaining = all_ops.into_iter().peekable();
+    while remaining.peek().is_some() {
+        let group: Vec<IncomingOp> = remaining.by_ref().take(group_ops_max).collect();
+        let group_len = group.len();
+        let started = Instant::now();
+        match log.apply(group) {
+            Ok(applied) => {
+                metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.commit_batch_ops.observe(group_len as f64);
+                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                use std::sync::atomic::Ordering::Relaxed;
+                metrics.ops_applied.fetch_add(applied.stored as u64, Relaxed);
+                metrics.ops_rejected.fetch_add(applied.rejected as u64, Relaxed);
+                metrics.ops_duplicate.fetch_add(applied.duplicates as u64, Relaxed);
+                acks.extend(applied.acks);
+                for (set, changes) in applied.committed.by_set {
+                    committed.by_set.entry(set).or_default().extend(changes);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "group commit failed; ops stay pending on their devices");
+                failure = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    if !committed.by_set.is_empty() {
+        // No receivers is fine: nobody is subscribed.
+        let _ = fanout.send(Arc::new(committed));
+    }
+    let mut acks = acks.into_iter();
+    for ((reply, received), len) in replies.into_iter().zip(lens) {
+        let answer = match &failure {
+            None => {
+                metrics.ack_latency_seconds.observe(received.elapsed().as_secs_f64());
+                Ok(acks.by_ref().take(len).collect())
+            }
+            // Acks already earned before the failure are still durable; the
+            // device retries the rest and gets the stored answers.
+            Some(error) => Err(error.clone()),
+        };
+        // A connection that went away will re-send; its ops are durable.
+        let _ = reply.blocking_send(answer);
+    }
+}
