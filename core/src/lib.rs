@@ -21,7 +21,7 @@ pub mod net;
 
 pub use edit::{Edit, Value};
 pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
-pub use store::{DocEdit, Store, StoreError};
+pub use store::{DocEdit, Durability, Store, StoreError};
 
 /// Milliseconds since the Unix epoch from the system clock. Only runtimes call
 /// this; the protocol and store take time as an argument.

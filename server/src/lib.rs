@@ -85,6 +85,12 @@ impl Hub {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let address = listener.local_addr()?;
+        // Small frames must leave at once: Nagle plus delayed ACKs adds ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!(%error, "could not set TCP_NODELAY");
+            }
+        });
         let metrics = Arc::new(Metrics::default());
         let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
         let (committer, committer_thread) =

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use crate::ids::{DocId, OpId};
 use crate::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
 use crate::protocol::message::{self, Credentials};
-use crate::store::{DocEdit, Store, StoreError};
+use crate::store::{DocEdit, Durability, Store, StoreError};
 
 /// First reconnect delay.
 pub const BACKOFF_MIN_MS: u64 = 100;
@@ -167,7 +167,12 @@ impl Client {
 
     /// Records an op durably (see [`Store::commit`]) and wakes the uploader.
     pub fn commit(&self, edits: &[DocEdit]) -> Result<OpId, StoreError> {
-        let op = self.store().commit(edits, crate::now_ms())?;
+        self.commit_with(edits, Durability::Full)
+    }
+
+    /// Records an op with an explicit [`Durability`] and wakes the uploader.
+    pub fn commit_with(&self, edits: &[DocEdit], durability: Durability) -> Result<OpId, StoreError> {
+        let op = self.store().commit_with(edits, crate::now_ms(), durability)?;
         let docs = edits.iter().map(|edit| edit.doc.clone()).collect();
         let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
         self.inner.wake.notify_one();

@@ -69,12 +69,29 @@ pub enum StoreError {
         /// Why.
         source: EditError,
     },
+    /// The edits would not change any document (e.g. writing the value a key
+    /// already holds); nothing was written and no op was recorded. Safe to ignore.
+    #[error("the edits change nothing")]
+    Unchanged,
     /// The op is empty or too large; nothing was written.
     #[error("invalid op: {0}")]
     InvalidOp(String),
     /// Encoding failed.
     #[error("encoding: {0}")]
     Encode(String),
+}
+
+/// How durable a local commit must be when the call returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash of the app, the OS and the power (`synchronous=FULL`,
+    /// one fsync). For anything the user is told is final: a sale, a payment.
+    #[default]
+    Full,
+    /// Survives a crash of the app but may roll back on power loss
+    /// (`synchronous=NORMAL`). For edits a user can redo: cart lines, browsing.
+    /// A later `Full` commit makes it durable too (the WAL is synced in order).
+    AppCrash,
 }
 
 /// Edits to one document, part of an op.
@@ -144,13 +161,31 @@ impl Store {
     /// changes and the op in one durable transaction. On any error nothing is
     /// written and the documents are as before.
     pub fn commit(&mut self, edits: &[DocEdit], now_ms: u64) -> Result<OpId, StoreError> {
+        self.commit_with(edits, now_ms, Durability::Full)
+    }
+
+    /// [`Store::commit`] with an explicit [`Durability`].
+    pub fn commit_with(
+        &mut self,
+        edits: &[DocEdit],
+        now_ms: u64,
+        durability: Durability,
+    ) -> Result<OpId, StoreError> {
         if edits.is_empty() || edits.len() > OP_DOCS_MAX {
             return Err(StoreError::InvalidOp(format!(
                 "an op changes 1 to {OP_DOCS_MAX} documents, not {}",
                 edits.len()
             )));
         }
-        let result = self.commit_inner(edits, now_ms);
+        let result = match durability {
+            Durability::Full => self.commit_inner(edits, now_ms),
+            Durability::AppCrash => {
+                self.db.pragma_update(None, "synchronous", "NORMAL")?;
+                let result = self.commit_inner(edits, now_ms);
+                self.db.pragma_update(None, "synchronous", "FULL")?;
+                result
+            }
+        };
         if result.is_err() {
             for doc_edit in edits {
                 self.docs.evict(&doc_edit.doc);
@@ -179,7 +214,7 @@ impl Store {
             changes.push(DocChange { doc: doc_edit.doc.clone(), bytes: change.raw_bytes().to_vec() });
         }
         if changes.is_empty() {
-            return Err(StoreError::InvalidOp("the edits change nothing".into()));
+            return Err(StoreError::Unchanged);
         }
         let body = OpBody::Changes(changes);
         let payload: usize = match &body {

@@ -1,0 +1,288 @@
+//! `pos-demo demo`: a short store day on an embedded hub, narrated.
+//!
+//! Three tills and a shopper's phone each keep their own SQLite store and
+//! sync over real WebSockets to a hub started in this process on
+//! `127.0.0.1:0`. The back office seeds the catalog, the tills sell, one till
+//! loses its uplink and keeps selling, the back office changes a price, the
+//! till comes back, and everything converges. The program exits non-zero if
+//! any replica disagrees or any committed op is missing at the hub.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use omnisync_core::net::{Client, SyncConfig};
+use omnisync_core::protocol::message::{AckOutcome, Credentials};
+use omnisync_core::{CustomerId, DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, OpId, Store, StoreId, Value};
+use omnisync_hub::{Hub, HubConfig};
+use rand::{Rng, SeedableRng};
+
+use crate::report::Timeline;
+
+/// How long the demo waits for sync before declaring failure.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Products in the demo catalog.
+const PRODUCTS: &[(&str, &str, i64)] = &[
+    ("sku-001", "Espresso beans 1kg", 1899),
+    ("sku-002", "Oat milk 1l", 249),
+    ("sku-003", "Croissant", 189),
+    ("sku-004", "Ceramic mug", 1200),
+    ("sku-005", "Filter papers x100", 399),
+    ("sku-006", "Dark chocolate 100g", 299),
+    ("sku-007", "Green tea 50 bags", 649),
+    ("sku-008", "Honey 500g", 899),
+];
+const STORE: &str = "berlin-01";
+const INITIAL_STOCK: i64 = 200;
+
+/// Options of `pos-demo demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Sales per till in each selling phase.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    sales: u32,
+    /// Seed for the random choice of products.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+struct Device {
+    name: String,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+fn open_device(url: &str, name: &str, token: Option<&str>, sets: &[DocSetId]) -> anyhow::Result<Device> {
+    let dir = tempfile::tempdir().context("creating a device directory")?;
+    let store = Store::open(&dir.path().join("device.db"), DeviceId::new(name)?, StoreId::new(STORE)?)?;
+    let mut config = SyncConfig::new(url);
+    config.credentials = Credentials { token: token.map(str::to_owned) };
+    config.agent = format!("pos-demo/{name}");
+    let client = Client::new(store, config);
+    for set in sets {
+        client.subscribe(set)?;
+    }
+    client.start();
+    Ok(Device { name: name.to_owned(), client, _dir: dir })
+}
+
+fn doc(path: &str) -> anyhow::Result<DocId> {
+    Ok(DocId::in_set(&DocSetId::store(&StoreId::new(STORE)?), path)?)
+}
+
+fn format_money(minor: i64) -> String {
+    format!("€{}.{:02}", minor / 100, minor % 100)
+}
+
+/// Records one sale: stock counters down, an order in the till's own orders document.
+fn sell(till: &Device, rng: &mut impl Rng, number: u32) -> anyhow::Result<String> {
+    let lines = rng.random_range(1..=3);
+    let mut stock_edits = Vec::new();
+    let mut order_edits = Vec::new();
+    let mut total = 0;
+    let mut described = Vec::new();
+    let order_id = format!("{}-{number:04}", till.name);
+    let prices = doc("prices")?;
+    let picks = rand::seq::index::sample(rng, PRODUCTS.len(), lines);
+    for (line, pick) in picks.into_iter().enumerate() {
+        let (sku, name, _) = PRODUCTS[pick];
+        let quantity = rng.random_range(1..=2);
+        let price = till.client.store().get(&prices, &[sku, "amount_minor"])?.and_then(|v| v.as_i64()).unwrap_or(0);
+        total += price * quantity;
+        stock_edits.push(Edit::increment(&[sku], -quantity));
+        let line_key = format!("line-{line}");
+        order_edits.push(Edit::put(&[&order_id, &line_key, "sku"], Value::Str(sku.into())));
+        order_edits.push(Edit::put(&[&order_id, &line_key, "quantity"], Value::Int(quantity)));
+        order_edits.push(Edit::put(&[&order_id, &line_key, "unit_price_minor"], Value::Int(price)));
+        described.push(format!("{quantity}× {name}"));
+    }
+    order_edits.push(Edit::put(&[&order_id, "total_minor"], Value::Int(total)));
+    order_edits.push(Edit::put(&[&order_id, "status"], Value::Str("completed".into())));
+    let orders = doc(&format!("orders/{}", till.name))?;
+    till.client.commit_with(
+        &[DocEdit { doc: doc("stock")?, edits: stock_edits }, DocEdit { doc: orders, edits: order_edits }],
+        Durability::Full,
+    )?;
+    Ok(format!("sale {order_id}: {} = {}", described.join(", "), format_money(total)))
+}
+
+/// Runs the demo; `Ok(false)` when replicas disagree or an op is lost.
+pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    let timeline = Timeline::new();
+    let data = tempfile::tempdir().context("creating the hub's data directory")?;
+    let hub = Hub::start(HubConfig::new("127.0.0.1:0".parse()?, data.path().to_path_buf())).await?;
+    let url = hub.sync_url();
+    timeline.say("hub", format!("listening on {url} (data in {})", data.path().display()));
+
+    let store_set = DocSetId::store(&StoreId::new(STORE)?);
+    let customer = CustomerId::new("c-42")?;
+    let customer_set = DocSetId::customer(&customer);
+    let back_office = open_device(&url, "back-office", None, std::slice::from_ref(&store_set))?;
+    let tills: Vec<Device> = (1..=3)
+        .map(|n| open_device(&url, &format!("till-{n}"), None, std::slice::from_ref(&store_set)))
+        .collect::<Result<_, _>>()?;
+    let phone = open_device(&url, "phone-c42", Some("customer:c-42"), &[store_set.clone(), customer_set.clone()])?;
+
+    // The back office seeds catalog, prices and stock in one op.
+    let mut catalog = Vec::new();
+    let mut prices = Vec::new();
+    let mut stock = Vec::new();
+    for (sku, name, price) in PRODUCTS {
+        catalog.push(Edit::put(&[sku, "name"], Value::Str((*name).into())));
+        prices.push(Edit::put(&[sku, "amount_minor"], Value::Int(*price)));
+        prices.push(Edit::put(&[sku, "currency"], Value::Str("EUR".into())));
+        stock.push(Edit::put(&[sku], Value::Counter(INITIAL_STOCK)));
+    }
+    back_office.client.commit(&[
+        DocEdit { doc: doc("catalog")?, edits: catalog },
+        DocEdit { doc: doc("prices")?, edits: prices },
+        DocEdit { doc: doc("stock")?, edits: stock },
+    ])?;
+    timeline.say("back-office", format!("published {} products with prices and stock {INITIAL_STOCK} each", PRODUCTS.len()));
+    for device in tills.iter().chain([&phone, &back_office]) {
+        device.client.wait_synced(SYNC_TIMEOUT).await.with_context(|| format!("{} syncing the catalog", device.name))?;
+    }
+    timeline.say("all", "every till and the phone have the catalog locally");
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut sale_number = 0;
+    for _ in 0..args.sales {
+        for till in &tills {
+            sale_number += 1;
+            let line = sell(till, &mut rng, sale_number)?;
+            timeline.say(&till.name, line);
+        }
+    }
+
+    // The phone fills a cart: one line per item, keyed by a unique line id.
+    let cart = DocId::in_set(&customer_set, "cart")?;
+    for (line, (sku, name, _)) in PRODUCTS.iter().take(2).enumerate() {
+        phone.client.commit_with(
+            &[DocEdit {
+                doc: cart.clone(),
+                edits: vec![
+                    Edit::put(&[&format!("line-{line}"), "sku"], Value::Str((*sku).into())),
+                    Edit::put(&[&format!("line-{line}"), "quantity"], Value::Int(1)),
+                ],
+            }],
+            Durability::AppCrash,
+        )?;
+        timeline.say(&phone.name, format!("added {name} to the cart"));
+    }
+
+    tills[2].client.set_online(false);
+    timeline.say(&tills[2].name, "uplink lost — keeps selling offline");
+    for _ in 0..args.sales {
+        for till in &tills {
+            sale_number += 1;
+            let line = sell(till, &mut rng, sale_number)?;
+            timeline.say(&till.name, line);
+        }
+    }
+    let offline = tills[2].client.status();
+    timeline.say(&tills[2].name, format!("offline with {} sales pending, all durable on the till", offline.pending));
+
+    // A price change from the back office, timed to each online device.
+    let (sku, name, old_price) = PRODUCTS[0];
+    let new_price = old_price - 200;
+    let changed_at = Instant::now();
+    back_office.client.commit(&[DocEdit {
+        doc: doc("prices")?,
+        edits: vec![Edit::put(&[sku, "amount_minor"], Value::Int(new_price))],
+    }])?;
+    timeline.say("back-office", format!("price of {name}: {} → {}", format_money(old_price), format_money(new_price)));
+    for device in [&tills[0], &tills[1], &phone] {
+        let seen = wait_for_price(&device.client, sku, new_price).await?;
+        timeline.say(&device.name, format!("sees the new price after {:.1} ms", seen.duration_since(changed_at).as_secs_f64() * 1e3));
+    }
+
+    tills[2].client.set_online(true);
+    timeline.say(&tills[2].name, "uplink back — uploading");
+    let all: Vec<&Device> = tills.iter().chain([&phone, &back_office]).collect();
+    for device in &all {
+        device.client.wait_synced(SYNC_TIMEOUT).await.with_context(|| format!("{} catching up", device.name))?;
+    }
+    timeline.say(&tills[2].name, format!("caught up; price of {name} is now {}", format_money(new_price)));
+
+    let summary = check(&hub, &all, &customer_set).await?;
+    println!();
+    println!("summary");
+    println!("  devices        {}", all.len());
+    println!("  ops committed  {}", summary.committed);
+    println!("  acknowledged   {}", summary.acknowledged);
+    println!("  lost           {}", summary.lost);
+    println!("  documents      {}", summary.documents);
+    println!("  converged      {}", if summary.converged { "yes" } else { "NO" });
+    println!("  elapsed        {:.2} s", timeline.elapsed().as_secs_f64());
+    for device in &all {
+        device.client.shutdown();
+    }
+    hub.stop().await?;
+    Ok(summary.converged && summary.lost == 0)
+}
+
+async fn wait_for_price(client: &Client, sku: &str, price: i64) -> anyhow::Result<Instant> {
+    let prices = doc("prices")?;
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let seen = client.store().get(&prices, &[sku, "amount_minor"])?.and_then(|v| v.as_i64());
+        if seen == Some(price) {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "price change did not arrive within {SYNC_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+struct Summary {
+    committed: u64,
+    acknowledged: u64,
+    lost: u64,
+    documents: usize,
+    converged: bool,
+}
+
+/// Counts ops against the hub's own records and compares every replica of
+/// every document with the hub's copy.
+async fn check(hub: &Hub, devices: &[&Device], customer_set: &DocSetId) -> anyhow::Result<Summary> {
+    let reader = hub.reader();
+    let mut summary = Summary { committed: 0, acknowledged: 0, lost: 0, documents: 0, converged: true };
+    for device in devices {
+        let (replica, last_seq, stats) = {
+            let store = device.client.store();
+            (store.replica(), store.last_seq(), store.op_stats(omnisync_core::now_ms())?)
+        };
+        summary.committed += last_seq;
+        summary.acknowledged += stats.acknowledged;
+        for seq in 1..=last_seq {
+            let outcome = reader.outcome(&OpId { replica, seq })?;
+            if !matches!(outcome, Some(AckOutcome::Applied { .. })) {
+                summary.lost += 1;
+                eprintln!("{}: op {seq} is not at the hub ({outcome:?})", device.name);
+            }
+        }
+    }
+    let mut docs: Vec<DocId> = Vec::new();
+    for device in devices {
+        docs.extend(device.client.store().doc_ids()?);
+    }
+    docs.sort();
+    docs.dedup();
+    summary.documents = docs.len();
+    for doc in &docs {
+        let at_hub = omnisync_hub::load_doc(reader.as_ref(), doc)?;
+        let mut hub_heads: Vec<String> = at_hub.get_heads().iter().map(ToString::to_string).collect();
+        hub_heads.sort();
+        for device in devices {
+            let follows = device.client.store().subscriptions()?.iter().any(|(set, _)| *set == doc.set());
+            if !follows || (doc.set() == *customer_set && device.name != "phone-c42") {
+                continue;
+            }
+            let heads = device.client.store().doc_heads(doc)?;
+            if heads != hub_heads {
+                summary.converged = false;
+                eprintln!("{}: {doc} differs from the hub", device.name);
+            }
+        }
+    }
+    Ok(summary)
+}
