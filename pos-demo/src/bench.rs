@@ -173,7 +173,7 @@ async fn ingest_once(args: &HubIngestArgs, group_ops_max: usize) -> anyhow::Resu
     }
     let elapsed = started.elapsed().as_secs_f64();
     for (client, _) in &devices {
-        client.shutdown();
+        client.stop().await;
     }
     hub.stop().await?;
     Ok(f64::from(args.devices) * f64::from(args.ops_per_device) / elapsed)

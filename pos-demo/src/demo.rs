@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::protocol::message::{AckOutcome, Credentials};
+use omnisync_core::protocol::message::Credentials;
 use omnisync_core::{CustomerId, DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, OpId, Store, StoreId, Value};
-use omnisync_hub::{Hub, HubConfig};
 use rand::{Rng, SeedableRng};
 
+use crate::hubref::HubRef;
 use crate::report::Timeline;
 
 /// How long the demo waits for sync before declaring failure.
@@ -31,7 +31,6 @@ const PRODUCTS: &[(&str, &str, i64)] = &[
     ("sku-007", "Green tea 50 bags", 649),
     ("sku-008", "Honey 500g", 899),
 ];
-const STORE: &str = "berlin-01";
 const INITIAL_STOCK: i64 = 200;
 
 /// Options of `pos-demo demo`.
@@ -43,6 +42,16 @@ pub struct DemoArgs {
     /// Seed for the random choice of products.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Use a running hub (`ws://HOST:PORT`) instead of an embedded one.
+    #[arg(long)]
+    hub: Option<String>,
+    /// The store to play; use a fresh one per run against a long-lived hub.
+    #[arg(long, default_value = "berlin-01", value_parser = parse_store)]
+    store: StoreId,
+}
+
+fn parse_store(text: &str) -> Result<StoreId, String> {
+    StoreId::new(text).map_err(|error| error.to_string())
 }
 
 struct Device {
@@ -51,9 +60,9 @@ struct Device {
     _dir: tempfile::TempDir,
 }
 
-fn open_device(url: &str, name: &str, token: Option<&str>, sets: &[DocSetId]) -> anyhow::Result<Device> {
+fn open_device(url: &str, store: &StoreId, name: &str, token: Option<&str>, sets: &[DocSetId]) -> anyhow::Result<Device> {
     let dir = tempfile::tempdir().context("creating a device directory")?;
-    let store = Store::open(&dir.path().join("device.db"), DeviceId::new(name)?, StoreId::new(STORE)?)?;
+    let store = Store::open(&dir.path().join("device.db"), DeviceId::new(name)?, store.clone())?;
     let mut config = SyncConfig::new(url);
     config.credentials = Credentials { token: token.map(str::to_owned) };
     config.agent = format!("pos-demo/{name}");
@@ -65,8 +74,8 @@ fn open_device(url: &str, name: &str, token: Option<&str>, sets: &[DocSetId]) ->
     Ok(Device { name: name.to_owned(), client, _dir: dir })
 }
 
-fn doc(path: &str) -> anyhow::Result<DocId> {
-    Ok(DocId::in_set(&DocSetId::store(&StoreId::new(STORE)?), path)?)
+fn doc(store: &StoreId, path: &str) -> anyhow::Result<DocId> {
+    Ok(DocId::in_set(&DocSetId::store(store), path)?)
 }
 
 fn format_money(minor: i64) -> String {
@@ -81,7 +90,8 @@ fn sell(till: &Device, rng: &mut impl Rng, number: u32) -> anyhow::Result<String
     let mut total = 0;
     let mut described = Vec::new();
     let order_id = format!("{}-{number:04}", till.name);
-    let prices = doc("prices")?;
+    let store = till.client.store().store_id().clone();
+    let prices = doc(&store, "prices")?;
     let picks = rand::seq::index::sample(rng, PRODUCTS.len(), lines);
     for (line, pick) in picks.into_iter().enumerate() {
         let (sku, name, _) = PRODUCTS[pick];
@@ -97,9 +107,9 @@ fn sell(till: &Device, rng: &mut impl Rng, number: u32) -> anyhow::Result<String
     }
     order_edits.push(Edit::put(&[&order_id, "total_minor"], Value::Int(total)));
     order_edits.push(Edit::put(&[&order_id, "status"], Value::Str("completed".into())));
-    let orders = doc(&format!("orders/{}", till.name))?;
+    let orders = doc(&store, &format!("orders/{}", till.name))?;
     till.client.commit_with(
-        &[DocEdit { doc: doc("stock")?, edits: stock_edits }, DocEdit { doc: orders, edits: order_edits }],
+        &[DocEdit { doc: doc(&store, "stock")?, edits: stock_edits }, DocEdit { doc: orders, edits: order_edits }],
         Durability::Full,
     )?;
     Ok(format!("sale {order_id}: {} = {}", described.join(", "), format_money(total)))
@@ -108,19 +118,18 @@ fn sell(till: &Device, rng: &mut impl Rng, number: u32) -> anyhow::Result<String
 /// Runs the demo; `Ok(false)` when replicas disagree or an op is lost.
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let timeline = Timeline::new();
-    let data = tempfile::tempdir().context("creating the hub's data directory")?;
-    let hub = Hub::start(HubConfig::new("127.0.0.1:0".parse()?, data.path().to_path_buf())).await?;
+    let hub = HubRef::open(args.hub.as_deref()).await?;
     let url = hub.sync_url();
-    timeline.say("hub", format!("listening on {url} (data in {})", data.path().display()));
-
-    let store_set = DocSetId::store(&StoreId::new(STORE)?);
+    timeline.say("hub", hub.describe());
+    let store = &args.store;
+    let store_set = DocSetId::store(store);
     let customer = CustomerId::new("c-42")?;
     let customer_set = DocSetId::customer(&customer);
-    let back_office = open_device(&url, "back-office", None, std::slice::from_ref(&store_set))?;
+    let back_office = open_device(&url, store, "back-office", None, std::slice::from_ref(&store_set))?;
     let tills: Vec<Device> = (1..=3)
-        .map(|n| open_device(&url, &format!("till-{n}"), None, std::slice::from_ref(&store_set)))
+        .map(|n| open_device(&url, store, &format!("till-{n}"), None, std::slice::from_ref(&store_set)))
         .collect::<Result<_, _>>()?;
-    let phone = open_device(&url, "phone-c42", Some("customer:c-42"), &[store_set.clone(), customer_set.clone()])?;
+    let phone = open_device(&url, store, "phone-c42", Some("customer:c-42"), &[store_set.clone(), customer_set.clone()])?;
 
     // The back office seeds catalog, prices and stock in one op.
     let mut catalog = Vec::new();
@@ -132,11 +141,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         prices.push(Edit::put(&[sku, "currency"], Value::Str("EUR".into())));
         stock.push(Edit::put(&[sku], Value::Counter(INITIAL_STOCK)));
     }
-    back_office.client.commit(&[
-        DocEdit { doc: doc("catalog")?, edits: catalog },
-        DocEdit { doc: doc("prices")?, edits: prices },
-        DocEdit { doc: doc("stock")?, edits: stock },
-    ])?;
+    // Against a long-lived hub the store may exist already: start from its state.
+    back_office.client.wait_synced(SYNC_TIMEOUT).await.context("back office syncing")?;
+    let seeded = back_office.client.commit(&[
+        DocEdit { doc: doc(store, "catalog")?, edits: catalog },
+        DocEdit { doc: doc(store, "prices")?, edits: prices },
+        DocEdit { doc: doc(store, "stock")?, edits: stock },
+    ]);
+    match seeded {
+        Ok(_) | Err(omnisync_core::StoreError::Unchanged) => {}
+        Err(error) => return Err(error.into()),
+    }
     timeline.say("back-office", format!("published {} products with prices and stock {INITIAL_STOCK} each", PRODUCTS.len()));
     for device in tills.iter().chain([&phone, &back_office]) {
         device.client.wait_synced(SYNC_TIMEOUT).await.with_context(|| format!("{} syncing the catalog", device.name))?;
@@ -155,13 +170,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     // The phone fills a cart: one line per item, keyed by a unique line id.
     let cart = DocId::in_set(&customer_set, "cart")?;
+    let cart_tag: u32 = rand::random(); // Unique line ids: concurrent adds never collide.
     for (line, (sku, name, _)) in PRODUCTS.iter().take(2).enumerate() {
+        let line = format!("{cart_tag:08x}-{line}");
         phone.client.commit_with(
             &[DocEdit {
                 doc: cart.clone(),
                 edits: vec![
-                    Edit::put(&[&format!("line-{line}"), "sku"], Value::Str((*sku).into())),
-                    Edit::put(&[&format!("line-{line}"), "quantity"], Value::Int(1)),
+                    Edit::put(&[&line, "sku"], Value::Str((*sku).into())),
+                    Edit::put(&[&line, "quantity"], Value::Int(1)),
                 ],
             }],
             Durability::AppCrash,
@@ -186,7 +203,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let new_price = old_price - 200;
     let changed_at = Instant::now();
     back_office.client.commit(&[DocEdit {
-        doc: doc("prices")?,
+        doc: doc(store, "prices")?,
         edits: vec![Edit::put(&[sku, "amount_minor"], Value::Int(new_price))],
     }])?;
     timeline.say("back-office", format!("price of {name}: {} → {}", format_money(old_price), format_money(new_price)));
@@ -214,14 +231,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     println!("  converged      {}", if summary.converged { "yes" } else { "NO" });
     println!("  elapsed        {:.2} s", timeline.elapsed().as_secs_f64());
     for device in &all {
-        device.client.shutdown();
+        device.client.stop().await;
     }
     hub.stop().await?;
     Ok(summary.converged && summary.lost == 0)
 }
 
 async fn wait_for_price(client: &Client, sku: &str, price: i64) -> anyhow::Result<Instant> {
-    let prices = doc("prices")?;
+    let store = client.store().store_id().clone();
+    let prices = doc(&store, "prices")?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let seen = client.store().get(&prices, &[sku, "amount_minor"])?.and_then(|v| v.as_i64());
@@ -243,8 +261,7 @@ struct Summary {
 
 /// Counts ops against the hub's own records and compares every replica of
 /// every document with the hub's copy.
-async fn check(hub: &Hub, devices: &[&Device], customer_set: &DocSetId) -> anyhow::Result<Summary> {
-    let reader = hub.reader();
+async fn check(hub: &HubRef, devices: &[&Device], customer_set: &DocSetId) -> anyhow::Result<Summary> {
     let mut summary = Summary { committed: 0, acknowledged: 0, lost: 0, documents: 0, converged: true };
     for device in devices {
         let (replica, last_seq, stats) = {
@@ -254,10 +271,9 @@ async fn check(hub: &Hub, devices: &[&Device], customer_set: &DocSetId) -> anyho
         summary.committed += last_seq;
         summary.acknowledged += stats.acknowledged;
         for seq in 1..=last_seq {
-            let outcome = reader.outcome(&OpId { replica, seq })?;
-            if !matches!(outcome, Some(AckOutcome::Applied { .. })) {
+            if !hub.has_applied(OpId { replica, seq }).await? {
                 summary.lost += 1;
-                eprintln!("{}: op {seq} is not at the hub ({outcome:?})", device.name);
+                eprintln!("{}: op {seq} is not stored at the hub", device.name);
             }
         }
     }
@@ -269,9 +285,7 @@ async fn check(hub: &Hub, devices: &[&Device], customer_set: &DocSetId) -> anyho
     docs.dedup();
     summary.documents = docs.len();
     for doc in &docs {
-        let at_hub = omnisync_hub::load_doc(reader.as_ref(), doc)?;
-        let mut hub_heads: Vec<String> = at_hub.get_heads().iter().map(ToString::to_string).collect();
-        hub_heads.sort();
+        let hub_heads = hub.doc_heads(doc).await?;
         for device in devices {
             let follows = device.client.store().subscriptions()?.iter().any(|(set, _)| *set == doc.set());
             if !follows || (doc.set() == *customer_set && device.name != "phone-c42") {

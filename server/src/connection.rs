@@ -112,9 +112,12 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                 Some(Ok(Message::Close(_))) | None => break "device closed".to_owned(),
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    // Oversized or broken frames end up here: say why, then close.
-                    let detail = truncate(&format!("too-large or malformed: {error}"), 120);
-                    let frame = CloseFrame { code: 1009, reason: detail.clone().into() };
+                    let Some((code, detail)) = classify_socket_error(error) else {
+                        break "connection dropped".to_owned();
+                    };
+                    // A frame over the limit or a broken frame: say why, then close.
+                    let detail = truncate(&format!("{}: {detail}", code.as_str()), 120);
+                    let frame = CloseFrame { code: close_code(code), reason: detail.clone().into() };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                     hub.metrics.protocol_errors.fetch_add(1, Relaxed);
                     break detail;
@@ -146,6 +149,25 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
     hub.metrics.connections.fetch_sub(1, Relaxed);
     let device = session.peer().map(|peer| peer.device.to_string()).unwrap_or_default();
     tracing::info!(%device, %address, %reason, "connection closed");
+}
+
+/// Sorts a socket read error: the peer's fault (with a reason to send back)
+/// or a dropped connection (`None`: nobody left to tell).
+fn classify_socket_error(error: axum::Error) -> Option<(ErrorCode, String)> {
+    use tokio_tungstenite::tungstenite::Error;
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(detail)) => Some((
+            ErrorCode::TooLarge,
+            format!("{detail}; frames are limited to {} bytes", message::FRAME_BYTES_MAX),
+        )),
+        Some(Error::Protocol(detail)) if !matches!(
+            detail,
+            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+        ) => Some((ErrorCode::Malformed, detail.to_string())),
+        Some(Error::Utf8(detail)) => Some((ErrorCode::Malformed, detail.clone())),
+        _ => None,
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use omnisync_core::DocId;
-use omnisync_core::protocol::message;
+use omnisync_core::protocol::message::{self, AckOutcome};
 use serde::Deserialize;
 
 use crate::HubState;
@@ -22,6 +22,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/admin/docs/{*doc}", get(admin_doc))
+        .route("/v1/admin/ops/{replica}/{seq}", get(admin_op))
         .with_state(state)
 }
 
@@ -83,6 +84,29 @@ async fn admin_doc(
         }
         Some(other) => Err(ApiError::BadRequest(format!("unknown format {other:?}; use json or automerge"))),
     }
+}
+
+/// `GET /v1/admin/ops/{replica}/{seq}`: the hub's stored answer for an op.
+async fn admin_op(
+    State(hub): State<Arc<HubState>>,
+    Path((replica, seq)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let replica: omnisync_core::ReplicaId =
+        replica.parse().map_err(|error: omnisync_core::ids::IdError| ApiError::BadRequest(error.to_string()))?;
+    let op = omnisync_core::OpId { replica, seq };
+    let reader = hub.reader.clone();
+    let outcome = tokio::task::spawn_blocking(move || reader.outcome(&op))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let body = match outcome {
+        None => return Err(ApiError::NotFound(format!("no op {replica}:{seq} at this hub"))),
+        Some(AckOutcome::Applied { hub_seq }) => serde_json::json!({ "outcome": "applied", "hub_seq": hub_seq }),
+        Some(AckOutcome::Rejected { code, detail }) => {
+            serde_json::json!({ "outcome": "rejected", "code": format!("{code:?}"), "detail": detail })
+        }
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 /// Every error an HTTP route can return.

@@ -128,6 +128,7 @@ struct Inner {
     status: watch::Sender<SyncStatus>,
     online: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -148,21 +149,36 @@ impl Client {
             status: watch::channel(SyncStatus::default()).0,
             online: watch::channel(true).0,
             shutdown: watch::channel(false).0,
+            task: Mutex::new(None),
         };
         let client = Self { inner: Arc::new(inner) };
         client.refresh_status(|_| {});
         client
     }
 
-    /// Spawns the sync task on the current tokio runtime.
-    pub fn start(&self) -> tokio::task::JoinHandle<()> {
-        let client = self.clone();
-        tokio::spawn(async move { client.run().await })
+    /// Spawns the sync task on the current tokio runtime (once; later calls
+    /// do nothing).
+    pub fn start(&self) {
+        let mut task = self.inner.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if task.is_none() {
+            let client = self.clone();
+            *task = Some(tokio::spawn(async move { client.run().await }));
+        }
     }
 
-    /// Stops the sync task; the store stays usable.
+    /// Asks the sync task to close its connection and stop; returns at once.
+    /// The store stays usable.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+    }
+
+    /// Stops the sync task and waits until it has closed its connection.
+    pub async fn stop(&self) {
+        self.shutdown();
+        let task = self.inner.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// Records an op durably (see [`Store::commit`]) and wakes the uploader.
@@ -270,11 +286,10 @@ impl Client {
             }
             self.refresh_status(|status| status.link = Link::Connecting);
             let mut was_ready = false;
-            let reason = tokio::select! {
-                reason = self.connect_and_sync(&mut was_ready) => reason,
-                _ = shutdown.changed() => break,
-                _ = wait_offline(&mut online) => "switched offline".to_owned(),
-            };
+            let reason = self.connect_and_sync(&mut was_ready, &mut shutdown, &mut online).await;
+            if *shutdown.borrow() {
+                break;
+            }
             tracing::debug!(device = %self.store().device(), %reason, "sync link down");
             self.refresh_status(|status| {
                 status.link = Link::Offline;
@@ -298,14 +313,24 @@ impl Client {
 
     /// One connection's life; returns why it ended. Sets `was_ready` once
     /// the handshake completes, so backoff restarts from the minimum.
-    async fn connect_and_sync(&self, was_ready: &mut bool) -> String {
-        match self.sync_once(was_ready).await {
+    async fn connect_and_sync(
+        &self,
+        was_ready: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+        online: &mut watch::Receiver<bool>,
+    ) -> String {
+        match self.sync_once(was_ready, shutdown, online).await {
             Ok(never) => match never {},
             Err(reason) => reason,
         }
     }
 
-    async fn sync_once(&self, was_ready: &mut bool) -> Result<std::convert::Infallible, String> {
+    async fn sync_once(
+        &self,
+        was_ready: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+        online: &mut watch::Receiver<bool>,
+    ) -> Result<std::convert::Infallible, String> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
         ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
@@ -314,8 +339,13 @@ impl Client {
             Some(ws_config),
             true,
         );
-        let (mut socket, _) = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
-            .await
+        let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = shutdown.changed() => return Err("shut down".to_owned()),
+            _ = wait_offline(online) => return Err("switched offline".to_owned()),
+        };
+        let (mut socket, _) = connected
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|error| format!("connect: {error}"))?;
         let (identity, subscriptions) = {
@@ -356,6 +386,14 @@ impl Client {
                 _ = tick.tick() => {
                     session.handle_tick(crate::now_ms()).map_err(|error| error.to_string())?;
                     self.refresh_status(|_| {});
+                }
+                _ = shutdown.changed() => {
+                    let _ = socket.close(None).await;
+                    return Err("shut down".to_owned());
+                }
+                _ = wait_offline(online) => {
+                    let _ = socket.close(None).await;
+                    return Err("switched offline".to_owned());
                 }
             }
             while let Some(event) = session.poll_event() {

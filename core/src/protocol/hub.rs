@@ -367,12 +367,17 @@ impl HubSession {
             // Read again from the new cursor; drop what was buffered, the log has it.
             Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false }
         };
-        for chunk in split_batch(outgoing) {
-            let last = chunk.last().map(|change| change.hub_seq);
-            let is_last_chunk = last.is_none_or(|seq| seq >= cursor);
+        let chunks = split_batch(outgoing);
+        let last_index = chunks.len() - 1;
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let is_last_chunk = index == last_index;
+            let chunk_cursor = match chunk.last() {
+                Some(change) if !is_last_chunk => change.hub_seq,
+                _ => cursor,
+            };
             self.send(&HubMessage::Changes(ChangeBatch {
                 set: set.clone(),
-                cursor: if is_last_chunk { cursor } else { last.unwrap_or(cursor) },
+                cursor: chunk_cursor,
                 caught_up: caught_up && is_last_chunk,
                 changes: chunk,
             }));
@@ -604,6 +609,23 @@ mod tests {
         let seqs: Vec<u64> =
             sent_batches(&mut session).iter().flat_map(|b| b.changes.iter().map(|c| c.hub_seq)).collect();
         assert_eq!(seqs, vec![5]);
+    }
+
+    #[test]
+    fn a_set_whose_last_change_is_below_the_head_still_catches_up() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest {
+            set: set.clone(),
+            cursor: 0,
+        }])));
+        assert!(session.poll_catch_up().is_some());
+        // The set's only change is #2; other sets moved the head to #9.
+        session.handle_catch_up_page(&set, ChangePage { changes: vec![change(2, 9)], cursor: 9, caught_up: true });
+        let batches = sent_batches(&mut session);
+        assert_eq!(batches.len(), 1);
+        assert!(batches[0].caught_up, "the only batch reaches the head");
+        assert_eq!(batches[0].cursor, 9);
     }
 
     #[test]
