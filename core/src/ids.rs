@@ -52,7 +52,8 @@ pub enum IdError {
     },
 }
 
-fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
+/// Checks a name segment (`A-Z a-z 0-9 - _ .`, 1 to [`NAME_BYTES_MAX`] bytes).
+pub fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { kind });
     }
@@ -154,9 +155,21 @@ impl ReplicaId {
         <[u8; 16]>::try_from(bytes).ok().map(Self)
     }
 
-    /// The automerge actor id for changes made by this replica.
-    pub fn actor(&self) -> automerge::ActorId {
-        automerge::ActorId::from(&self.0[..])
+    /// The automerge actor id for changes made by this replica in one epoch
+    /// (one opening of its database): the replica's 16 bytes, then the epoch
+    /// as 4 big-endian bytes. A new epoch per opening means a change that was
+    /// lost locally (a relaxed commit rolled back by a power cut) can never
+    /// share its (actor, seq) with a different change made after the restart.
+    pub fn actor(&self, epoch: u32) -> automerge::ActorId {
+        let mut bytes = self.0.to_vec();
+        bytes.extend_from_slice(&epoch.to_be_bytes());
+        automerge::ActorId::from(bytes)
+    }
+
+    /// True if `actor` is one of this replica's actor ids (any epoch).
+    pub fn owns_actor(&self, actor: &automerge::ActorId) -> bool {
+        let bytes = actor.to_bytes();
+        bytes.len() == 20 && bytes[..16] == self.0
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`ids`]: identifier newtypes, parsed once at the boundary;
 //! - [`protocol`]: wire messages and sans-I/O client and hub state machines;
 //! - [`edit`]: typed document edits, so callers never see automerge;
+//! - [`domain`]: the retail data model, its merge rules and query tables;
 //! - [`store`]: the SQLite store with documents, the operation log and cursors;
 //! - [`hublog`]: the hub's durable log as a trait, with a memory backend;
 //! - `net` (feature `net`): the tokio/WebSocket client runtime.
 
+pub mod domain;
 pub mod edit;
 pub mod hublog;
 pub mod ids;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::protocol::message::Credentials;
-use omnisync_core::{CustomerId, DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, OpId, Store, StoreId, Value};
+use omnisync_core::{CustomerId, DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, Store, StoreId, Value};
 use rand::{Rng, SeedableRng};
 
 use crate::hubref::HubRef;
@@ -264,16 +264,16 @@ struct Summary {
 async fn check(hub: &HubRef, devices: &[&Device], customer_set: &DocSetId) -> anyhow::Result<Summary> {
     let mut summary = Summary { committed: 0, acknowledged: 0, lost: 0, documents: 0, converged: true };
     for device in devices {
-        let (replica, last_seq, stats) = {
+        let (ops, stats) = {
             let store = device.client.store();
-            (store.replica(), store.last_seq(), store.op_stats(omnisync_core::now_ms())?)
+            (store.op_ids()?, store.op_stats(omnisync_core::now_ms())?)
         };
-        summary.committed += last_seq;
+        summary.committed += ops.len() as u64;
         summary.acknowledged += stats.acknowledged;
-        for seq in 1..=last_seq {
-            if !hub.has_applied(OpId { replica, seq }).await? {
+        for op in ops {
+            if !hub.has_applied(op).await? {
                 summary.lost += 1;
-                eprintln!("{}: op {seq} is not stored at the hub", device.name);
+                eprintln!("{}: op {op} is not stored at the hub", device.name);
             }
         }
     }

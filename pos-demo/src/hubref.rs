@@ -108,7 +108,7 @@ impl HubRef {
     /// Stops an embedded hub; leaves an external one running.
     pub async fn stop(self) -> anyhow::Result<()> {
         match self {
-            HubRef::Embedded { hub, .. } => hub.stop().await,
+            HubRef::Embedded { hub, .. } => Ok(hub.stop().await?),
             HubRef::External { .. } => Ok(()),
         }
     }

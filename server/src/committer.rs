@@ -21,7 +21,7 @@ pub const COMMIT_QUEUE_MAX: usize = 4096;
 pub const GROUP_OPS_MAX: usize = 2048;
 
 /// What a connection gets back: the acks for one request.
-pub type AckSender = mpsc::Sender<Result<Vec<Ack>, String>>;
+pub type AckSender = mpsc::UnboundedSender<Result<Vec<Ack>, String>>;
 
 /// A batch of ops from one connection.
 pub struct CommitRequest {
@@ -69,6 +69,7 @@ impl Committer {
                 }
                 tracing::debug!("committer drained and stopped");
             })
+            // Failing to spawn one thread at start-up leaves nothing to run.
             .expect("spawning the committer thread");
         (Self { queue }, thread)
     }
@@ -138,6 +139,6 @@ fn commit_group(
             Some(error) => Err(error.clone()),
         };
         // A connection that went away will re-send; its ops are durable.
-        let _ = reply.blocking_send(answer);
+        let _ = reply.send(answer);
     }
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use omnisync_core::ids::DocSetId;
@@ -18,8 +18,14 @@ use tokio::sync::{broadcast, mpsc};
 use crate::HubState;
 use crate::committer::CommitRequest;
 
-/// Ack batches waiting to be sent to one device before the committer waits.
-pub const ACK_QUEUE_MAX: usize = 64;
+/// A device must complete its handshake within this time.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// A device that sends nothing for this long is disconnected (devices ping
+/// after 10 s of silence).
+pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+/// A device that does not take a frame within this time is disconnected
+/// instead of being buffered for without end.
+pub const SEND_TIMEOUT_MS: u64 = 10_000;
 
 /// WebSocket close code for each protocol error.
 fn close_code(code: ErrorCode) -> u16 {
@@ -40,7 +46,11 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
     hub.metrics.connections_total.fetch_add(1, Relaxed);
     let mut session = HubSession::new();
     let mut fanout = hub.fanout.subscribe();
-    let (ack_sender, mut acks) = mpsc::channel(ACK_QUEUE_MAX);
+    // Unbounded on purpose: the committer must never wait for one device.
+    // It stays small because this connection submits nothing while it is
+    // busy sending, and each submit yields exactly one answer.
+    let (ack_sender, mut acks) = mpsc::unbounded_channel();
+    let opened = Instant::now();
     let mut shutdown = hub.shutdown.subscribe();
     let mut catch_up: Option<CatchUp> = None;
     let mut received = Instant::now();
@@ -54,7 +64,7 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                         Ok(peer) => tracing::info!(device = %peer.device, store = %peer.store, %address, agent = %hello.agent, "device connected"),
                         Err(reason) => tracing::warn!(device = %hello.device, %address, %reason, "handshake refused"),
                     }
-                    session.handle_authenticated(result, &hub.hub_id, omnisync_core::now_ms());
+                    session.handle_authenticated(result, &hub.hub_id, &hub.log_id, omnisync_core::now_ms());
                 }
                 HubEvent::Apply(ops) => {
                     let request = CommitRequest { ops, reply: ack_sender.clone(), received };
@@ -80,9 +90,17 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
         while let Some(outbound) = session.poll_transmit() {
             match outbound {
                 Outbound::Frame(frame) => {
-                    if socket.send(Message::Binary(frame.into())).await.is_err() {
-                        closing = Some("send failed".to_owned());
-                        break;
+                    let send = socket.send(Message::Binary(frame.into()));
+                    match tokio::time::timeout(Duration::from_millis(SEND_TIMEOUT_MS), send).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            closing = Some("send failed".to_owned());
+                            break;
+                        }
+                        Err(_) => {
+                            closing = Some(format!("device did not read for {SEND_TIMEOUT_MS} ms"));
+                            break;
+                        }
                     }
                 }
                 Outbound::Close { code, reason } => {
@@ -108,9 +126,9 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                     received = Instant::now();
                     session.handle_frame(&frame);
                 }
-                Some(Ok(Message::Text(text))) => session.handle_frame(text.as_bytes()),
+                Some(Ok(Message::Text(_))) => session.handle_text_frame(),
                 Some(Ok(Message::Close(_))) | None => break "device closed".to_owned(),
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => received = Instant::now(),
                 Some(Err(error)) => {
                     let Some((code, detail)) = classify_socket_error(error) else {
                         break "connection dropped".to_owned();
@@ -144,6 +162,13 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                 }
             }
             _ = shutdown.changed() => session.handle_shutdown(),
+            _ = tokio::time::sleep_until(deadline(&session, opened, received)) => {
+                if session.peer().is_none() {
+                    session.handle_timeout(format!("no handshake within {HELLO_TIMEOUT_MS} ms"));
+                } else {
+                    session.handle_timeout(format!("nothing received for {IDLE_TIMEOUT_MS} ms"));
+                }
+            }
         }
     };
     hub.metrics.connections.fetch_sub(1, Relaxed);
@@ -168,6 +193,17 @@ fn classify_socket_error(error: axum::Error) -> Option<(ErrorCode, String)> {
         Some(Error::Utf8(detail)) => Some((ErrorCode::Malformed, detail.clone())),
         _ => None,
     }
+}
+
+/// When the connection times out: the handshake deadline until the device is
+/// known, then the idle deadline from the last frame received.
+fn deadline(session: &HubSession, opened: Instant, received: Instant) -> tokio::time::Instant {
+    let at = if session.peer().is_none() {
+        opened + Duration::from_millis(HELLO_TIMEOUT_MS)
+    } else {
+        received + Duration::from_millis(IDLE_TIMEOUT_MS)
+    };
+    tokio::time::Instant::from_std(at)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use omnisync_core::hublog::{HubLogRead, HubLogError};
 use omnisync_core::protocol::hub::CommittedChanges;
 use tokio::sync::{broadcast, watch};
@@ -53,6 +52,8 @@ impl HubConfig {
 pub struct HubState {
     /// The hub's name.
     pub hub_id: String,
+    /// Identity of the hub's change log (devices' cursors are positions in it).
+    pub log_id: String,
     /// The group committer.
     pub committer: Committer,
     /// Readers of the log.
@@ -77,14 +78,15 @@ pub struct Hub {
 
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
-    pub async fn start(config: HubConfig) -> anyhow::Result<Hub> {
+    pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
         let writer = storage::SqliteHubLog::open(&config.data_dir)
-            .with_context(|| format!("opening hub storage in {}", config.data_dir.display()))?;
+            .map_err(|source| HubError::Storage { dir: config.data_dir.clone(), source })?;
+        let log_id = writer.log_id().to_owned();
         let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let address = listener.local_addr()?;
+            .map_err(|source| HubError::Bind { address: config.listen, source })?;
+        let address = listener.local_addr().map_err(|source| HubError::Bind { address: config.listen, source })?;
         // Small frames must leave at once: Nagle plus delayed ACKs adds ~40 ms.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
             if let Err(error) = tcp.set_nodelay(true) {
@@ -97,6 +99,7 @@ impl Hub {
             Committer::start(Box::new(writer), fanout.clone(), metrics.clone(), config.group_ops_max);
         let state = Arc::new(HubState {
             hub_id: config.hub_id.clone(),
+            log_id,
             committer,
             reader,
             fanout,
@@ -139,11 +142,11 @@ impl Hub {
 
     /// Graceful shutdown: stop accepting, tell every device why, let the
     /// committer finish what it has, and return once it is all durable.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> Result<(), HubError> {
         self.state.shutdown.send_replace(true);
         match self.server.await {
-            Ok(result) => result.context("serving")?,
-            Err(error) => anyhow::bail!("server task failed: {error}"),
+            Ok(result) => result.map_err(HubError::Serve)?,
+            Err(error) => return Err(HubError::Task(error.to_string())),
         }
         let Hub { state, committer, .. } = self;
         // Connections hold clones of the state; once they are gone the
@@ -151,11 +154,40 @@ impl Hub {
         drop(state);
         if let Some(thread) = committer {
             tokio::task::spawn_blocking(move || thread.join())
-                .await?
-                .map_err(|_| anyhow::anyhow!("committer thread panicked"))?;
+                .await
+                .map_err(|error| HubError::Task(error.to_string()))?
+                .map_err(|_| HubError::Task("the committer thread panicked".into()))?;
         }
         Ok(())
     }
+}
+
+/// Why the hub could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The storage in the data directory could not be opened.
+    #[error("opening hub storage in {}: {source}", dir.display())]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        source: HubLogError,
+    },
+    /// The listen address could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+    /// A hub task or thread failed.
+    #[error("hub task failed: {0}")]
+    Task(String),
 }
 
 /// Builds an automerge document from the stored changes of `doc`.

@@ -34,7 +34,7 @@ pub const NOTICE_QUEUE_MAX: usize = 1024;
 /// How to reach the hub.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// `ws://host:port/v1/sync` or `wss://...`.
+    /// `ws://host:port/v1/sync`.
     pub hub_url: String,
     /// Credentials for the handshake.
     pub credentials: Credentials,
@@ -82,6 +82,8 @@ pub struct SyncStatus {
     pub caught_up: bool,
     /// The last connection error, if the link is down because of one.
     pub last_error: Option<String>,
+    /// Followed sets the hub does not let this device read.
+    pub refused_sets: Vec<crate::ids::DocSetId>,
 }
 
 /// A coarse event for listeners (UI refresh, bindings).
@@ -129,6 +131,7 @@ struct Inner {
     online: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    subscriptions_changed: std::sync::atomic::AtomicBool,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -150,6 +153,7 @@ impl Client {
             online: watch::channel(true).0,
             shutdown: watch::channel(false).0,
             task: Mutex::new(None),
+            subscriptions_changed: std::sync::atomic::AtomicBool::new(false),
         };
         let client = Self { inner: Arc::new(inner) };
         client.refresh_status(|_| {});
@@ -205,7 +209,10 @@ impl Client {
 
     /// Subscribes the device to a document set (kept across restarts).
     pub fn subscribe(&self, set: &crate::ids::DocSetId) -> Result<(), StoreError> {
-        self.store().subscribe(set)
+        self.store().subscribe(set)?;
+        self.inner.subscriptions_changed.store(true, std::sync::atomic::Ordering::Release);
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// The current sync status.
@@ -294,10 +301,14 @@ impl Client {
             self.refresh_status(|status| {
                 status.link = Link::Offline;
                 status.caught_up = false;
-                status.last_error = Some(reason);
+                status.last_error = Some(reason.clone());
             });
             if was_ready {
                 backoff_ms = BACKOFF_MIN_MS;
+            }
+            // A refusal that retrying cannot fix (credentials, version): wait long.
+            if ["unauthenticated", "unsupported-version", "forbidden"].iter().any(|code| reason.contains(&format!("({code})"))) {
+                backoff_ms = BACKOFF_MAX_MS;
             }
             let jitter = rand::rng().random_range(0..=backoff_ms / 2);
             let delay = Duration::from_millis(backoff_ms / 2 + jitter);
@@ -348,7 +359,7 @@ impl Client {
         let (mut socket, _) = connected
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|error| format!("connect: {error}"))?;
-        let (identity, subscriptions) = {
+        let (identity, subscriptions, log_id) = {
             let store = self.store();
             let identity = ClientIdentity {
                 device: store.device().clone(),
@@ -357,11 +368,13 @@ impl Client {
                 credentials: self.inner.config.credentials.clone(),
                 agent: self.inner.config.agent.clone(),
             };
-            (identity, store.subscriptions().map_err(|error| error.to_string())?)
+            let subscriptions = store.subscriptions().map_err(|error| error.to_string())?;
+            let log_id = store.hub_log_id().map_err(|error| error.to_string())?;
+            (identity, subscriptions, log_id)
         };
         let mut caught_up: std::collections::BTreeMap<_, bool> =
             subscriptions.iter().map(|(set, _)| (set.clone(), false)).collect();
-        let mut session = ClientSession::new(identity, subscriptions, crate::now_ms());
+        let mut session = ClientSession::new(identity, subscriptions, log_id, crate::now_ms());
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
             while let Some(frame) = session.poll_transmit() {
@@ -382,7 +395,18 @@ impl Client {
                     };
                     session.handle_frame(&frame, crate::now_ms()).map_err(|error| error.to_string())?;
                 }
-                _ = self.inner.wake.notified() => {}
+                _ = self.inner.wake.notified() => {
+                    if self.inner.subscriptions_changed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        let followed = self.store().subscriptions().map_err(|error| error.to_string())?;
+                        for (set, cursor) in followed {
+                            if !caught_up.contains_key(&set) {
+                                caught_up.insert(set.clone(), false);
+                                self.refresh_status(|status| status.caught_up = false);
+                            }
+                            session.subscribe(set, cursor);
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     session.handle_tick(crate::now_ms()).map_err(|error| error.to_string())?;
                     self.refresh_status(|_| {});
@@ -400,6 +424,9 @@ impl Client {
                 match event {
                     ClientEvent::Ready(welcome) => {
                         *was_ready = true;
+                        if let Err(error) = self.store().observe_hub_time(welcome.hub_time_ms, crate::now_ms()) {
+                            tracing::warn!(%error, "could not record the hub's clock");
+                        }
                         tracing::debug!(hub = %welcome.hub_id, "sync session ready");
                         let all_caught_up = caught_up.is_empty();
                         self.refresh_status(|status| {
@@ -435,6 +462,20 @@ impl Client {
                     }
                     ClientEvent::Failed(error) => {
                         return Err(format!("hub refused: {} ({})", error.detail, error.code.as_str()));
+                    }
+                    ClientEvent::SubscriptionsRefused(sets) => {
+                        tracing::warn!(?sets, "the hub does not let this device read these sets; not following them");
+                        for set in &sets {
+                            caught_up.remove(set);
+                        }
+                        let all = caught_up.values().all(|done| *done);
+                        self.refresh_status(|status| {
+                            status.caught_up = all;
+                            status.refused_sets = sets;
+                        });
+                    }
+                    ClientEvent::HubLogChanged(log_id) => {
+                        self.store().set_hub_log_id(&log_id).map_err(|error| error.to_string())?;
                     }
                 }
             }

@@ -20,6 +20,8 @@ pub const IN_FLIGHT_OPS_MAX: usize = 1024;
 pub const PING_AFTER_IDLE_MS: u64 = 10_000;
 /// Give the connection up after this long without hearing from the hub.
 pub const DEAD_AFTER_SILENCE_MS: u64 = 30_000;
+/// Target for the payload bytes of one `Push`; a push stops growing past it.
+pub const PUSH_BYTES_TARGET: usize = 2 * 1024 * 1024;
 
 /// What the device says about itself in the handshake.
 #[derive(Clone, Debug)]
@@ -47,6 +49,12 @@ pub enum ClientEvent {
     Changes(ChangeBatch),
     /// The hub closed the session with an error; the runtime disconnects.
     Failed(ProtocolError),
+    /// These followed sets are not readable by this device; not requested.
+    SubscriptionsRefused(Vec<DocSetId>),
+    /// The hub's change log is not the one the cursors were taken from; the
+    /// session restarted every subscription from 0. Persist the new log id
+    /// and reset the stored cursors.
+    HubLogChanged(String),
 }
 
 /// Why an input was refused.
@@ -74,6 +82,7 @@ enum State {
 #[derive(Debug)]
 pub struct ClientSession {
     state: State,
+    known_log_id: Option<String>,
     subscriptions: BTreeMap<DocSetId, u64>,
     in_flight: BTreeMap<OpId, ()>,
     highest_sent_seq: u64,
@@ -88,15 +97,18 @@ impl ClientSession {
     /// Starts a session on a freshly opened connection: queues the `Hello`.
     ///
     /// `subscriptions` are the sets to follow with the cursors persisted in
-    /// the local store; `acked_through_seq` is the highest op sequence the
-    /// store knows is already acknowledged, so ops are never re-sent needlessly.
+    /// the local store. Every op still pending in the store is (re)sent once
+    /// the session is ready; the hub answers repeats with their stored outcome.
+    /// `known_log_id` is the hub log the cursors belong to (`None` if never connected).
     pub fn new(
         identity: ClientIdentity,
         subscriptions: Vec<(DocSetId, u64)>,
+        known_log_id: Option<String>,
         now_ms: u64,
     ) -> Self {
         let mut session = Self {
             state: State::AwaitingWelcome,
+            known_log_id,
             subscriptions: subscriptions.into_iter().collect(),
             in_flight: BTreeMap::new(),
             highest_sent_seq: 0,
@@ -142,17 +154,31 @@ impl ClientSession {
         if ops.is_empty() || self.state != State::Ready {
             return;
         }
-        for chunk in ops.chunks(message::PUSH_OPS_MAX) {
-            for op in chunk {
-                self.in_flight.insert(op.id, ());
-                self.highest_sent_seq = self.highest_sent_seq.max(op.id.seq);
+        // Split by count and by size: one push never nears the frame limit
+        // (an op is at most OP_BYTES_MAX, well under PUSH_BYTES_TARGET).
+        let mut push: Vec<Op> = Vec::new();
+        let mut push_bytes = 0;
+        for op in ops {
+            let op_bytes = op.payload_len();
+            if !push.is_empty() && (push.len() >= message::PUSH_OPS_MAX || push_bytes + op_bytes > PUSH_BYTES_TARGET) {
+                self.transmit.push_back(message::encode(&ClientMessage::Push(std::mem::take(&mut push))));
+                push_bytes = 0;
             }
-            self.transmit.push_back(message::encode(&ClientMessage::Push(chunk.to_vec())));
+            self.in_flight.insert(op.id, ());
+            self.highest_sent_seq = self.highest_sent_seq.max(op.id.seq);
+            push_bytes += op_bytes;
+            push.push(op);
+        }
+        if !push.is_empty() {
+            self.transmit.push_back(message::encode(&ClientMessage::Push(push)));
         }
     }
 
     /// Adds a subscription while connected (or before the handshake completes).
     pub fn subscribe(&mut self, set: DocSetId, cursor: u64) {
+        if self.subscriptions.contains_key(&set) {
+            return;
+        }
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
             self.transmit.push_back(message::encode(&ClientMessage::Subscribe(vec![
@@ -169,6 +195,29 @@ impl ClientSession {
         match (message, &self.state) {
             (HubMessage::Welcome(welcome), State::AwaitingWelcome) => {
                 self.state = State::Ready;
+                if self.known_log_id.as_deref() != Some(welcome.log_id.as_str()) {
+                    if self.known_log_id.is_some() {
+                        for cursor in self.subscriptions.values_mut() {
+                            *cursor = 0;
+                        }
+                    }
+                    self.known_log_id = Some(welcome.log_id.clone());
+                    self.events.push_back(ClientEvent::HubLogChanged(welcome.log_id.clone()));
+                }
+                // Asking for a set the hub refuses would close the session;
+                // follow only what this device may read and report the rest.
+                let refused: Vec<DocSetId> = self
+                    .subscriptions
+                    .keys()
+                    .filter(|set| !welcome.allowed_sets.contains(set))
+                    .cloned()
+                    .collect();
+                for set in &refused {
+                    self.subscriptions.remove(set);
+                }
+                if !refused.is_empty() {
+                    self.events.push_back(ClientEvent::SubscriptionsRefused(refused));
+                }
                 let requests: Vec<SubscriptionRequest> = self
                     .subscriptions
                     .iter()
@@ -223,5 +272,88 @@ impl ClientSession {
     /// Next event for the runtime, if any.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{DeviceId, DocId, ReplicaId, StoreId};
+    use crate::protocol::message::{DocChange, OpBody, decode, encode};
+
+    fn identity() -> ClientIdentity {
+        ClientIdentity {
+            device: DeviceId::new("till-1").unwrap(),
+            store: StoreId::new("s1").unwrap(),
+            replica: ReplicaId([1; 16]),
+            credentials: Credentials::default(),
+            agent: "test".into(),
+        }
+    }
+
+    fn welcome(allowed: &[&str], log_id: &str) -> Vec<u8> {
+        encode(&HubMessage::Welcome(Welcome {
+            hub_id: "hub".into(),
+            hub_time_ms: 0,
+            allowed_sets: allowed.iter().map(|set| DocSetId::new(*set).unwrap()).collect(),
+            log_id: log_id.into(),
+        }))
+    }
+
+    fn sent(session: &mut ClientSession) -> Vec<ClientMessage> {
+        std::iter::from_fn(|| session.poll_transmit()).map(|frame| decode(&frame).unwrap()).collect()
+    }
+
+    #[test]
+    fn pushes_stay_far_below_the_frame_limit() {
+        let mut session = ClientSession::new(identity(), vec![], Some("log".into()), 0);
+        session.handle_frame(&welcome(&[], "log"), 0).unwrap();
+        sent(&mut session);
+        let op = |seq| Op {
+            id: OpId { replica: ReplicaId([1; 16]), seq },
+            created_ms: 0,
+            body: OpBody::Changes(vec![DocChange { doc: DocId::new("store.s1/a").unwrap(), bytes: vec![0; 900 * 1024] }]),
+        };
+        session.handle_local_ops((1..=5).map(op).collect());
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        assert_eq!(frames.len(), 3, "5 ops of 900 KiB go out as 2 + 2 + 1");
+        assert!(frames.iter().all(|frame| frame.len() < message::FRAME_BYTES_MAX / 2));
+    }
+
+    #[test]
+    fn sets_the_hub_refuses_are_not_requested() {
+        let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 5), (DocSetId::new("store.s2").unwrap(), 0)];
+        let mut session = ClientSession::new(identity(), subscriptions, Some("log".into()), 0);
+        sent(&mut session);
+        session.handle_frame(&welcome(&["store.s1"], "log"), 0).unwrap();
+        let messages = sent(&mut session);
+        assert_eq!(
+            messages,
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest { set: DocSetId::new("store.s1").unwrap(), cursor: 5 }])]
+        );
+        assert!(matches!(session.poll_event(), Some(ClientEvent::SubscriptionsRefused(sets)) if sets == vec![DocSetId::new("store.s2").unwrap()]));
+    }
+
+    #[test]
+    fn a_different_hub_log_restarts_cursors_from_zero() {
+        let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 42)];
+        let mut session = ClientSession::new(identity(), subscriptions, Some("old-log".into()), 0);
+        sent(&mut session);
+        session.handle_frame(&welcome(&["store.s1"], "new-log"), 0).unwrap();
+        assert_eq!(
+            sent(&mut session),
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest { set: DocSetId::new("store.s1").unwrap(), cursor: 0 }])]
+        );
+        assert_eq!(session.poll_event(), Some(ClientEvent::HubLogChanged("new-log".into())));
+    }
+
+    #[test]
+    fn a_silent_hub_is_pinged_then_given_up() {
+        let mut session = ClientSession::new(identity(), vec![], None, 0);
+        session.handle_frame(&welcome(&[], "log"), 0).unwrap();
+        sent(&mut session);
+        session.handle_tick(PING_AFTER_IDLE_MS).unwrap();
+        assert!(matches!(sent(&mut session).as_slice(), [ClientMessage::Ping(_)]));
+        assert!(session.handle_tick(DEAD_AFTER_SILENCE_MS).is_err());
     }
 }

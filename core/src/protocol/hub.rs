@@ -217,14 +217,33 @@ impl HubSession {
                 if ops.is_empty() {
                     return;
                 }
-                let incoming = ops
+                // An op claiming another replica's id is answered but never
+                // stored: storing the refusal would poison that id for its
+                // real owner.
+                let (own, forged): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| op.id.replica == peer.replica);
+                let refusals: Vec<Ack> = forged
+                    .into_iter()
+                    .map(|op| Ack {
+                        op: op.id,
+                        outcome: AckOutcome::Rejected {
+                            code: RejectCode::WrongAuthor,
+                            detail: format!("op {} was not made by this connection's replica", op.id),
+                        },
+                    })
+                    .collect();
+                let incoming: Vec<IncomingOp> = own
                     .into_iter()
                     .map(|op| {
                         let verdict = judge_op(peer, &op);
                         IncomingOp { op, verdict }
                     })
                     .collect();
-                self.events.push_back(HubEvent::Apply(incoming));
+                if !incoming.is_empty() {
+                    self.events.push_back(HubEvent::Apply(incoming));
+                }
+                if !refusals.is_empty() {
+                    self.send(&HubMessage::Acks(refusals));
+                }
             }
             (_, State::Closed) => {}
         }
@@ -235,6 +254,7 @@ impl HubSession {
         &mut self,
         result: Result<Peer, String>,
         hub_id: &str,
+        log_id: &str,
         now_ms: u64,
     ) {
         if self.state != State::Authenticating {
@@ -246,6 +266,7 @@ impl HubSession {
                     hub_id: hub_id.to_owned(),
                     hub_time_ms: now_ms,
                     allowed_sets: peer.readable.clone(),
+                    log_id: log_id.to_owned(),
                 };
                 self.state = State::Ready(peer);
                 self.send(&HubMessage::Welcome(welcome));
@@ -302,7 +323,15 @@ impl HubSession {
             }
         }
         for batch in batches {
-            self.send(&HubMessage::Changes(batch));
+            let chunks = split_batch(batch.changes);
+            let last_index = chunks.len() - 1;
+            for (index, chunk) in chunks.into_iter().enumerate() {
+                let cursor = match chunk.last() {
+                    Some(change) if index != last_index => change.hub_seq,
+                    _ => batch.cursor,
+                };
+                self.send(&HubMessage::Changes(ChangeBatch { set: batch.set.clone(), changes: chunk, cursor, caught_up: true }));
+            }
         }
     }
 
@@ -310,9 +339,17 @@ impl HubSession {
     /// live subscription goes back to reading the log from its cursor.
     pub fn handle_fanout_lagged(&mut self) {
         for subscription in self.subscriptions.values_mut() {
-            if let Mode::Live = subscription.mode {
-                subscription.mode =
-                    Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false };
+            match &mut subscription.mode {
+                Mode::Live => {
+                    subscription.mode =
+                        Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false };
+                }
+                // The buffer missed the dropped commits: read the log again
+                // after the read in progress instead of trusting it.
+                Mode::CatchingUp { buffered, overflowed, .. } => {
+                    buffered.clear();
+                    *overflowed = true;
+                }
             }
         }
     }
@@ -384,6 +421,16 @@ impl HubSession {
         }
     }
 
+    /// The device broke a time limit (handshake or idle): close with the reason.
+    pub fn handle_timeout(&mut self, detail: String) {
+        self.fail(ErrorCode::Timeout, detail);
+    }
+
+    /// The device sent a text frame: the protocol is binary only.
+    pub fn handle_text_frame(&mut self) {
+        self.fail(ErrorCode::Malformed, "text frames are not part of the protocol; send binary frames".into());
+    }
+
     /// The hub is shutting down: say so and close.
     pub fn handle_shutdown(&mut self) {
         self.fail(ErrorCode::ShuttingDown, "hub is shutting down; reconnect later".into());
@@ -408,8 +455,10 @@ impl HubSession {
         let State::Ready(peer) = &self.state else { return };
         let new_sets = requests
             .iter()
-            .filter(|request| !self.subscriptions.contains_key(&request.set))
-            .count();
+            .map(|request| &request.set)
+            .filter(|set| !self.subscriptions.contains_key(*set))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         if self.subscriptions.len() + new_sets > message::SUBSCRIPTIONS_MAX {
             return self.fail(
                 ErrorCode::LimitExceeded,
@@ -488,7 +537,6 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
             format!("op changes {} documents; the limit is {}", changes.len(), message::OP_DOC_CHANGES_MAX),
         );
     }
-    let actor = peer.replica.actor();
     for change in changes {
         let set = change.doc.set();
         if !peer.may_write(&set) {
@@ -498,7 +546,7 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
             );
         }
         match automerge::Change::from_bytes(change.bytes.clone()) {
-            Ok(parsed) if parsed.actor_id() == &actor => {}
+            Ok(parsed) if peer.replica.owns_actor(parsed.actor_id()) => {}
             Ok(_) => {
                 return reject(
                     RejectCode::WrongAuthor,
@@ -543,7 +591,7 @@ mod tests {
             agent: "test".into(),
         })));
         assert!(matches!(session.poll_event(), Some(HubEvent::Authenticate(_))));
-        session.handle_authenticated(Ok(peer()), "hub", 0);
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
         assert!(matches!(session.poll_transmit(), Some(Outbound::Frame(_))));
         session
     }
@@ -629,6 +677,56 @@ mod tests {
     }
 
     #[test]
+    fn a_fanout_lag_during_catch_up_forces_another_read() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest { set: set.clone(), cursor: 0 }])));
+        assert!(session.poll_catch_up().is_some());
+        let mut committed = CommittedChanges::default();
+        committed.by_set.insert(set.clone(), vec![change(3, 9)]);
+        session.handle_committed(&committed);
+        session.handle_fanout_lagged(); // Commit #4 was dropped for this session.
+        session.handle_catch_up_page(&set, ChangePage { changes: vec![change(1, 9), change(2, 9)], cursor: 2, caught_up: true });
+        let batches = sent_batches(&mut session);
+        assert!(batches.iter().all(|batch| !batch.caught_up), "must not go live on a buffer with a hole");
+        assert_eq!(session.poll_catch_up(), Some((set, 2)), "reads the log again from its cursor");
+    }
+
+    #[test]
+    fn ops_claiming_another_replica_are_answered_but_never_stored() {
+        let mut session = ready_session();
+        let forged = Op {
+            id: OpId { replica: ReplicaId([7; 16]), seq: 1 },
+            created_ms: 0,
+            body: OpBody::Changes(vec![crate::protocol::message::DocChange { doc: DocId::new("store.s1/x").unwrap(), bytes: vec![1] }]),
+        };
+        session.handle_frame(&encode(&ClientMessage::Push(vec![forged])));
+        assert!(session.poll_event().is_none(), "nothing goes to storage");
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else { panic!("an answer is sent") };
+        let Ok(HubMessage::Acks(acks)) = decode::<HubMessage>(&frame) else { panic!("acks") };
+        assert!(matches!(acks[0].outcome, AckOutcome::Rejected { code: RejectCode::WrongAuthor, .. }));
+    }
+
+    #[test]
+    fn big_live_commits_are_split_into_batches_within_limits() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest { set: set.clone(), cursor: 0 }])));
+        assert!(session.poll_catch_up().is_some());
+        session.handle_catch_up_page(&set, ChangePage { changes: vec![], cursor: 0, caught_up: true });
+        sent_batches(&mut session);
+        let mut committed = CommittedChanges::default();
+        let count = message::CHANGE_BATCH_LEN_MAX as u64 * 2 + 3;
+        committed.by_set.insert(set.clone(), (1..=count).map(|seq| change(seq, 9)).collect());
+        session.handle_committed(&committed);
+        let batches = sent_batches(&mut session);
+        assert_eq!(batches.len(), 3);
+        assert!(batches.iter().all(|batch| batch.changes.len() <= message::CHANGE_BATCH_LEN_MAX));
+        assert_eq!(batches.last().unwrap().cursor, count);
+        assert_eq!(batches[0].cursor, message::CHANGE_BATCH_LEN_MAX as u64);
+    }
+
+    #[test]
     fn forbidden_subscription_closes() {
         let mut session = ready_session();
         session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest {
@@ -642,7 +740,7 @@ mod tests {
     fn ops_are_judged_before_storage() {
         let peer = peer();
         let mut doc = automerge::Automerge::new();
-        doc.set_actor(peer.replica.actor());
+        doc.set_actor(peer.replica.actor(1));
         let mut tx = doc.transaction();
         automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "a", 1).unwrap();
         tx.commit();

@@ -101,6 +101,10 @@ pub struct Welcome {
     pub hub_time_ms: u64,
     /// The document sets this device may subscribe to.
     pub allowed_sets: Vec<DocSetId>,
+    /// Identity of the hub's change log. Cursors are positions in one log: a
+    /// device that finds a different log id (a restored or replaced hub
+    /// database) starts its cursors again from 0.
+    pub log_id: String,
 }
 
 /// Subscribe to a document set from a cursor (0 = from the beginning).
@@ -249,10 +253,12 @@ pub enum ErrorCode {
     Forbidden,
     /// A message arrived that is not valid in the current state.
     UnexpectedMessage,
-    /// A limit (subscriptions, ops per push, rate) was exceeded.
+    /// A limit (subscriptions, ops per push) was exceeded.
     LimitExceeded,
     /// The hub is shutting down; reconnect later.
     ShuttingDown,
+    /// A time limit passed (no handshake, or silence).
+    Timeout,
     /// The hub failed internally; reconnect later.
     Internal,
 }
@@ -269,6 +275,7 @@ impl ErrorCode {
             ErrorCode::UnexpectedMessage => "unexpected-message",
             ErrorCode::LimitExceeded => "limit-exceeded",
             ErrorCode::ShuttingDown => "shutting-down",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -352,9 +359,17 @@ pub fn clamp_detail(mut detail: String) -> String {
 }
 
 impl Op {
-    /// Approximate encoded size of the op's payload.
+    /// Approximate encoded size of the op's payload (see [`OpBody::payload_len`]).
     pub fn payload_len(&self) -> usize {
-        match &self.body {
+        self.body.payload_len()
+    }
+}
+
+impl OpBody {
+    /// Approximate encoded size: change bytes plus document ids. The one
+    /// measure [`OP_BYTES_MAX`] is checked against, on devices and hub alike.
+    pub fn payload_len(&self) -> usize {
+        match self {
             OpBody::Changes(changes) => {
                 changes.iter().map(|change| change.bytes.len() + change.doc.as_str().len()).sum()
             }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use automerge::{Automerge, ReadDoc as _};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::ids::{DocId, ReplicaId};
+use crate::ids::DocId;
 use crate::store::StoreError;
 
 /// Chunks a document may accumulate before it is compacted into a snapshot.
@@ -37,14 +37,14 @@ impl DocCache {
         &mut self,
         db: &Connection,
         doc_id: &DocId,
-        actor: ReplicaId,
+        actor: &automerge::ActorId,
     ) -> Result<&mut Automerge, StoreError> {
         self.clock += 1;
         let clock = self.clock;
         if !self.docs.contains_key(doc_id) {
             self.evict_if_full();
             let mut doc = load(db, doc_id)?;
-            doc.set_actor(actor.actor());
+            doc.set_actor(actor.clone());
             self.docs.insert(doc_id.clone(), CachedDoc { doc, last_used: clock });
         }
         // Inserted just above when missing.
@@ -140,6 +140,13 @@ pub fn validate_chunk(bytes: &[u8]) -> Result<(), String> {
     }
     let options = automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Error);
     Automerge::load_with_options(bytes, options).map(|_| ()).map_err(|error| error.to_string())
+}
+
+/// For the bytes of one change: whether `doc` already has it (`Some`).
+/// `None` for other bytes (a saved document).
+pub(crate) fn has_change(doc: &Automerge, bytes: &[u8]) -> Option<bool> {
+    let change = automerge::Change::from_bytes(bytes.to_vec()).ok()?;
+    Some(doc.get_change_by_hash(&change.hash()).is_some())
 }
 
 /// The ids of every document stored locally.

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::hlc::{CLOCK_DRIFT_MAX_MS, Hlc, HlcClock};
 use crate::edit::{self, Edit, EditError, Value};
 use crate::ids::{DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
 use crate::protocol::message::{self, Ack, ChangeBatch, DocChange, Op, OpBody};
@@ -22,11 +23,14 @@ pub use oplog::{AckSummary, DeadLetter, OpLogStats, OpStatus};
 
 /// Most documents one op may change.
 pub const OP_DOCS_MAX: usize = message::OP_DOC_CHANGES_MAX;
+/// Op sequence numbers reserved durably at a time (one extra fsync per block).
+pub const SEQ_RESERVE_BLOCK: u64 = 1024;
 /// Remote changes applied per SQLite transaction (see field notes on
 /// automerge memory: moderate batches keep memory flat).
 pub const REMOTE_APPLY_BATCH_MAX: usize = 128;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_projections.sql")];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +109,15 @@ pub struct DocEdit {
 
 /// The local store of one device.
 pub struct Store {
-    db: Connection,
+    pub(crate) db: Connection,
     replica: ReplicaId,
     device: DeviceId,
     store: StoreId,
     last_seq: u64,
+    seq_reserved: u64,
+    actor: automerge::ActorId,
     docs: docs::DocCache,
+    clock: HlcClock,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,8 +145,28 @@ impl Store {
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut db)?;
         let replica = claim_identity(&db, &device, &store)?;
-        let last_seq = oplog::last_seq(&db)?;
-        Ok(Self { db, replica, device, store, last_seq, docs: docs::DocCache::default() })
+        let epoch = u32::try_from(bump_meta_counter(&db, "epoch", 1)?).unwrap_or(u32::MAX);
+        // Sequence numbers up to the reservation may have reached the hub in
+        // ops a power cut rolled back: never hand them out again.
+        let seq_reserved = read_meta_u64(&db, "seq_reserved")?;
+        let last_seq = oplog::last_seq(&db)?.max(seq_reserved);
+        let hub_offset_ms: i64 = db
+            .query_row("SELECT value FROM meta WHERE key = 'hub_offset_ms'", [], |row| row.get::<_, String>(0))
+            .optional()?
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let clock = HlcClock { hub_offset_ms, ..HlcClock::default() };
+        Ok(Self {
+            db,
+            replica,
+            device,
+            store,
+            last_seq,
+            seq_reserved,
+            actor: replica.actor(epoch),
+            docs: docs::DocCache::default(),
+            clock,
+        })
     }
 
     /// This database's replica id (automerge actor, op id prefix).
@@ -196,8 +223,10 @@ impl Store {
 
     fn commit_inner(&mut self, edits: &[DocEdit], now_ms: u64) -> Result<OpId, StoreError> {
         let mut changes = Vec::with_capacity(edits.len());
+        let mut before_heads = Vec::with_capacity(edits.len());
         for doc_edit in edits {
-            let doc = self.docs.get_mut(&self.db, &doc_edit.doc, self.replica)?;
+            let doc = self.docs.get_mut(&self.db, &doc_edit.doc, &self.actor)?;
+            before_heads.push(doc.get_heads());
             let mut tx = doc.transaction();
             if let Err(source) = edit::apply_edits(&mut tx, &doc_edit.edits) {
                 tx.rollback();
@@ -217,9 +246,7 @@ impl Store {
             return Err(StoreError::Unchanged);
         }
         let body = OpBody::Changes(changes);
-        let payload: usize = match &body {
-            OpBody::Changes(changes) => changes.iter().map(|change| change.bytes.len()).sum(),
-        };
+        let payload = body.payload_len();
         if payload > message::OP_BYTES_MAX {
             return Err(StoreError::InvalidOp(format!(
                 "op of {payload} bytes exceeds {} bytes",
@@ -227,13 +254,20 @@ impl Store {
             )));
         }
         let seq = self.last_seq + 1;
+        if seq > self.seq_reserved {
+            self.reserve_seqs(seq)?;
+        }
         let tx = self.db.transaction()?;
         let OpBody::Changes(changes) = &body;
         let mut doc_names = Vec::with_capacity(changes.len());
         for change in changes {
-            let doc = self.docs.get_mut(&tx, &change.doc, self.replica)?;
+            let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
             docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
             doc_names.push(change.doc.as_str());
+        }
+        for (doc_edit, before) in edits.iter().zip(&before_heads) {
+            let doc = self.docs.get_mut(&tx, &doc_edit.doc, &self.actor)?;
+            crate::domain::project::project(&tx, &doc_edit.doc, doc, before)?;
         }
         oplog::insert(&tx, seq, now_ms, &body, &doc_names.join(" "))?;
         tx.commit()?;
@@ -244,27 +278,27 @@ impl Store {
     /// The leaf value at `path` in a document, if any.
     pub fn get(&mut self, doc: &DocId, path: &[&str]) -> Result<Option<Value>, StoreError> {
         let path: Vec<String> = path.iter().map(|key| (*key).to_owned()).collect();
-        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
         Ok(edit::read_value(loaded, &path))
     }
 
     /// The keys of the map at `path` in a document (root for an empty path).
     pub fn keys(&mut self, doc: &DocId, path: &[&str]) -> Result<Vec<String>, StoreError> {
         let path: Vec<String> = path.iter().map(|key| (*key).to_owned()).collect();
-        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
         Ok(edit::read_keys(loaded, &path))
     }
 
     /// A whole document as JSON (debugging, demos, convergence checks).
     pub fn doc_json(&mut self, doc: &DocId) -> Result<serde_json::Value, StoreError> {
-        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
         Ok(docs::to_json(loaded))
     }
 
     /// A document's heads (sorted hex): two replicas with equal heads hold
     /// equal documents.
     pub fn doc_heads(&mut self, doc: &DocId) -> Result<Vec<String>, StoreError> {
-        let loaded = self.docs.get_mut(&self.db, doc, self.replica)?;
+        let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
         Ok(docs::heads_hex(loaded))
     }
 
@@ -328,23 +362,37 @@ impl Store {
         self.db.pragma_update(None, "synchronous", "NORMAL")?;
         let result = (|| {
             let tx = self.db.transaction()?;
+            let mut before_heads: Vec<(DocId, Vec<automerge::ChangeHash>)> = Vec::new();
             for change in chunk {
                 if change.doc.set() != *set {
                     continue; // A hub never sends this; never let it cross sets.
                 }
-                let doc = self.docs.get_mut(&tx, &change.doc, self.replica)?;
+                let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
                 let corrupt = |detail: String| StoreError::Corrupt {
                     doc: change.doc.to_string(),
                     detail: format!("remote change #{}: {detail}", change.hub_seq),
                 };
                 // automerge skips undecodable parts silently; check first.
                 docs::validate_chunk(&change.bytes).map_err(corrupt)?;
+                let known = docs::has_change(doc, &change.bytes);
                 let before = doc.get_heads();
+                if !before_heads.iter().any(|(id, _)| *id == change.doc) {
+                    before_heads.push((change.doc.clone(), before.clone()));
+                }
                 doc.load_incremental(&change.bytes).map_err(|error| corrupt(error.to_string()))?;
-                if doc.get_heads() != before {
-                    docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
+                let heads_changed = doc.get_heads() != before;
+                if heads_changed {
                     changed.push(change.doc.clone());
                 }
+                // A change waiting for its dependencies leaves the heads alone
+                // but must still be stored, or a restart would lose it.
+                if known == Some(false) || heads_changed {
+                    docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
+                }
+            }
+            for (doc_id, before) in &before_heads {
+                let doc = self.docs.get_mut(&tx, doc_id, &self.actor)?;
+                crate::domain::project::project(&tx, doc_id, doc, before)?;
             }
             tx.execute(
                 "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
@@ -408,9 +456,80 @@ impl Store {
         oplog::dead_letters(&self.db, self.replica)
     }
 
-    /// The highest op sequence number written so far.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
+    /// Durably reserves a block of op sequence numbers starting at `from`,
+    /// in its own `synchronous=FULL` transaction, before any of them is used.
+    fn reserve_seqs(&mut self, from: u64) -> Result<(), StoreError> {
+        let reserved = from + SEQ_RESERVE_BLOCK - 1;
+        let sync: String = self.db.query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0).map(|n| n.to_string()))?;
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        let result = self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [reserved.to_string()],
+        );
+        self.db.pragma_update(None, "synchronous", sync)?;
+        result?;
+        self.seq_reserved = reserved;
+        Ok(())
+    }
+
+    /// Runs `read` on a loaded document (for building domain edits).
+    pub(crate) fn with_doc<T>(&mut self, doc: &DocId, read: impl FnOnce(&automerge::Automerge) -> T) -> Result<T, StoreError> {
+        let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
+        Ok(read(loaded))
+    }
+
+    /// A hybrid logical clock reading greater than `floor` and every earlier one.
+    pub(crate) fn hlc_tick(&mut self, now_ms: u64, floor: Hlc) -> Hlc {
+        self.clock.tick(now_ms, floor)
+    }
+
+    /// Learns the hub's clock (from a handshake) so register timestamps follow
+    /// the hub's time even when the device clock is wrong. Persists the offset.
+    pub fn observe_hub_time(&mut self, hub_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+        let skew_ms = self.clock.observe_hub(hub_ms, now_ms);
+        if skew_ms.unsigned_abs() > CLOCK_DRIFT_MAX_MS {
+            tracing::warn!(device = %self.device, skew_ms, "device clock is off; stamping with the hub's time instead");
+        }
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('hub_offset_ms', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [self.clock.hub_offset_ms.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The hub change log the stored cursors belong to, if ever connected.
+    pub fn hub_log_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.db.query_row("SELECT value FROM meta WHERE key = 'hub_log_id'", [], |row| row.get(0)).optional()?)
+    }
+
+    /// Records the hub change log the cursors now belong to. When it replaces
+    /// another log, every cursor restarts from 0 in the same transaction.
+    pub fn set_hub_log_id(&mut self, log_id: &str) -> Result<(), StoreError> {
+        let previous = self.hub_log_id()?;
+        let tx = self.db.transaction()?;
+        if previous.is_some_and(|previous| previous != log_id) {
+            tracing::warn!(device = %self.device, log_id, "hub change log changed; restarting every subscription from 0");
+            tx.execute("UPDATE subscriptions SET cursor = 0", [])?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('hub_log_id', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [log_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The highest sequence number of an op in the log (0 if none). Sequence
+    /// numbers grow but may skip (see [`SEQ_RESERVE_BLOCK`]).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        oplog::last_seq(&self.db)
+    }
+
+    /// Every op id in the log, oldest first.
+    pub fn op_ids(&self) -> Result<Vec<OpId>, StoreError> {
+        let mut statement = self.db.prepare_cached("SELECT seq FROM ops ORDER BY seq")?;
+        let seqs = statement.query_map([], |row| row.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(seqs.into_iter().map(|seq| OpId { replica: self.replica, seq: seq as u64 }).collect())
     }
 
     fn with_relaxed_sync<T>(
@@ -422,6 +541,22 @@ impl Store {
         self.db.pragma_update(None, "synchronous", "FULL")?;
         result
     }
+}
+
+fn read_meta_u64(db: &Connection, key: &str) -> Result<u64, StoreError> {
+    let text: Option<String> =
+        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?;
+    Ok(text.and_then(|text| text.parse().ok()).unwrap_or(0))
+}
+
+/// Adds `by` to a counter in `meta` (durably) and returns the new value.
+fn bump_meta_counter(db: &Connection, key: &str, by: u64) -> Result<u64, StoreError> {
+    let value = read_meta_u64(db, key)? + by;
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+        [key, &value.to_string()],
+    )?;
+    Ok(value)
 }
 
 /// Applies the numbered migrations the file has not seen yet.

@@ -39,6 +39,7 @@ fn open_connection(path: &Path) -> Result<Connection, HubLogError> {
 pub struct SqliteHubLog {
     db: Connection,
     head: u64,
+    log_id: String,
 }
 
 impl SqliteHubLog {
@@ -50,8 +51,27 @@ impl SqliteHubLog {
         migrate(&mut db)?;
         let head: Option<i64> =
             db.query_row("SELECT MAX(hub_seq) FROM changes", [], |row| row.get(0)).map_err(storage_error)?;
-        Ok(Self { db, head: head.unwrap_or(0) as u64 })
+        let log_id = claim_log_id(&db)?;
+        Ok(Self { db, head: head.unwrap_or(0) as u64, log_id })
     }
+
+    /// The identity of this change log (random, made when the database was).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+}
+
+fn claim_log_id(db: &Connection) -> Result<String, HubLogError> {
+    let existing: Option<String> = db
+        .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| row.get(0))
+        .optional()
+        .map_err(storage_error)?;
+    if let Some(log_id) = existing {
+        return Ok(log_id);
+    }
+    let log_id = omnisync_core::ReplicaId::random().to_string();
+    db.execute("INSERT INTO meta (key, value) VALUES ('log_id', ?1)", [&log_id]).map_err(storage_error)?;
+    Ok(log_id)
 }
 
 fn migrate(db: &mut Connection) -> Result<(), HubLogError> {

@@ -1,0 +1,163 @@
+//! Prices: last-writer-wins registers ordered by hybrid logical clock, one per
+//! (SKU, channel, effective-from time) in the store's price buckets.
+//!
+//! The price in force for a channel at time `t` is the register with the
+//! latest effective-from time not after `t`; within a register the greatest
+//! `(hlc, writer)` wins on every replica alike.
+
+use std::collections::BTreeSet;
+
+use automerge::{Automerge, ROOT, ReadDoc};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::hlc::{Hlc, Stamped, stamp_of, winner};
+use crate::domain::{Channel, Currency, DomainError, Money, Sku, layout};
+use crate::edit::{Edit, Value};
+use crate::ids::{DocId, DocSetId, StoreId};
+use crate::store::{DocEdit, Store, StoreError};
+
+/// The stored value of a price register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PriceValue {
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// A price as the query tables show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    /// The product.
+    pub sku: String,
+    /// The channel.
+    pub channel: Channel,
+    /// From when it applies, ms since the epoch.
+    pub effective_from_ms: u64,
+    /// The amount.
+    pub money: Money,
+    /// When it was written (hybrid logical clock).
+    pub written_at: Hlc,
+}
+
+fn key(sku: &Sku, channel: Channel, effective_from_ms: u64) -> String {
+    // Zero-padded so keys sort by time.
+    format!("{sku}/{}/{effective_from_ms:013}", channel.as_str())
+}
+
+/// Every stamped value currently held at a register key (concurrent ones included).
+pub(crate) fn register_values<T: for<'de> Deserialize<'de>>(doc: &Automerge, key: &str) -> Vec<Stamped<T>> {
+    doc.get_all(ROOT, key)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(value, _)| value.as_bytes().and_then(Stamped::decode))
+        .collect()
+}
+
+/// Builds the edit that writes a stamped value greater than every value the
+/// store can see at `key` in `doc`.
+pub(crate) fn stamped_put<T: Serialize>(
+    store: &mut Store,
+    doc: &DocId,
+    key: String,
+    value: T,
+    now_ms: u64,
+) -> Result<DocEdit, StoreError> {
+    let floor = store.with_doc(doc, |loaded| {
+        loaded
+            .get_all(ROOT, key.as_str())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(value, _)| value.as_bytes().and_then(stamp_of))
+            .max()
+    })?;
+    let hlc = store.hlc_tick(now_ms, floor.unwrap_or_default());
+    let stamped = Stamped { hlc, writer: store.replica().0, value };
+    Ok(DocEdit { doc: doc.clone(), edits: vec![Edit::Put { path: vec![key], value: Value::Bytes(stamped.encode()) }] })
+}
+
+/// The edit that sets a price.
+pub fn set_price_edit(
+    store: &mut Store,
+    store_id: &StoreId,
+    sku: &Sku,
+    channel: Channel,
+    effective_from_ms: u64,
+    money: &Money,
+    now_ms: u64,
+) -> Result<DocEdit, DomainError> {
+    if money.amount_minor < 0 {
+        return Err(DomainError::Invalid(format!("price of {sku} is negative")));
+    }
+    let doc = layout::prices_doc(store_id, sku);
+    let value = PriceValue { amount_minor: money.amount_minor, currency: money.currency.as_str().to_owned() };
+    Ok(stamped_put(store, &doc, key(sku, channel, effective_from_ms), value, now_ms)?)
+}
+
+/// Re-projects the registers whose keys changed.
+pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+    let set = doc_id.set();
+    for key in keys {
+        let mut parts = key.split('/');
+        let (Some(sku), Some(channel), Some(from), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(from) = from.parse::<u64>() else { continue };
+        match winner(register_values::<PriceValue>(doc, key)) {
+            Some(stamped) => {
+                tx.execute(
+                    "INSERT INTO prices (set_id, sku, channel, effective_from_ms, amount_minor, currency, hlc_wall_ms, hlc_counter)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (set_id, sku, channel, effective_from_ms)
+                     DO UPDATE SET amount_minor = ?5, currency = ?6, hlc_wall_ms = ?7, hlc_counter = ?8",
+                    params![
+                        set.as_str(),
+                        sku,
+                        channel,
+                        from as i64,
+                        stamped.value.amount_minor,
+                        stamped.value.currency,
+                        stamped.hlc.wall_ms as i64,
+                        stamped.hlc.counter
+                    ],
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM prices WHERE set_id = ?1 AND sku = ?2 AND channel = ?3 AND effective_from_ms = ?4",
+                    params![set.as_str(), sku, channel, from as i64],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Price queries.
+impl Store {
+    /// The price of `sku` in force on `channel` at `at_ms`.
+    pub fn price_in_force(&self, store: &StoreId, sku: &Sku, channel: Channel, at_ms: u64) -> Result<Option<Price>, StoreError> {
+        let set = DocSetId::store(store);
+        let row = self
+            .db
+            .prepare_cached(
+                "SELECT effective_from_ms, amount_minor, currency, hlc_wall_ms, hlc_counter FROM prices
+                 WHERE set_id = ?1 AND sku = ?2 AND channel = ?3 AND effective_from_ms <= ?4
+                 ORDER BY effective_from_ms DESC LIMIT 1",
+            )?
+            .query_row(params![set.as_str(), sku.as_str(), channel.as_str(), at_ms as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?, row.get::<_, u32>(4)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(from, amount, currency, wall, counter)| {
+            Some(Price {
+                sku: sku.to_string(),
+                channel,
+                effective_from_ms: from as u64,
+                money: Money { amount_minor: amount, currency: Currency::new(&currency).ok()? },
+                written_at: Hlc { wall_ms: wall as u64, counter },
+            })
+        }))
+    }
+}
