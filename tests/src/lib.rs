@@ -1,6 +1,17 @@
 //! Shared helpers for the cross-crate scenarios in `tests/tests/`: an
 //! embedded hub on `127.0.0.1:0`, device clients with their own SQLite files,
 //! and convergence checks that poll with a deadline instead of sleeping.
+//!
+//! - [`process`]: child processes (the real hub binary, the test terminal)
+//!   that are SIGKILLed when their guard drops;
+//! - [`audit`]: exactly-once checks of the hub's change log;
+//! - [`http`]: a raw HTTP/1.1 GET for `/healthz` and `/metrics`;
+//! - [`terminal`]: what the `omnisync-test-terminal` binary writes and prints.
+
+pub mod audit;
+pub mod http;
+pub mod process;
+pub mod terminal;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,6 +23,8 @@ use omnisync_hub::{Hub, HubConfig};
 
 /// How long a scenario waits for sync before failing.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a polling loop sleeps between looks at its condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A hub on a free loopback port with a temporary data directory.
 pub struct TestHub {
@@ -68,7 +81,9 @@ pub async fn wait_converged(clients: &[&Client], docs: &[DocId]) -> anyhow::Resu
             .iter()
             .map(|client| {
                 let mut store = client.store();
-                docs.iter().map(|doc| store.doc_heads(doc).unwrap_or_default()).collect()
+                docs.iter()
+                    .map(|doc| store.doc_heads(doc).unwrap_or_default())
+                    .collect()
             })
             .collect();
         if heads.windows(2).all(|pair| pair[0] == pair[1]) {
@@ -81,10 +96,56 @@ pub async fn wait_converged(clients: &[&Client], docs: &[DocId]) -> anyhow::Resu
     }
 }
 
+/// Polls `condition` every few milliseconds until it returns `Ok(true)`,
+/// failing with `what` once `timeout` passes (or at once if it errs).
+pub async fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().with_context(|| format!("while waiting for {what}"))? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Installs a test log subscriber once (respecting `RUST_LOG`).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scenario waits through `wait_until`; it must give up at its
+    /// deadline, or a scenario could pass by never checking.
+    #[tokio::test]
+    async fn polling_gives_up_at_its_deadline() {
+        let started = Instant::now();
+        let result = wait_until(Duration::from_millis(50), "nothing", || Ok(false)).await;
+        assert!(result.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(
+            wait_until(Duration::from_millis(50), "errors", || anyhow::bail!(
+                "broken"
+            ))
+            .await
+            .is_err()
+        );
+        assert!(
+            wait_until(Duration::from_millis(50), "at once", || Ok(true))
+                .await
+                .is_ok()
+        );
+    }
 }

@@ -20,7 +20,7 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     for till in &tills {
         till.client.wait_synced(SYNC_TIMEOUT).await?;
     }
-    wait_converged(&tills.iter().map(|t| &t.client).collect::<Vec<_>>(), &[stock.clone()]).await?;
+    wait_converged(&tills.iter().map(|t| &t.client).collect::<Vec<_>>(), std::slice::from_ref(&stock)).await?;
 
     tills[2].client.set_online(false);
     for round in 0..20 {
