@@ -103,17 +103,25 @@ pub enum Edit {
 impl Edit {
     /// `Put` with a path given as string slices.
     pub fn put(path: &[&str], value: Value) -> Self {
-        Edit::Put { path: path.iter().map(|s| (*s).to_owned()).collect(), value }
+        Edit::Put {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            value,
+        }
     }
 
     /// `Increment` with a path given as string slices.
     pub fn increment(path: &[&str], by: i64) -> Self {
-        Edit::Increment { path: path.iter().map(|s| (*s).to_owned()).collect(), by }
+        Edit::Increment {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            by,
+        }
     }
 
     /// `Delete` with a path given as string slices.
     pub fn delete(path: &[&str]) -> Self {
-        Edit::Delete { path: path.iter().map(|s| (*s).to_owned()).collect() }
+        Edit::Delete {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+        }
     }
 
     fn path(&self) -> &[String] {
@@ -151,8 +159,14 @@ fn doc_error(error: automerge::AutomergeError) -> EditError {
 fn check_path(path: &[String]) -> Result<(), EditError> {
     let bad = path.is_empty()
         || path.len() > PATH_DEPTH_MAX
-        || path.iter().any(|key| key.is_empty() || key.len() > KEY_BYTES_MAX);
-    if bad { Err(EditError::BadPath(path.to_vec())) } else { Ok(()) }
+        || path
+            .iter()
+            .any(|key| key.is_empty() || key.len() > KEY_BYTES_MAX);
+    if bad {
+        Err(EditError::BadPath(path.to_vec()))
+    } else {
+        Ok(())
+    }
 }
 
 /// Finds the map that holds the leaf of `path`, creating maps on the way if
@@ -167,7 +181,9 @@ fn parent_map(
         obj = match tx.get(&obj, key.as_str()).map_err(doc_error)? {
             Some((automerge::Value::Object(ObjType::Map), id)) => id,
             Some(_) => return Err(EditError::NotAMap(path[..=depth].to_vec())),
-            None if create => tx.put_object(&obj, key.as_str(), ObjType::Map).map_err(doc_error)?,
+            None if create => tx
+                .put_object(&obj, key.as_str(), ObjType::Map)
+                .map_err(doc_error)?,
             None => return Ok(None),
         };
     }
@@ -185,11 +201,14 @@ pub(crate) fn apply_edits(tx: &mut Transaction<'_>, edits: &[Edit]) -> Result<()
         let leaf = path[path.len() - 1].as_str();
         match edit {
             Edit::Put { value, .. } => {
-                let Some(map) = parent_map(tx, path, true)? else { unreachable!("created") };
+                let Some(map) = parent_map(tx, path, true)? else {
+                    unreachable!("created")
+                };
                 tx.put(&map, leaf, value.to_scalar()).map_err(doc_error)?;
             }
             Edit::Increment { by, .. } => {
-                let map = parent_map(tx, path, false)?.ok_or_else(|| EditError::NoCounter(path.to_vec()))?;
+                let map = parent_map(tx, path, false)?
+                    .ok_or_else(|| EditError::NoCounter(path.to_vec()))?;
                 match tx.get(&map, leaf).map_err(doc_error)? {
                     Some((automerge::Value::Scalar(scalar), _)) if scalar.is_counter() => {
                         tx.increment(&map, leaf, *by).map_err(doc_error)?;

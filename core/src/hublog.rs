@@ -59,6 +59,23 @@ pub trait HubLogRead {
         bytes_target: usize,
     ) -> Result<ChangePage, HubLogError>;
 
+    /// The next page for a catching-up subscription. Backends with snapshots
+    /// send a device far behind the saved documents of the set instead of its
+    /// whole history: while `resume` is set (or the device starts far behind
+    /// the set's snapshot point) the page holds snapshots, documents after
+    /// `resume` in id order, and the cursor does not move until the last one.
+    fn catch_up_page(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        resume: Option<&crate::ids::DocId>,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        let _ = resume;
+        self.changes_since(set, cursor, len_max, bytes_target)
+    }
+
     /// Every stored change of one document, in order (for admin reads).
     fn doc_changes(&self, doc: &crate::ids::DocId) -> Result<Vec<Vec<u8>>, HubLogError>;
 
@@ -92,7 +109,10 @@ impl HubLog for MemoryHubLog {
         for incoming in ops {
             let id = incoming.op.id;
             if let Some(outcome) = self.outcomes.get(&id) {
-                batch.acks.push(Ack { op: id, outcome: outcome.clone() });
+                batch.acks.push(Ack {
+                    op: id,
+                    outcome: outcome.clone(),
+                });
                 batch.duplicates += 1;
                 continue;
             }
@@ -113,7 +133,10 @@ impl HubLog for MemoryHubLog {
                             bytes: change.bytes,
                         };
                         let set = remote.doc.set();
-                        self.by_set.entry(set.clone()).or_default().push(remote.clone());
+                        self.by_set
+                            .entry(set.clone())
+                            .or_default()
+                            .push(remote.clone());
                         batch.committed.by_set.entry(set).or_default().push(remote);
                     }
                     AckOutcome::Applied { hub_seq: self.head }
@@ -155,7 +178,12 @@ impl HubLogRead for MemoryHubLog {
         } else {
             changes.last().map_or(cursor, |change| change.hub_seq)
         };
-        Ok(ChangePage { changes, cursor, caught_up })
+        Ok(ChangePage {
+            changes,
+            cursor,
+            caught_up,
+            resume: None,
+        })
     }
 
     fn doc_changes(&self, doc: &crate::ids::DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
@@ -183,7 +211,10 @@ pub mod conformance {
     fn op(replica: u8, seq: u64, doc: &str, bytes: &[u8]) -> IncomingOp {
         IncomingOp {
             op: Op {
-                id: OpId { replica: ReplicaId([replica; 16]), seq },
+                id: OpId {
+                    replica: ReplicaId([replica; 16]),
+                    seq,
+                },
                 created_ms: 0,
                 body: OpBody::Changes(vec![DocChange {
                     doc: DocId::new(doc).expect("test doc id"),
@@ -203,15 +234,22 @@ pub mod conformance {
 
     /// A repeated op id changes nothing and gets its original answer.
     pub fn duplicates_get_the_original_answer<L: HubLog + HubLogRead>(mut log: L) {
-        let first = log.apply(vec![op(1, 1, "store.a/x", b"one")]).expect("apply");
+        let first = log
+            .apply(vec![op(1, 1, "store.a/x", b"one")])
+            .expect("apply");
         let again = log
-            .apply(vec![op(1, 1, "store.a/x", b"one"), op(1, 1, "store.a/x", b"one")])
+            .apply(vec![
+                op(1, 1, "store.a/x", b"one"),
+                op(1, 1, "store.a/x", b"one"),
+            ])
             .expect("apply");
         assert_eq!(again.acks[0], first.acks[0]);
         assert_eq!(again.acks[1], first.acks[0], "duplicate inside one batch");
         assert!(again.committed.by_set.is_empty());
         assert_eq!((first.stored, again.stored, again.duplicates), (1, 0, 2));
-        let page = log.changes_since(&DocSetId::new("store.a").unwrap(), 0, 100, 1 << 20).unwrap();
+        let page = log
+            .changes_since(&DocSetId::new("store.a").unwrap(), 0, 100, 1 << 20)
+            .unwrap();
         assert_eq!(page.changes.len(), 1);
         assert_eq!(log.head_seq().unwrap(), 1);
     }
@@ -220,9 +258,18 @@ pub mod conformance {
     /// if the retry would now be accepted.
     pub fn rejections_are_remembered<L: HubLog + HubLogRead>(mut log: L) {
         let mut rejected = op(2, 1, "store.a/x", b"bad");
-        rejected.verdict = Verdict::Reject { code: RejectCode::Forbidden, detail: "no".into() };
+        rejected.verdict = Verdict::Reject {
+            code: RejectCode::Forbidden,
+            detail: "no".into(),
+        };
         let first = log.apply(vec![rejected]).unwrap();
-        assert!(matches!(first.acks[0].outcome, AckOutcome::Rejected { code: RejectCode::Forbidden, .. }));
+        assert!(matches!(
+            first.acks[0].outcome,
+            AckOutcome::Rejected {
+                code: RejectCode::Forbidden,
+                ..
+            }
+        ));
         let retry = log.apply(vec![op(2, 1, "store.a/x", b"bad")]).unwrap();
         assert_eq!(retry.acks[0], first.acks[0]);
         assert_eq!(log.head_seq().unwrap(), 0);
@@ -233,7 +280,11 @@ pub mod conformance {
     pub fn pages_are_ordered_bounded_and_per_set<L: HubLog + HubLogRead>(mut log: L) {
         let mut ops = Vec::new();
         for seq in 1..=10 {
-            let doc = if seq % 2 == 0 { "store.a/x" } else { "store.b/y" };
+            let doc = if seq % 2 == 0 {
+                "store.a/x"
+            } else {
+                "store.b/y"
+            };
             ops.push(op(3, seq, doc, &[seq as u8]));
         }
         log.apply(ops).unwrap();
@@ -243,17 +294,24 @@ pub mod conformance {
         assert_eq!(seqs, vec![2, 4, 6]);
         assert!(!page.caught_up);
         assert_eq!(page.cursor, 6);
-        let rest = log.changes_since(&set_a, page.cursor, 100, 1 << 20).unwrap();
+        let rest = log
+            .changes_since(&set_a, page.cursor, 100, 1 << 20)
+            .unwrap();
         let seqs: Vec<u64> = rest.changes.iter().map(|c| c.hub_seq).collect();
         assert_eq!(seqs, vec![8, 10]);
         assert!(rest.caught_up);
         assert_eq!(rest.cursor, 10);
-        let none = log.changes_since(&DocSetId::new("store.c").unwrap(), 0, 100, 1 << 20).unwrap();
+        let none = log
+            .changes_since(&DocSetId::new("store.c").unwrap(), 0, 100, 1 << 20)
+            .unwrap();
         assert!(none.changes.is_empty() && none.caught_up);
         assert_eq!(none.cursor, 10, "an empty set is caught up to the head");
         assert!(rest.changes.iter().all(|c| c.origin == ReplicaId([3; 16])));
         let doc = DocId::new("store.a/x").unwrap();
-        assert_eq!(log.doc_changes(&doc).unwrap(), vec![vec![2], vec![4], vec![6], vec![8], vec![10]]);
+        assert_eq!(
+            log.doc_changes(&doc).unwrap(),
+            vec![vec![2], vec![4], vec![6], vec![8], vec![10]]
+        );
     }
 }
 

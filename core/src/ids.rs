@@ -33,7 +33,9 @@ pub enum IdError {
         max: usize,
     },
     /// The string held a character outside the allowed alphabet.
-    #[error("{kind} {value:?} may only contain A-Z a-z 0-9 - _ . (and / between segments of a document id)")]
+    #[error(
+        "{kind} {value:?} may only contain A-Z a-z 0-9 - _ . (and / between segments of a document id)"
+    )]
     BadCharacter {
         /// Which identifier kind was being parsed.
         kind: &'static str,
@@ -58,11 +60,17 @@ pub fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if value.len() > NAME_BYTES_MAX {
-        return Err(IdError::TooLong { kind, max: NAME_BYTES_MAX });
+        return Err(IdError::TooLong {
+            kind,
+            max: NAME_BYTES_MAX,
+        });
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(allowed) {
-        return Err(IdError::BadCharacter { kind, value: value.to_owned() });
+        return Err(IdError::BadCharacter {
+            kind,
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
@@ -306,7 +314,10 @@ impl DocId {
     pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
         let value = value.into();
         if value.len() > DOC_ID_BYTES_MAX {
-            return Err(IdError::TooLong { kind: "document id", max: DOC_ID_BYTES_MAX });
+            return Err(IdError::TooLong {
+                kind: "document id",
+                max: DOC_ID_BYTES_MAX,
+            });
         }
         let mut segments = value.split('/');
         let set = segments.next().unwrap_or("");
@@ -333,7 +344,11 @@ impl DocId {
 
     /// The set this document belongs to.
     pub fn set(&self) -> DocSetId {
-        let set = self.0.split_once('/').map(|(set, _)| set).unwrap_or(&self.0);
+        let set = self
+            .0
+            .split_once('/')
+            .map(|(set, _)| set)
+            .unwrap_or(&self.0);
         // Validated by the constructor.
         DocSetId(set.to_owned())
     }
@@ -387,7 +402,10 @@ mod tests {
         let doc = DocId::new("store.berlin-01/stock/007").unwrap();
         assert_eq!(doc.set().as_str(), "store.berlin-01");
         assert_eq!(doc.set().kind(), DocSetKind::Store);
-        assert!(DocId::new("store.berlin-01").is_err(), "a bare set is not a document");
+        assert!(
+            DocId::new("store.berlin-01").is_err(),
+            "a bare set is not a document"
+        );
         assert!(DocId::new("shop.x/a").is_err(), "unknown set kind");
         assert!(DocId::new("store.x//a").is_err(), "empty segment");
         assert!(DocId::new("store.x/a b").is_err(), "space");

@@ -20,7 +20,6 @@ pub mod store;
 #[cfg(feature = "net")]
 pub mod net;
 
-
 pub use edit::{Edit, Value};
 pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
 pub use store::{DocEdit, Durability, Store, StoreError};

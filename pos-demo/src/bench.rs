@@ -29,7 +29,11 @@ pub struct LocalWritesArgs {
 /// on a store file in a temporary directory.
 pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
-    let mut store = Store::open(&dir.path().join("bench.db"), DeviceId::new("bench")?, StoreId::new("s1")?)?;
+    let mut store = Store::open(
+        &dir.path().join("bench.db"),
+        DeviceId::new("bench")?,
+        StoreId::new("s1")?,
+    )?;
     let cart = DocId::new("customer.c-1/cart")?;
     let stock = DocId::new("store.s1/stock")?;
     let orders = DocId::new("store.s1/orders/bench")?;
@@ -37,7 +41,9 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
     store.commit(
         &[DocEdit {
             doc: stock.clone(),
-            edits: (0..skus).map(|n| Edit::put(&[&format!("sku-{n}")], Value::Counter(1_000_000))).collect(),
+            edits: (0..skus)
+                .map(|n| Edit::put(&[&format!("sku-{n}")], Value::Counter(1_000_000)))
+                .collect(),
         }],
         omnisync_core::now_ms(),
     )?;
@@ -46,7 +52,10 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         let line = format!("line-{}", n % 50);
         let edit = DocEdit {
             doc: cart.clone(),
-            edits: vec![Edit::put(&[&line, "quantity"], Value::Int(i64::from(n) + 1))],
+            edits: vec![Edit::put(
+                &[&line, "quantity"],
+                Value::Int(i64::from(n) + 1),
+            )],
         };
         let started = Instant::now();
         store.commit_with(&[edit], omnisync_core::now_ms(), Durability::AppCrash)?;
@@ -57,7 +66,10 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         let sku = format!("sku-{}", n % skus);
         let order = format!("o-{n}");
         let edits = [
-            DocEdit { doc: stock.clone(), edits: vec![Edit::increment(&[&sku], -1)] },
+            DocEdit {
+                doc: stock.clone(),
+                edits: vec![Edit::increment(&[&sku], -1)],
+            },
             DocEdit {
                 doc: orders.clone(),
                 edits: vec![
@@ -78,8 +90,14 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         "sale_p50_ms": round3(percentile(&mut sale_ms, 0.5)),
         "sale_p99_ms": round3(percentile(&mut sale_ms, 0.99)),
     });
-    println!("cart edit (survives app crash): p50 {} ms, p99 {} ms", result["cart_edit_p50_ms"], result["cart_edit_p99_ms"]);
-    println!("sale (survives power loss):     p50 {} ms, p99 {} ms", result["sale_p50_ms"], result["sale_p99_ms"]);
+    println!(
+        "cart edit (survives app crash): p50 {} ms, p99 {} ms",
+        result["cart_edit_p50_ms"], result["cart_edit_p99_ms"]
+    );
+    println!(
+        "sale (survives power loss):     p50 {} ms, p99 {} ms",
+        result["sale_p50_ms"], result["sale_p99_ms"]
+    );
     if args.json {
         println!("{result}");
     }
@@ -149,10 +167,17 @@ async fn ingest_once(args: &HubIngestArgs, group_ops_max: usize) -> anyhow::Resu
     for n in 0..args.devices {
         let dir = tempfile::tempdir()?;
         let name = format!("dev-{n}");
-        let mut store = Store::open(&dir.path().join("d.db"), DeviceId::new(&name)?, store_id.clone())?;
+        let mut store = Store::open(
+            &dir.path().join("d.db"),
+            DeviceId::new(&name)?,
+            store_id.clone(),
+        )?;
         let doc = DocId::in_set(&DocSetId::store(&store_id), &format!("orders/{name}"))?;
         for op in 0..args.ops_per_device {
-            let edit = DocEdit { doc: doc.clone(), edits: vec![Edit::put(&[&format!("o{op}")], Value::Int(1))] };
+            let edit = DocEdit {
+                doc: doc.clone(),
+                edits: vec![Edit::put(&[&format!("o{op}")], Value::Int(1))],
+            };
             // Relaxed durability: this measures the hub, not the device's fsync.
             store.commit_with(&[edit], omnisync_core::now_ms(), Durability::AppCrash)?;
         }
@@ -167,7 +192,9 @@ async fn ingest_once(args: &HubIngestArgs, group_ops_max: usize) -> anyhow::Resu
     }
     for (client, _) in &devices {
         client
-            .wait_for(Duration::from_secs(300), "uploads", |status| status.pending == 0)
+            .wait_for(Duration::from_secs(300), "uploads", |status| {
+                status.pending == 0
+            })
             .await
             .context("waiting for acknowledgements")?;
     }

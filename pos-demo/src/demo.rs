@@ -10,9 +10,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use omnisync_core::domain::catalog::{ProductField, ProductUpdate};
+use omnisync_core::domain::orders::OrderLine;
+use omnisync_core::domain::{Channel, Currency, DomainError, Money, Sku};
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::protocol::message::Credentials;
-use omnisync_core::{CustomerId, DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, Store, StoreId, Value};
+use omnisync_core::{CustomerId, DeviceId, DocId, DocSetId, Store, StoreId};
 use rand::{Rng, SeedableRng};
 
 use crate::hubref::HubRef;
@@ -60,59 +63,87 @@ struct Device {
     _dir: tempfile::TempDir,
 }
 
-fn open_device(url: &str, store: &StoreId, name: &str, token: Option<&str>, sets: &[DocSetId]) -> anyhow::Result<Device> {
+fn open_device(
+    url: &str,
+    store: &StoreId,
+    name: &str,
+    token: Option<&str>,
+    sets: &[DocSetId],
+) -> anyhow::Result<Device> {
     let dir = tempfile::tempdir().context("creating a device directory")?;
-    let store = Store::open(&dir.path().join("device.db"), DeviceId::new(name)?, store.clone())?;
+    let store = Store::open(
+        &dir.path().join("device.db"),
+        DeviceId::new(name)?,
+        store.clone(),
+    )?;
     let mut config = SyncConfig::new(url);
-    config.credentials = Credentials { token: token.map(str::to_owned) };
+    config.credentials = Credentials {
+        token: token.map(str::to_owned),
+    };
     config.agent = format!("pos-demo/{name}");
     let client = Client::new(store, config);
     for set in sets {
         client.subscribe(set)?;
     }
     client.start();
-    Ok(Device { name: name.to_owned(), client, _dir: dir })
-}
-
-fn doc(store: &StoreId, path: &str) -> anyhow::Result<DocId> {
-    Ok(DocId::in_set(&DocSetId::store(store), path)?)
+    Ok(Device {
+        name: name.to_owned(),
+        client,
+        _dir: dir,
+    })
 }
 
 fn format_money(minor: i64) -> String {
     format!("€{}.{:02}", minor / 100, minor % 100)
 }
 
-/// Records one sale: stock counters down, an order in the till's own orders document.
-fn sell(till: &Device, rng: &mut impl Rng, number: u32) -> anyhow::Result<String> {
-    let lines = rng.random_range(1..=3);
-    let mut stock_edits = Vec::new();
-    let mut order_edits = Vec::new();
-    let mut total = 0;
-    let mut described = Vec::new();
+/// Records one sale as an order at the prices in force on the till; returns
+/// the line to print and the quantities sold per SKU.
+fn sell(
+    till: &Device,
+    rng: &mut impl Rng,
+    number: u32,
+) -> anyhow::Result<(String, Vec<(usize, i64)>)> {
+    let line_count = rng.random_range(1..=3);
     let order_id = format!("{}-{number:04}", till.name);
-    let store = till.client.store().store_id().clone();
-    let prices = doc(&store, "prices")?;
-    let picks = rand::seq::index::sample(rng, PRODUCTS.len(), lines);
-    for (line, pick) in picks.into_iter().enumerate() {
+    let picks = rand::seq::index::sample(rng, PRODUCTS.len(), line_count);
+    let mut lines = Vec::new();
+    let mut sold = Vec::new();
+    let mut described = Vec::new();
+    let mut total = 0;
+    for pick in picks {
         let (sku, name, _) = PRODUCTS[pick];
+        let sku = Sku::new(sku)?;
         let quantity = rng.random_range(1..=2);
-        let price = till.client.store().get(&prices, &[sku, "amount_minor"])?.and_then(|v| v.as_i64()).unwrap_or(0);
-        total += price * quantity;
-        stock_edits.push(Edit::increment(&[sku], -quantity));
-        let line_key = format!("line-{line}");
-        order_edits.push(Edit::put(&[&order_id, &line_key, "sku"], Value::Str(sku.into())));
-        order_edits.push(Edit::put(&[&order_id, &line_key, "quantity"], Value::Int(quantity)));
-        order_edits.push(Edit::put(&[&order_id, &line_key, "unit_price_minor"], Value::Int(price)));
+        let price = {
+            let store = till.client.store();
+            let store_id = store.store_id().clone();
+            store.price_in_force(&store_id, &sku, Channel::Pos, omnisync_core::now_ms())?
+        };
+        let unit_price_minor = price.map_or(0, |price| price.money.amount_minor);
+        total += unit_price_minor * quantity;
         described.push(format!("{quantity}× {name}"));
+        lines.push(OrderLine {
+            sku,
+            quantity,
+            unit_price_minor,
+        });
+        sold.push((pick, quantity));
     }
-    order_edits.push(Edit::put(&[&order_id, "total_minor"], Value::Int(total)));
-    order_edits.push(Edit::put(&[&order_id, "status"], Value::Str("completed".into())));
-    let orders = doc(&store, &format!("orders/{}", till.name))?;
-    till.client.commit_with(
-        &[DocEdit { doc: doc(&store, "stock")?, edits: stock_edits }, DocEdit { doc: orders, edits: order_edits }],
-        Durability::Full,
-    )?;
-    Ok(format!("sale {order_id}: {} = {}", described.join(", "), format_money(total)))
+    till.client
+        .write(|store| store.create_order(&order_id, &lines, eur(), omnisync_core::now_ms()))?;
+    Ok((
+        format!(
+            "sale {order_id}: {} = {}",
+            described.join(", "),
+            format_money(total)
+        ),
+        sold,
+    ))
+}
+
+fn eur() -> Currency {
+    Currency::new("EUR").expect("EUR is a currency code")
 }
 
 /// Runs the demo; `Ok(false)` when replicas disagree or an op is lost.
@@ -125,100 +156,236 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let store_set = DocSetId::store(store);
     let customer = CustomerId::new("c-42")?;
     let customer_set = DocSetId::customer(&customer);
-    let back_office = open_device(&url, store, "back-office", None, std::slice::from_ref(&store_set))?;
+    let back_office = open_device(
+        &url,
+        store,
+        "back-office",
+        None,
+        std::slice::from_ref(&store_set),
+    )?;
     let tills: Vec<Device> = (1..=3)
-        .map(|n| open_device(&url, store, &format!("till-{n}"), None, std::slice::from_ref(&store_set)))
+        .map(|n| {
+            open_device(
+                &url,
+                store,
+                &format!("till-{n}"),
+                None,
+                std::slice::from_ref(&store_set),
+            )
+        })
         .collect::<Result<_, _>>()?;
-    let phone = open_device(&url, store, "phone-c42", Some("customer:c-42"), &[store_set.clone(), customer_set.clone()])?;
+    let phone = open_device(
+        &url,
+        store,
+        "phone-c42",
+        Some("customer:c-42"),
+        &[store_set.clone(), customer_set.clone()],
+    )?;
 
-    // The back office seeds catalog, prices and stock in one op.
-    let mut catalog = Vec::new();
-    let mut prices = Vec::new();
-    let mut stock = Vec::new();
-    for (sku, name, price) in PRODUCTS {
-        catalog.push(Edit::put(&[sku, "name"], Value::Str((*name).into())));
-        prices.push(Edit::put(&[sku, "amount_minor"], Value::Int(*price)));
-        prices.push(Edit::put(&[sku, "currency"], Value::Str("EUR".into())));
-        stock.push(Edit::put(&[sku], Value::Counter(INITIAL_STOCK)));
+    // The back office publishes catalog, prices and stock levels. Against a
+    // long-lived hub the store may exist already: start from its state.
+    back_office
+        .client
+        .wait_synced(SYNC_TIMEOUT)
+        .await
+        .context("back office syncing")?;
+    let now = omnisync_core::now_ms();
+    let updates: Vec<ProductUpdate> = PRODUCTS
+        .iter()
+        .map(|(sku, name, _)| {
+            Ok(ProductUpdate {
+                sku: Sku::new(*sku)?,
+                fields: vec![(ProductField::Name, (*name).to_owned())],
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    back_office
+        .client
+        .write(|db| match db.upsert_products(store, &updates, now) {
+            Ok(_) | Err(DomainError::Store(omnisync_core::StoreError::Unchanged)) => Ok(()),
+            Err(error) => Err(error),
+        })?;
+    for (sku, _, price) in PRODUCTS {
+        let sku = Sku::new(*sku)?;
+        let money = Money {
+            amount_minor: *price,
+            currency: eur(),
+        };
+        back_office
+            .client
+            .write(|db| db.set_price(store, &sku, Channel::Pos, 0, &money, now))?;
+        back_office
+            .client
+            .write(|db| db.set_price(store, &sku, Channel::App, 0, &money, now))?;
+        back_office
+            .client
+            .write(|db| db.publish_stock_level(store, &sku, INITIAL_STOCK, now))?;
     }
-    // Against a long-lived hub the store may exist already: start from its state.
-    back_office.client.wait_synced(SYNC_TIMEOUT).await.context("back office syncing")?;
-    let seeded = back_office.client.commit(&[
-        DocEdit { doc: doc(store, "catalog")?, edits: catalog },
-        DocEdit { doc: doc(store, "prices")?, edits: prices },
-        DocEdit { doc: doc(store, "stock")?, edits: stock },
-    ]);
-    match seeded {
-        Ok(_) | Err(omnisync_core::StoreError::Unchanged) => {}
-        Err(error) => return Err(error.into()),
-    }
-    timeline.say("back-office", format!("published {} products with prices and stock {INITIAL_STOCK} each", PRODUCTS.len()));
+    timeline.say(
+        "back-office",
+        format!(
+            "published {} products with prices and stock {INITIAL_STOCK} each",
+            PRODUCTS.len()
+        ),
+    );
     for device in tills.iter().chain([&phone, &back_office]) {
-        device.client.wait_synced(SYNC_TIMEOUT).await.with_context(|| format!("{} syncing the catalog", device.name))?;
+        device
+            .client
+            .wait_synced(SYNC_TIMEOUT)
+            .await
+            .with_context(|| format!("{} syncing the catalog", device.name))?;
     }
     timeline.say("all", "every till and the phone have the catalog locally");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut sale_number = 0;
+    let mut sold = [0i64; PRODUCTS.len()];
     for _ in 0..args.sales {
         for till in &tills {
             sale_number += 1;
-            let line = sell(till, &mut rng, sale_number)?;
+            let (line, quantities) = sell(till, &mut rng, sale_number)?;
+            for (pick, quantity) in quantities {
+                sold[pick] += quantity;
+            }
             timeline.say(&till.name, line);
         }
     }
 
-    // The phone fills a cart: one line per item, keyed by a unique line id.
-    let cart = DocId::in_set(&customer_set, "cart")?;
-    let cart_tag: u32 = rand::random(); // Unique line ids: concurrent adds never collide.
-    for (line, (sku, name, _)) in PRODUCTS.iter().take(2).enumerate() {
-        let line = format!("{cart_tag:08x}-{line}");
-        phone.client.commit_with(
-            &[DocEdit {
-                doc: cart.clone(),
-                edits: vec![
-                    Edit::put(&[&line, "sku"], Value::Str((*sku).into())),
-                    Edit::put(&[&line, "quantity"], Value::Int(1)),
-                ],
-            }],
-            Durability::AppCrash,
-        )?;
+    // The phone fills the shopper's cart: every add is a line with a unique id.
+    for (sku, name, _) in PRODUCTS.iter().take(2) {
+        let sku = Sku::new(*sku)?;
+        phone
+            .client
+            .write(|db| db.add_to_cart(&customer, &sku, 1, omnisync_core::now_ms()))?;
         timeline.say(&phone.name, format!("added {name} to the cart"));
     }
+    let cart =
+        phone
+            .client
+            .store()
+            .cart(&customer, store, Channel::App, omnisync_core::now_ms())?;
+    let cart_total = cart.total.as_ref().map_or_else(
+        || "unpriced".to_owned(),
+        |money| format_money(money.amount_minor),
+    );
+    timeline.say(
+        &phone.name,
+        format!(
+            "cart: {} lines, {cart_total} at app prices",
+            cart.lines.len()
+        ),
+    );
 
     tills[2].client.set_online(false);
     timeline.say(&tills[2].name, "uplink lost — keeps selling offline");
     for _ in 0..args.sales {
         for till in &tills {
             sale_number += 1;
-            let line = sell(till, &mut rng, sale_number)?;
+            let (line, quantities) = sell(till, &mut rng, sale_number)?;
+            for (pick, quantity) in quantities {
+                sold[pick] += quantity;
+            }
             timeline.say(&till.name, line);
         }
     }
     let offline = tills[2].client.status();
-    timeline.say(&tills[2].name, format!("offline with {} sales pending, all durable on the till", offline.pending));
+    timeline.say(
+        &tills[2].name,
+        format!(
+            "offline with {} sales pending, all durable on the till",
+            offline.pending
+        ),
+    );
 
     // A price change from the back office, timed to each online device.
     let (sku, name, old_price) = PRODUCTS[0];
     let new_price = old_price - 200;
     let changed_at = Instant::now();
-    back_office.client.commit(&[DocEdit {
-        doc: doc(store, "prices")?,
-        edits: vec![Edit::put(&[sku, "amount_minor"], Value::Int(new_price))],
-    }])?;
-    timeline.say("back-office", format!("price of {name}: {} → {}", format_money(old_price), format_money(new_price)));
+    let price_sku = Sku::new(sku)?;
+    let money = Money {
+        amount_minor: new_price,
+        currency: eur(),
+    };
+    back_office.client.write(|db| {
+        db.set_price(
+            store,
+            &price_sku,
+            Channel::Pos,
+            0,
+            &money,
+            omnisync_core::now_ms(),
+        )
+    })?;
+    timeline.say(
+        "back-office",
+        format!(
+            "price of {name}: {} → {}",
+            format_money(old_price),
+            format_money(new_price)
+        ),
+    );
     for device in [&tills[0], &tills[1], &phone] {
         let seen = wait_for_price(&device.client, sku, new_price).await?;
-        timeline.say(&device.name, format!("sees the new price after {:.1} ms", seen.duration_since(changed_at).as_secs_f64() * 1e3));
+        timeline.say(
+            &device.name,
+            format!(
+                "sees the new price after {:.1} ms",
+                seen.duration_since(changed_at).as_secs_f64() * 1e3
+            ),
+        );
     }
 
     tills[2].client.set_online(true);
     timeline.say(&tills[2].name, "uplink back — uploading");
     let all: Vec<&Device> = tills.iter().chain([&phone, &back_office]).collect();
     for device in &all {
-        device.client.wait_synced(SYNC_TIMEOUT).await.with_context(|| format!("{} catching up", device.name))?;
+        device
+            .client
+            .wait_synced(SYNC_TIMEOUT)
+            .await
+            .with_context(|| format!("{} catching up", device.name))?;
     }
-    timeline.say(&tills[2].name, format!("caught up; price of {name} is now {}", format_money(new_price)));
+    timeline.say(
+        &tills[2].name,
+        format!(
+            "caught up; price of {name} is now {}",
+            format_money(new_price)
+        ),
+    );
+
+    // The back office, which now sees every order, publishes the stock left.
+    let mut published = Vec::new();
+    for (index, (sku, _, _)) in PRODUCTS.iter().enumerate() {
+        let sku = Sku::new(*sku)?;
+        let on_hand = INITIAL_STOCK - sold[index];
+        back_office.client.write(|db| {
+            match db.publish_stock_level(store, &sku, on_hand, omnisync_core::now_ms()) {
+                Ok(_) | Err(DomainError::Store(omnisync_core::StoreError::Unchanged)) => Ok(()),
+                Err(error) => Err(error),
+            }
+        })?;
+        published.push(format!("{sku} {on_hand}"));
+    }
+    timeline.say(
+        "back-office",
+        format!("stock after the day: {}", published.join(", ")),
+    );
+    for device in &all {
+        device
+            .client
+            .wait_synced(SYNC_TIMEOUT)
+            .await
+            .with_context(|| format!("{} syncing stock", device.name))?;
+    }
+    let orders_seen = back_office
+        .client
+        .store()
+        .orders_by_status(store, "completed", 10_000)?
+        .len();
+    timeline.say(
+        "back-office",
+        format!("{orders_seen} completed orders from all tills"),
+    );
 
     let summary = check(&hub, &all, &customer_set).await?;
     println!();
@@ -228,7 +395,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     println!("  acknowledged   {}", summary.acknowledged);
     println!("  lost           {}", summary.lost);
     println!("  documents      {}", summary.documents);
-    println!("  converged      {}", if summary.converged { "yes" } else { "NO" });
+    println!(
+        "  converged      {}",
+        if summary.converged { "yes" } else { "NO" }
+    );
     println!("  elapsed        {:.2} s", timeline.elapsed().as_secs_f64());
     for device in &all {
         device.client.stop().await;
@@ -238,15 +408,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 }
 
 async fn wait_for_price(client: &Client, sku: &str, price: i64) -> anyhow::Result<Instant> {
-    let store = client.store().store_id().clone();
-    let prices = doc(&store, "prices")?;
+    let sku = Sku::new(sku)?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        let seen = client.store().get(&prices, &[sku, "amount_minor"])?.and_then(|v| v.as_i64());
-        if seen == Some(price) {
+        let seen = {
+            let store = client.store();
+            let store_id = store.store_id().clone();
+            store.price_in_force(&store_id, &sku, Channel::Pos, omnisync_core::now_ms())?
+        };
+        if seen.is_some_and(|seen| seen.money.amount_minor == price) {
             return Ok(Instant::now());
         }
-        anyhow::ensure!(Instant::now() < deadline, "price change did not arrive within {SYNC_TIMEOUT:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "price change did not arrive within {SYNC_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -261,8 +437,18 @@ struct Summary {
 
 /// Counts ops against the hub's own records and compares every replica of
 /// every document with the hub's copy.
-async fn check(hub: &HubRef, devices: &[&Device], customer_set: &DocSetId) -> anyhow::Result<Summary> {
-    let mut summary = Summary { committed: 0, acknowledged: 0, lost: 0, documents: 0, converged: true };
+async fn check(
+    hub: &HubRef,
+    devices: &[&Device],
+    customer_set: &DocSetId,
+) -> anyhow::Result<Summary> {
+    let mut summary = Summary {
+        committed: 0,
+        acknowledged: 0,
+        lost: 0,
+        documents: 0,
+        converged: true,
+    };
     for device in devices {
         let (ops, stats) = {
             let store = device.client.store();
@@ -287,7 +473,12 @@ async fn check(hub: &HubRef, devices: &[&Device], customer_set: &DocSetId) -> an
     for doc in &docs {
         let hub_heads = hub.doc_heads(doc).await?;
         for device in devices {
-            let follows = device.client.store().subscriptions()?.iter().any(|(set, _)| *set == doc.set());
+            let follows = device
+                .client
+                .store()
+                .subscriptions()?
+                .iter()
+                .any(|(set, _)| *set == doc.set());
             if !follows || (doc.set() == *customer_set && device.name != "phone-c42") {
                 continue;
             }

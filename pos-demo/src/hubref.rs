@@ -36,7 +36,10 @@ impl HubRef {
         let Some(url) = hub else {
             let data = tempfile::tempdir().context("creating the hub's data directory")?;
             let config = HubConfig::new("127.0.0.1:0".parse()?, data.path().to_path_buf());
-            return Ok(HubRef::Embedded { hub: Hub::start(config).await?, data });
+            return Ok(HubRef::Embedded {
+                hub: Hub::start(config).await?,
+                data,
+            });
         };
         let rest = url
             .strip_prefix("ws://")
@@ -46,11 +49,16 @@ impl HubRef {
             bail!("--hub {url:?}: expected ws://HOST:PORT[/v1/sync]");
         }
         let sync_url = format!("ws://{authority}/v1/sync");
-        let (status, _) = http_get(&authority, "/healthz").await.with_context(|| format!("reaching the hub at {authority}"))?;
+        let (status, _) = http_get(&authority, "/healthz")
+            .await
+            .with_context(|| format!("reaching the hub at {authority}"))?;
         if status != 200 {
             bail!("the hub at {authority} answered /healthz with HTTP {status}");
         }
-        Ok(HubRef::External { sync_url, authority })
+        Ok(HubRef::External {
+            sync_url,
+            authority,
+        })
     }
 
     /// The sync URL devices connect to.
@@ -65,7 +73,11 @@ impl HubRef {
     pub fn describe(&self) -> String {
         match self {
             HubRef::Embedded { hub, data } => {
-                format!("embedded hub on {} (data in {})", hub.sync_url(), data.path().display())
+                format!(
+                    "embedded hub on {} (data in {})",
+                    hub.sync_url(),
+                    data.path().display()
+                )
             }
             HubRef::External { sync_url, .. } => format!("external hub at {sync_url}"),
         }
@@ -79,7 +91,11 @@ impl HubRef {
                 Some(omnisync_core::protocol::message::AckOutcome::Applied { .. })
             )),
             HubRef::External { authority, .. } => {
-                let (status, body) = http_get(authority, &format!("/v1/admin/ops/{}/{}", op.replica, op.seq)).await?;
+                let (status, body) = http_get(
+                    authority,
+                    &format!("/v1/admin/ops/{}/{}", op.replica, op.seq),
+                )
+                .await?;
                 Ok(status == 200 && String::from_utf8_lossy(&body).contains("\"applied\""))
             }
         }
@@ -90,14 +106,16 @@ impl HubRef {
         let loaded = match self {
             HubRef::Embedded { hub, .. } => omnisync_hub::load_doc(hub.reader().as_ref(), doc)?,
             HubRef::External { authority, .. } => {
-                let (status, body) = http_get(authority, &format!("/v1/admin/docs/{doc}?format=automerge")).await?;
+                let (status, body) =
+                    http_get(authority, &format!("/v1/admin/docs/{doc}?format=automerge")).await?;
                 if status == 404 {
                     return Ok(Vec::new());
                 }
                 if status != 200 {
                     bail!("hub answered HTTP {status} for {doc}");
                 }
-                automerge::Automerge::load(&body).with_context(|| format!("hub's bytes for {doc}"))?
+                automerge::Automerge::load(&body)
+                    .with_context(|| format!("hub's bytes for {doc}"))?
             }
         };
         let mut heads: Vec<String> = loaded.get_heads().iter().map(ToString::to_string).collect();
@@ -120,7 +138,10 @@ async fn http_get(authority: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)>
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    (&mut stream).take(ADMIN_RESPONSE_BYTES_MAX as u64).read_to_end(&mut response).await?;
+    (&mut stream)
+        .take(ADMIN_RESPONSE_BYTES_MAX as u64)
+        .read_to_end(&mut response)
+        .await?;
     let header_end = response
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -132,7 +153,10 @@ async fn http_get(authority: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)>
         .and_then(|code| code.parse().ok())
         .context("HTTP response without a status code")?;
     let mut body = response[header_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
     Ok((status, body))
@@ -141,7 +165,10 @@ async fn http_get(authority: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)>
 fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").context("bad chunked body")?;
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunked body")?;
         let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)
             .context("bad chunk size")?;
         body = &body[line_end + 2..];

@@ -2,6 +2,7 @@
 //! written against omnisync-core's public API the way an app would be.
 
 mod bench;
+mod bootstrap;
 mod demo;
 mod hubref;
 mod report;
@@ -28,6 +29,12 @@ enum Command {
     /// Measure hub ingest: acknowledged ops/s with group commit against one
     /// commit per op, in the same run.
     HubIngest(bench::HubIngestArgs),
+    /// Measure a fresh terminal's first sync of a large catalog (time, peak RSS,
+    /// local query latency).
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// The fresh terminal of `bootstrap`, run as a child process.
+    #[command(hide = true)]
+    BootstrapTerminal(bootstrap::TerminalArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,7 +46,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the tokio runtime: {error}");
@@ -51,6 +61,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::LocalWrites(args) => bench::local_writes(args).await,
             Command::HubIngest(args) => bench::hub_ingest(args).await,
+            Command::Bootstrap(args) => bootstrap::run(args).await,
+            Command::BootstrapTerminal(args) => bootstrap::terminal(args).await,
         }
     });
     match result {

@@ -10,12 +10,18 @@ pub struct Timeline {
 impl Timeline {
     /// Starts the clock.
     pub fn new() -> Self {
-        Self { started: Instant::now() }
+        Self {
+            started: Instant::now(),
+        }
     }
 
     /// Prints one line: `[  1.234s] who  what`.
     pub fn say(&self, who: &str, what: impl AsRef<str>) {
-        println!("[{:>7.3}s] {who:<12} {}", self.started.elapsed().as_secs_f64(), what.as_ref());
+        println!(
+            "[{:>7.3}s] {who:<12} {}",
+            self.started.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
     }
 
     /// Time since start.

@@ -27,9 +27,10 @@ impl Authenticator for DevAuthenticator {
         match hello.credentials.token.as_deref() {
             None | Some("") => {}
             Some(token) => {
-                let customer = token
-                    .strip_prefix("customer:")
-                    .ok_or_else(|| "unknown credentials; the development hub accepts none or customer:ID".to_owned())?;
+                let customer = token.strip_prefix("customer:").ok_or_else(|| {
+                    "unknown credentials; the development hub accepts none or customer:ID"
+                        .to_owned()
+                })?;
                 let customer = CustomerId::new(customer).map_err(|error| error.to_string())?;
                 sets.push(DocSetId::customer(&customer));
             }

@@ -76,7 +76,10 @@ impl Committer {
 
     /// Queues ops; waits only if the committer is [`COMMIT_QUEUE_MAX`] requests behind.
     pub async fn submit(&self, request: CommitRequest) -> Result<(), String> {
-        self.queue.send(request).await.map_err(|_| "committer stopped".to_owned())
+        self.queue
+            .send(request)
+            .await
+            .map_err(|_| "committer stopped".to_owned())
     }
 }
 
@@ -104,13 +107,23 @@ fn commit_group(
         let started = Instant::now();
         match log.apply(group) {
             Ok(applied) => {
-                metrics.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics.commit_batch_ops.observe(group_len as f64);
-                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 use std::sync::atomic::Ordering::Relaxed;
-                metrics.ops_applied.fetch_add(applied.stored as u64, Relaxed);
-                metrics.ops_rejected.fetch_add(applied.rejected as u64, Relaxed);
-                metrics.ops_duplicate.fetch_add(applied.duplicates as u64, Relaxed);
+                metrics
+                    .ops_applied
+                    .fetch_add(applied.stored as u64, Relaxed);
+                metrics
+                    .ops_rejected
+                    .fetch_add(applied.rejected as u64, Relaxed);
+                metrics
+                    .ops_duplicate
+                    .fetch_add(applied.duplicates as u64, Relaxed);
                 acks.extend(applied.acks);
                 for (set, changes) in applied.committed.by_set {
                     committed.by_set.entry(set).or_default().extend(changes);
@@ -131,7 +144,9 @@ fn commit_group(
     for ((reply, received), len) in replies.into_iter().zip(lens) {
         let answer = match &failure {
             None => {
-                metrics.ack_latency_seconds.observe(received.elapsed().as_secs_f64());
+                metrics
+                    .ack_latency_seconds
+                    .observe(received.elapsed().as_secs_f64());
                 Ok(acks.by_ref().take(len).collect())
             }
             // Acks already earned before the failure are still durable; the

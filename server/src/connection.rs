@@ -61,13 +61,26 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                 HubEvent::Authenticate(hello) => {
                     let result = hub.authenticator.authenticate(&hello);
                     match &result {
-                        Ok(peer) => tracing::info!(device = %peer.device, store = %peer.store, %address, agent = %hello.agent, "device connected"),
-                        Err(reason) => tracing::warn!(device = %hello.device, %address, %reason, "handshake refused"),
+                        Ok(peer) => {
+                            tracing::info!(device = %peer.device, store = %peer.store, %address, agent = %hello.agent, "device connected")
+                        }
+                        Err(reason) => {
+                            tracing::warn!(device = %hello.device, %address, %reason, "handshake refused")
+                        }
                     }
-                    session.handle_authenticated(result, &hub.hub_id, &hub.log_id, omnisync_core::now_ms());
+                    session.handle_authenticated(
+                        result,
+                        &hub.hub_id,
+                        &hub.log_id,
+                        omnisync_core::now_ms(),
+                    );
                 }
                 HubEvent::Apply(ops) => {
-                    let request = CommitRequest { ops, reply: ack_sender.clone(), received };
+                    let request = CommitRequest {
+                        ops,
+                        reply: ack_sender.clone(),
+                        received,
+                    };
                     if let Err(error) = hub.committer.submit(request).await {
                         session.handle_internal_error(error);
                     }
@@ -78,9 +91,16 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
             && let Some((set, cursor)) = session.poll_catch_up()
         {
             let reader = hub.reader.clone();
+            let resume = session.catch_up_resume(&set).cloned();
             catch_up = Some(tokio::task::spawn_blocking(move || {
                 let page = reader
-                    .changes_since(&set, cursor, message::CHANGE_BATCH_LEN_MAX, message::CHANGE_BATCH_BYTES_TARGET)
+                    .catch_up_page(
+                        &set,
+                        cursor,
+                        resume.as_ref(),
+                        message::CHANGE_BATCH_LEN_MAX,
+                        message::CHANGE_BATCH_BYTES_TARGET,
+                    )
                     .map_err(|error| error.to_string());
                 (set, page)
             }));
@@ -110,7 +130,10 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
                     let text = message::clamp_detail(format!("{}: {reason}", code.as_str()));
                     // Close reasons must fit in a control frame (123 bytes).
                     let text = truncate(&text, 120);
-                    let frame = CloseFrame { code: close_code(code), reason: text.clone().into() };
+                    let frame = CloseFrame {
+                        code: close_code(code),
+                        reason: text.clone().into(),
+                    };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                     closing = Some(text);
                     break;
@@ -172,7 +195,10 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
         }
     };
     hub.metrics.connections.fetch_sub(1, Relaxed);
-    let device = session.peer().map(|peer| peer.device.to_string()).unwrap_or_default();
+    let device = session
+        .peer()
+        .map(|peer| peer.device.to_string())
+        .unwrap_or_default();
     tracing::info!(%device, %address, %reason, "connection closed");
 }
 
@@ -184,12 +210,19 @@ fn classify_socket_error(error: axum::Error) -> Option<(ErrorCode, String)> {
     match inner.downcast_ref::<Error>() {
         Some(Error::Capacity(detail)) => Some((
             ErrorCode::TooLarge,
-            format!("{detail}; frames are limited to {} bytes", message::FRAME_BYTES_MAX),
+            format!(
+                "{detail}; frames are limited to {} bytes",
+                message::FRAME_BYTES_MAX
+            ),
         )),
-        Some(Error::Protocol(detail)) if !matches!(
-            detail,
-            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
-        ) => Some((ErrorCode::Malformed, detail.to_string())),
+        Some(Error::Protocol(detail))
+            if !matches!(
+                detail,
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            ) =>
+        {
+            Some((ErrorCode::Malformed, detail.to_string()))
+        }
         Some(Error::Utf8(detail)) => Some((ErrorCode::Malformed, detail.clone())),
         _ => None,
     }

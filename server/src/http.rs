@@ -48,7 +48,11 @@ async fn healthz(State(hub): State<Arc<HubState>>) -> Response {
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], hub.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -79,10 +83,14 @@ async fn admin_doc(
                 .map_err(|error| ApiError::Internal(error.to_string()))?;
             Ok(axum::Json(json).into_response())
         }
-        Some("automerge") => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], loaded.save()).into_response())
-        }
-        Some(other) => Err(ApiError::BadRequest(format!("unknown format {other:?}; use json or automerge"))),
+        Some("automerge") => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            loaded.save(),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown format {other:?}; use json or automerge"
+        ))),
     }
 }
 
@@ -91,8 +99,9 @@ async fn admin_op(
     State(hub): State<Arc<HubState>>,
     Path((replica, seq)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
-    let replica: omnisync_core::ReplicaId =
-        replica.parse().map_err(|error: omnisync_core::ids::IdError| ApiError::BadRequest(error.to_string()))?;
+    let replica: omnisync_core::ReplicaId = replica
+        .parse()
+        .map_err(|error: omnisync_core::ids::IdError| ApiError::BadRequest(error.to_string()))?;
     let op = omnisync_core::OpId { replica, seq };
     let reader = hub.reader.clone();
     let outcome = tokio::task::spawn_blocking(move || reader.outcome(&op))
@@ -100,8 +109,14 @@ async fn admin_op(
         .map_err(|error| ApiError::Internal(error.to_string()))?
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     let body = match outcome {
-        None => return Err(ApiError::NotFound(format!("no op {replica}:{seq} at this hub"))),
-        Some(AckOutcome::Applied { hub_seq }) => serde_json::json!({ "outcome": "applied", "hub_seq": hub_seq }),
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "no op {replica}:{seq} at this hub"
+            )));
+        }
+        Some(AckOutcome::Applied { hub_seq }) => {
+            serde_json::json!({ "outcome": "applied", "hub_seq": hub_seq })
+        }
         Some(AckOutcome::Rejected { code, detail }) => {
             serde_json::json!({ "outcome": "rejected", "code": format!("{code:?}"), "detail": detail })
         }
@@ -137,6 +152,10 @@ impl IntoResponse for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "admin request failed");
         }
-        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }

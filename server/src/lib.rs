@@ -9,6 +9,7 @@ pub mod auth;
 pub mod committer;
 pub mod connection;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod storage;
 
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omnisync_core::hublog::{HubLogRead, HubLogError};
+use omnisync_core::hublog::{HubLogError, HubLogRead};
 use omnisync_core::protocol::hub::CommittedChanges;
 use tokio::sync::{broadcast, watch};
 
@@ -44,7 +45,12 @@ pub struct HubConfig {
 impl HubConfig {
     /// Defaults for `data_dir`, listening on `listen`.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        Self { listen, data_dir, hub_id: "hub".into(), group_ops_max: committer::GROUP_OPS_MAX }
+        Self {
+            listen,
+            data_dir,
+            hub_id: "hub".into(),
+            group_ops_max: committer::GROUP_OPS_MAX,
+        }
     }
 }
 
@@ -79,24 +85,38 @@ pub struct Hub {
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
-        let writer = storage::SqliteHubLog::open(&config.data_dir)
-            .map_err(|source| HubError::Storage { dir: config.data_dir.clone(), source })?;
+        let writer =
+            storage::SqliteHubLog::open(&config.data_dir).map_err(|source| HubError::Storage {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
         let log_id = writer.log_id().to_owned();
         let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| HubError::Bind { address: config.listen, source })?;
-        let address = listener.local_addr().map_err(|source| HubError::Bind { address: config.listen, source })?;
+            .map_err(|source| HubError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| HubError::Bind {
+            address: config.listen,
+            source,
+        })?;
         // Small frames must leave at once: Nagle plus delayed ACKs adds ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::warn!(%error, "could not set TCP_NODELAY");
-            }
-        });
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::warn!(%error, "could not set TCP_NODELAY");
+                }
+            });
         let metrics = Arc::new(Metrics::default());
         let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
-        let (committer, committer_thread) =
-            Committer::start(Box::new(writer), fanout.clone(), metrics.clone(), config.group_ops_max);
+        let (committer, committer_thread) = Committer::start(
+            Box::new(writer),
+            fanout.clone(),
+            metrics.clone(),
+            config.group_ops_max,
+        );
         let state = Arc::new(HubState {
             hub_id: config.hub_id.clone(),
             log_id,
@@ -110,14 +130,22 @@ impl Hub {
         let app = http::router(state.clone());
         let mut shutdown = state.shutdown.subscribe();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
         });
         tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, "hub listening");
-        Ok(Hub { address, state, server, committer: Some(committer_thread) })
+        Ok(Hub {
+            address,
+            state,
+            server,
+            committer: Some(committer_thread),
+        })
     }
 
     /// The bound address.
@@ -148,7 +176,9 @@ impl Hub {
             Ok(result) => result.map_err(HubError::Serve)?,
             Err(error) => return Err(HubError::Task(error.to_string())),
         }
-        let Hub { state, committer, .. } = self;
+        let Hub {
+            state, committer, ..
+        } = self;
         // Connections hold clones of the state; once they are gone the
         // committer's queue closes and its thread drains and exits.
         drop(state);

@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, default_value_t = omnisync_hub::committer::GROUP_OPS_MAX as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         group_ops_max: u32,
     },
+    /// Import products, prices and stock from a CSV or JSON Lines file into a
+    /// store's documents (the hub must not be running on the directory).
+    ImportCatalog {
+        /// The file (.csv with a header row, or .jsonl).
+        file: PathBuf,
+        /// The store the catalog belongs to.
+        #[arg(long)]
+        store: String,
+        /// Directory of the hub's database.
+        #[arg(long, default_value = "./omnisync-data")]
+        data_dir: PathBuf,
+        /// Currency for rows that name none.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,23 +64,76 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve { listen, data_dir, hub_id, group_ops_max } => {
-                let config = HubConfig { listen, data_dir, hub_id, group_ops_max: group_ops_max as usize };
+            Command::Serve {
+                listen,
+                data_dir,
+                hub_id,
+                group_ops_max,
+            } => {
+                let config = HubConfig {
+                    listen,
+                    data_dir,
+                    hub_id,
+                    group_ops_max: group_ops_max as usize,
+                };
                 let hub = Hub::start(config).await?;
-                println!("omnisync-hub listening on {} (sync at {})", hub.address(), hub.sync_url());
+                println!(
+                    "omnisync-hub listening on {} (sync at {})",
+                    hub.address(),
+                    hub.sync_url()
+                );
                 wait_for_signal().await?;
                 tracing::info!("shutting down: closing connections and flushing commits");
                 hub.stop().await?;
                 tracing::info!("hub stopped cleanly");
+                Ok(())
+            }
+            Command::ImportCatalog {
+                file,
+                store,
+                data_dir,
+                currency,
+            } => {
+                let store = omnisync_core::StoreId::new(store).context("--store")?;
+                let currency =
+                    omnisync_core::domain::Currency::new(&currency).context("--currency")?;
+                let started = std::time::Instant::now();
+                let report = tokio::task::spawn_blocking(move || {
+                    omnisync_hub::import::import_file(&data_dir, &store, &file, None, currency)
+                })
+                .await??;
+                println!(
+                    "imported {} products into {} documents in {:.1} s (log head {})",
+                    report.products,
+                    report.documents,
+                    started.elapsed().as_secs_f64(),
+                    report.head_seq
+                );
+                if report.rejected_count > 0 {
+                    println!("rejected {} rows:", report.rejected_count);
+                    for row in &report.rejected {
+                        println!("  line {}: {}", row.line, row.reason);
+                    }
+                    if report.rejected_count > report.rejected.len() as u64 {
+                        println!(
+                            "  ... and {} more",
+                            report.rejected_count - report.rejected.len() as u64
+                        );
+                    }
+                }
                 Ok(())
             }
         }

@@ -31,24 +31,36 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micro.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
-const LATENCY_BOUNDS_S: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
+const LATENCY_BOUNDS_S: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+];
 
 /// Every metric the hub exports.
 pub struct Metrics {
@@ -105,21 +117,69 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         };
-        gauge("omnisync_connections", "Open device connections.", "gauge", &self.connections);
-        gauge("omnisync_connections_total", "Device connections accepted.", "counter", &self.connections_total);
-        gauge("omnisync_ops_applied_total", "Ops stored durably.", "counter", &self.ops_applied);
-        gauge("omnisync_ops_rejected_total", "Ops refused with a reason.", "counter", &self.ops_rejected);
-        gauge("omnisync_ops_duplicate_total", "Retried ops answered with their original outcome.", "counter", &self.ops_duplicate);
-        gauge("omnisync_commits_total", "Group commits.", "counter", &self.commits);
-        gauge("omnisync_changes_sent_total", "Changes sent to devices.", "counter", &self.changes_sent);
-        gauge("omnisync_protocol_errors_total", "Connections closed for a protocol violation.", "counter", &self.protocol_errors);
-        self.commit_batch_ops.render(&mut out, "omnisync_commit_batch_ops", "Ops per group commit.");
+        gauge(
+            "omnisync_connections",
+            "Open device connections.",
+            "gauge",
+            &self.connections,
+        );
+        gauge(
+            "omnisync_connections_total",
+            "Device connections accepted.",
+            "counter",
+            &self.connections_total,
+        );
+        gauge(
+            "omnisync_ops_applied_total",
+            "Ops stored durably.",
+            "counter",
+            &self.ops_applied,
+        );
+        gauge(
+            "omnisync_ops_rejected_total",
+            "Ops refused with a reason.",
+            "counter",
+            &self.ops_rejected,
+        );
+        gauge(
+            "omnisync_ops_duplicate_total",
+            "Retried ops answered with their original outcome.",
+            "counter",
+            &self.ops_duplicate,
+        );
+        gauge(
+            "omnisync_commits_total",
+            "Group commits.",
+            "counter",
+            &self.commits,
+        );
+        gauge(
+            "omnisync_changes_sent_total",
+            "Changes sent to devices.",
+            "counter",
+            &self.changes_sent,
+        );
+        gauge(
+            "omnisync_protocol_errors_total",
+            "Connections closed for a protocol violation.",
+            "counter",
+            &self.protocol_errors,
+        );
+        self.commit_batch_ops.render(
+            &mut out,
+            "omnisync_commit_batch_ops",
+            "Ops per group commit.",
+        );
         self.ack_latency_seconds.render(
             &mut out,
             "omnisync_ack_latency_seconds",
             "From an op's arrival to its durable ack.",
         );
-        self.commit_seconds.render(&mut out, "omnisync_commit_seconds", "Duration of one group commit.");
+        self.commit_seconds.render(
+            &mut out,
+            "omnisync_commit_seconds",
+            "Duration of one group commit.",
+        );
         out
     }
 }

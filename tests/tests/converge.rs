@@ -15,12 +15,18 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     // The back office (till 1 here) creates the counters before anyone sells.
     tills[0].client.commit(&[DocEdit {
         doc: stock.clone(),
-        edits: (0..10).map(|n| Edit::put(&[&format!("sku-{n}")], Value::Counter(100))).collect(),
+        edits: (0..10)
+            .map(|n| Edit::put(&[&format!("sku-{n}")], Value::Counter(100)))
+            .collect(),
     }])?;
     for till in &tills {
         till.client.wait_synced(SYNC_TIMEOUT).await?;
     }
-    wait_converged(&tills.iter().map(|t| &t.client).collect::<Vec<_>>(), std::slice::from_ref(&stock)).await?;
+    wait_converged(
+        &tills.iter().map(|t| &t.client).collect::<Vec<_>>(),
+        std::slice::from_ref(&stock),
+    )
+    .await?;
 
     tills[2].client.set_online(false);
     for round in 0..20 {
@@ -28,12 +34,21 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
             let sku = format!("sku-{}", (round + index) % 10);
             let order = DocId::new(format!("store.s1/orders/{}", till.client.store().device()))?;
             till.client.commit(&[
-                DocEdit { doc: stock.clone(), edits: vec![Edit::increment(&[&sku], -1)] },
-                DocEdit { doc: order, edits: vec![Edit::put(&[&format!("o{round}")], Value::Str(sku.clone()))] },
+                DocEdit {
+                    doc: stock.clone(),
+                    edits: vec![Edit::increment(&[&sku], -1)],
+                },
+                DocEdit {
+                    doc: order,
+                    edits: vec![Edit::put(&[&format!("o{round}")], Value::Str(sku.clone()))],
+                },
             ])?;
         }
     }
-    assert!(tills[2].client.status().pending >= 20, "offline till keeps its ops pending");
+    assert!(
+        tills[2].client.status().pending >= 20,
+        "offline till keeps its ops pending"
+    );
     tills[2].client.set_online(true);
     for till in &tills {
         till.client.wait_synced(SYNC_TIMEOUT).await?;
@@ -46,9 +61,17 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     // 60 sales of one unit over 10 SKUs: every counter lost exactly 6.
     let mut store = tills[1].client.store();
     for n in 0..10 {
-        assert_eq!(store.get(&stock, &[&format!("sku-{n}")])?, Some(Value::Counter(94)));
+        assert_eq!(
+            store.get(&stock, &[&format!("sku-{n}")])?,
+            Some(Value::Counter(94))
+        );
     }
-    assert_eq!(store.keys(&DocId::new("store.s1/orders/till-3")?, &[])?.len(), 20);
+    assert_eq!(
+        store
+            .keys(&DocId::new("store.s1/orders/till-3")?, &[])?
+            .len(),
+        20
+    );
     drop(store);
     // The hub holds the same document.
     let at_hub = omnisync_hub::load_doc(hub.hub.reader().as_ref(), &stock)?;

@@ -10,14 +10,24 @@ use crate::domain::{Channel, Currency, DomainError, Money, Sku, customer, prices
 use crate::ids::{CustomerId, DocId, OpId, StoreId};
 use crate::store::{Durability, Store, StoreError};
 
-fn commit(store: &mut Store, edits: &[crate::store::DocEdit], now_ms: u64, durability: Durability) -> Result<OpId, DomainError> {
+fn commit(
+    store: &mut Store,
+    edits: &[crate::store::DocEdit],
+    now_ms: u64,
+    durability: Durability,
+) -> Result<OpId, DomainError> {
     Ok(store.commit_with(edits, now_ms, durability)?)
 }
 
 impl Store {
     /// Creates or updates products: one op per group of at most
     /// [`crate::store::OP_DOCS_MAX`] catalog buckets, each atomic.
-    pub fn upsert_products(&mut self, store: &StoreId, updates: &[ProductUpdate], now_ms: u64) -> Result<Vec<OpId>, DomainError> {
+    pub fn upsert_products(
+        &mut self,
+        store: &StoreId,
+        updates: &[ProductUpdate],
+        now_ms: u64,
+    ) -> Result<Vec<OpId>, DomainError> {
         let edits = catalog::product_edits(store, updates)?;
         let mut ops = Vec::new();
         for group in edits.chunks(crate::store::OP_DOCS_MAX) {
@@ -49,62 +59,120 @@ impl Store {
         money: &Money,
         now_ms: u64,
     ) -> Result<OpId, DomainError> {
-        let edit = prices::set_price_edit(self, store, sku, channel, effective_from_ms, money, now_ms)?;
+        let edit =
+            prices::set_price_edit(self, store, sku, channel, effective_from_ms, money, now_ms)?;
         commit(self, &[edit], now_ms, Durability::Full)
     }
 
     /// Publishes the on-hand count of a SKU (authority only).
-    pub fn publish_stock_level(&mut self, store: &StoreId, sku: &Sku, on_hand: i64, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn publish_stock_level(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        on_hand: i64,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = stock::publish_level_edit(self, store, sku, on_hand, now_ms)?;
         commit(self, &[edit], now_ms, Durability::Full)
     }
 
     /// Adds a cart line; returns the op and the new line id.
-    pub fn add_to_cart(&mut self, customer: &CustomerId, sku: &Sku, quantity: i64, now_ms: u64) -> Result<(OpId, String), DomainError> {
+    pub fn add_to_cart(
+        &mut self,
+        customer: &CustomerId,
+        sku: &Sku,
+        quantity: i64,
+        now_ms: u64,
+    ) -> Result<(OpId, String), DomainError> {
         let (line, edit) = customer::add_line_edit(customer, sku, quantity, now_ms)?;
         Ok((commit(self, &[edit], now_ms, Durability::AppCrash)?, line))
     }
 
     /// Changes a cart line's quantity by `delta`.
-    pub fn change_cart_quantity(&mut self, customer: &CustomerId, line_id: &str, delta: i64, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn change_cart_quantity(
+        &mut self,
+        customer: &CustomerId,
+        line_id: &str,
+        delta: i64,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = customer::change_quantity_edit(customer, line_id, delta)?;
         commit(self, &[edit], now_ms, Durability::AppCrash).map_err(|error| match error {
-            DomainError::Store(StoreError::Edit { .. }) => DomainError::NotFound(format!("cart line {line_id}")),
+            DomainError::Store(StoreError::Edit { .. }) => {
+                DomainError::NotFound(format!("cart line {line_id}"))
+            }
             other => other,
         })
     }
 
     /// Removes a cart line.
-    pub fn remove_cart_line(&mut self, customer: &CustomerId, line_id: &str, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn remove_cart_line(
+        &mut self,
+        customer: &CustomerId,
+        line_id: &str,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = customer::remove_line_edit(customer, line_id)?;
         commit(self, &[edit], now_ms, Durability::AppCrash)
     }
 
     /// Adds a product to a wishlist.
-    pub fn wishlist_add(&mut self, customer: &CustomerId, sku: &Sku, now_ms: u64) -> Result<OpId, DomainError> {
-        commit(self, &[customer::wishlist_add_edit(customer, sku)], now_ms, Durability::AppCrash)
+    pub fn wishlist_add(
+        &mut self,
+        customer: &CustomerId,
+        sku: &Sku,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
+        commit(
+            self,
+            &[customer::wishlist_add_edit(customer, sku)],
+            now_ms,
+            Durability::AppCrash,
+        )
     }
 
     /// Removes a product from a wishlist (a concurrent add survives).
-    pub fn wishlist_remove(&mut self, customer: &CustomerId, sku: &Sku, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn wishlist_remove(
+        &mut self,
+        customer: &CustomerId,
+        sku: &Sku,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = customer::wishlist_remove_edit(self, customer, sku)?;
         commit(self, &[edit], now_ms, Durability::AppCrash)
     }
 
     /// Sets a profile field.
-    pub fn set_profile_field(&mut self, customer: &CustomerId, field: &str, value: &str, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn set_profile_field(
+        &mut self,
+        customer: &CustomerId,
+        field: &str,
+        value: &str,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = customer::profile_set_edit(self, customer, field, value, now_ms)?;
         commit(self, &[edit], now_ms, Durability::Full)
     }
 
     /// Records that the shopper looked at a product.
-    pub fn record_view(&mut self, customer: &CustomerId, sku: &Sku, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn record_view(
+        &mut self,
+        customer: &CustomerId,
+        sku: &Sku,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = customer::history_add_edit(self, customer, sku, now_ms)?;
         commit(self, &[edit], now_ms, Durability::AppCrash)
     }
 
     /// Records a completed order in this device's orders document.
-    pub fn create_order(&mut self, order_id: &str, lines: &[OrderLine], currency: Currency, now_ms: u64) -> Result<OpId, DomainError> {
+    pub fn create_order(
+        &mut self,
+        order_id: &str,
+        lines: &[OrderLine],
+        currency: Currency,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
         let edit = orders::create_order_edit(self, order_id, lines, currency, now_ms)?;
         commit(self, &[edit], now_ms, Durability::Full)
     }

@@ -108,12 +108,16 @@ pub struct Product {
     pub conflicts: Vec<FieldConflict>,
 }
 
-fn key(sku: &Sku, field: ProductField) -> String {
+/// The document key of one product field.
+pub fn field_key(sku: &Sku, field: ProductField) -> String {
     format!("{sku}/{}", field.as_str())
 }
 
 /// The edits that set product fields, grouped by catalog bucket.
-pub fn product_edits(store: &StoreId, updates: &[ProductUpdate]) -> Result<Vec<DocEdit>, DomainError> {
+pub fn product_edits(
+    store: &StoreId,
+    updates: &[ProductUpdate],
+) -> Result<Vec<DocEdit>, DomainError> {
     let mut by_doc: std::collections::BTreeMap<DocId, Vec<Edit>> = Default::default();
     for update in updates {
         for (field, value) in &update.fields {
@@ -127,25 +131,57 @@ pub fn product_edits(store: &StoreId, updates: &[ProductUpdate]) -> Result<Vec<D
             by_doc
                 .entry(layout::catalog_doc(store, &update.sku))
                 .or_default()
-                .push(Edit::Put { path: vec![key(&update.sku, *field)], value: Value::Str(value.clone()) });
+                .push(Edit::Put {
+                    path: vec![field_key(&update.sku, *field)],
+                    value: Value::Str(value.clone()),
+                });
         }
     }
-    Ok(by_doc.into_iter().map(|(doc, edits)| DocEdit { doc, edits }).collect())
+    Ok(by_doc
+        .into_iter()
+        .map(|(doc, edits)| DocEdit { doc, edits })
+        .collect())
 }
 
 /// The edit that resolves a conflict: one value supersedes all it has seen.
-pub fn resolve_edit(store: &StoreId, sku: &Sku, field: ProductField, value: &str) -> Result<DocEdit, DomainError> {
-    let mut edits = product_edits(store, &[ProductUpdate { sku: sku.clone(), fields: vec![(field, value.to_owned())] }])?;
+pub fn resolve_edit(
+    store: &StoreId,
+    sku: &Sku,
+    field: ProductField,
+    value: &str,
+) -> Result<DocEdit, DomainError> {
+    let mut edits = product_edits(
+        store,
+        &[ProductUpdate {
+            sku: sku.clone(),
+            fields: vec![(field, value.to_owned())],
+        }],
+    )?;
     Ok(edits.remove(0))
 }
 
 /// Re-projects the products whose keys changed in a catalog document.
-pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+/// `fresh` means the document was empty before (a first sync): no rows of
+/// it can exist yet, so the lookups of old rows are skipped.
+pub(crate) fn project(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+    fresh: bool,
+) -> Result<(), StoreError> {
     let set = doc_id.set();
-    let skus: BTreeSet<&str> = keys.iter().filter_map(|key| key.split_once('/').map(|(sku, _)| sku)).collect();
+    let skus: BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|key| key.split_once('/').map(|(sku, _)| sku))
+        .collect();
+    let mut indexed: Vec<i64> = Vec::with_capacity(skus.len());
     for sku in skus {
         let mut row: [Option<String>; 6] = Default::default();
-        tx.execute("DELETE FROM product_conflicts WHERE set_id = ?1 AND sku = ?2", params![set.as_str(), sku])?;
+        if !fresh {
+            tx.prepare_cached("DELETE FROM product_conflicts WHERE set_id = ?1 AND sku = ?2")?
+                .execute(params![set.as_str(), sku])?;
+        }
         for (index, field) in ProductField::ALL.iter().enumerate() {
             let key = format!("{sku}/{}", field.as_str());
             let mut values: Vec<String> = doc
@@ -154,41 +190,75 @@ pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, key
                 .into_iter()
                 .filter_map(|(value, _)| value.as_str().map(str::to_owned))
                 .collect();
-            row[index] = doc.get(ROOT, key.as_str()).ok().flatten().and_then(|(value, _)| value.as_str().map(str::to_owned));
+            row[index] = doc
+                .get(ROOT, key.as_str())
+                .ok()
+                .flatten()
+                .and_then(|(value, _)| value.as_str().map(str::to_owned));
             if values.len() > 1 {
                 values.sort();
                 values.dedup();
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO product_conflicts (set_id, sku, field, value) VALUES (?1, ?2, ?3, ?4)",
+                )?;
                 for value in values {
-                    tx.execute(
-                        "INSERT INTO product_conflicts (set_id, sku, field, value) VALUES (?1, ?2, ?3, ?4)",
-                        params![set.as_str(), sku, field.as_str(), value],
-                    )?;
+                    insert.execute(params![set.as_str(), sku, field.as_str(), value])?;
                 }
             }
         }
-        tx.execute("DELETE FROM products_fts WHERE set_id = ?1 AND sku = ?2", params![set.as_str(), sku])?;
+        // The search index shares the product row's rowid: deleting by rowid
+        // is a lookup, deleting by column would scan the whole index.
+        let old_rowid: Option<i64> = if fresh {
+            None
+        } else {
+            tx.prepare_cached("SELECT rowid FROM products WHERE set_id = ?1 AND sku = ?2")?
+                .query_row(params![set.as_str(), sku], |row| row.get(0))
+                .optional()?
+        };
+        if let Some(rowid) = old_rowid {
+            tx.execute("DELETE FROM products_fts WHERE rowid = ?1", [rowid])?;
+        }
         if row.iter().all(Option::is_none) {
-            tx.execute("DELETE FROM products WHERE set_id = ?1 AND sku = ?2", params![set.as_str(), sku])?;
+            tx.execute(
+                "DELETE FROM products WHERE set_id = ?1 AND sku = ?2",
+                params![set.as_str(), sku],
+            )?;
             continue;
         }
         let [name, category, barcode, brand, description, status] = row;
-        tx.execute(
-            "INSERT INTO products (set_id, sku, name, category, barcode, brand, description, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (set_id, sku) DO UPDATE SET name = ?3, category = ?4, barcode = ?5, brand = ?6, description = ?7, status = ?8",
-            params![set.as_str(), sku, name, category, barcode, brand, description, status],
-        )?;
-        tx.execute(
-            "INSERT INTO products_fts (set_id, sku, name, brand, category) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![set.as_str(), sku, name.unwrap_or_default(), brand.unwrap_or_default(), category.unwrap_or_default()],
-        )?;
+        let rowid: i64 = tx
+            .prepare_cached(
+                "INSERT INTO products (set_id, sku, name, category, barcode, brand, description, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (set_id, sku) DO UPDATE SET name = ?3, category = ?4, barcode = ?5, brand = ?6, description = ?7, status = ?8
+                 RETURNING rowid",
+            )?
+            .query_row(params![set.as_str(), sku, name, category, barcode, brand, description, status], |row| row.get(0))?;
+        indexed.push(rowid);
+    }
+    // One statement for the whole document: FTS5 flushes its pending terms
+    // at every statement that writes it, so row-by-row inserts would write
+    // thousands of tiny segments during a first sync.
+    if !indexed.is_empty() {
+        let rowids = serde_json::to_string(&indexed)
+            .map_err(|error| StoreError::Encode(error.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO products_fts (rowid, set_id, sku, name, brand, category)
+             SELECT rowid, set_id, sku, COALESCE(name, ''), COALESCE(brand, ''), COALESCE(category, '')
+             FROM products WHERE rowid IN (SELECT value FROM json_each(?1))",
+        )?
+        .execute([rowids])?;
     }
     Ok(())
 }
 
 const PRODUCT_COLUMNS: &str = "sku, name, category, barcode, brand, description, status";
 
-fn read_product(db: &Connection, set: &DocSetId, row: &rusqlite::Row<'_>) -> rusqlite::Result<Product> {
+fn read_product(
+    db: &Connection,
+    set: &DocSetId,
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Product> {
     let sku: String = row.get(0)?;
     let mut conflicts: Vec<FieldConflict> = Vec::new();
     let mut statement = db.prepare_cached(
@@ -198,10 +268,15 @@ fn read_product(db: &Connection, set: &DocSetId, row: &rusqlite::Row<'_>) -> rus
     while let Some(conflict) = rows.next()? {
         let field: String = conflict.get(0)?;
         let value: String = conflict.get(1)?;
-        let Some(field) = ProductField::parse(&field) else { continue };
+        let Some(field) = ProductField::parse(&field) else {
+            continue;
+        };
         match conflicts.last_mut() {
             Some(last) if last.field == field => last.values.push(value),
-            _ => conflicts.push(FieldConflict { field, values: vec![value] }),
+            _ => conflicts.push(FieldConflict {
+                field,
+                values: vec![value],
+            }),
         }
     }
     Ok(Product {
@@ -216,7 +291,12 @@ fn read_product(db: &Connection, set: &DocSetId, row: &rusqlite::Row<'_>) -> rus
     })
 }
 
-fn query_products(db: &Connection, set: &DocSetId, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Product>, StoreError> {
+fn query_products(
+    db: &Connection,
+    set: &DocSetId,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Product>, StoreError> {
     let mut statement = db.prepare_cached(sql)?;
     let mut rows = statement.query(args)?;
     let mut products = Vec::new();
@@ -234,51 +314,104 @@ impl Store {
         let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE set_id = ?1 AND sku = ?2");
         let mut statement = self.db.prepare_cached(&sql)?;
         let product = statement
-            .query_row(params![set.as_str(), sku.as_str()], |row| read_product(&self.db, &set, row))
+            .query_row(params![set.as_str(), sku.as_str()], |row| {
+                read_product(&self.db, &set, row)
+            })
             .optional()?;
         Ok(product)
     }
 
     /// Products with this barcode.
-    pub fn products_by_barcode(&self, store: &StoreId, barcode: &str) -> Result<Vec<Product>, StoreError> {
+    pub fn products_by_barcode(
+        &self,
+        store: &StoreId,
+        barcode: &str,
+    ) -> Result<Vec<Product>, StoreError> {
         let set = DocSetId::store(store);
-        let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE barcode = ?2 AND set_id = ?1 ORDER BY sku LIMIT {QUERY_LIMIT_MAX}");
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE barcode = ?2 AND set_id = ?1 ORDER BY sku LIMIT {QUERY_LIMIT_MAX}"
+        );
         query_products(&self.db, &set, &sql, params![set.as_str(), barcode])
     }
 
     /// Products of a category (exact), by SKU.
-    pub fn products_in_category(&self, store: &StoreId, category: &str, limit: usize) -> Result<Vec<Product>, StoreError> {
+    pub fn products_in_category(
+        &self,
+        store: &StoreId,
+        category: &str,
+        limit: usize,
+    ) -> Result<Vec<Product>, StoreError> {
         let set = DocSetId::store(store);
-        let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE set_id = ?1 AND category = ?2 ORDER BY sku LIMIT ?3");
-        query_products(&self.db, &set, &sql, params![set.as_str(), category, limit.min(QUERY_LIMIT_MAX) as i64])
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE set_id = ?1 AND category = ?2 ORDER BY sku LIMIT ?3"
+        );
+        query_products(
+            &self.db,
+            &set,
+            &sql,
+            params![set.as_str(), category, limit.min(QUERY_LIMIT_MAX) as i64],
+        )
     }
 
     /// Full-text search over name, brand and category (prefix match on each word).
-    pub fn search_products(&self, store: &StoreId, text: &str, limit: usize) -> Result<Vec<Product>, StoreError> {
+    pub fn search_products(
+        &self,
+        store: &StoreId,
+        text: &str,
+        limit: usize,
+    ) -> Result<Vec<Product>, StoreError> {
         let set = DocSetId::store(store);
-        // Quote every word: user text never reaches FTS5's query syntax.
-        let query: Vec<String> = text
+        // Quote every word: user text never reaches FTS5's query syntax. The
+        // last word is a prefix (the cashier may still be typing it).
+        let words: Vec<String> = text
             .split_whitespace()
             .take(8)
-            .map(|word| format!("\"{}\"*", word.replace('"', "")))
-            .filter(|word| word.len() > 3)
+            .map(|word| word.replace('"', ""))
+            .filter(|word| !word.is_empty())
+            .collect();
+        let query: Vec<String> = words
+            .iter()
+            .enumerate()
+            .map(|(index, word)| {
+                if index + 1 == words.len() {
+                    format!("\"{word}\"*")
+                } else {
+                    format!("\"{word}\"")
+                }
+            })
             .collect();
         if query.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {} FROM products_fts f JOIN products p ON p.set_id = f.set_id AND p.sku = f.sku
-             WHERE products_fts MATCH ?2 AND f.set_id = ?1 ORDER BY rank LIMIT ?3",
-            PRODUCT_COLUMNS.split(", ").map(|column| format!("p.{column}")).collect::<Vec<_>>().join(", ")
+            "SELECT {} FROM products_fts f JOIN products p ON p.rowid = f.rowid
+             WHERE products_fts MATCH ?2 AND p.set_id = ?1 ORDER BY p.name, p.sku LIMIT ?3",
+            PRODUCT_COLUMNS
+                .split(", ")
+                .map(|column| format!("p.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        query_products(&self.db, &set, &sql, params![set.as_str(), query.join(" "), limit.min(QUERY_LIMIT_MAX) as i64])
+        query_products(
+            &self.db,
+            &set,
+            &sql,
+            params![
+                set.as_str(),
+                query.join(" "),
+                limit.min(QUERY_LIMIT_MAX) as i64
+            ],
+        )
     }
 
     /// Number of products of a store in the query tables.
     pub fn product_count(&self, store: &StoreId) -> Result<u64, StoreError> {
         let set = DocSetId::store(store);
-        let count: i64 =
-            self.db.query_row("SELECT COUNT(*) FROM products WHERE set_id = ?1", [set.as_str()], |row| row.get(0))?;
+        let count: i64 = self.db.query_row(
+            "SELECT COUNT(*) FROM products WHERE set_id = ?1",
+            [set.as_str()],
+            |row| row.get(0),
+        )?;
         Ok(count as u64)
     }
 }

@@ -63,32 +63,70 @@ pub fn new_line_id() -> String {
 }
 
 /// The edit that adds a line; returns it with the new line id.
-pub fn add_line_edit(customer: &CustomerId, sku: &Sku, quantity: i64, now_ms: u64) -> Result<(String, DocEdit), DomainError> {
+pub fn add_line_edit(
+    customer: &CustomerId,
+    sku: &Sku,
+    quantity: i64,
+    now_ms: u64,
+) -> Result<(String, DocEdit), DomainError> {
     check_quantity(quantity)?;
     let line = new_line_id();
     let edits = vec![
-        Edit::Put { path: vec![format!("{line}/sku")], value: Value::Str(sku.to_string()) },
-        Edit::Put { path: vec![format!("{line}/quantity")], value: Value::Counter(quantity) },
-        Edit::Put { path: vec![format!("{line}/added_ms")], value: Value::Int(now_ms as i64) },
+        Edit::Put {
+            path: vec![format!("{line}/sku")],
+            value: Value::Str(sku.to_string()),
+        },
+        Edit::Put {
+            path: vec![format!("{line}/quantity")],
+            value: Value::Counter(quantity),
+        },
+        Edit::Put {
+            path: vec![format!("{line}/added_ms")],
+            value: Value::Int(now_ms as i64),
+        },
     ];
-    Ok((line.clone(), DocEdit { doc: layout::cart_doc(customer), edits }))
+    Ok((
+        line.clone(),
+        DocEdit {
+            doc: layout::cart_doc(customer),
+            edits,
+        },
+    ))
 }
 
 /// The edit that changes a line's quantity by `delta` (merges with concurrent changes).
-pub fn change_quantity_edit(customer: &CustomerId, line_id: &str, delta: i64) -> Result<DocEdit, DomainError> {
+pub fn change_quantity_edit(
+    customer: &CustomerId,
+    line_id: &str,
+    delta: i64,
+) -> Result<DocEdit, DomainError> {
     check_name("cart line id", line_id)?;
-    Ok(DocEdit { doc: layout::cart_doc(customer), edits: vec![Edit::Increment { path: vec![format!("{line_id}/quantity")], by: delta }] })
+    Ok(DocEdit {
+        doc: layout::cart_doc(customer),
+        edits: vec![Edit::Increment {
+            path: vec![format!("{line_id}/quantity")],
+            by: delta,
+        }],
+    })
 }
 
 /// The edit that removes a line (wins over concurrent quantity changes).
 pub fn remove_line_edit(customer: &CustomerId, line_id: &str) -> Result<DocEdit, DomainError> {
     check_name("cart line id", line_id)?;
-    Ok(DocEdit { doc: layout::cart_doc(customer), edits: vec![Edit::Put { path: vec![format!("{line_id}/removed")], value: Value::Bool(true) }] })
+    Ok(DocEdit {
+        doc: layout::cart_doc(customer),
+        edits: vec![Edit::Put {
+            path: vec![format!("{line_id}/removed")],
+            value: Value::Bool(true),
+        }],
+    })
 }
 
 fn check_quantity(quantity: i64) -> Result<(), DomainError> {
     if !(1..=LINE_QUANTITY_MAX).contains(&quantity) {
-        return Err(DomainError::Invalid(format!("quantity {quantity} is outside 1..={LINE_QUANTITY_MAX}")));
+        return Err(DomainError::Invalid(format!(
+            "quantity {quantity} is outside 1..={LINE_QUANTITY_MAX}"
+        )));
     }
     Ok(())
 }
@@ -96,55 +134,122 @@ fn check_quantity(quantity: i64) -> Result<(), DomainError> {
 /// The edit that adds `sku` to a wishlist with a fresh tag.
 pub fn wishlist_add_edit(customer: &CustomerId, sku: &Sku) -> DocEdit {
     let tag = new_line_id();
-    DocEdit { doc: layout::wishlist_doc(customer), edits: vec![Edit::Put { path: vec![format!("{sku}/{tag}")], value: Value::Bool(true) }] }
+    DocEdit {
+        doc: layout::wishlist_doc(customer),
+        edits: vec![Edit::Put {
+            path: vec![format!("{sku}/{tag}")],
+            value: Value::Bool(true),
+        }],
+    }
 }
 
 /// The edit that removes every tag of `sku` the store has seen.
-pub fn wishlist_remove_edit(store: &mut Store, customer: &CustomerId, sku: &Sku) -> Result<DocEdit, DomainError> {
+pub fn wishlist_remove_edit(
+    store: &mut Store,
+    customer: &CustomerId,
+    sku: &Sku,
+) -> Result<DocEdit, DomainError> {
     let doc = layout::wishlist_doc(customer);
     let prefix = format!("{sku}/");
-    let keys: Vec<String> = store.with_doc(&doc, |loaded| loaded.keys(ROOT).filter(|key| key.starts_with(&prefix)).collect())?;
+    let keys: Vec<String> = store.with_doc(&doc, |loaded| {
+        loaded
+            .keys(ROOT)
+            .filter(|key| key.starts_with(&prefix))
+            .collect()
+    })?;
     if keys.is_empty() {
-        return Err(DomainError::NotFound(format!("{sku} is not on the wishlist")));
+        return Err(DomainError::NotFound(format!(
+            "{sku} is not on the wishlist"
+        )));
     }
-    Ok(DocEdit { doc, edits: keys.into_iter().map(|key| Edit::Delete { path: vec![key] }).collect() })
+    Ok(DocEdit {
+        doc,
+        edits: keys
+            .into_iter()
+            .map(|key| Edit::Delete { path: vec![key] })
+            .collect(),
+    })
 }
 
 /// The edit that sets one profile field (last writer wins).
-pub fn profile_set_edit(store: &mut Store, customer: &CustomerId, field: &str, value: &str, now_ms: u64) -> Result<DocEdit, DomainError> {
+pub fn profile_set_edit(
+    store: &mut Store,
+    customer: &CustomerId,
+    field: &str,
+    value: &str,
+    now_ms: u64,
+) -> Result<DocEdit, DomainError> {
     check_name("profile field", field)?;
     if value.len() > PROFILE_VALUE_BYTES_MAX {
-        return Err(DomainError::Invalid(format!("profile field {field} is longer than {PROFILE_VALUE_BYTES_MAX} bytes")));
+        return Err(DomainError::Invalid(format!(
+            "profile field {field} is longer than {PROFILE_VALUE_BYTES_MAX} bytes"
+        )));
     }
-    Ok(stamped_put(store, &layout::profile_doc(customer), field.to_owned(), value.to_owned(), now_ms)?)
+    Ok(stamped_put(
+        store,
+        &layout::profile_doc(customer),
+        field.to_owned(),
+        value.to_owned(),
+        now_ms,
+    )?)
 }
 
 /// The edit that records a product view, dropping the oldest beyond the bound.
-pub fn history_add_edit(store: &mut Store, customer: &CustomerId, sku: &Sku, now_ms: u64) -> Result<DocEdit, DomainError> {
+pub fn history_add_edit(
+    store: &mut Store,
+    customer: &CustomerId,
+    sku: &Sku,
+    now_ms: u64,
+) -> Result<DocEdit, DomainError> {
     let doc = layout::history_doc(customer);
     let mut keys: Vec<String> = store.with_doc(&doc, |loaded| loaded.keys(ROOT).collect())?;
-    let mut edits = vec![Edit::Put { path: vec![format!("{now_ms:013}/{sku}")], value: Value::Bool(true) }];
+    let mut edits = vec![Edit::Put {
+        path: vec![format!("{now_ms:013}/{sku}")],
+        value: Value::Bool(true),
+    }];
     keys.sort();
     let excess = (keys.len() + 1).saturating_sub(HISTORY_LEN_MAX);
-    edits.extend(keys.into_iter().take(excess).map(|key| Edit::Delete { path: vec![key] }));
+    edits.extend(
+        keys.into_iter()
+            .take(excess)
+            .map(|key| Edit::Delete { path: vec![key] }),
+    );
     Ok(DocEdit { doc, edits })
 }
 
 fn root_str(doc: &Automerge, key: &str) -> Option<String> {
-    doc.get(ROOT, key).ok().flatten().and_then(|(value, _)| value.as_str().map(str::to_owned))
+    doc.get(ROOT, key)
+        .ok()
+        .flatten()
+        .and_then(|(value, _)| value.as_str().map(str::to_owned))
 }
 
 fn root_i64(doc: &Automerge, key: &str) -> Option<i64> {
-    doc.get(ROOT, key).ok().flatten().and_then(|(value, _)| value.as_i64())
+    doc.get(ROOT, key)
+        .ok()
+        .flatten()
+        .and_then(|(value, _)| value.as_i64())
 }
 
 /// Re-projects cart lines whose keys changed.
-pub(crate) fn project_cart(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
-    let lines: BTreeSet<&str> = keys.iter().filter_map(|key| key.split_once('/').map(|(line, _)| line)).collect();
+pub(crate) fn project_cart(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let lines: BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|key| key.split_once('/').map(|(line, _)| line))
+        .collect();
     for line in lines {
         let sku = root_str(doc, &format!("{line}/sku"));
         let quantity = root_i64(doc, &format!("{line}/quantity")).unwrap_or(0);
-        let removed = doc.get(ROOT, format!("{line}/removed").as_str()).ok().flatten().is_some();
+        let removed = doc
+            .get(ROOT, format!("{line}/removed").as_str())
+            .ok()
+            .flatten()
+            .is_some();
         let added_ms = root_i64(doc, &format!("{line}/added_ms")).unwrap_or(0);
         match sku {
             Some(sku) if !removed && quantity > 0 => {
@@ -155,7 +260,10 @@ pub(crate) fn project_cart(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge
                 )?;
             }
             _ => {
-                tx.execute("DELETE FROM cart_lines WHERE doc_id = ?1 AND line_id = ?2", params![doc_id.as_str(), line])?;
+                tx.execute(
+                    "DELETE FROM cart_lines WHERE doc_id = ?1 AND line_id = ?2",
+                    params![doc_id.as_str(), line],
+                )?;
             }
         }
     }
@@ -163,22 +271,41 @@ pub(crate) fn project_cart(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge
 }
 
 /// Re-projects wishlist items whose keys changed.
-pub(crate) fn project_wishlist(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
-    let skus: BTreeSet<&str> = keys.iter().filter_map(|key| key.split_once('/').map(|(sku, _)| sku)).collect();
+pub(crate) fn project_wishlist(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let skus: BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|key| key.split_once('/').map(|(sku, _)| sku))
+        .collect();
     for sku in skus {
         let prefix = format!("{sku}/");
         let present = doc.keys(ROOT).any(|key| key.starts_with(&prefix));
         if present {
-            tx.execute("INSERT OR IGNORE INTO wishlist_items (doc_id, sku) VALUES (?1, ?2)", params![doc_id.as_str(), sku])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO wishlist_items (doc_id, sku) VALUES (?1, ?2)",
+                params![doc_id.as_str(), sku],
+            )?;
         } else {
-            tx.execute("DELETE FROM wishlist_items WHERE doc_id = ?1 AND sku = ?2", params![doc_id.as_str(), sku])?;
+            tx.execute(
+                "DELETE FROM wishlist_items WHERE doc_id = ?1 AND sku = ?2",
+                params![doc_id.as_str(), sku],
+            )?;
         }
     }
     Ok(())
 }
 
 /// Re-projects profile fields whose keys changed.
-pub(crate) fn project_profile(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+pub(crate) fn project_profile(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
     for field in keys {
         match winner(register_values::<String>(doc, field)) {
             Some(stamped) => {
@@ -189,7 +316,10 @@ pub(crate) fn project_profile(tx: &Transaction<'_>, doc_id: &DocId, doc: &Autome
                 )?;
             }
             None => {
-                tx.execute("DELETE FROM profile_fields WHERE doc_id = ?1 AND field = ?2", params![doc_id.as_str(), field])?;
+                tx.execute(
+                    "DELETE FROM profile_fields WHERE doc_id = ?1 AND field = ?2",
+                    params![doc_id.as_str(), field],
+                )?;
             }
         }
     }
@@ -197,10 +327,19 @@ pub(crate) fn project_profile(tx: &Transaction<'_>, doc_id: &DocId, doc: &Autome
 }
 
 /// Re-projects the (small, bounded) history document whole.
-pub(crate) fn project_history(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM history_entries WHERE doc_id = ?1", [doc_id.as_str()])?;
+pub(crate) fn project_history(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM history_entries WHERE doc_id = ?1",
+        [doc_id.as_str()],
+    )?;
     for key in doc.keys(ROOT) {
-        let Some((at, sku)) = key.split_once('/') else { continue };
+        let Some((at, sku)) = key.split_once('/') else {
+            continue;
+        };
         let Ok(at) = at.parse::<i64>() else { continue };
         tx.execute(
             "INSERT OR IGNORE INTO history_entries (doc_id, at_ms, sku) VALUES (?1, ?2, ?3)",
@@ -213,13 +352,21 @@ pub(crate) fn project_history(tx: &Transaction<'_>, doc_id: &DocId, doc: &Autome
 /// Customer queries.
 impl Store {
     /// A cart with names and totals at the prices in force on `channel` in `store` at `at_ms`.
-    pub fn cart(&self, customer: &CustomerId, store: &StoreId, channel: Channel, at_ms: u64) -> Result<CartView, StoreError> {
+    pub fn cart(
+        &self,
+        customer: &CustomerId,
+        store: &StoreId,
+        channel: Channel,
+        at_ms: u64,
+    ) -> Result<CartView, StoreError> {
         let doc = layout::cart_doc(customer);
         let mut statement = self.db.prepare_cached(
             "SELECT line_id, sku, quantity FROM cart_lines WHERE doc_id = ?1 ORDER BY added_ms, line_id",
         )?;
         let rows: Vec<(String, String, i64)> = statement
-            .query_map([doc.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .query_map([doc.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
             .collect::<Result<_, _>>()?;
         let mut lines = Vec::with_capacity(rows.len());
         let mut total: Option<Money> = None;
@@ -227,37 +374,65 @@ impl Store {
         for (line_id, sku, quantity) in rows {
             let parsed = Sku::new(sku.clone()).ok();
             let name = match &parsed {
-                Some(parsed) => self.product(store, parsed)?.and_then(|product| product.name),
+                Some(parsed) => self
+                    .product(store, parsed)?
+                    .and_then(|product| product.name),
                 None => None,
             };
             let unit_price = match &parsed {
-                Some(parsed) => self.price_in_force(store, parsed, channel, at_ms)?.map(|price| price.money),
+                Some(parsed) => self
+                    .price_in_force(store, parsed, channel, at_ms)?
+                    .map(|price| price.money),
                 None => None,
             };
             match (&unit_price, &mut total) {
-                (Some(price), None) => total = Some(Money { amount_minor: price.amount_minor * quantity, currency: price.currency }),
-                (Some(price), Some(sum)) if sum.currency == price.currency => sum.amount_minor += price.amount_minor * quantity,
+                (Some(price), None) => {
+                    total = Some(Money {
+                        amount_minor: price.amount_minor * quantity,
+                        currency: price.currency,
+                    })
+                }
+                (Some(price), Some(sum)) if sum.currency == price.currency => {
+                    sum.amount_minor += price.amount_minor * quantity
+                }
                 _ => unpriced_lines += 1,
             }
-            lines.push(CartLine { line_id, sku, quantity, name, unit_price });
+            lines.push(CartLine {
+                line_id,
+                sku,
+                quantity,
+                name,
+                unit_price,
+            });
         }
-        Ok(CartView { lines, total, unpriced_lines })
+        Ok(CartView {
+            lines,
+            total,
+            unpriced_lines,
+        })
     }
 
     /// The SKUs on a wishlist, sorted.
     pub fn wishlist(&self, customer: &CustomerId) -> Result<Vec<String>, StoreError> {
         let doc = layout::wishlist_doc(customer);
-        let mut statement = self.db.prepare_cached("SELECT sku FROM wishlist_items WHERE doc_id = ?1 ORDER BY sku")?;
-        let skus = statement.query_map([doc.as_str()], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        let mut statement = self
+            .db
+            .prepare_cached("SELECT sku FROM wishlist_items WHERE doc_id = ?1 ORDER BY sku")?;
+        let skus = statement
+            .query_map([doc.as_str()], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
         Ok(skus)
     }
 
     /// A profile's fields, sorted by name.
     pub fn profile(&self, customer: &CustomerId) -> Result<Vec<(String, String)>, StoreError> {
         let doc = layout::profile_doc(customer);
-        let mut statement =
-            self.db.prepare_cached("SELECT field, value FROM profile_fields WHERE doc_id = ?1 ORDER BY field")?;
-        let fields = statement.query_map([doc.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut statement = self.db.prepare_cached(
+            "SELECT field, value FROM profile_fields WHERE doc_id = ?1 ORDER BY field",
+        )?;
+        let fields = statement
+            .query_map([doc.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(fields)
     }
 
@@ -268,7 +443,9 @@ impl Store {
             "SELECT sku FROM history_entries WHERE doc_id = ?1 ORDER BY at_ms DESC LIMIT ?2",
         )?;
         let skus = statement
-            .query_map(params![doc.as_str(), HISTORY_LEN_MAX as i64], |row| row.get(0))?
+            .query_map(params![doc.as_str(), HISTORY_LEN_MAX as i64], |row| {
+                row.get(0)
+            })?
             .collect::<Result<_, _>>()?;
         Ok(skus)
     }

@@ -23,7 +23,9 @@ pub const CLOCK_DRIFT_MAX_MS: u64 = 5 * 60 * 1000;
 pub const REGISTER_BYTES_MAX: usize = 16 * 1024;
 
 /// A hybrid logical clock reading: wall ms since the epoch, then a counter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hlc {
     /// Wall-clock part, ms since the Unix epoch.
     pub wall_ms: u64,
@@ -34,7 +36,10 @@ pub struct Hlc {
 impl Hlc {
     /// The next reading after `self` within the same millisecond.
     pub fn successor(self) -> Hlc {
-        Hlc { wall_ms: self.wall_ms, counter: self.counter.saturating_add(1) }
+        Hlc {
+            wall_ms: self.wall_ms,
+            counter: self.counter.saturating_add(1),
+        }
     }
 }
 
@@ -52,9 +57,16 @@ impl HlcClock {
     /// `now_ms` is the device's wall clock.
     pub fn tick(&mut self, now_ms: u64, floor: Hlc) -> Hlc {
         let corrected = now_ms.saturating_add_signed(self.hub_offset_ms);
-        let candidate = Hlc { wall_ms: corrected, counter: 0 };
+        let candidate = Hlc {
+            wall_ms: corrected,
+            counter: 0,
+        };
         let bound = self.last.max(floor);
-        let reading = if candidate > bound { candidate } else { bound.successor() };
+        let reading = if candidate > bound {
+            candidate
+        } else {
+            bound.successor()
+        };
         self.last = reading;
         reading
     }
@@ -99,7 +111,9 @@ pub fn stamp_of(bytes: &[u8]) -> Option<Hlc> {
     if bytes.len() > REGISTER_BYTES_MAX {
         return None;
     }
-    postcard::take_from_bytes::<Hlc>(bytes).ok().map(|(hlc, _)| hlc)
+    postcard::take_from_bytes::<Hlc>(bytes)
+        .ok()
+        .map(|(hlc, _)| hlc)
 }
 
 impl<T: for<'de> Deserialize<'de>> Stamped<T> {
@@ -119,7 +133,9 @@ impl<T: for<'de> Deserialize<'de>> Stamped<T> {
 
 /// The winner among concurrent stamped values: greatest `(hlc, writer)`.
 pub fn winner<T>(values: impl IntoIterator<Item = Stamped<T>>) -> Option<Stamped<T>> {
-    values.into_iter().max_by_key(|stamped| (stamped.hlc, stamped.writer))
+    values
+        .into_iter()
+        .max_by_key(|stamped| (stamped.hlc, stamped.writer))
 }
 
 #[cfg(test)]
@@ -135,13 +151,22 @@ mod tests {
         assert_eq!(skew, 36_000_000);
         let reading = clock.tick(1_000_000 + 36_000_000 + 5, Hlc::default());
         assert_eq!(reading.wall_ms, 1_000_005);
-        assert!(clock.is_far_future(Hlc { wall_ms: 1_000_000 + CLOCK_DRIFT_MAX_MS + 10, counter: 0 }, 1_000_000));
+        assert!(clock.is_far_future(
+            Hlc {
+                wall_ms: 1_000_000 + CLOCK_DRIFT_MAX_MS + 10,
+                counter: 0
+            },
+            1_000_000
+        ));
     }
 
     #[test]
     fn a_write_after_seeing_a_future_value_still_wins() {
         let mut clock = HlcClock::default();
-        let seen = Hlc { wall_ms: 5_000, counter: 3 };
+        let seen = Hlc {
+            wall_ms: 5_000,
+            counter: 3,
+        };
         let reading = clock.tick(1_000, seen);
         assert!(reading > seen);
     }

@@ -29,7 +29,11 @@ pub enum DocKind {
 /// The kind of a document.
 pub fn kind_of(doc: &DocId) -> DocKind {
     let set = doc.set();
-    let path = doc.as_str().split_once('/').map(|(_, path)| path).unwrap_or("");
+    let path = doc
+        .as_str()
+        .split_once('/')
+        .map(|(_, path)| path)
+        .unwrap_or("");
     let mut parts = path.split('/');
     let first = parts.next().unwrap_or("");
     let second = parts.next();
@@ -50,12 +54,18 @@ pub fn kind_of(doc: &DocId) -> DocKind {
 fn is_bucket(text: &str) -> bool {
     text.len() == 4
         && text.starts_with('b')
-        && text[1..].parse::<u32>().is_ok_and(|bucket| bucket < BUCKETS)
+        && text[1..]
+            .parse::<u32>()
+            .is_ok_and(|bucket| bucket < BUCKETS)
 }
 
 fn bucket_doc(store: &StoreId, area: &str, sku: &Sku) -> DocId {
     // Store ids and bucket names are valid segments by construction.
-    DocId::in_set(&DocSetId::store(store), &format!("{area}/b{:03}", sku.bucket())).expect("valid bucket doc id")
+    DocId::in_set(
+        &DocSetId::store(store),
+        &format!("{area}/b{:03}", sku.bucket()),
+    )
+    .expect("valid bucket doc id")
 }
 
 /// The catalog document holding `sku`.
@@ -75,7 +85,8 @@ pub fn stock_doc(store: &StoreId, sku: &Sku) -> DocId {
 
 /// The orders document of one device.
 pub fn orders_doc(store: &StoreId, device: &crate::ids::DeviceId) -> DocId {
-    DocId::in_set(&DocSetId::store(store), &format!("orders/{device}")).expect("valid orders doc id")
+    DocId::in_set(&DocSetId::store(store), &format!("orders/{device}"))
+        .expect("valid orders doc id")
 }
 
 fn customer_doc(customer: &CustomerId, name: &str) -> DocId {
@@ -105,13 +116,17 @@ pub fn history_doc(customer: &CustomerId) -> DocId {
 /// The customer a customer-set document belongs to.
 pub fn customer_of(doc: &DocId) -> Option<CustomerId> {
     let set = doc.set();
-    (set.kind() == DocSetKind::Customer).then(|| CustomerId::new(set.name()).ok()).flatten()
+    (set.kind() == DocSetKind::Customer)
+        .then(|| CustomerId::new(set.name()).ok())
+        .flatten()
 }
 
 /// The store a store-set document belongs to.
 pub fn store_of(doc: &DocId) -> Option<StoreId> {
     let set = doc.set();
-    (set.kind() == DocSetKind::Store).then(|| StoreId::new(set.name()).ok()).flatten()
+    (set.kind() == DocSetKind::Store)
+        .then(|| StoreId::new(set.name()).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -127,8 +142,14 @@ mod tests {
         assert_eq!(kind_of(&stock_doc(&store, &sku)), DocKind::Stock);
         let customer = CustomerId::new("c1").unwrap();
         assert_eq!(kind_of(&cart_doc(&customer)), DocKind::Cart);
-        assert_eq!(kind_of(&DocId::new("store.s1/catalog/b999").unwrap()), DocKind::Other);
-        assert_eq!(kind_of(&DocId::new("store.s1/catalog").unwrap()), DocKind::Other);
+        assert_eq!(
+            kind_of(&DocId::new("store.s1/catalog/b999").unwrap()),
+            DocKind::Other
+        );
+        assert_eq!(
+            kind_of(&DocId::new("store.s1/catalog").unwrap()),
+            DocKind::Other
+        );
         assert_eq!(customer_of(&cart_doc(&customer)), Some(customer));
     }
 

@@ -105,7 +105,9 @@ impl Currency {
     pub fn new(code: &str) -> Result<Self, DomainError> {
         let bytes = code.as_bytes();
         if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) {
-            return Err(DomainError::Invalid(format!("currency {code:?} is not a three-letter ISO code")));
+            return Err(DomainError::Invalid(format!(
+                "currency {code:?} is not a three-letter ISO code"
+            )));
         }
         Ok(Self([bytes[0], bytes[1], bytes[2]]))
     }

@@ -68,26 +68,54 @@ pub fn create_order_edit(
 ) -> Result<DocEdit, DomainError> {
     check_name("order id", order_id)?;
     if lines.is_empty() || lines.len() > ORDER_LINES_MAX {
-        return Err(DomainError::Invalid(format!("an order has 1 to {ORDER_LINES_MAX} lines")));
+        return Err(DomainError::Invalid(format!(
+            "an order has 1 to {ORDER_LINES_MAX} lines"
+        )));
     }
     let mut total: i64 = 0;
     for line in lines {
         if line.quantity <= 0 || line.unit_price_minor < 0 {
-            return Err(DomainError::Invalid(format!("line for {} has a bad quantity or price", line.sku)));
+            return Err(DomainError::Invalid(format!(
+                "line for {} has a bad quantity or price",
+                line.sku
+            )));
         }
         total = total
-            .checked_add(line.quantity.checked_mul(line.unit_price_minor).unwrap_or(i64::MAX))
+            .checked_add(
+                line.quantity
+                    .checked_mul(line.unit_price_minor)
+                    .unwrap_or(i64::MAX),
+            )
             .ok_or_else(|| DomainError::Invalid("order total overflows".into()))?;
     }
     let doc = layout::orders_doc(store.store_id(), store.device());
-    let encoded_lines = postcard::to_stdvec(lines).map_err(|error| DomainError::Invalid(error.to_string()))?;
-    let status = OrderStatus { version: 1, status: "completed".into() };
+    let encoded_lines =
+        postcard::to_stdvec(lines).map_err(|error| DomainError::Invalid(error.to_string()))?;
+    let status = OrderStatus {
+        version: 1,
+        status: "completed".into(),
+    };
     let edits = vec![
-        Edit::Put { path: vec![format!("{order_id}/lines")], value: Value::Bytes(encoded_lines) },
-        Edit::Put { path: vec![format!("{order_id}/total_minor")], value: Value::Int(total) },
-        Edit::Put { path: vec![format!("{order_id}/currency")], value: Value::Str(currency.as_str().to_owned()) },
-        Edit::Put { path: vec![format!("{order_id}/created_ms")], value: Value::Int(now_ms as i64) },
-        Edit::Put { path: vec![format!("{order_id}/status")], value: Value::Bytes(encode_status(&status)) },
+        Edit::Put {
+            path: vec![format!("{order_id}/lines")],
+            value: Value::Bytes(encoded_lines),
+        },
+        Edit::Put {
+            path: vec![format!("{order_id}/total_minor")],
+            value: Value::Int(total),
+        },
+        Edit::Put {
+            path: vec![format!("{order_id}/currency")],
+            value: Value::Str(currency.as_str().to_owned()),
+        },
+        Edit::Put {
+            path: vec![format!("{order_id}/created_ms")],
+            value: Value::Int(now_ms as i64),
+        },
+        Edit::Put {
+            path: vec![format!("{order_id}/status")],
+            value: Value::Bytes(encode_status(&status)),
+        },
     ];
     Ok(DocEdit { doc, edits })
 }
@@ -102,7 +130,11 @@ fn statuses(doc: &Automerge, order_id: &str) -> Vec<OrderStatus> {
         .get_all(ROOT, format!("{order_id}/status").as_str())
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(value, _)| value.as_bytes().and_then(|bytes| postcard::from_bytes(bytes).ok()))
+        .filter_map(|(value, _)| {
+            value
+                .as_bytes()
+                .and_then(|bytes| postcard::from_bytes(bytes).ok())
+        })
         .collect();
     values.sort();
     values
@@ -123,30 +155,58 @@ pub fn update_status_edit(
         return Err(DomainError::NotFound(format!("order {order_id}")));
     };
     if current.len() > 1 || latest.version != expected_version {
-        return Err(DomainError::VersionConflict { expected: expected_version, found: latest.version });
+        return Err(DomainError::VersionConflict {
+            expected: expected_version,
+            found: latest.version,
+        });
     }
-    let next = OrderStatus { version: expected_version + 1, status: status.to_owned() };
+    let next = OrderStatus {
+        version: expected_version + 1,
+        status: status.to_owned(),
+    };
     Ok(DocEdit {
         doc: orders_doc.clone(),
-        edits: vec![Edit::Put { path: vec![format!("{order_id}/status")], value: Value::Bytes(encode_status(&next)) }],
+        edits: vec![Edit::Put {
+            path: vec![format!("{order_id}/status")],
+            value: Value::Bytes(encode_status(&next)),
+        }],
     })
 }
 
 /// Re-projects orders whose keys changed.
-pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+pub(crate) fn project(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
     let set = doc_id.set();
-    let orders: BTreeSet<&str> = keys.iter().filter_map(|key| key.split_once('/').map(|(order, _)| order)).collect();
+    let orders: BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|key| key.split_once('/').map(|(order, _)| order))
+        .collect();
     for order_id in orders {
         let all = statuses(doc, order_id);
-        let total = doc.get(ROOT, format!("{order_id}/total_minor").as_str()).ok().flatten().and_then(|(v, _)| v.as_i64());
+        let total = doc
+            .get(ROOT, format!("{order_id}/total_minor").as_str())
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_i64());
         let currency = doc
             .get(ROOT, format!("{order_id}/currency").as_str())
             .ok()
             .flatten()
             .and_then(|(v, _)| v.as_str().map(str::to_owned));
-        let created = doc.get(ROOT, format!("{order_id}/created_ms").as_str()).ok().flatten().and_then(|(v, _)| v.as_i64());
+        let created = doc
+            .get(ROOT, format!("{order_id}/created_ms").as_str())
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_i64());
         let (Some(status), Some(total), Some(currency)) = (all.last(), total, currency) else {
-            tx.execute("DELETE FROM orders WHERE set_id = ?1 AND order_id = ?2", params![set.as_str(), order_id])?;
+            tx.execute(
+                "DELETE FROM orders WHERE set_id = ?1 AND order_id = ?2",
+                params![set.as_str(), order_id],
+            )?;
             continue;
         };
         tx.execute(
@@ -172,20 +232,32 @@ pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, key
 /// Order queries.
 impl Store {
     /// Orders of a store with a status, newest first.
-    pub fn orders_by_status(&self, store: &StoreId, status: &str, limit: usize) -> Result<Vec<OrderSummary>, StoreError> {
+    pub fn orders_by_status(
+        &self,
+        store: &StoreId,
+        status: &str,
+        limit: usize,
+    ) -> Result<Vec<OrderSummary>, StoreError> {
         let set = DocSetId::store(store);
         let mut statement = self.db.prepare_cached(
             "SELECT order_id, status, version, total_minor, currency, created_ms, conflicted FROM orders
              WHERE set_id = ?1 AND status = ?2 ORDER BY created_ms DESC, order_id LIMIT ?3",
         )?;
         let rows = statement
-            .query_map(params![set.as_str(), status, limit.min(10_000) as i64], read_summary)?
+            .query_map(
+                params![set.as_str(), status, limit.min(10_000) as i64],
+                read_summary,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows.into_iter().flatten().collect())
     }
 
     /// One order of a store.
-    pub fn order(&self, store: &StoreId, order_id: &str) -> Result<Option<OrderSummary>, StoreError> {
+    pub fn order(
+        &self,
+        store: &StoreId,
+        order_id: &str,
+    ) -> Result<Option<OrderSummary>, StoreError> {
         let set = DocSetId::store(store);
         let row = self
             .db
@@ -201,12 +273,17 @@ impl Store {
 
 fn read_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<OrderSummary>> {
     let currency: String = row.get(4)?;
-    let Ok(currency) = crate::domain::Currency::new(&currency) else { return Ok(None) };
+    let Ok(currency) = crate::domain::Currency::new(&currency) else {
+        return Ok(None);
+    };
     Ok(Some(OrderSummary {
         order_id: row.get(0)?,
         status: row.get(1)?,
         version: row.get::<_, i64>(2)? as u64,
-        total: Money { amount_minor: row.get(3)?, currency },
+        total: Money {
+            amount_minor: row.get(3)?,
+            currency,
+        },
         created_ms: row.get::<_, i64>(5)? as u64,
         conflicted: row.get::<_, i64>(6)? != 0,
     }))

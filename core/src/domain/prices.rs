@@ -41,13 +41,17 @@ pub struct Price {
     pub written_at: Hlc,
 }
 
-fn key(sku: &Sku, channel: Channel, effective_from_ms: u64) -> String {
+/// The document key of the price register for (sku, channel, effective-from).
+pub fn price_key(sku: &Sku, channel: Channel, effective_from_ms: u64) -> String {
     // Zero-padded so keys sort by time.
     format!("{sku}/{}/{effective_from_ms:013}", channel.as_str())
 }
 
 /// Every stamped value currently held at a register key (concurrent ones included).
-pub(crate) fn register_values<T: for<'de> Deserialize<'de>>(doc: &Automerge, key: &str) -> Vec<Stamped<T>> {
+pub(crate) fn register_values<T: for<'de> Deserialize<'de>>(
+    doc: &Automerge,
+    key: &str,
+) -> Vec<Stamped<T>> {
     doc.get_all(ROOT, key)
         .unwrap_or_default()
         .into_iter()
@@ -73,8 +77,18 @@ pub(crate) fn stamped_put<T: Serialize>(
             .max()
     })?;
     let hlc = store.hlc_tick(now_ms, floor.unwrap_or_default());
-    let stamped = Stamped { hlc, writer: store.replica().0, value };
-    Ok(DocEdit { doc: doc.clone(), edits: vec![Edit::Put { path: vec![key], value: Value::Bytes(stamped.encode()) }] })
+    let stamped = Stamped {
+        hlc,
+        writer: store.replica().0,
+        value,
+    };
+    Ok(DocEdit {
+        doc: doc.clone(),
+        edits: vec![Edit::Put {
+            path: vec![key],
+            value: Value::Bytes(stamped.encode()),
+        }],
+    })
 }
 
 /// The edit that sets a price.
@@ -91,27 +105,46 @@ pub fn set_price_edit(
         return Err(DomainError::Invalid(format!("price of {sku} is negative")));
     }
     let doc = layout::prices_doc(store_id, sku);
-    let value = PriceValue { amount_minor: money.amount_minor, currency: money.currency.as_str().to_owned() };
-    Ok(stamped_put(store, &doc, key(sku, channel, effective_from_ms), value, now_ms)?)
+    let value = PriceValue {
+        amount_minor: money.amount_minor,
+        currency: money.currency.as_str().to_owned(),
+    };
+    Ok(stamped_put(
+        store,
+        &doc,
+        price_key(sku, channel, effective_from_ms),
+        value,
+        now_ms,
+    )?)
 }
 
 /// Re-projects the registers whose keys changed.
-pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+pub(crate) fn project(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
     let set = doc_id.set();
     for key in keys {
         let mut parts = key.split('/');
-        let (Some(sku), Some(channel), Some(from), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(sku), Some(channel), Some(from), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
-        let Ok(from) = from.parse::<u64>() else { continue };
+        let Ok(from) = from.parse::<u64>() else {
+            continue;
+        };
         match winner(register_values::<PriceValue>(doc, key)) {
             Some(stamped) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO prices (set_id, sku, channel, effective_from_ms, amount_minor, currency, hlc_wall_ms, hlc_counter)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (set_id, sku, channel, effective_from_ms)
                      DO UPDATE SET amount_minor = ?5, currency = ?6, hlc_wall_ms = ?7, hlc_counter = ?8",
-                    params![
+                )?
+                .execute(params![
                         set.as_str(),
                         sku,
                         channel,
@@ -120,8 +153,7 @@ pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, key
                         stamped.value.currency,
                         stamped.hlc.wall_ms as i64,
                         stamped.hlc.counter
-                    ],
-                )?;
+                    ])?;
             }
             None => {
                 tx.execute(
@@ -137,7 +169,13 @@ pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, key
 /// Price queries.
 impl Store {
     /// The price of `sku` in force on `channel` at `at_ms`.
-    pub fn price_in_force(&self, store: &StoreId, sku: &Sku, channel: Channel, at_ms: u64) -> Result<Option<Price>, StoreError> {
+    pub fn price_in_force(
+        &self,
+        store: &StoreId,
+        sku: &Sku,
+        channel: Channel,
+        at_ms: u64,
+    ) -> Result<Option<Price>, StoreError> {
         let set = DocSetId::store(store);
         let row = self
             .db
@@ -155,8 +193,14 @@ impl Store {
                 sku: sku.to_string(),
                 channel,
                 effective_from_ms: from as u64,
-                money: Money { amount_minor: amount, currency: Currency::new(&currency).ok()? },
-                written_at: Hlc { wall_ms: wall as u64, counter },
+                money: Money {
+                    amount_minor: amount,
+                    currency: Currency::new(&currency).ok()?,
+                },
+                written_at: Hlc {
+                    wall_ms: wall as u64,
+                    counter,
+                },
             })
         }))
     }

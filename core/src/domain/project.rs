@@ -35,7 +35,12 @@ pub(crate) fn changed_root_keys(doc: &Automerge, before: &[ChangeHash]) -> BTree
 }
 
 /// Updates the query tables for a document that changed since `before`.
-pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, before: &[ChangeHash]) -> Result<(), StoreError> {
+pub(crate) fn project(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    before: &[ChangeHash],
+) -> Result<(), StoreError> {
     let kind = kind_of(doc_id);
     if kind == DocKind::Other {
         return Ok(());
@@ -45,7 +50,7 @@ pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, bef
         return Ok(());
     }
     match kind {
-        DocKind::Catalog => catalog::project(tx, doc_id, doc, &keys),
+        DocKind::Catalog => catalog::project(tx, doc_id, doc, &keys, before.is_empty()),
         DocKind::Prices => prices::project(tx, doc_id, doc, &keys),
         DocKind::Stock => stock::project(tx, doc_id, doc, &keys),
         DocKind::Orders => orders::project(tx, doc_id, doc, &keys),

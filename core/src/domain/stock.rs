@@ -16,27 +16,49 @@ use crate::ids::{DocId, DocSetId, StoreId};
 use crate::store::{DocEdit, Store, StoreError};
 
 /// The edit that publishes the on-hand count of a SKU.
-pub fn publish_level_edit(store: &mut Store, store_id: &StoreId, sku: &Sku, on_hand: i64, now_ms: u64) -> Result<DocEdit, DomainError> {
+pub fn publish_level_edit(
+    store: &mut Store,
+    store_id: &StoreId,
+    sku: &Sku,
+    on_hand: i64,
+    now_ms: u64,
+) -> Result<DocEdit, DomainError> {
     if on_hand < 0 {
-        return Err(DomainError::Invalid(format!("stock of {sku} cannot be negative")));
+        return Err(DomainError::Invalid(format!(
+            "stock of {sku} cannot be negative"
+        )));
     }
-    Ok(stamped_put(store, &layout::stock_doc(store_id, sku), sku.to_string(), on_hand, now_ms)?)
+    Ok(stamped_put(
+        store,
+        &layout::stock_doc(store_id, sku),
+        sku.to_string(),
+        on_hand,
+        now_ms,
+    )?)
 }
 
 /// Re-projects the levels whose keys changed.
-pub(crate) fn project(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge, keys: &BTreeSet<String>) -> Result<(), StoreError> {
+pub(crate) fn project(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+    keys: &BTreeSet<String>,
+) -> Result<(), StoreError> {
     let set = doc_id.set();
     for sku in keys {
         match winner(register_values::<i64>(doc, sku)) {
             Some(stamped) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO stock_levels (set_id, sku, on_hand) VALUES (?1, ?2, ?3)
                      ON CONFLICT (set_id, sku) DO UPDATE SET on_hand = ?3",
-                    params![set.as_str(), sku, stamped.value],
-                )?;
+                )?
+                .execute(params![set.as_str(), sku, stamped.value])?;
             }
             None => {
-                tx.execute("DELETE FROM stock_levels WHERE set_id = ?1 AND sku = ?2", params![set.as_str(), sku])?;
+                tx.execute(
+                    "DELETE FROM stock_levels WHERE set_id = ?1 AND sku = ?2",
+                    params![set.as_str(), sku],
+                )?;
             }
         }
     }

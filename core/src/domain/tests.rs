@@ -30,7 +30,10 @@ fn sku(name: &str) -> Sku {
 }
 
 fn eur(amount_minor: i64) -> Money {
-    Money { amount_minor, currency: Currency::new("EUR").unwrap() }
+    Money {
+        amount_minor,
+        currency: Currency::new("EUR").unwrap(),
+    }
 }
 
 fn replica(name: &str) -> Store {
@@ -42,7 +45,14 @@ fn upload(hub: &mut MemoryHubLog, replicas: &mut [Store]) {
     for store in replicas.iter_mut() {
         let ops = store.pending_ops(0, usize::MAX >> 1).unwrap();
         let applied = hub
-            .apply(ops.into_iter().map(|op| IncomingOp { op, verdict: Verdict::Accept }).collect())
+            .apply(
+                ops.into_iter()
+                    .map(|op| IncomingOp {
+                        op,
+                        verdict: Verdict::Accept,
+                    })
+                    .collect(),
+            )
             .unwrap();
         store.record_acks(&applied.acks, NOW).unwrap();
     }
@@ -50,8 +60,15 @@ fn upload(hub: &mut MemoryHubLog, replicas: &mut [Store]) {
 
 fn all_changes(hub: &MemoryHubLog) -> Vec<RemoteChange> {
     let mut changes = Vec::new();
-    for set in [DocSetId::store(&store_id()), DocSetId::customer(&customer())] {
-        changes.extend(hub.changes_since(&set, 0, usize::MAX >> 1, usize::MAX).unwrap().changes);
+    for set in [
+        DocSetId::store(&store_id()),
+        DocSetId::customer(&customer()),
+    ] {
+        changes.extend(
+            hub.changes_since(&set, 0, usize::MAX >> 1, usize::MAX)
+                .unwrap()
+                .changes,
+        );
     }
     changes
 }
@@ -66,7 +83,12 @@ fn sync(replicas: &mut [Store]) {
 fn deliver(replicas: &mut [Store], changes: Vec<RemoteChange>) {
     for store in replicas.iter_mut() {
         for change in &changes {
-            let batch = ChangeBatch { set: change.doc.set(), changes: vec![change.clone()], cursor: 0, caught_up: false };
+            let batch = ChangeBatch {
+                set: change.doc.set(),
+                changes: vec![change.clone()],
+                cursor: 0,
+                caught_up: false,
+            };
             store.apply_remote(&batch, NOW).unwrap();
         }
     }
@@ -87,12 +109,16 @@ fn projections(store: &Store) -> Vec<String> {
     ];
     let mut rows = Vec::new();
     for (table, order) in tables {
-        let mut statement = store.db.prepare(&format!("SELECT * FROM {table} ORDER BY {order}")).unwrap();
+        let mut statement = store
+            .db
+            .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))
+            .unwrap();
         let columns = statement.column_count();
         let mut query = statement.query([]).unwrap();
         while let Some(row) = query.next().unwrap() {
-            let values: Vec<String> =
-                (0..columns).map(|index| format!("{:?}", row.get_ref(index).unwrap())).collect();
+            let values: Vec<String> = (0..columns)
+                .map(|index| format!("{:?}", row.get_ref(index).unwrap()))
+                .collect();
             rows.push(format!("{table}: {}", values.join(" | ")));
         }
     }
@@ -102,19 +128,46 @@ fn projections(store: &Store) -> Vec<String> {
 #[test]
 fn concurrent_product_edits_keep_every_value_until_resolved() {
     let mut replicas = vec![replica("back-office"), replica("store-manager")];
-    let update = |name: &str| ProductUpdate { sku: sku("sku-1"), fields: vec![(ProductField::Name, name.to_owned())] };
-    replicas[0].upsert_products(&store_id(), &[update("Espresso 1kg")], NOW).unwrap();
+    let update = |name: &str| ProductUpdate {
+        sku: sku("sku-1"),
+        fields: vec![(ProductField::Name, name.to_owned())],
+    };
+    replicas[0]
+        .upsert_products(&store_id(), &[update("Espresso 1kg")], NOW)
+        .unwrap();
     sync(&mut replicas);
-    replicas[0].upsert_products(&store_id(), &[update("Espresso beans 1kg")], NOW).unwrap();
-    replicas[1].upsert_products(&store_id(), &[update("Espresso (whole bean)")], NOW).unwrap();
+    replicas[0]
+        .upsert_products(&store_id(), &[update("Espresso beans 1kg")], NOW)
+        .unwrap();
+    replicas[1]
+        .upsert_products(&store_id(), &[update("Espresso (whole bean)")], NOW)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
         let product = store.product(&store_id(), &sku("sku-1")).unwrap().unwrap();
         assert_eq!(product.conflicts.len(), 1, "conflict is surfaced");
-        assert_eq!(product.conflicts[0].values, vec!["Espresso (whole bean)".to_owned(), "Espresso beans 1kg".to_owned()]);
+        assert_eq!(
+            product.conflicts[0].values,
+            vec![
+                "Espresso (whole bean)".to_owned(),
+                "Espresso beans 1kg".to_owned()
+            ]
+        );
     }
-    assert_eq!(projections(&replicas[0]), projections(&replicas[1]), "both show the same pick");
-    replicas[1].resolve_product_field(&store_id(), &sku("sku-1"), ProductField::Name, "Espresso beans 1kg", NOW).unwrap();
+    assert_eq!(
+        projections(&replicas[0]),
+        projections(&replicas[1]),
+        "both show the same pick"
+    );
+    replicas[1]
+        .resolve_product_field(
+            &store_id(),
+            &sku("sku-1"),
+            ProductField::Name,
+            "Espresso beans 1kg",
+            NOW,
+        )
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
         let product = store.product(&store_id(), &sku("sku-1")).unwrap().unwrap();
@@ -131,7 +184,10 @@ fn products_are_found_by_sku_barcode_category_and_text() {
             sku: sku(&format!("sku-{n}")),
             fields: vec![
                 (ProductField::Name, format!("Café crème {n}")),
-                (ProductField::Category, if n % 2 == 0 { "coffee" } else { "tea" }.to_owned()),
+                (
+                    ProductField::Category,
+                    if n % 2 == 0 { "coffee" } else { "tea" }.to_owned(),
+                ),
                 (ProductField::Barcode, format!("4006381333{n:03}")),
                 (ProductField::Brand, "Acme".to_owned()),
             ],
@@ -139,36 +195,110 @@ fn products_are_found_by_sku_barcode_category_and_text() {
         .collect();
     store.upsert_products(&store_id(), &updates, NOW).unwrap();
     assert_eq!(store.product_count(&store_id()).unwrap(), 50);
-    assert_eq!(store.products_by_barcode(&store_id(), "4006381333007").unwrap()[0].sku, "sku-7");
-    assert_eq!(store.products_in_category(&store_id(), "tea", 100).unwrap().len(), 25);
-    let found = store.search_products(&store_id(), "cafe creme 42", 10).unwrap();
-    assert_eq!(found[0].sku, "sku-42", "diacritics folded, words prefix-matched");
-    assert!(store.search_products(&store_id(), "\" OR sku:*", 10).is_ok(), "query syntax is not injectable");
+    assert_eq!(
+        store
+            .products_by_barcode(&store_id(), "4006381333007")
+            .unwrap()[0]
+            .sku,
+        "sku-7"
+    );
+    assert_eq!(
+        store
+            .products_in_category(&store_id(), "tea", 100)
+            .unwrap()
+            .len(),
+        25
+    );
+    let found = store
+        .search_products(&store_id(), "cafe creme 42", 10)
+        .unwrap();
+    assert_eq!(
+        found[0].sku, "sku-42",
+        "diacritics folded, words prefix-matched"
+    );
+    assert!(
+        store
+            .search_products(&store_id(), "\" OR sku:*", 10)
+            .is_ok(),
+        "query syntax is not injectable"
+    );
 }
 
 #[test]
 fn the_latest_price_wins_by_hybrid_clock_and_ties_by_writer() {
     let mut replicas = vec![replica("pricing"), replica("back-office")];
     let item = sku("sku-1");
-    replicas[0].set_price(&store_id(), &item, Channel::Pos, 0, &eur(1000), NOW).unwrap();
-    replicas[1].set_price(&store_id(), &item, Channel::Pos, 0, &eur(900), NOW + 5).unwrap();
+    replicas[0]
+        .set_price(&store_id(), &item, Channel::Pos, 0, &eur(1000), NOW)
+        .unwrap();
+    replicas[1]
+        .set_price(&store_id(), &item, Channel::Pos, 0, &eur(900), NOW + 5)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
-        let price = store.price_in_force(&store_id(), &item, Channel::Pos, NOW).unwrap().unwrap();
-        assert_eq!(price.money, eur(900), "the later write wins on both replicas");
+        let price = store
+            .price_in_force(&store_id(), &item, Channel::Pos, NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            price.money,
+            eur(900),
+            "the later write wins on both replicas"
+        );
     }
     // A causally later write wins even from a device whose clock is behind.
-    replicas[0].set_price(&store_id(), &item, Channel::Pos, 0, &eur(950), NOW - 60_000).unwrap();
+    replicas[0]
+        .set_price(&store_id(), &item, Channel::Pos, 0, &eur(950), NOW - 60_000)
+        .unwrap();
     sync(&mut replicas);
-    assert_eq!(replicas[1].price_in_force(&store_id(), &item, Channel::Pos, NOW).unwrap().unwrap().money, eur(950));
+    assert_eq!(
+        replicas[1]
+            .price_in_force(&store_id(), &item, Channel::Pos, NOW)
+            .unwrap()
+            .unwrap()
+            .money,
+        eur(950)
+    );
     // Channels and effective-from times are separate registers.
-    replicas[1].set_price(&store_id(), &item, Channel::Web, 0, &eur(899), NOW).unwrap();
-    replicas[1].set_price(&store_id(), &item, Channel::Pos, NOW + 86_400_000, &eur(700), NOW).unwrap();
+    replicas[1]
+        .set_price(&store_id(), &item, Channel::Web, 0, &eur(899), NOW)
+        .unwrap();
+    replicas[1]
+        .set_price(
+            &store_id(),
+            &item,
+            Channel::Pos,
+            NOW + 86_400_000,
+            &eur(700),
+            NOW,
+        )
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
-        assert_eq!(store.price_in_force(&store_id(), &item, Channel::Web, NOW).unwrap().unwrap().money, eur(899));
-        assert_eq!(store.price_in_force(&store_id(), &item, Channel::Pos, NOW).unwrap().unwrap().money, eur(950));
-        assert_eq!(store.price_in_force(&store_id(), &item, Channel::Pos, NOW + 86_400_000).unwrap().unwrap().money, eur(700));
+        assert_eq!(
+            store
+                .price_in_force(&store_id(), &item, Channel::Web, NOW)
+                .unwrap()
+                .unwrap()
+                .money,
+            eur(899)
+        );
+        assert_eq!(
+            store
+                .price_in_force(&store_id(), &item, Channel::Pos, NOW)
+                .unwrap()
+                .unwrap()
+                .money,
+            eur(950)
+        );
+        assert_eq!(
+            store
+                .price_in_force(&store_id(), &item, Channel::Pos, NOW + 86_400_000)
+                .unwrap()
+                .unwrap()
+                .money,
+            eur(700)
+        );
     }
     assert_eq!(projections(&replicas[0]), projections(&replicas[1]));
 }
@@ -179,12 +309,32 @@ fn a_device_clock_far_in_the_future_does_not_win_after_it_meets_the_hub() {
     let item = sku("sku-1");
     let ten_hours_ms = 36_000_000;
     // The skewed device learns the hub's time at its handshake.
-    replicas[0].observe_hub_time(NOW, NOW + ten_hours_ms).unwrap();
-    replicas[0].set_price(&store_id(), &item, Channel::Pos, 0, &eur(1), NOW + ten_hours_ms).unwrap();
-    replicas[1].set_price(&store_id(), &item, Channel::Pos, 0, &eur(1000), NOW + 1_000).unwrap();
+    replicas[0]
+        .observe_hub_time(NOW, NOW + ten_hours_ms)
+        .unwrap();
+    replicas[0]
+        .set_price(
+            &store_id(),
+            &item,
+            Channel::Pos,
+            0,
+            &eur(1),
+            NOW + ten_hours_ms,
+        )
+        .unwrap();
+    replicas[1]
+        .set_price(&store_id(), &item, Channel::Pos, 0, &eur(1000), NOW + 1_000)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
-        assert_eq!(store.price_in_force(&store_id(), &item, Channel::Pos, NOW + 2_000).unwrap().unwrap().money, eur(1000));
+        assert_eq!(
+            store
+                .price_in_force(&store_id(), &item, Channel::Pos, NOW + 2_000)
+                .unwrap()
+                .unwrap()
+                .money,
+            eur(1000)
+        );
     }
 }
 
@@ -192,56 +342,127 @@ fn a_device_clock_far_in_the_future_does_not_win_after_it_meets_the_hub() {
 fn cart_adds_merge_and_remove_wins_over_a_concurrent_quantity_edit() {
     let mut replicas = vec![replica("phone"), replica("web"), replica("till")];
     let shopper = customer();
-    let (_, coffee_line) = replicas[0].add_to_cart(&shopper, &sku("coffee"), 1, NOW).unwrap();
-    let (_, tea_line) = replicas[1].add_to_cart(&shopper, &sku("tea"), 2, NOW).unwrap();
+    let (_, coffee_line) = replicas[0]
+        .add_to_cart(&shopper, &sku("coffee"), 1, NOW)
+        .unwrap();
+    let (_, tea_line) = replicas[1]
+        .add_to_cart(&shopper, &sku("tea"), 2, NOW)
+        .unwrap();
     sync(&mut replicas);
-    let view = replicas[2].cart(&shopper, &store_id(), Channel::Pos, NOW).unwrap();
-    assert_eq!(view.lines.len(), 2, "concurrent adds of different items both survive");
+    let view = replicas[2]
+        .cart(&shopper, &store_id(), Channel::Pos, NOW)
+        .unwrap();
+    assert_eq!(
+        view.lines.len(),
+        2,
+        "concurrent adds of different items both survive"
+    );
     // Concurrent quantity edits merge (counters add up).
-    replicas[0].change_cart_quantity(&shopper, &coffee_line, 1, NOW).unwrap();
-    replicas[1].change_cart_quantity(&shopper, &coffee_line, 2, NOW).unwrap();
+    replicas[0]
+        .change_cart_quantity(&shopper, &coffee_line, 1, NOW)
+        .unwrap();
+    replicas[1]
+        .change_cart_quantity(&shopper, &coffee_line, 2, NOW)
+        .unwrap();
     // Remove vs concurrent edit: remove wins.
-    replicas[2].remove_cart_line(&shopper, &tea_line, NOW).unwrap();
-    replicas[0].change_cart_quantity(&shopper, &tea_line, 5, NOW).unwrap();
+    replicas[2]
+        .remove_cart_line(&shopper, &tea_line, NOW)
+        .unwrap();
+    replicas[0]
+        .change_cart_quantity(&shopper, &tea_line, 5, NOW)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
-        let view = store.cart(&shopper, &store_id(), Channel::Pos, NOW).unwrap();
+        let view = store
+            .cart(&shopper, &store_id(), Channel::Pos, NOW)
+            .unwrap();
         assert_eq!(view.lines.len(), 1, "the removed line stays removed");
         assert_eq!(view.lines[0].sku, "coffee");
         assert_eq!(view.lines[0].quantity, 4);
     }
-    assert!(replicas[0].change_cart_quantity(&shopper, "nosuchline", 1, NOW).is_err());
+    assert!(
+        replicas[0]
+            .change_cart_quantity(&shopper, "nosuchline", 1, NOW)
+            .is_err()
+    );
 }
 
 #[test]
 fn cart_totals_use_current_prices() {
     let mut store = replica("till");
-    store.set_price(&store_id(), &sku("coffee"), Channel::Pos, 0, &eur(1899), NOW).unwrap();
-    store.upsert_products(&store_id(), &[ProductUpdate { sku: sku("coffee"), fields: vec![(ProductField::Name, "Coffee".into())] }], NOW).unwrap();
-    store.add_to_cart(&customer(), &sku("coffee"), 2, NOW).unwrap();
-    store.add_to_cart(&customer(), &sku("unpriced"), 1, NOW).unwrap();
-    let view = store.cart(&customer(), &store_id(), Channel::Pos, NOW).unwrap();
+    store
+        .set_price(
+            &store_id(),
+            &sku("coffee"),
+            Channel::Pos,
+            0,
+            &eur(1899),
+            NOW,
+        )
+        .unwrap();
+    store
+        .upsert_products(
+            &store_id(),
+            &[ProductUpdate {
+                sku: sku("coffee"),
+                fields: vec![(ProductField::Name, "Coffee".into())],
+            }],
+            NOW,
+        )
+        .unwrap();
+    store
+        .add_to_cart(&customer(), &sku("coffee"), 2, NOW)
+        .unwrap();
+    store
+        .add_to_cart(&customer(), &sku("unpriced"), 1, NOW)
+        .unwrap();
+    let view = store
+        .cart(&customer(), &store_id(), Channel::Pos, NOW)
+        .unwrap();
     assert_eq!(view.total, Some(eur(3798)));
     assert_eq!(view.unpriced_lines, 1);
     let coffee = view.lines.iter().find(|line| line.sku == "coffee").unwrap();
     assert_eq!(coffee.name.as_deref(), Some("Coffee"));
-    store.set_price(&store_id(), &sku("coffee"), Channel::Pos, 0, &eur(1000), NOW + 1).unwrap();
-    assert_eq!(store.cart(&customer(), &store_id(), Channel::Pos, NOW).unwrap().total, Some(eur(2000)));
+    store
+        .set_price(
+            &store_id(),
+            &sku("coffee"),
+            Channel::Pos,
+            0,
+            &eur(1000),
+            NOW + 1,
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .cart(&customer(), &store_id(), Channel::Pos, NOW)
+            .unwrap()
+            .total,
+        Some(eur(2000))
+    );
 }
 
 #[test]
 fn a_wishlist_add_survives_a_concurrent_remove() {
     let mut replicas = vec![replica("phone"), replica("web")];
     let shopper = customer();
-    replicas[0].wishlist_add(&shopper, &sku("mug"), NOW).unwrap();
+    replicas[0]
+        .wishlist_add(&shopper, &sku("mug"), NOW)
+        .unwrap();
     sync(&mut replicas);
-    replicas[0].wishlist_remove(&shopper, &sku("mug"), NOW).unwrap();
-    replicas[1].wishlist_add(&shopper, &sku("mug"), NOW).unwrap();
+    replicas[0]
+        .wishlist_remove(&shopper, &sku("mug"), NOW)
+        .unwrap();
+    replicas[1]
+        .wishlist_add(&shopper, &sku("mug"), NOW)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
         assert_eq!(store.wishlist(&shopper).unwrap(), vec!["mug".to_owned()]);
     }
-    replicas[1].wishlist_remove(&shopper, &sku("mug"), NOW).unwrap();
+    replicas[1]
+        .wishlist_remove(&shopper, &sku("mug"), NOW)
+        .unwrap();
     sync(&mut replicas);
     assert!(replicas[0].wishlist(&shopper).unwrap().is_empty());
 }
@@ -250,14 +471,23 @@ fn a_wishlist_add_survives_a_concurrent_remove() {
 fn profile_fields_are_last_writer_wins_each() {
     let mut replicas = vec![replica("phone"), replica("crm")];
     let shopper = customer();
-    replicas[0].set_profile_field(&shopper, "email", "old@example.com", NOW).unwrap();
-    replicas[1].set_profile_field(&shopper, "email", "new@example.com", NOW + 10).unwrap();
-    replicas[0].set_profile_field(&shopper, "phone", "+49 30 1234", NOW + 20).unwrap();
+    replicas[0]
+        .set_profile_field(&shopper, "email", "old@example.com", NOW)
+        .unwrap();
+    replicas[1]
+        .set_profile_field(&shopper, "email", "new@example.com", NOW + 10)
+        .unwrap();
+    replicas[0]
+        .set_profile_field(&shopper, "phone", "+49 30 1234", NOW + 20)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
         assert_eq!(
             store.profile(&shopper).unwrap(),
-            vec![("email".to_owned(), "new@example.com".to_owned()), ("phone".to_owned(), "+49 30 1234".to_owned())]
+            vec![
+                ("email".to_owned(), "new@example.com".to_owned()),
+                ("phone".to_owned(), "+49 30 1234".to_owned())
+            ]
         );
     }
 }
@@ -266,38 +496,78 @@ fn profile_fields_are_last_writer_wins_each() {
 fn history_is_bounded() {
     let mut store = replica("phone");
     for n in 0..(customer::HISTORY_LEN_MAX as u64 + 20) {
-        store.record_view(&customer(), &sku(&format!("sku-{n}")), NOW + n).unwrap();
+        store
+            .record_view(&customer(), &sku(&format!("sku-{n}")), NOW + n)
+            .unwrap();
     }
     let history = store.history(&customer()).unwrap();
     assert_eq!(history.len(), customer::HISTORY_LEN_MAX);
-    assert_eq!(history[0], format!("sku-{}", customer::HISTORY_LEN_MAX + 19), "newest first");
+    assert_eq!(
+        history[0],
+        format!("sku-{}", customer::HISTORY_LEN_MAX + 19),
+        "newest first"
+    );
 }
 
 #[test]
 fn order_status_changes_are_versioned() {
     let mut replicas = vec![replica("till-1"), replica("back-office")];
-    let lines = [OrderLine { sku: sku("coffee"), quantity: 2, unit_price_minor: 1899 }];
-    replicas[0].create_order("till-1-0001", &lines, Currency::new("EUR").unwrap(), NOW).unwrap();
+    let lines = [OrderLine {
+        sku: sku("coffee"),
+        quantity: 2,
+        unit_price_minor: 1899,
+    }];
+    replicas[0]
+        .create_order("till-1-0001", &lines, Currency::new("EUR").unwrap(), NOW)
+        .unwrap();
     sync(&mut replicas);
-    let order = replicas[1].order(&store_id(), "till-1-0001").unwrap().unwrap();
-    assert_eq!((order.version, order.total.amount_minor, order.status.as_str()), (1, 3798, "completed"));
-    replicas[1].update_order_status(&store_id(), "till-1-0001", 1, "paid", NOW).unwrap();
+    let order = replicas[1]
+        .order(&store_id(), "till-1-0001")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            order.version,
+            order.total.amount_minor,
+            order.status.as_str()
+        ),
+        (1, 3798, "completed")
+    );
+    replicas[1]
+        .update_order_status(&store_id(), "till-1-0001", 1, "paid", NOW)
+        .unwrap();
     assert!(matches!(
         replicas[1].update_order_status(&store_id(), "till-1-0001", 1, "returned", NOW),
-        Err(DomainError::VersionConflict { expected: 1, found: 2 })
+        Err(DomainError::VersionConflict {
+            expected: 1,
+            found: 2
+        })
     ));
     // Two devices moving the same version concurrently: both kept, flagged.
     sync(&mut replicas);
-    replicas[0].update_order_status(&store_id(), "till-1-0001", 2, "fulfilled", NOW).unwrap();
-    replicas[1].update_order_status(&store_id(), "till-1-0001", 2, "returned", NOW).unwrap();
+    replicas[0]
+        .update_order_status(&store_id(), "till-1-0001", 2, "fulfilled", NOW)
+        .unwrap();
+    replicas[1]
+        .update_order_status(&store_id(), "till-1-0001", 2, "returned", NOW)
+        .unwrap();
     sync(&mut replicas);
     for store in &replicas {
         let order = store.order(&store_id(), "till-1-0001").unwrap().unwrap();
         assert!(order.conflicted);
         assert_eq!(order.version, 3);
-        assert_eq!(order.status, "returned", "the greatest (version, status) is shown");
+        assert_eq!(
+            order.status, "returned",
+            "the greatest (version, status) is shown"
+        );
     }
-    assert_eq!(replicas[0].orders_by_status(&store_id(), "returned", 10).unwrap().len(), 1);
+    assert_eq!(
+        replicas[0]
+            .orders_by_status(&store_id(), "returned", 10)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -306,7 +576,16 @@ fn out_of_order_changes_are_kept_across_a_restart() {
     let path = dir.path().join("late.db");
     let mut writer = replica("writer");
     for n in 0..5 {
-        writer.set_price(&store_id(), &sku("a"), Channel::Pos, 0, &eur(100 + n), NOW + n as u64).unwrap();
+        writer
+            .set_price(
+                &store_id(),
+                &sku("a"),
+                Channel::Pos,
+                0,
+                &eur(100 + n),
+                NOW + n as u64,
+            )
+            .unwrap();
     }
     let mut hub = MemoryHubLog::new();
     upload(&mut hub, std::slice::from_mut(&mut writer));
@@ -317,7 +596,13 @@ fn out_of_order_changes_are_kept_across_a_restart() {
         deliver(std::slice::from_mut(&mut late), changes);
     }
     let late = Store::open(&path, DeviceId::new("late").unwrap(), store_id()).unwrap();
-    assert_eq!(late.price_in_force(&store_id(), &sku("a"), Channel::Pos, NOW).unwrap().unwrap().money, eur(104));
+    assert_eq!(
+        late.price_in_force(&store_id(), &sku("a"), Channel::Pos, NOW)
+            .unwrap()
+            .unwrap()
+            .money,
+        eur(104)
+    );
 }
 
 /// One random retail operation by one replica.
@@ -327,22 +612,59 @@ fn random_op(store: &mut Store, rng: &mut impl Rng, step: u64) {
     let shopper = customer();
     let _ = match rng.random_range(0..8) {
         0 => store
-            .upsert_products(&store_id(), &[ProductUpdate { sku: item, fields: vec![(ProductField::Name, format!("name {}", rng.random_range(0..3)))] }], now)
+            .upsert_products(
+                &store_id(),
+                &[ProductUpdate {
+                    sku: item,
+                    fields: vec![(
+                        ProductField::Name,
+                        format!("name {}", rng.random_range(0..3)),
+                    )],
+                }],
+                now,
+            )
             .map(|_| ()),
-        1 => store.set_price(&store_id(), &item, Channel::Pos, 0, &eur(rng.random_range(1..500)), now).map(|_| ()),
-        2 => store.add_to_cart(&shopper, &item, rng.random_range(1..3), now).map(|_| ()),
+        1 => store
+            .set_price(
+                &store_id(),
+                &item,
+                Channel::Pos,
+                0,
+                &eur(rng.random_range(1..500)),
+                now,
+            )
+            .map(|_| ()),
+        2 => store
+            .add_to_cart(&shopper, &item, rng.random_range(1..3), now)
+            .map(|_| ()),
         3 => {
-            let line = store.cart(&shopper, &store_id(), Channel::Pos, now).ok().and_then(|view| view.lines.first().map(|l| l.line_id.clone()));
+            let line = store
+                .cart(&shopper, &store_id(), Channel::Pos, now)
+                .ok()
+                .and_then(|view| view.lines.first().map(|l| l.line_id.clone()));
             match line {
-                Some(line) if rng.random_bool(0.5) => store.remove_cart_line(&shopper, &line, now).map(|_| ()),
-                Some(line) => store.change_cart_quantity(&shopper, &line, 1, now).map(|_| ()),
+                Some(line) if rng.random_bool(0.5) => {
+                    store.remove_cart_line(&shopper, &line, now).map(|_| ())
+                }
+                Some(line) => store
+                    .change_cart_quantity(&shopper, &line, 1, now)
+                    .map(|_| ()),
                 None => Ok(()),
             }
         }
         4 => store.wishlist_add(&shopper, &item, now).map(|_| ()),
         5 => store.wishlist_remove(&shopper, &item, now).map(|_| ()),
-        6 => store.set_profile_field(&shopper, "email", &format!("e{}@x", rng.random_range(0..9)), now).map(|_| ()),
-        _ => store.publish_stock_level(&store_id(), &item, rng.random_range(0..50), now).map(|_| ()),
+        6 => store
+            .set_profile_field(
+                &shopper,
+                "email",
+                &format!("e{}@x", rng.random_range(0..9)),
+                now,
+            )
+            .map(|_| ()),
+        _ => store
+            .publish_stock_level(&store_id(), &item, rng.random_range(0..50), now)
+            .map(|_| ()),
     };
 }
 

@@ -155,7 +155,9 @@ impl Client {
             task: Mutex::new(None),
             subscriptions_changed: std::sync::atomic::AtomicBool::new(false),
         };
-        let client = Self { inner: Arc::new(inner) };
+        let client = Self {
+            inner: Arc::new(inner),
+        };
         client.refresh_status(|_| {});
         client
     }
@@ -163,7 +165,11 @@ impl Client {
     /// Spawns the sync task on the current tokio runtime (once; later calls
     /// do nothing).
     pub fn start(&self) {
-        let mut task = self.inner.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if task.is_none() {
             let client = self.clone();
             *task = Some(tokio::spawn(async move { client.run().await }));
@@ -179,7 +185,12 @@ impl Client {
     /// Stops the sync task and waits until it has closed its connection.
     pub async fn stop(&self) {
         self.shutdown();
-        let task = self.inner.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -191,8 +202,14 @@ impl Client {
     }
 
     /// Records an op with an explicit [`Durability`] and wakes the uploader.
-    pub fn commit_with(&self, edits: &[DocEdit], durability: Durability) -> Result<OpId, StoreError> {
-        let op = self.store().commit_with(edits, crate::now_ms(), durability)?;
+    pub fn commit_with(
+        &self,
+        edits: &[DocEdit],
+        durability: Durability,
+    ) -> Result<OpId, StoreError> {
+        let op = self
+            .store()
+            .commit_with(edits, crate::now_ms(), durability)?;
         let docs = edits.iter().map(|edit| edit.doc.clone()).collect();
         let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
         self.inner.wake.notify_one();
@@ -200,17 +217,42 @@ impl Client {
         Ok(op)
     }
 
+    /// Runs a write against the store (the typed retail API: `add_to_cart`,
+    /// `create_order`, ...) and wakes the uploader for the ops it recorded.
+    pub fn write<T, E>(&self, write: impl FnOnce(&mut Store) -> Result<T, E>) -> Result<T, E> {
+        let result = {
+            let mut store = self.store();
+            let before = store.last_seq().unwrap_or(0);
+            let result = write(&mut store);
+            let after = store.last_seq().unwrap_or(0);
+            if after > before {
+                for (op, docs) in store.ops_after(before).unwrap_or_default() {
+                    let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
+                }
+            }
+            result
+        };
+        self.inner.wake.notify_one();
+        self.refresh_status(|_| {});
+        result
+    }
+
     /// Locks the store for reads (and for writes that need no upload wake-up).
     pub fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (every write
         // is one transaction), so a poisoned lock is still safe to use.
-        self.inner.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Subscribes the device to a document set (kept across restarts).
     pub fn subscribe(&self, set: &crate::ids::DocSetId) -> Result<(), StoreError> {
         self.store().subscribe(set)?;
-        self.inner.subscriptions_changed.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .subscriptions_changed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.inner.wake.notify_one();
         Ok(())
     }
@@ -293,7 +335,9 @@ impl Client {
             }
             self.refresh_status(|status| status.link = Link::Connecting);
             let mut was_ready = false;
-            let reason = self.connect_and_sync(&mut was_ready, &mut shutdown, &mut online).await;
+            let reason = self
+                .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
+                .await;
             if *shutdown.borrow() {
                 break;
             }
@@ -307,7 +351,10 @@ impl Client {
                 backoff_ms = BACKOFF_MIN_MS;
             }
             // A refusal that retrying cannot fix (credentials, version): wait long.
-            if ["unauthenticated", "unsupported-version", "forbidden"].iter().any(|code| reason.contains(&format!("({code})"))) {
+            if ["unauthenticated", "unsupported-version", "forbidden"]
+                .iter()
+                .any(|code| reason.contains(&format!("({code})")))
+            {
                 backoff_ms = BACKOFF_MAX_MS;
             }
             let jitter = rand::rng().random_range(0..=backoff_ms / 2);
@@ -372,15 +419,23 @@ impl Client {
             let log_id = store.hub_log_id().map_err(|error| error.to_string())?;
             (identity, subscriptions, log_id)
         };
-        let mut caught_up: std::collections::BTreeMap<_, bool> =
-            subscriptions.iter().map(|(set, _)| (set.clone(), false)).collect();
+        let mut caught_up: std::collections::BTreeMap<_, bool> = subscriptions
+            .iter()
+            .map(|(set, _)| (set.clone(), false))
+            .collect();
         let mut session = ClientSession::new(identity, subscriptions, log_id, crate::now_ms());
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
             while let Some(frame) = session.poll_transmit() {
-                socket.feed(Message::Binary(frame.into())).await.map_err(|error| format!("send: {error}"))?;
+                socket
+                    .feed(Message::Binary(frame.into()))
+                    .await
+                    .map_err(|error| format!("send: {error}"))?;
             }
-            socket.flush().await.map_err(|error| format!("send: {error}"))?;
+            socket
+                .flush()
+                .await
+                .map_err(|error| format!("send: {error}"))?;
             tokio::select! {
                 incoming = socket.next() => {
                     let frame = match incoming {
@@ -424,7 +479,10 @@ impl Client {
                 match event {
                     ClientEvent::Ready(welcome) => {
                         *was_ready = true;
-                        if let Err(error) = self.store().observe_hub_time(welcome.hub_time_ms, crate::now_ms()) {
+                        if let Err(error) = self
+                            .store()
+                            .observe_hub_time(welcome.hub_time_ms, crate::now_ms())
+                        {
                             tracing::warn!(%error, "could not record the hub's clock");
                         }
                         tracing::debug!(hub = %welcome.hub_id, "sync session ready");
@@ -461,10 +519,17 @@ impl Client {
                         }
                     }
                     ClientEvent::Failed(error) => {
-                        return Err(format!("hub refused: {} ({})", error.detail, error.code.as_str()));
+                        return Err(format!(
+                            "hub refused: {} ({})",
+                            error.detail,
+                            error.code.as_str()
+                        ));
                     }
                     ClientEvent::SubscriptionsRefused(sets) => {
-                        tracing::warn!(?sets, "the hub does not let this device read these sets; not following them");
+                        tracing::warn!(
+                            ?sets,
+                            "the hub does not let this device read these sets; not following them"
+                        );
                         for set in &sets {
                             caught_up.remove(set);
                         }
@@ -475,12 +540,17 @@ impl Client {
                         });
                     }
                     ClientEvent::HubLogChanged(log_id) => {
-                        self.store().set_hub_log_id(&log_id).map_err(|error| error.to_string())?;
+                        self.store()
+                            .set_hub_log_id(&log_id)
+                            .map_err(|error| error.to_string())?;
                     }
                 }
             }
             if let Some((after_seq, room)) = session.wants_ops() {
-                let ops = self.store().pending_ops(after_seq, room).map_err(|error| error.to_string())?;
+                let ops = self
+                    .store()
+                    .pending_ops(after_seq, room)
+                    .map_err(|error| error.to_string())?;
                 session.handle_local_ops(ops);
             }
         }

@@ -118,13 +118,15 @@ impl ClientSession {
             ping_nonce: 0,
             ping_outstanding: false,
         };
-        session.transmit.push_back(message::encode(&ClientMessage::Hello(Hello {
-            device: identity.device,
-            store: identity.store,
-            replica: identity.replica,
-            credentials: identity.credentials,
-            agent: identity.agent,
-        })));
+        session
+            .transmit
+            .push_back(message::encode(&ClientMessage::Hello(Hello {
+                device: identity.device,
+                store: identity.store,
+                replica: identity.replica,
+                credentials: identity.credentials,
+                agent: identity.agent,
+            })));
         session
     }
 
@@ -160,8 +162,14 @@ impl ClientSession {
         let mut push_bytes = 0;
         for op in ops {
             let op_bytes = op.payload_len();
-            if !push.is_empty() && (push.len() >= message::PUSH_OPS_MAX || push_bytes + op_bytes > PUSH_BYTES_TARGET) {
-                self.transmit.push_back(message::encode(&ClientMessage::Push(std::mem::take(&mut push))));
+            if !push.is_empty()
+                && (push.len() >= message::PUSH_OPS_MAX
+                    || push_bytes + op_bytes > PUSH_BYTES_TARGET)
+            {
+                self.transmit
+                    .push_back(message::encode(&ClientMessage::Push(std::mem::take(
+                        &mut push,
+                    ))));
                 push_bytes = 0;
             }
             self.in_flight.insert(op.id, ());
@@ -170,7 +178,8 @@ impl ClientSession {
             push.push(op);
         }
         if !push.is_empty() {
-            self.transmit.push_back(message::encode(&ClientMessage::Push(push)));
+            self.transmit
+                .push_back(message::encode(&ClientMessage::Push(push)));
         }
     }
 
@@ -181,9 +190,10 @@ impl ClientSession {
         }
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
-            self.transmit.push_back(message::encode(&ClientMessage::Subscribe(vec![
-                SubscriptionRequest { set, cursor },
-            ])));
+            self.transmit
+                .push_back(message::encode(&ClientMessage::Subscribe(vec![
+                    SubscriptionRequest { set, cursor },
+                ])));
         }
     }
 
@@ -202,7 +212,8 @@ impl ClientSession {
                         }
                     }
                     self.known_log_id = Some(welcome.log_id.clone());
-                    self.events.push_back(ClientEvent::HubLogChanged(welcome.log_id.clone()));
+                    self.events
+                        .push_back(ClientEvent::HubLogChanged(welcome.log_id.clone()));
                 }
                 // Asking for a set the hub refuses would close the session;
                 // follow only what this device may read and report the rest.
@@ -216,15 +227,20 @@ impl ClientSession {
                     self.subscriptions.remove(set);
                 }
                 if !refused.is_empty() {
-                    self.events.push_back(ClientEvent::SubscriptionsRefused(refused));
+                    self.events
+                        .push_back(ClientEvent::SubscriptionsRefused(refused));
                 }
                 let requests: Vec<SubscriptionRequest> = self
                     .subscriptions
                     .iter()
-                    .map(|(set, cursor)| SubscriptionRequest { set: set.clone(), cursor: *cursor })
+                    .map(|(set, cursor)| SubscriptionRequest {
+                        set: set.clone(),
+                        cursor: *cursor,
+                    })
                     .collect();
                 if !requests.is_empty() {
-                    self.transmit.push_back(message::encode(&ClientMessage::Subscribe(requests)));
+                    self.transmit
+                        .push_back(message::encode(&ClientMessage::Subscribe(requests)));
                 }
                 self.events.push_back(ClientEvent::Ready(welcome));
             }
@@ -259,7 +275,8 @@ impl ClientSession {
         if silent_ms >= PING_AFTER_IDLE_MS && !self.ping_outstanding && self.state == State::Ready {
             self.ping_nonce += 1;
             self.ping_outstanding = true;
-            self.transmit.push_back(message::encode(&ClientMessage::Ping(self.ping_nonce)));
+            self.transmit
+                .push_back(message::encode(&ClientMessage::Ping(self.ping_nonce)));
         }
         Ok(())
     }
@@ -295,13 +312,18 @@ mod tests {
         encode(&HubMessage::Welcome(Welcome {
             hub_id: "hub".into(),
             hub_time_ms: 0,
-            allowed_sets: allowed.iter().map(|set| DocSetId::new(*set).unwrap()).collect(),
+            allowed_sets: allowed
+                .iter()
+                .map(|set| DocSetId::new(*set).unwrap())
+                .collect(),
             log_id: log_id.into(),
         }))
     }
 
     fn sent(session: &mut ClientSession) -> Vec<ClientMessage> {
-        std::iter::from_fn(|| session.poll_transmit()).map(|frame| decode(&frame).unwrap()).collect()
+        std::iter::from_fn(|| session.poll_transmit())
+            .map(|frame| decode(&frame).unwrap())
+            .collect()
     }
 
     #[test]
@@ -310,28 +332,48 @@ mod tests {
         session.handle_frame(&welcome(&[], "log"), 0).unwrap();
         sent(&mut session);
         let op = |seq| Op {
-            id: OpId { replica: ReplicaId([1; 16]), seq },
+            id: OpId {
+                replica: ReplicaId([1; 16]),
+                seq,
+            },
             created_ms: 0,
-            body: OpBody::Changes(vec![DocChange { doc: DocId::new("store.s1/a").unwrap(), bytes: vec![0; 900 * 1024] }]),
+            body: OpBody::Changes(vec![DocChange {
+                doc: DocId::new("store.s1/a").unwrap(),
+                bytes: vec![0; 900 * 1024],
+            }]),
         };
         session.handle_local_ops((1..=5).map(op).collect());
         let frames: Vec<Vec<u8>> = std::iter::from_fn(|| session.poll_transmit()).collect();
         assert_eq!(frames.len(), 3, "5 ops of 900 KiB go out as 2 + 2 + 1");
-        assert!(frames.iter().all(|frame| frame.len() < message::FRAME_BYTES_MAX / 2));
+        assert!(
+            frames
+                .iter()
+                .all(|frame| frame.len() < message::FRAME_BYTES_MAX / 2)
+        );
     }
 
     #[test]
     fn sets_the_hub_refuses_are_not_requested() {
-        let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 5), (DocSetId::new("store.s2").unwrap(), 0)];
+        let subscriptions = vec![
+            (DocSetId::new("store.s1").unwrap(), 5),
+            (DocSetId::new("store.s2").unwrap(), 0),
+        ];
         let mut session = ClientSession::new(identity(), subscriptions, Some("log".into()), 0);
         sent(&mut session);
-        session.handle_frame(&welcome(&["store.s1"], "log"), 0).unwrap();
+        session
+            .handle_frame(&welcome(&["store.s1"], "log"), 0)
+            .unwrap();
         let messages = sent(&mut session);
         assert_eq!(
             messages,
-            vec![ClientMessage::Subscribe(vec![SubscriptionRequest { set: DocSetId::new("store.s1").unwrap(), cursor: 5 }])]
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                set: DocSetId::new("store.s1").unwrap(),
+                cursor: 5
+            }])]
         );
-        assert!(matches!(session.poll_event(), Some(ClientEvent::SubscriptionsRefused(sets)) if sets == vec![DocSetId::new("store.s2").unwrap()]));
+        assert!(
+            matches!(session.poll_event(), Some(ClientEvent::SubscriptionsRefused(sets)) if sets == vec![DocSetId::new("store.s2").unwrap()])
+        );
     }
 
     #[test]
@@ -339,12 +381,20 @@ mod tests {
         let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 42)];
         let mut session = ClientSession::new(identity(), subscriptions, Some("old-log".into()), 0);
         sent(&mut session);
-        session.handle_frame(&welcome(&["store.s1"], "new-log"), 0).unwrap();
+        session
+            .handle_frame(&welcome(&["store.s1"], "new-log"), 0)
+            .unwrap();
         assert_eq!(
             sent(&mut session),
-            vec![ClientMessage::Subscribe(vec![SubscriptionRequest { set: DocSetId::new("store.s1").unwrap(), cursor: 0 }])]
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                set: DocSetId::new("store.s1").unwrap(),
+                cursor: 0
+            }])]
         );
-        assert_eq!(session.poll_event(), Some(ClientEvent::HubLogChanged("new-log".into())));
+        assert_eq!(
+            session.poll_event(),
+            Some(ClientEvent::HubLogChanged("new-log".into()))
+        );
     }
 
     #[test]
@@ -353,7 +403,10 @@ mod tests {
         session.handle_frame(&welcome(&[], "log"), 0).unwrap();
         sent(&mut session);
         session.handle_tick(PING_AFTER_IDLE_MS).unwrap();
-        assert!(matches!(sent(&mut session).as_slice(), [ClientMessage::Ping(_)]));
+        assert!(matches!(
+            sent(&mut session).as_slice(),
+            [ClientMessage::Ping(_)]
+        ));
         assert!(session.handle_tick(DEAD_AFTER_SILENCE_MS).is_err());
     }
 }

@@ -72,9 +72,10 @@ impl IncomingOp {
     pub fn rejection(&self) -> Option<AckOutcome> {
         match &self.verdict {
             Verdict::Accept => None,
-            Verdict::Reject { code, detail } => {
-                Some(AckOutcome::Rejected { code: *code, detail: detail.clone() })
-            }
+            Verdict::Reject { code, detail } => Some(AckOutcome::Rejected {
+                code: *code,
+                detail: detail.clone(),
+            }),
         }
     }
 }
@@ -96,6 +97,9 @@ pub struct ChangePage {
     pub cursor: u64,
     /// True when the page reaches the head of the log.
     pub caught_up: bool,
+    /// Set while a snapshot transfer is under way: the last document sent;
+    /// the next read continues after it.
+    pub resume: Option<crate::ids::DocId>,
 }
 
 /// What the runtime must do for the session.
@@ -133,12 +137,18 @@ enum State {
 struct Subscription {
     cursor: u64,
     mode: Mode,
+    /// Snapshot transfer in progress: continue after this document.
+    resume: Option<crate::ids::DocId>,
 }
 
 #[derive(Debug)]
 enum Mode {
     /// Reading the log; a read is outstanding when `reading` is true.
-    CatchingUp { reading: bool, buffered: Vec<RemoteChange>, overflowed: bool },
+    CatchingUp {
+        reading: bool,
+        buffered: Vec<RemoteChange>,
+        overflowed: bool,
+    },
     /// Fed from commits.
     Live,
 }
@@ -201,7 +211,10 @@ impl HubSession {
                 self.fail(ErrorCode::UnexpectedMessage, "a second Hello".into());
             }
             (_, State::AwaitingHello | State::Authenticating) => {
-                self.fail(ErrorCode::UnexpectedMessage, "the first message must be Hello".into());
+                self.fail(
+                    ErrorCode::UnexpectedMessage,
+                    "the first message must be Hello".into(),
+                );
             }
             (ClientMessage::Ping(nonce), State::Ready(_)) => {
                 self.send(&HubMessage::Pong(nonce));
@@ -211,7 +224,11 @@ impl HubSession {
                 if ops.len() > message::PUSH_OPS_MAX {
                     return self.fail(
                         ErrorCode::LimitExceeded,
-                        format!("{} ops in one push; the limit is {}", ops.len(), message::PUSH_OPS_MAX),
+                        format!(
+                            "{} ops in one push; the limit is {}",
+                            ops.len(),
+                            message::PUSH_OPS_MAX
+                        ),
                     );
                 }
                 if ops.is_empty() {
@@ -220,14 +237,19 @@ impl HubSession {
                 // An op claiming another replica's id is answered but never
                 // stored: storing the refusal would poison that id for its
                 // real owner.
-                let (own, forged): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| op.id.replica == peer.replica);
+                let (own, forged): (Vec<Op>, Vec<Op>) = ops
+                    .into_iter()
+                    .partition(|op| op.id.replica == peer.replica);
                 let refusals: Vec<Ack> = forged
                     .into_iter()
                     .map(|op| Ack {
                         op: op.id,
                         outcome: AckOutcome::Rejected {
                             code: RejectCode::WrongAuthor,
-                            detail: format!("op {} was not made by this connection's replica", op.id),
+                            detail: format!(
+                                "op {} was not made by this connection's replica",
+                                op.id
+                            ),
                         },
                     })
                     .collect();
@@ -290,16 +312,22 @@ impl HubSession {
         };
         let mut batches = Vec::new();
         for (set, subscription) in self.subscriptions.iter_mut() {
-            let Some(changes) = committed.by_set.get(set) else { continue };
-            let fresh = changes.iter().filter(|change| change.hub_seq > subscription.cursor);
+            let Some(changes) = committed.by_set.get(set) else {
+                continue;
+            };
+            let fresh = changes
+                .iter()
+                .filter(|change| change.hub_seq > subscription.cursor);
             match &mut subscription.mode {
                 Mode::Live => {
                     let Some(last) = changes.last() else { continue };
                     if last.hub_seq <= subscription.cursor {
                         continue;
                     }
-                    let outgoing: Vec<RemoteChange> =
-                        fresh.filter(|change| change.origin != own).cloned().collect();
+                    let outgoing: Vec<RemoteChange> = fresh
+                        .filter(|change| change.origin != own)
+                        .cloned()
+                        .collect();
                     subscription.cursor = last.hub_seq;
                     if !outgoing.is_empty() {
                         batches.push(ChangeBatch {
@@ -310,7 +338,11 @@ impl HubSession {
                         });
                     }
                 }
-                Mode::CatchingUp { buffered, overflowed, .. } => {
+                Mode::CatchingUp {
+                    buffered,
+                    overflowed,
+                    ..
+                } => {
                     if *overflowed {
                         continue;
                     }
@@ -330,7 +362,12 @@ impl HubSession {
                     Some(change) if index != last_index => change.hub_seq,
                     _ => batch.cursor,
                 };
-                self.send(&HubMessage::Changes(ChangeBatch { set: batch.set.clone(), changes: chunk, cursor, caught_up: true }));
+                self.send(&HubMessage::Changes(ChangeBatch {
+                    set: batch.set.clone(),
+                    changes: chunk,
+                    cursor,
+                    caught_up: true,
+                }));
             }
         }
     }
@@ -341,12 +378,19 @@ impl HubSession {
         for subscription in self.subscriptions.values_mut() {
             match &mut subscription.mode {
                 Mode::Live => {
-                    subscription.mode =
-                        Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false };
+                    subscription.mode = Mode::CatchingUp {
+                        reading: false,
+                        buffered: Vec::new(),
+                        overflowed: false,
+                    };
                 }
                 // The buffer missed the dropped commits: read the log again
                 // after the read in progress instead of trusting it.
-                Mode::CatchingUp { buffered, overflowed, .. } => {
+                Mode::CatchingUp {
+                    buffered,
+                    overflowed,
+                    ..
+                } => {
                     buffered.clear();
                     *overflowed = true;
                 }
@@ -368,14 +412,28 @@ impl HubSession {
         None
     }
 
+    /// Where a snapshot transfer for `set` continues (pass to the read).
+    pub fn catch_up_resume(&self, set: &DocSetId) -> Option<&crate::ids::DocId> {
+        self.subscriptions
+            .get(set)
+            .and_then(|subscription| subscription.resume.as_ref())
+    }
+
     /// The result of a log read asked for by `poll_catch_up`.
     pub fn handle_catch_up_page(&mut self, set: &DocSetId, page: ChangePage) {
         let own = match &self.state {
             State::Ready(peer) => peer.replica,
             _ => return,
         };
-        let Some(subscription) = self.subscriptions.get_mut(set) else { return };
-        let Mode::CatchingUp { buffered, overflowed, .. } = &mut subscription.mode else {
+        let Some(subscription) = self.subscriptions.get_mut(set) else {
+            return;
+        };
+        let Mode::CatchingUp {
+            buffered,
+            overflowed,
+            ..
+        } = &mut subscription.mode
+        else {
             return;
         };
         let mut outgoing: Vec<RemoteChange> = page
@@ -385,7 +443,8 @@ impl HubSession {
             .collect();
         let mut cursor = subscription.cursor.max(page.cursor);
         let mut caught_up = false;
-        if page.caught_up && !*overflowed {
+        subscription.resume = page.resume.clone();
+        if page.caught_up && page.resume.is_none() && !*overflowed {
             // Commits that landed after the read: the buffer holds them.
             let after: Vec<RemoteChange> = std::mem::take(buffered)
                 .into_iter()
@@ -402,7 +461,11 @@ impl HubSession {
             Mode::Live
         } else {
             // Read again from the new cursor; drop what was buffered, the log has it.
-            Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false }
+            Mode::CatchingUp {
+                reading: false,
+                buffered: Vec::new(),
+                overflowed: false,
+            }
         };
         let chunks = split_batch(outgoing);
         let last_index = chunks.len() - 1;
@@ -428,12 +491,18 @@ impl HubSession {
 
     /// The device sent a text frame: the protocol is binary only.
     pub fn handle_text_frame(&mut self) {
-        self.fail(ErrorCode::Malformed, "text frames are not part of the protocol; send binary frames".into());
+        self.fail(
+            ErrorCode::Malformed,
+            "text frames are not part of the protocol; send binary frames".into(),
+        );
     }
 
     /// The hub is shutting down: say so and close.
     pub fn handle_shutdown(&mut self) {
-        self.fail(ErrorCode::ShuttingDown, "hub is shutting down; reconnect later".into());
+        self.fail(
+            ErrorCode::ShuttingDown,
+            "hub is shutting down; reconnect later".into(),
+        );
     }
 
     /// The runtime failed in a way the device should hear about.
@@ -452,7 +521,9 @@ impl HubSession {
     }
 
     fn subscribe(&mut self, requests: Vec<SubscriptionRequest>) {
-        let State::Ready(peer) = &self.state else { return };
+        let State::Ready(peer) = &self.state else {
+            return;
+        };
         let new_sets = requests
             .iter()
             .map(|request| &request.set)
@@ -470,15 +541,23 @@ impl HubSession {
             return self.fail(ErrorCode::Forbidden, detail);
         }
         for request in requests {
-            self.subscriptions.entry(request.set).or_insert(Subscription {
-                cursor: request.cursor,
-                mode: Mode::CatchingUp { reading: false, buffered: Vec::new(), overflowed: false },
-            });
+            self.subscriptions
+                .entry(request.set)
+                .or_insert(Subscription {
+                    cursor: request.cursor,
+                    resume: None,
+                    mode: Mode::CatchingUp {
+                        reading: false,
+                        buffered: Vec::new(),
+                        overflowed: false,
+                    },
+                });
         }
     }
 
     fn send(&mut self, message: &HubMessage) {
-        self.transmit.push_back(Outbound::Frame(message::encode(message)));
+        self.transmit
+            .push_back(Outbound::Frame(message::encode(message)));
     }
 
     fn fail(&mut self, code: ErrorCode, detail: String) {
@@ -486,8 +565,14 @@ impl HubSession {
             return;
         }
         let detail = message::clamp_detail(detail);
-        self.send(&HubMessage::Error(ProtocolError { code, detail: detail.clone() }));
-        self.transmit.push_back(Outbound::Close { code, reason: detail });
+        self.send(&HubMessage::Error(ProtocolError {
+            code,
+            detail: detail.clone(),
+        }));
+        self.transmit.push_back(Outbound::Close {
+            code,
+            reason: detail,
+        });
         self.state = State::Closed;
         self.events.clear();
     }
@@ -507,14 +592,20 @@ fn split_batch(changes: Vec<RemoteChange>) -> Vec<Vec<RemoteChange>> {
             bytes = 0;
         }
         bytes += change.bytes.len();
-        batches.last_mut().expect("batches is non-empty").push(change);
+        batches
+            .last_mut()
+            .expect("batches is non-empty")
+            .push(change);
     }
     batches
 }
 
 /// Decides whether an op from `peer` may be stored. Pure: no I/O.
 pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
-    let reject = |code, detail: String| Verdict::Reject { code, detail: message::clamp_detail(detail) };
+    let reject = |code, detail: String| Verdict::Reject {
+        code,
+        detail: message::clamp_detail(detail),
+    };
     if op.id.replica != peer.replica {
         return reject(
             RejectCode::WrongAuthor,
@@ -525,7 +616,10 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
         return reject(RejectCode::Invalid, "op sequence numbers start at 1".into());
     }
     if op.payload_len() > message::OP_BYTES_MAX {
-        return reject(RejectCode::TooLarge, format!("op exceeds {} bytes", message::OP_BYTES_MAX));
+        return reject(
+            RejectCode::TooLarge,
+            format!("op exceeds {} bytes", message::OP_BYTES_MAX),
+        );
     }
     let OpBody::Changes(changes) = &op.body;
     if changes.is_empty() {
@@ -534,7 +628,11 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     if changes.len() > message::OP_DOC_CHANGES_MAX {
         return reject(
             RejectCode::TooLarge,
-            format!("op changes {} documents; the limit is {}", changes.len(), message::OP_DOC_CHANGES_MAX),
+            format!(
+                "op changes {} documents; the limit is {}",
+                changes.len(),
+                message::OP_DOC_CHANGES_MAX
+            ),
         );
     }
     for change in changes {
@@ -590,7 +688,10 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
         })));
-        assert!(matches!(session.poll_event(), Some(HubEvent::Authenticate(_))));
+        assert!(matches!(
+            session.poll_event(),
+            Some(HubEvent::Authenticate(_))
+        ));
         session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
         assert!(matches!(session.poll_transmit(), Some(Outbound::Frame(_))));
         session
@@ -623,39 +724,68 @@ mod tests {
         session.handle_frame(&encode(&ClientMessage::Ping(1)));
         assert!(session.is_closed());
         let frames: Vec<_> = std::iter::from_fn(|| session.poll_transmit()).collect();
-        assert!(matches!(frames.last(), Some(Outbound::Close { code: ErrorCode::UnexpectedMessage, .. })));
+        assert!(matches!(
+            frames.last(),
+            Some(Outbound::Close {
+                code: ErrorCode::UnexpectedMessage,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn commits_during_catch_up_are_neither_lost_nor_repeated() {
         let mut session = ready_session();
         let set = DocSetId::new("store.s1").unwrap();
-        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest {
-            set: set.clone(),
-            cursor: 0,
-        }])));
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
         assert_eq!(session.poll_catch_up(), Some((set.clone(), 0)));
         assert_eq!(session.poll_catch_up(), None, "one read at a time");
         // Commits 3 and 4 happen while the read is outstanding; the read saw up to 3.
         let mut committed = CommittedChanges::default();
-        committed.by_set.insert(set.clone(), vec![change(3, 9), change(4, 9)]);
+        committed
+            .by_set
+            .insert(set.clone(), vec![change(3, 9), change(4, 9)]);
         session.handle_committed(&committed);
-        assert!(sent_batches(&mut session).is_empty(), "nothing live before catch-up ends");
+        assert!(
+            sent_batches(&mut session).is_empty(),
+            "nothing live before catch-up ends"
+        );
         session.handle_catch_up_page(
             &set,
-            ChangePage { changes: vec![change(1, 9), change(2, 1), change(3, 9)], cursor: 3, caught_up: true },
+            ChangePage {
+                changes: vec![change(1, 9), change(2, 1), change(3, 9)],
+                cursor: 3,
+                caught_up: true,
+                resume: None,
+            },
         );
         let batches = sent_batches(&mut session);
-        let seqs: Vec<u64> = batches.iter().flat_map(|b| b.changes.iter().map(|c| c.hub_seq)).collect();
-        assert_eq!(seqs, vec![1, 3, 4], "own change 2 skipped, 3 once, 4 from the buffer");
+        let seqs: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b.changes.iter().map(|c| c.hub_seq))
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![1, 3, 4],
+            "own change 2 skipped, 3 once, 4 from the buffer"
+        );
         assert_eq!(batches.last().unwrap().cursor, 4);
         assert!(batches.last().unwrap().caught_up);
         // Now live.
         let mut committed = CommittedChanges::default();
-        committed.by_set.insert(set.clone(), vec![change(4, 9), change(5, 9)]);
+        committed
+            .by_set
+            .insert(set.clone(), vec![change(4, 9), change(5, 9)]);
         session.handle_committed(&committed);
-        let seqs: Vec<u64> =
-            sent_batches(&mut session).iter().flat_map(|b| b.changes.iter().map(|c| c.hub_seq)).collect();
+        let seqs: Vec<u64> = sent_batches(&mut session)
+            .iter()
+            .flat_map(|b| b.changes.iter().map(|c| c.hub_seq))
+            .collect();
         assert_eq!(seqs, vec![5]);
     }
 
@@ -663,13 +793,23 @@ mod tests {
     fn a_set_whose_last_change_is_below_the_head_still_catches_up() {
         let mut session = ready_session();
         let set = DocSetId::new("store.s1").unwrap();
-        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest {
-            set: set.clone(),
-            cursor: 0,
-        }])));
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
         assert!(session.poll_catch_up().is_some());
         // The set's only change is #2; other sets moved the head to #9.
-        session.handle_catch_up_page(&set, ChangePage { changes: vec![change(2, 9)], cursor: 9, caught_up: true });
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![change(2, 9)],
+                cursor: 9,
+                caught_up: true,
+                resume: None,
+            },
+        );
         let batches = sent_batches(&mut session);
         assert_eq!(batches.len(), 1);
         assert!(batches[0].caught_up, "the only batch reaches the head");
@@ -680,48 +820,103 @@ mod tests {
     fn a_fanout_lag_during_catch_up_forces_another_read() {
         let mut session = ready_session();
         let set = DocSetId::new("store.s1").unwrap();
-        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest { set: set.clone(), cursor: 0 }])));
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
         assert!(session.poll_catch_up().is_some());
         let mut committed = CommittedChanges::default();
         committed.by_set.insert(set.clone(), vec![change(3, 9)]);
         session.handle_committed(&committed);
         session.handle_fanout_lagged(); // Commit #4 was dropped for this session.
-        session.handle_catch_up_page(&set, ChangePage { changes: vec![change(1, 9), change(2, 9)], cursor: 2, caught_up: true });
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![change(1, 9), change(2, 9)],
+                cursor: 2,
+                caught_up: true,
+                resume: None,
+            },
+        );
         let batches = sent_batches(&mut session);
-        assert!(batches.iter().all(|batch| !batch.caught_up), "must not go live on a buffer with a hole");
-        assert_eq!(session.poll_catch_up(), Some((set, 2)), "reads the log again from its cursor");
+        assert!(
+            batches.iter().all(|batch| !batch.caught_up),
+            "must not go live on a buffer with a hole"
+        );
+        assert_eq!(
+            session.poll_catch_up(),
+            Some((set, 2)),
+            "reads the log again from its cursor"
+        );
     }
 
     #[test]
     fn ops_claiming_another_replica_are_answered_but_never_stored() {
         let mut session = ready_session();
         let forged = Op {
-            id: OpId { replica: ReplicaId([7; 16]), seq: 1 },
+            id: OpId {
+                replica: ReplicaId([7; 16]),
+                seq: 1,
+            },
             created_ms: 0,
-            body: OpBody::Changes(vec![crate::protocol::message::DocChange { doc: DocId::new("store.s1/x").unwrap(), bytes: vec![1] }]),
+            body: OpBody::Changes(vec![crate::protocol::message::DocChange {
+                doc: DocId::new("store.s1/x").unwrap(),
+                bytes: vec![1],
+            }]),
         };
         session.handle_frame(&encode(&ClientMessage::Push(vec![forged])));
         assert!(session.poll_event().is_none(), "nothing goes to storage");
-        let Some(Outbound::Frame(frame)) = session.poll_transmit() else { panic!("an answer is sent") };
-        let Ok(HubMessage::Acks(acks)) = decode::<HubMessage>(&frame) else { panic!("acks") };
-        assert!(matches!(acks[0].outcome, AckOutcome::Rejected { code: RejectCode::WrongAuthor, .. }));
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else {
+            panic!("an answer is sent")
+        };
+        let Ok(HubMessage::Acks(acks)) = decode::<HubMessage>(&frame) else {
+            panic!("acks")
+        };
+        assert!(matches!(
+            acks[0].outcome,
+            AckOutcome::Rejected {
+                code: RejectCode::WrongAuthor,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn big_live_commits_are_split_into_batches_within_limits() {
         let mut session = ready_session();
         let set = DocSetId::new("store.s1").unwrap();
-        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest { set: set.clone(), cursor: 0 }])));
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
         assert!(session.poll_catch_up().is_some());
-        session.handle_catch_up_page(&set, ChangePage { changes: vec![], cursor: 0, caught_up: true });
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![],
+                cursor: 0,
+                caught_up: true,
+                resume: None,
+            },
+        );
         sent_batches(&mut session);
         let mut committed = CommittedChanges::default();
         let count = message::CHANGE_BATCH_LEN_MAX as u64 * 2 + 3;
-        committed.by_set.insert(set.clone(), (1..=count).map(|seq| change(seq, 9)).collect());
+        committed
+            .by_set
+            .insert(set.clone(), (1..=count).map(|seq| change(seq, 9)).collect());
         session.handle_committed(&committed);
         let batches = sent_batches(&mut session);
         assert_eq!(batches.len(), 3);
-        assert!(batches.iter().all(|batch| batch.changes.len() <= message::CHANGE_BATCH_LEN_MAX));
+        assert!(
+            batches
+                .iter()
+                .all(|batch| batch.changes.len() <= message::CHANGE_BATCH_LEN_MAX)
+        );
         assert_eq!(batches.last().unwrap().cursor, count);
         assert_eq!(batches[0].cursor, message::CHANGE_BATCH_LEN_MAX as u64);
     }
@@ -729,10 +924,12 @@ mod tests {
     #[test]
     fn forbidden_subscription_closes() {
         let mut session = ready_session();
-        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![SubscriptionRequest {
-            set: DocSetId::new("store.other").unwrap(),
-            cursor: 0,
-        }])));
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: DocSetId::new("store.other").unwrap(),
+                cursor: 0,
+            },
+        ])));
         assert!(session.is_closed());
     }
 
@@ -753,13 +950,34 @@ mod tests {
                 bytes,
             }]),
         };
-        assert_eq!(judge_op(&peer, &op("store.s1/a", bytes.clone(), peer.replica)), Verdict::Accept);
+        assert_eq!(
+            judge_op(&peer, &op("store.s1/a", bytes.clone(), peer.replica)),
+            Verdict::Accept
+        );
         let code = |verdict| match verdict {
             Verdict::Reject { code, .. } => Some(code),
             Verdict::Accept => None,
         };
-        assert_eq!(code(judge_op(&peer, &op("store.s2/a", bytes.clone(), peer.replica))), Some(RejectCode::Forbidden));
-        assert_eq!(code(judge_op(&peer, &op("store.s1/a", vec![1, 2, 3], peer.replica))), Some(RejectCode::MalformedChange));
-        assert_eq!(code(judge_op(&peer, &op("store.s1/a", bytes, ReplicaId([2; 16])))), Some(RejectCode::WrongAuthor));
+        assert_eq!(
+            code(judge_op(
+                &peer,
+                &op("store.s2/a", bytes.clone(), peer.replica)
+            )),
+            Some(RejectCode::Forbidden)
+        );
+        assert_eq!(
+            code(judge_op(
+                &peer,
+                &op("store.s1/a", vec![1, 2, 3], peer.replica)
+            )),
+            Some(RejectCode::MalformedChange)
+        );
+        assert_eq!(
+            code(judge_op(
+                &peer,
+                &op("store.s1/a", bytes, ReplicaId([2; 16]))
+            )),
+            Some(RejectCode::WrongAuthor)
+        );
     }
 }

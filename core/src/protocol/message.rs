@@ -224,7 +224,13 @@ pub struct RemoteChange {
 
 impl std::fmt::Debug for RemoteChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RemoteChange(#{} {} {} bytes)", self.hub_seq, self.doc, self.bytes.len())
+        write!(
+            f,
+            "RemoteChange(#{} {} {} bytes)",
+            self.hub_seq,
+            self.doc,
+            self.bytes.len()
+        )
     }
 }
 
@@ -341,7 +347,10 @@ pub fn decode<M: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<M, DecodeErr
     let (message, rest) = postcard::take_from_bytes::<M>(&frame[3..])
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(message)
 }
@@ -370,9 +379,10 @@ impl OpBody {
     /// measure [`OP_BYTES_MAX`] is checked against, on devices and hub alike.
     pub fn payload_len(&self) -> usize {
         match self {
-            OpBody::Changes(changes) => {
-                changes.iter().map(|change| change.bytes.len() + change.doc.as_str().len()).sum()
-            }
+            OpBody::Changes(changes) => changes
+                .iter()
+                .map(|change| change.bytes.len() + change.doc.as_str().len())
+                .sum(),
         }
     }
 }
@@ -414,7 +424,10 @@ mod tests {
 
     fn sample_push() -> ClientMessage {
         ClientMessage::Push(vec![Op {
-            id: OpId { replica: ReplicaId([7; 16]), seq: 42 },
+            id: OpId {
+                replica: ReplicaId([7; 16]),
+                seq: 42,
+            },
             created_ms: 1_700_000_000_000,
             body: OpBody::Changes(vec![DocChange {
                 doc: DocId::new("store.s1/stock/001").unwrap(),
@@ -451,7 +464,10 @@ mod tests {
         let text_at = frame.windows(2).position(|w| w == b"s1").unwrap();
         let mut bad = frame.clone();
         bad[text_at] = b'/';
-        assert!(matches!(decode::<ClientMessage>(&bad), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<ClientMessage>(&bad),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -45,7 +45,13 @@ impl DocCache {
             self.evict_if_full();
             let mut doc = load(db, doc_id)?;
             doc.set_actor(actor.clone());
-            self.docs.insert(doc_id.clone(), CachedDoc { doc, last_used: clock });
+            self.docs.insert(
+                doc_id.clone(),
+                CachedDoc {
+                    doc,
+                    last_used: clock,
+                },
+            );
         }
         // Inserted just above when missing.
         let cached = self.docs.get_mut(doc_id).expect("document was just loaded");
@@ -63,8 +69,11 @@ impl DocCache {
         if self.docs.len() < DOC_CACHE_LEN_MAX {
             return;
         }
-        if let Some(oldest) =
-            self.docs.iter().min_by_key(|(_, cached)| cached.last_used).map(|(id, _)| id.clone())
+        if let Some(oldest) = self
+            .docs
+            .iter()
+            .min_by_key(|(_, cached)| cached.last_used)
+            .map(|(id, _)| id.clone())
         {
             self.docs.remove(&oldest);
         }
@@ -74,7 +83,11 @@ impl DocCache {
 /// Loads a document from its snapshot and chunks; an unknown document is empty.
 pub(crate) fn load(db: &Connection, doc_id: &DocId) -> Result<Automerge, StoreError> {
     let snapshot: Option<Option<Vec<u8>>> = db
-        .query_row("SELECT snapshot FROM docs WHERE doc_id = ?1", [doc_id.as_str()], |row| row.get(0))
+        .query_row(
+            "SELECT snapshot FROM docs WHERE doc_id = ?1",
+            [doc_id.as_str()],
+            |row| row.get(0),
+        )
         .optional()?;
     let mut doc = match snapshot.flatten() {
         Some(bytes) => Automerge::load(&bytes).map_err(|error| StoreError::Corrupt {
@@ -88,10 +101,11 @@ pub(crate) fn load(db: &Connection, doc_id: &DocId) -> Result<Automerge, StoreEr
     let mut rows = statement.query([doc_id.as_str()])?;
     while let Some(row) = rows.next()? {
         let bytes: Vec<u8> = row.get(0)?;
-        doc.load_incremental(&bytes).map_err(|error| StoreError::Corrupt {
-            doc: doc_id.to_string(),
-            detail: error.to_string(),
-        })?;
+        doc.load_incremental(&bytes)
+            .map_err(|error| StoreError::Corrupt {
+                doc: doc_id.to_string(),
+                detail: error.to_string(),
+            })?;
     }
     Ok(doc)
 }
@@ -105,7 +119,11 @@ pub(crate) fn append_chunk(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let chunk_count: i64 = tx
-        .query_row("SELECT chunk_count FROM docs WHERE doc_id = ?1", [doc_id.as_str()], |row| row.get(0))
+        .query_row(
+            "SELECT chunk_count FROM docs WHERE doc_id = ?1",
+            [doc_id.as_str()],
+            |row| row.get(0),
+        )
         .optional()?
         .unwrap_or(0);
     // Compacting while changes wait for missing dependencies would drop them
@@ -116,7 +134,10 @@ pub(crate) fn append_chunk(
              ON CONFLICT (doc_id) DO UPDATE SET snapshot = ?2, chunk_count = 0, updated_ms = ?3",
             params![doc_id.as_str(), doc.save(), now_ms as i64],
         )?;
-        tx.execute("DELETE FROM doc_chunks WHERE doc_id = ?1", [doc_id.as_str()])?;
+        tx.execute(
+            "DELETE FROM doc_chunks WHERE doc_id = ?1",
+            [doc_id.as_str()],
+        )?;
         return Ok(());
     }
     tx.execute(
@@ -132,21 +153,25 @@ pub(crate) fn append_chunk(
     Ok(())
 }
 
-/// Checks that bytes are one whole automerge change or one whole saved
-/// document. `load_incremental` alone would skip undecodable parts silently.
-pub fn validate_chunk(bytes: &[u8]) -> Result<(), String> {
-    if automerge::Change::from_bytes(bytes.to_vec()).is_ok() {
-        return Ok(());
-    }
-    let options = automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Error);
-    Automerge::load_with_options(bytes, options).map(|_| ()).map_err(|error| error.to_string())
+/// Bytes received from the hub, decoded strictly.
+#[allow(clippy::large_enum_variant)] // Short-lived, one at a time: boxing buys nothing.
+pub(crate) enum Remote {
+    /// One change.
+    Change(automerge::Change),
+    /// A saved document (a snapshot).
+    Document(Automerge),
 }
 
-/// For the bytes of one change: whether `doc` already has it (`Some`).
-/// `None` for other bytes (a saved document).
-pub(crate) fn has_change(doc: &Automerge, bytes: &[u8]) -> Option<bool> {
-    let change = automerge::Change::from_bytes(bytes.to_vec()).ok()?;
-    Some(doc.get_change_by_hash(&change.hash()).is_some())
+/// Decodes bytes that must be one whole automerge change or one whole saved
+/// document; anything else (or anything partly undecodable) is an error.
+pub(crate) fn decode_remote(bytes: &[u8]) -> Result<Remote, String> {
+    if let Ok(change) = automerge::Change::from_bytes(bytes.to_vec()) {
+        return Ok(Remote::Change(change));
+    }
+    let options = automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Error);
+    Automerge::load_with_options(bytes, options)
+        .map(Remote::Document)
+        .map_err(|error| error.to_string())
 }
 
 /// The ids of every document stored locally.
@@ -161,7 +186,11 @@ pub(crate) fn list(db: &Connection) -> Result<Vec<DocId>, StoreError> {
 
 /// A document's heads as hex strings, sorted: equal heads mean equal state.
 pub(crate) fn heads_hex(doc: &Automerge) -> Vec<String> {
-    let mut heads: Vec<String> = doc.get_heads().iter().map(|head| head.to_string()).collect();
+    let mut heads: Vec<String> = doc
+        .get_heads()
+        .iter()
+        .map(|head| head.to_string())
+        .collect();
     heads.sort();
     heads
 }

@@ -29,8 +29,10 @@ pub const SEQ_RESERVE_BLOCK: u64 = 1024;
 /// automerge memory: moderate batches keep memory flat).
 pub const REMOTE_APPLY_BATCH_MAX: usize = 128;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_projections.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_projections.sql"),
+];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +124,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("device", &self.device).field("replica", &self.replica).finish()
+        f.debug_struct("Store")
+            .field("device", &self.device)
+            .field("replica", &self.replica)
+            .finish()
     }
 }
 
@@ -142,6 +147,9 @@ impl Store {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
+        // 16 MiB of page cache: a first sync writes large transactions, and a
+        // cache that spills to the file mid-transaction doubles the writes.
+        db.pragma_update(None, "cache_size", -16_384)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut db)?;
         let replica = claim_identity(&db, &device, &store)?;
@@ -151,11 +159,18 @@ impl Store {
         let seq_reserved = read_meta_u64(&db, "seq_reserved")?;
         let last_seq = oplog::last_seq(&db)?.max(seq_reserved);
         let hub_offset_ms: i64 = db
-            .query_row("SELECT value FROM meta WHERE key = 'hub_offset_ms'", [], |row| row.get::<_, String>(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'hub_offset_ms'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
             .optional()?
             .and_then(|text| text.parse().ok())
             .unwrap_or(0);
-        let clock = HlcClock { hub_offset_ms, ..HlcClock::default() };
+        let clock = HlcClock {
+            hub_offset_ms,
+            ..HlcClock::default()
+        };
         Ok(Self {
             db,
             replica,
@@ -230,17 +245,23 @@ impl Store {
             let mut tx = doc.transaction();
             if let Err(source) = edit::apply_edits(&mut tx, &doc_edit.edits) {
                 tx.rollback();
-                return Err(StoreError::Edit { doc: doc_edit.doc.to_string(), source });
+                return Err(StoreError::Edit {
+                    doc: doc_edit.doc.to_string(),
+                    source,
+                });
             }
-            let options = automerge::transaction::CommitOptions::default()
-                .with_time((now_ms / 1000) as i64);
+            let options =
+                automerge::transaction::CommitOptions::default().with_time((now_ms / 1000) as i64);
             let (hash, _) = tx.commit_with(options);
             if hash.is_none() {
                 continue; // The edits changed nothing (e.g. deleting a missing key).
             }
             // A commit that produced a hash has a last local change.
             let change = doc.get_last_local_change().expect("committed change");
-            changes.push(DocChange { doc: doc_edit.doc.clone(), bytes: change.raw_bytes().to_vec() });
+            changes.push(DocChange {
+                doc: doc_edit.doc.clone(),
+                bytes: change.raw_bytes().to_vec(),
+            });
         }
         if changes.is_empty() {
             return Err(StoreError::Unchanged);
@@ -272,7 +293,10 @@ impl Store {
         oplog::insert(&tx, seq, now_ms, &body, &doc_names.join(" "))?;
         tx.commit()?;
         self.last_seq = seq;
-        Ok(OpId { replica: self.replica, seq })
+        Ok(OpId {
+            replica: self.replica,
+            seq,
+        })
     }
 
     /// The leaf value at `path` in a document, if any.
@@ -325,7 +349,11 @@ impl Store {
     /// Applies a batch of remote changes and stores the batch's cursor, in
     /// transactions of at most [`REMOTE_APPLY_BATCH_MAX`] changes. Returns the
     /// documents that changed.
-    pub fn apply_remote(&mut self, batch: &ChangeBatch, now_ms: u64) -> Result<Vec<DocId>, StoreError> {
+    pub fn apply_remote(
+        &mut self,
+        batch: &ChangeBatch,
+        now_ms: u64,
+    ) -> Result<Vec<DocId>, StoreError> {
         let mut changed: Vec<DocId> = Vec::new();
         let chunks: Vec<_> = batch.changes.chunks(REMOTE_APPLY_BATCH_MAX).collect();
         let last_chunk = chunks.len().saturating_sub(1);
@@ -372,14 +400,31 @@ impl Store {
                     doc: change.doc.to_string(),
                     detail: format!("remote change #{}: {detail}", change.hub_seq),
                 };
-                // automerge skips undecodable parts silently; check first.
-                docs::validate_chunk(&change.bytes).map_err(corrupt)?;
-                let known = docs::has_change(doc, &change.bytes);
                 let before = doc.get_heads();
                 if !before_heads.iter().any(|(id, _)| *id == change.doc) {
                     before_heads.push((change.doc.clone(), before.clone()));
                 }
-                doc.load_incremental(&change.bytes).map_err(|error| corrupt(error.to_string()))?;
+                // Decoded strictly once: automerge's load_incremental would
+                // skip undecodable parts silently.
+                let known = match docs::decode_remote(&change.bytes).map_err(corrupt)? {
+                    docs::Remote::Change(decoded) => {
+                        let known =
+                            automerge::ReadDoc::get_change_by_hash(doc, &decoded.hash()).is_some();
+                        doc.apply_changes([decoded])
+                            .map_err(|error| corrupt(error.to_string()))?;
+                        Some(known)
+                    }
+                    docs::Remote::Document(mut loaded) => {
+                        if doc.is_empty() {
+                            loaded.set_actor(self.actor.clone());
+                            *doc = loaded;
+                        } else {
+                            doc.merge(&mut loaded)
+                                .map_err(|error| corrupt(error.to_string()))?;
+                        }
+                        None
+                    }
+                };
                 let heads_changed = doc.get_heads() != before;
                 if heads_changed {
                     changed.push(change.doc.clone());
@@ -428,9 +473,13 @@ impl Store {
 
     /// The followed sets with the hub sequence number applied through.
     pub fn subscriptions(&self) -> Result<Vec<(DocSetId, u64)>, StoreError> {
-        let mut statement = self.db.prepare("SELECT set_id, cursor FROM subscriptions ORDER BY set_id")?;
+        let mut statement = self
+            .db
+            .prepare("SELECT set_id, cursor FROM subscriptions ORDER BY set_id")?;
         let rows = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows
             .into_iter()
@@ -460,7 +509,9 @@ impl Store {
     /// in its own `synchronous=FULL` transaction, before any of them is used.
     fn reserve_seqs(&mut self, from: u64) -> Result<(), StoreError> {
         let reserved = from + SEQ_RESERVE_BLOCK - 1;
-        let sync: String = self.db.query_row("PRAGMA synchronous", [], |row| row.get::<_, i64>(0).map(|n| n.to_string()))?;
+        let sync: String = self.db.query_row("PRAGMA synchronous", [], |row| {
+            row.get::<_, i64>(0).map(|n| n.to_string())
+        })?;
         self.db.pragma_update(None, "synchronous", "FULL")?;
         let result = self.db.execute(
             "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
@@ -473,7 +524,11 @@ impl Store {
     }
 
     /// Runs `read` on a loaded document (for building domain edits).
-    pub(crate) fn with_doc<T>(&mut self, doc: &DocId, read: impl FnOnce(&automerge::Automerge) -> T) -> Result<T, StoreError> {
+    pub(crate) fn with_doc<T>(
+        &mut self,
+        doc: &DocId,
+        read: impl FnOnce(&automerge::Automerge) -> T,
+    ) -> Result<T, StoreError> {
         let loaded = self.docs.get_mut(&self.db, doc, &self.actor)?;
         Ok(read(loaded))
     }
@@ -499,7 +554,14 @@ impl Store {
 
     /// The hub change log the stored cursors belong to, if ever connected.
     pub fn hub_log_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.db.query_row("SELECT value FROM meta WHERE key = 'hub_log_id'", [], |row| row.get(0)).optional()?)
+        Ok(self
+            .db
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'hub_log_id'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?)
     }
 
     /// Records the hub change log the cursors now belong to. When it replaces
@@ -525,11 +587,47 @@ impl Store {
         oplog::last_seq(&self.db)
     }
 
+    /// Ops with a sequence number above `after`, with the documents each changed.
+    pub fn ops_after(&self, after: u64) -> Result<Vec<(OpId, Vec<DocId>)>, StoreError> {
+        let mut statement = self
+            .db
+            .prepare_cached("SELECT seq, docs FROM ops WHERE seq > ?1 ORDER BY seq")?;
+        let rows = statement
+            .query_map([after as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, docs)| {
+                let docs = docs
+                    .split(' ')
+                    .filter_map(|doc| DocId::new(doc).ok())
+                    .collect();
+                (
+                    OpId {
+                        replica: self.replica,
+                        seq: seq as u64,
+                    },
+                    docs,
+                )
+            })
+            .collect())
+    }
+
     /// Every op id in the log, oldest first.
     pub fn op_ids(&self) -> Result<Vec<OpId>, StoreError> {
         let mut statement = self.db.prepare_cached("SELECT seq FROM ops ORDER BY seq")?;
-        let seqs = statement.query_map([], |row| row.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok(seqs.into_iter().map(|seq| OpId { replica: self.replica, seq: seq as u64 }).collect())
+        let seqs = statement
+            .query_map([], |row| row.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(seqs
+            .into_iter()
+            .map(|seq| OpId {
+                replica: self.replica,
+                seq: seq as u64,
+            })
+            .collect())
     }
 
     fn with_relaxed_sync<T>(
@@ -544,8 +642,11 @@ impl Store {
 }
 
 fn read_meta_u64(db: &Connection, key: &str) -> Result<u64, StoreError> {
-    let text: Option<String> =
-        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?;
+    let text: Option<String> = db
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?;
     Ok(text.and_then(|text| text.parse().ok()).unwrap_or(0))
 }
 
@@ -564,7 +665,10 @@ fn migrate(db: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
-        return Err(StoreError::SchemaTooNew { found: version, supported });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported,
+        });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = db.transaction()?;
@@ -576,18 +680,33 @@ fn migrate(db: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// Reads (or on first open writes) the replica id and the owner of the file.
-fn claim_identity(db: &Connection, device: &DeviceId, store: &StoreId) -> Result<ReplicaId, StoreError> {
+fn claim_identity(
+    db: &Connection,
+    device: &DeviceId,
+    store: &StoreId,
+) -> Result<ReplicaId, StoreError> {
     let read = |key: &str| -> Result<Option<String>, StoreError> {
-        Ok(db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?)
+        Ok(db
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?)
     };
     for (key, expected) in [("device_id", device.as_str()), ("store_id", store.as_str())] {
         match read(key)? {
             Some(found) if found != expected => {
-                return Err(StoreError::WrongOwner { key, found, expected: expected.to_owned() });
+                return Err(StoreError::WrongOwner {
+                    key,
+                    found,
+                    expected: expected.to_owned(),
+                });
             }
             Some(_) => {}
             None => {
-                db.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", [key, expected])?;
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                    [key, expected],
+                )?;
             }
         }
     }
@@ -598,7 +717,10 @@ fn claim_identity(db: &Connection, device: &DeviceId, store: &StoreId) -> Result
         });
     }
     let replica = ReplicaId::random();
-    db.execute("INSERT INTO meta (key, value) VALUES ('replica_id', ?1)", [replica.to_string()])?;
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('replica_id', ?1)",
+        [replica.to_string()],
+    )?;
     Ok(replica)
 }
 

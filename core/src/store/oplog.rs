@@ -109,7 +109,14 @@ pub(crate) fn pending(
             doc: format!("op {seq}"),
             detail: error.to_string(),
         })?;
-        ops.push(Op { id: OpId { replica, seq: seq as u64 }, created_ms: created_ms as u64, body });
+        ops.push(Op {
+            id: OpId {
+                replica,
+                seq: seq as u64,
+            },
+            created_ms: created_ms as u64,
+            body,
+        });
     }
     Ok(ops)
 }
@@ -170,14 +177,18 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, Stor
             },
         )
         .optional()?;
-    Ok(row.map(|(status, acked_ms, code, detail)| match status.as_str() {
-        "acknowledged" => OpStatus::Acknowledged { acked_ms: acked_ms.unwrap_or(0) as u64 },
-        "rejected" => OpStatus::Rejected {
-            code: code.unwrap_or_default(),
-            detail: detail.unwrap_or_default(),
-        },
-        _ => OpStatus::Pending,
-    }))
+    Ok(
+        row.map(|(status, acked_ms, code, detail)| match status.as_str() {
+            "acknowledged" => OpStatus::Acknowledged {
+                acked_ms: acked_ms.unwrap_or(0) as u64,
+            },
+            "rejected" => OpStatus::Rejected {
+                code: code.unwrap_or_default(),
+                detail: detail.unwrap_or_default(),
+            },
+            _ => OpStatus::Pending,
+        }),
+    )
 }
 
 pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreError> {
@@ -186,12 +197,22 @@ pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreErr
         [],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    let acknowledged: i64 =
-        db.query_row("SELECT COUNT(*) FROM ops WHERE status = 'acknowledged'", [], |row| row.get(0))?;
-    let rejected: i64 =
-        db.query_row("SELECT COUNT(*) FROM ops WHERE status = 'rejected'", [], |row| row.get(0))?;
+    let acknowledged: i64 = db.query_row(
+        "SELECT COUNT(*) FROM ops WHERE status = 'acknowledged'",
+        [],
+        |row| row.get(0),
+    )?;
+    let rejected: i64 = db.query_row(
+        "SELECT COUNT(*) FROM ops WHERE status = 'rejected'",
+        [],
+        |row| row.get(0),
+    )?;
     let last_ack_ms: Option<String> = db
-        .query_row("SELECT value FROM meta WHERE key = 'last_ack_ms'", [], |row| row.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'last_ack_ms'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     Ok(OpLogStats {
         pending: pending as u64,
@@ -202,15 +223,25 @@ pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreErr
     })
 }
 
-pub(crate) fn dead_letters(db: &Connection, replica: ReplicaId) -> Result<Vec<DeadLetter>, StoreError> {
+pub(crate) fn dead_letters(
+    db: &Connection,
+    replica: ReplicaId,
+) -> Result<Vec<DeadLetter>, StoreError> {
     let mut statement = db.prepare(
         "SELECT seq, docs, reject_code, reject_detail FROM ops WHERE status = 'rejected' ORDER BY seq",
     )?;
     let letters = statement
         .query_map([], |row| {
             Ok(DeadLetter {
-                op: OpId { replica, seq: row.get::<_, i64>(0)? as u64 },
-                docs: row.get::<_, String>(1)?.split(' ').map(str::to_owned).collect(),
+                op: OpId {
+                    replica,
+                    seq: row.get::<_, i64>(0)? as u64,
+                },
+                docs: row
+                    .get::<_, String>(1)?
+                    .split(' ')
+                    .map(str::to_owned)
+                    .collect(),
                 code: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
                 detail: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
             })

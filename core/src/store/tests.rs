@@ -4,7 +4,10 @@ use super::*;
 use crate::protocol::message::{AckOutcome, RejectCode, RemoteChange};
 
 fn ids() -> (DeviceId, StoreId) {
-    (DeviceId::new("till-1").unwrap(), StoreId::new("s1").unwrap())
+    (
+        DeviceId::new("till-1").unwrap(),
+        StoreId::new("s1").unwrap(),
+    )
 }
 
 fn doc(name: &str) -> DocId {
@@ -12,7 +15,10 @@ fn doc(name: &str) -> DocId {
 }
 
 fn put(doc_name: &str, key: &str, value: i64) -> DocEdit {
-    DocEdit { doc: doc(doc_name), edits: vec![Edit::put(&[key], Value::Int(value))] }
+    DocEdit {
+        doc: doc(doc_name),
+        edits: vec![Edit::put(&[key], Value::Int(value))],
+    }
 }
 
 #[test]
@@ -21,7 +27,10 @@ fn a_commit_is_readable_and_pending() {
     let mut store = Store::open_in_memory(device, store_id).unwrap();
     let op = store.commit(&[put("stock", "sku-1", 5)], 1_000).unwrap();
     assert_eq!(op.seq, 1);
-    assert_eq!(store.get(&doc("stock"), &["sku-1"]).unwrap(), Some(Value::Int(5)));
+    assert_eq!(
+        store.get(&doc("stock"), &["sku-1"]).unwrap(),
+        Some(Value::Int(5))
+    );
     assert_eq!(store.op_status(&op).unwrap(), Some(OpStatus::Pending));
     let stats = store.op_stats(1_500).unwrap();
     assert_eq!((stats.pending, stats.oldest_pending_age_ms), (1, 500));
@@ -40,14 +49,19 @@ fn commits_survive_reopening_the_file() {
         let mut store = Store::open(&path, device.clone(), store_id.clone()).unwrap();
         replica = store.replica();
         for n in 0..10 {
-            store.commit(&[put("stock", &format!("sku-{n}"), n)], 1_000).unwrap();
+            store
+                .commit(&[put("stock", &format!("sku-{n}"), n)], 1_000)
+                .unwrap();
         }
         // Dropped without any shutdown call.
     }
     let mut store = Store::open(&path, device, store_id).unwrap();
     assert_eq!(store.replica(), replica, "replica id is stable");
     assert_eq!(store.last_seq().unwrap(), 10);
-    assert_eq!(store.get(&doc("stock"), &["sku-9"]).unwrap(), Some(Value::Int(9)));
+    assert_eq!(
+        store.get(&doc("stock"), &["sku-9"]).unwrap(),
+        Some(Value::Int(9))
+    );
     assert_eq!(store.pending_ops(0, 100).unwrap().len(), 10);
     let next = store.commit(&[put("stock", "sku-x", 1)], 2_000).unwrap();
     // Numbers reserved before the restart may have reached the hub in ops a
@@ -62,7 +76,9 @@ fn a_rolled_back_relaxed_commit_never_reuses_its_op_id_or_automerge_seq() {
     let (device, store_id) = ids();
     let (first, first_change) = {
         let mut store = Store::open(&path, device.clone(), store_id.clone()).unwrap();
-        let op = store.commit_with(&[put("cart", "line", 1)], 1, Durability::AppCrash).unwrap();
+        let op = store
+            .commit_with(&[put("cart", "line", 1)], 1, Durability::AppCrash)
+            .unwrap();
         let ops = store.pending_ops(0, 10).unwrap();
         let OpBody::Changes(changes) = &ops[0].body;
         // Simulate the power cut: the op was uploaded, then rolled back locally.
@@ -78,8 +94,14 @@ fn a_rolled_back_relaxed_commit_never_reuses_its_op_id_or_automerge_seq() {
     let OpBody::Changes(changes) = &ops[0].body;
     let old = automerge::Change::from_bytes(first_change).unwrap();
     let new = automerge::Change::from_bytes(changes[0].bytes.clone()).unwrap();
-    assert_ne!(old.actor_id(), new.actor_id(), "a new automerge actor epoch");
-    assert!(store.replica().owns_actor(new.actor_id()) && store.replica().owns_actor(old.actor_id()));
+    assert_ne!(
+        old.actor_id(),
+        new.actor_id(),
+        "a new automerge actor epoch"
+    );
+    assert!(
+        store.replica().owns_actor(new.actor_id()) && store.replica().owns_actor(old.actor_id())
+    );
 }
 
 #[test]
@@ -91,12 +113,18 @@ fn the_file_refuses_another_owner_and_a_newer_schema() {
     let other = DeviceId::new("till-2").unwrap();
     assert!(matches!(
         Store::open(&path, other, store_id.clone()),
-        Err(StoreError::WrongOwner { key: "device_id", .. })
+        Err(StoreError::WrongOwner {
+            key: "device_id",
+            ..
+        })
     ));
     let db = Connection::open(&path).unwrap();
     db.pragma_update(None, "user_version", 99).unwrap();
     drop(db);
-    assert!(matches!(Store::open(&path, device, store_id), Err(StoreError::SchemaTooNew { found: 99, .. })));
+    assert!(matches!(
+        Store::open(&path, device, store_id),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
 }
 
 #[test]
@@ -106,10 +134,20 @@ fn a_refused_edit_writes_nothing() {
     store.commit(&[put("stock", "sku-1", 5)], 1).unwrap();
     let bad = DocEdit {
         doc: doc("stock"),
-        edits: vec![Edit::put(&["sku-2"], Value::Int(1)), Edit::increment(&["sku-1"], -1)],
+        edits: vec![
+            Edit::put(&["sku-2"], Value::Int(1)),
+            Edit::increment(&["sku-1"], -1),
+        ],
     };
-    assert!(matches!(store.commit(&[bad], 2), Err(StoreError::Edit { .. })));
-    assert_eq!(store.get(&doc("stock"), &["sku-2"]).unwrap(), None, "first edit rolled back");
+    assert!(matches!(
+        store.commit(&[bad], 2),
+        Err(StoreError::Edit { .. })
+    ));
+    assert_eq!(
+        store.get(&doc("stock"), &["sku-2"]).unwrap(),
+        None,
+        "first edit rolled back"
+    );
     assert_eq!(store.last_seq().unwrap(), 1);
     assert!(store.commit(&[], 3).is_err());
 }
@@ -124,27 +162,59 @@ fn acks_and_rejections_move_ops_through_their_lifecycle() {
     let summary = store
         .record_acks(
             &[
-                Ack { op: first, outcome: AckOutcome::Applied { hub_seq: 7 } },
+                Ack {
+                    op: first,
+                    outcome: AckOutcome::Applied { hub_seq: 7 },
+                },
                 Ack {
                     op: second,
-                    outcome: AckOutcome::Rejected { code: RejectCode::Forbidden, detail: "no".into() },
+                    outcome: AckOutcome::Rejected {
+                        code: RejectCode::Forbidden,
+                        detail: "no".into(),
+                    },
                 },
-                Ack { op: first, outcome: AckOutcome::Applied { hub_seq: 7 } },
+                Ack {
+                    op: first,
+                    outcome: AckOutcome::Applied { hub_seq: 7 },
+                },
             ],
             50,
         )
         .unwrap();
-    assert_eq!(summary, AckSummary { acknowledged: 1, rejected: 1 });
-    assert_eq!(store.op_status(&first).unwrap(), Some(OpStatus::Acknowledged { acked_ms: 50 }));
-    assert!(matches!(store.op_status(&second).unwrap(), Some(OpStatus::Rejected { .. })));
+    assert_eq!(
+        summary,
+        AckSummary {
+            acknowledged: 1,
+            rejected: 1
+        }
+    );
+    assert_eq!(
+        store.op_status(&first).unwrap(),
+        Some(OpStatus::Acknowledged { acked_ms: 50 })
+    );
+    assert!(matches!(
+        store.op_status(&second).unwrap(),
+        Some(OpStatus::Rejected { .. })
+    ));
     let letters = store.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].code, "Forbidden");
     // The dead letter does not block the op behind it.
     let pending = store.pending_ops(0, 10).unwrap();
-    assert_eq!(pending.iter().map(|op| op.id).collect::<Vec<_>>(), vec![third]);
+    assert_eq!(
+        pending.iter().map(|op| op.id).collect::<Vec<_>>(),
+        vec![third]
+    );
     let stats = store.op_stats(60).unwrap();
-    assert_eq!((stats.pending, stats.acknowledged, stats.rejected, stats.last_ack_ms), (1, 1, 1, Some(50)));
+    assert_eq!(
+        (
+            stats.pending,
+            stats.acknowledged,
+            stats.rejected,
+            stats.last_ack_ms
+        ),
+        (1, 1, 1, Some(50))
+    );
 }
 
 fn remote_batch(from: &mut Store, after: u64, cursor_base: u64) -> ChangeBatch {
@@ -162,24 +232,40 @@ fn remote_batch(from: &mut Store, after: u64, cursor_base: u64) -> ChangeBatch {
         }
     }
     let cursor = changes.last().map_or(cursor_base, |change| change.hub_seq);
-    ChangeBatch { set: DocSetId::new("store.s1").unwrap(), changes, cursor, caught_up: true }
+    ChangeBatch {
+        set: DocSetId::new("store.s1").unwrap(),
+        changes,
+        cursor,
+        caught_up: true,
+    }
 }
 
 #[test]
 fn remote_changes_merge_and_move_the_cursor() {
-    let mut a = Store::open_in_memory(DeviceId::new("a").unwrap(), StoreId::new("s1").unwrap()).unwrap();
-    let mut b = Store::open_in_memory(DeviceId::new("b").unwrap(), StoreId::new("s1").unwrap()).unwrap();
+    let mut a =
+        Store::open_in_memory(DeviceId::new("a").unwrap(), StoreId::new("s1").unwrap()).unwrap();
+    let mut b =
+        Store::open_in_memory(DeviceId::new("b").unwrap(), StoreId::new("s1").unwrap()).unwrap();
     a.commit(&[put("stock", "from-a", 1)], 1).unwrap();
     b.commit(&[put("stock", "from-b", 2)], 1).unwrap();
     let to_b = remote_batch(&mut a, 0, 0);
     let to_a = remote_batch(&mut b, 0, 10);
     assert_eq!(b.apply_remote(&to_b, 5).unwrap(), vec![doc("stock")]);
     a.apply_remote(&to_a, 5).unwrap();
-    assert_eq!(a.doc_heads(&doc("stock")).unwrap(), b.doc_heads(&doc("stock")).unwrap());
-    assert_eq!(a.doc_json(&doc("stock")).unwrap(), serde_json::json!({"from-a": 1, "from-b": 2}));
+    assert_eq!(
+        a.doc_heads(&doc("stock")).unwrap(),
+        b.doc_heads(&doc("stock")).unwrap()
+    );
+    assert_eq!(
+        a.doc_json(&doc("stock")).unwrap(),
+        serde_json::json!({"from-a": 1, "from-b": 2})
+    );
     // Applying the same batch again changes nothing.
     assert!(b.apply_remote(&to_b, 6).unwrap().is_empty());
-    assert_eq!(b.subscriptions().unwrap(), vec![(DocSetId::new("store.s1").unwrap(), 1)]);
+    assert_eq!(
+        b.subscriptions().unwrap(),
+        vec![(DocSetId::new("store.s1").unwrap(), 1)]
+    );
 }
 
 #[test]
@@ -199,8 +285,14 @@ fn garbage_from_the_hub_is_refused_without_damage() {
         caught_up: true,
     };
     assert!(store.apply_remote(&batch, 2).is_err());
-    assert_eq!(store.get(&doc("stock"), &["sku-1"]).unwrap(), Some(Value::Int(5)));
-    assert!(store.subscriptions().unwrap().is_empty(), "cursor did not move");
+    assert_eq!(
+        store.get(&doc("stock"), &["sku-1"]).unwrap(),
+        Some(Value::Int(5))
+    );
+    assert!(
+        store.subscriptions().unwrap().is_empty(),
+        "cursor did not move"
+    );
 }
 
 #[test]
@@ -208,28 +300,45 @@ fn compaction_keeps_every_change() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("till.db");
     let (device, store_id) = ids();
-    let total = docs::COMPACT_CHUNKS_MAX as i64 * 2 + 7;
+    let total = docs::COMPACT_CHUNKS_MAX * 2 + 7;
     {
         let mut store = Store::open(&path, device.clone(), store_id.clone()).unwrap();
         for n in 0..total {
-            store.commit(&[put("stock", &format!("k{n}"), n)], 1).unwrap();
+            store
+                .commit(&[put("stock", &format!("k{n}"), n)], 1)
+                .unwrap();
         }
     }
     let mut store = Store::open(&path, device, store_id).unwrap();
     let keys = store.keys(&doc("stock"), &[]).unwrap();
     assert_eq!(keys.len() as i64, total);
-    let chunks: i64 = store.db.query_row("SELECT COUNT(*) FROM doc_chunks", [], |row| row.get(0)).unwrap();
-    assert!(chunks < docs::COMPACT_CHUNKS_MAX, "chunks were compacted ({chunks} left)");
+    let chunks: i64 = store
+        .db
+        .query_row("SELECT COUNT(*) FROM doc_chunks", [], |row| row.get(0))
+        .unwrap();
+    assert!(
+        chunks < docs::COMPACT_CHUNKS_MAX,
+        "chunks were compacted ({chunks} left)"
+    );
 }
 
 #[test]
 fn counters_need_to_exist_before_they_are_incremented() {
     let (device, store_id) = ids();
     let mut store = Store::open_in_memory(device, store_id).unwrap();
-    let missing = DocEdit { doc: doc("stock"), edits: vec![Edit::increment(&["sku"], -1)] };
-    assert!(store.commit(&[missing.clone()], 1).is_err());
-    let create = DocEdit { doc: doc("stock"), edits: vec![Edit::put(&["sku"], Value::Counter(10))] };
+    let missing = DocEdit {
+        doc: doc("stock"),
+        edits: vec![Edit::increment(&["sku"], -1)],
+    };
+    assert!(store.commit(std::slice::from_ref(&missing), 1).is_err());
+    let create = DocEdit {
+        doc: doc("stock"),
+        edits: vec![Edit::put(&["sku"], Value::Counter(10))],
+    };
     store.commit(&[create], 1).unwrap();
     store.commit(&[missing], 2).unwrap();
-    assert_eq!(store.get(&doc("stock"), &["sku"]).unwrap(), Some(Value::Counter(9)));
+    assert_eq!(
+        store.get(&doc("stock"), &["sku"]).unwrap(),
+        Some(Value::Counter(9))
+    );
 }

@@ -17,7 +17,15 @@ use omnisync_core::protocol::hub::{ChangePage, IncomingOp};
 use omnisync_core::protocol::message::{Ack, AckOutcome, OpBody, RemoteChange};
 use rusqlite::{Connection, OptionalExtension, params};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_snapshots.sql"),
+];
+/// A device more than this many sequence numbers behind a set's snapshot
+/// point gets the snapshots instead of the history.
+pub const SNAPSHOT_CATCH_UP_GAP_MIN: u64 = 10_000;
+/// File in the data directory held locked by the one process writing it.
+pub const LOCK_FILE_NAME: &str = "hub.lock";
 /// Reader connections kept open for reuse.
 pub const READER_POOL_LEN_MAX: usize = 8;
 /// File name of the hub database inside the data directory.
@@ -29,9 +37,12 @@ fn storage_error(error: impl std::fmt::Display) -> HubLogError {
 
 fn open_connection(path: &Path) -> Result<Connection, HubLogError> {
     let db = Connection::open(path).map_err(storage_error)?;
-    db.pragma_update(None, "journal_mode", "WAL").map_err(storage_error)?;
-    db.pragma_update(None, "synchronous", "FULL").map_err(storage_error)?;
-    db.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage_error)?;
+    db.pragma_update(None, "journal_mode", "WAL")
+        .map_err(storage_error)?;
+    db.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage_error)?;
+    db.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(storage_error)?;
     Ok(db)
 }
 
@@ -40,6 +51,9 @@ pub struct SqliteHubLog {
     db: Connection,
     head: u64,
     log_id: String,
+    /// Held for the writer's life: a second hub (or an import) on the same
+    /// directory would hand out the same sequence numbers.
+    _lock: std::fs::File,
 }
 
 impl SqliteHubLog {
@@ -47,35 +61,181 @@ impl SqliteHubLog {
     pub fn open(data_dir: &Path) -> Result<Self, HubLogError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| storage_error(format!("creating {}: {error}", data_dir.display())))?;
+        let lock = std::fs::File::create(data_dir.join(LOCK_FILE_NAME))
+            .map_err(|error| storage_error(format!("creating the lock file: {error}")))?;
+        lock.try_lock().map_err(|_| {
+            storage_error(format!(
+                "{} is in use by another omnisync-hub process (serve or import); stop it first",
+                data_dir.display()
+            ))
+        })?;
         let mut db = open_connection(&data_dir.join(DB_FILE_NAME))?;
         migrate(&mut db)?;
-        let head: Option<i64> =
-            db.query_row("SELECT MAX(hub_seq) FROM changes", [], |row| row.get(0)).map_err(storage_error)?;
+        let head: Option<i64> = db
+            .query_row("SELECT MAX(hub_seq) FROM changes", [], |row| row.get(0))
+            .map_err(storage_error)?;
         let log_id = claim_log_id(&db)?;
-        Ok(Self { db, head: head.unwrap_or(0) as u64, log_id })
+        Ok(Self {
+            db,
+            head: head.unwrap_or(0) as u64,
+            log_id,
+            _lock: lock,
+        })
     }
 
     /// The identity of this change log (random, made when the database was).
     pub fn log_id(&self) -> &str {
         &self.log_id
     }
+
+    /// The replica id the hub writes its own changes (imports) as.
+    pub fn hub_replica(&self) -> ReplicaId {
+        hub_replica(&self.log_id)
+    }
+
+    /// Appends changes made by the hub itself (catalog imports) in one
+    /// durable transaction; returns the sequence number of the last one.
+    pub fn append_hub_changes(
+        &mut self,
+        changes: Vec<(DocId, Vec<u8>)>,
+    ) -> Result<u64, HubLogError> {
+        let origin = self.hub_replica();
+        let mut head = self.head;
+        let tx = self.db.transaction().map_err(storage_error)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO changes (hub_seq, set_id, doc_id, origin, bytes) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(storage_error)?;
+            for (doc, bytes) in changes {
+                head += 1;
+                insert
+                    .execute(params![
+                        head as i64,
+                        doc.set().as_str(),
+                        doc.as_str(),
+                        &origin.0[..],
+                        bytes
+                    ])
+                    .map_err(storage_error)?;
+            }
+        }
+        tx.commit().map_err(storage_error)?;
+        self.head = head;
+        Ok(head)
+    }
+
+    /// A document as the hub has it now, or `None` if it has no changes.
+    pub fn load_doc(&self, doc: &DocId) -> Result<Option<automerge::Automerge>, HubLogError> {
+        let loaded = load_doc_at(&self.db, doc, self.head)?;
+        Ok((!loaded.get_heads().is_empty()).then_some(loaded))
+    }
+
+    /// Saves every document of `set` as a snapshot covering the current head,
+    /// and records that point for the set. Returns the number of documents.
+    pub fn snapshot_set(&mut self, set: &DocSetId) -> Result<usize, HubLogError> {
+        let covers = self.head;
+        let docs: Vec<String> = {
+            let mut statement = self
+                .db
+                .prepare("SELECT DISTINCT doc_id FROM changes WHERE set_id = ?1 ORDER BY doc_id")
+                .map_err(storage_error)?;
+            statement
+                .query_map([set.as_str()], |row| row.get(0))
+                .map_err(storage_error)?
+                .collect::<Result<_, _>>()
+                .map_err(storage_error)?
+        };
+        let tx = self.db.transaction().map_err(storage_error)?;
+        for doc_id in &docs {
+            let doc = DocId::new(doc_id.clone()).map_err(storage_error)?;
+            let loaded = load_doc_at(&tx, &doc, covers)?;
+            tx.execute(
+                "INSERT INTO snapshots (doc_id, set_id, covers_seq, bytes) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (doc_id) DO UPDATE SET covers_seq = ?3, bytes = ?4",
+                params![doc_id, set.as_str(), covers as i64, loaded.save()],
+            )
+            .map_err(storage_error)?;
+        }
+        tx.execute(
+            "INSERT INTO set_snapshots (set_id, covers_seq) VALUES (?1, ?2)
+             ON CONFLICT (set_id) DO UPDATE SET covers_seq = ?2",
+            params![set.as_str(), covers as i64],
+        )
+        .map_err(storage_error)?;
+        tx.commit().map_err(storage_error)?;
+        Ok(docs.len())
+    }
+}
+
+/// The hub's own replica id for a change log: derived from the log id so it
+/// is stable for the log and distinct between hubs.
+pub fn hub_replica(log_id: &str) -> ReplicaId {
+    let mut bytes = [0u8; 16];
+    for (index, byte) in log_id.bytes().enumerate() {
+        bytes[index % 16] ^= byte.rotate_left((index / 16) as u32);
+    }
+    bytes[0] = 0xff; // Never a random device replica by accident in practice.
+    ReplicaId(bytes)
+}
+
+/// A document from its snapshot (if any) and its changes up to `covers`,
+/// applied in moderate batches.
+fn load_doc_at(
+    db: &Connection,
+    doc: &DocId,
+    covers: u64,
+) -> Result<automerge::Automerge, HubLogError> {
+    let snapshot: Option<(Vec<u8>, i64)> = db
+        .query_row(
+            "SELECT bytes, covers_seq FROM snapshots WHERE doc_id = ?1",
+            [doc.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(storage_error)?;
+    let (mut loaded, after) = match snapshot {
+        Some((bytes, covers_seq)) => (
+            automerge::Automerge::load(&bytes).map_err(storage_error)?,
+            covers_seq,
+        ),
+        None => (automerge::Automerge::new(), 0),
+    };
+    let mut statement = db
+        .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND hub_seq > ?2 AND hub_seq <= ?3 ORDER BY hub_seq")
+        .map_err(storage_error)?;
+    let mut rows = statement
+        .query(params![doc.as_str(), after, covers as i64])
+        .map_err(storage_error)?;
+    while let Some(row) = rows.next().map_err(storage_error)? {
+        let bytes: Vec<u8> = row.get(0).map_err(storage_error)?;
+        loaded.load_incremental(&bytes).map_err(storage_error)?;
+    }
+    Ok(loaded)
 }
 
 fn claim_log_id(db: &Connection) -> Result<String, HubLogError> {
     let existing: Option<String> = db
-        .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| row.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| {
+            row.get(0)
+        })
         .optional()
         .map_err(storage_error)?;
     if let Some(log_id) = existing {
         return Ok(log_id);
     }
     let log_id = omnisync_core::ReplicaId::random().to_string();
-    db.execute("INSERT INTO meta (key, value) VALUES ('log_id', ?1)", [&log_id]).map_err(storage_error)?;
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('log_id', ?1)",
+        [&log_id],
+    )
+    .map_err(storage_error)?;
     Ok(log_id)
 }
 
 fn migrate(db: &mut Connection) -> Result<(), HubLogError> {
-    let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(storage_error)?;
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(storage_error)?;
     if version > MIGRATIONS.len() as i64 {
         return Err(storage_error(format!(
             "hub database schema {version} is newer than this build ({})",
@@ -85,7 +245,8 @@ fn migrate(db: &mut Connection) -> Result<(), HubLogError> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = db.transaction().map_err(storage_error)?;
         tx.execute_batch(sql).map_err(storage_error)?;
-        tx.pragma_update(None, "user_version", (index + 1) as i64).map_err(storage_error)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(storage_error)?;
         tx.commit().map_err(storage_error)?;
     }
     Ok(())
@@ -124,7 +285,10 @@ impl HubLog for SqliteHubLog {
             for incoming in ops {
                 let id = incoming.op.id;
                 if let Some(outcome) = decided.get(&id) {
-                    batch.acks.push(Ack { op: id, outcome: outcome.clone() });
+                    batch.acks.push(Ack {
+                        op: id,
+                        outcome: outcome.clone(),
+                    });
                     batch.duplicates += 1;
                     continue;
                 }
@@ -133,7 +297,10 @@ impl HubLog for SqliteHubLog {
                     .optional()
                     .map_err(storage_error)?;
                 if let Some(stored) = stored {
-                    batch.acks.push(Ack { op: id, outcome: decode_outcome(&stored)? });
+                    batch.acks.push(Ack {
+                        op: id,
+                        outcome: decode_outcome(&stored)?,
+                    });
                     batch.duplicates += 1;
                     continue;
                 }
@@ -157,18 +324,28 @@ impl HubLog for SqliteHubLog {
                                     &change.bytes
                                 ])
                                 .map_err(storage_error)?;
-                            batch.committed.by_set.entry(set).or_default().push(RemoteChange {
-                                hub_seq: head,
-                                doc: change.doc,
-                                origin: id.replica,
-                                bytes: change.bytes,
-                            });
+                            batch
+                                .committed
+                                .by_set
+                                .entry(set)
+                                .or_default()
+                                .push(RemoteChange {
+                                    hub_seq: head,
+                                    doc: change.doc,
+                                    origin: id.replica,
+                                    bytes: change.bytes,
+                                });
                         }
                         AckOutcome::Applied { hub_seq: head }
                     }
                 };
                 insert_outcome
-                    .execute(params![&id.replica.0[..], id.seq as i64, encode_outcome(&outcome)?, now_ms])
+                    .execute(params![
+                        &id.replica.0[..],
+                        id.seq as i64,
+                        encode_outcome(&outcome)?,
+                        now_ms
+                    ])
                     .map_err(storage_error)?;
                 decided.insert(id, outcome.clone());
                 batch.acks.push(Ack { op: id, outcome });
@@ -193,20 +370,30 @@ pub struct SqliteReader {
 impl SqliteReader {
     /// Readers for the hub database in `data_dir` (opened by [`SqliteHubLog::open`] first).
     pub fn new(data_dir: &Path) -> Self {
-        Self { path: data_dir.join(DB_FILE_NAME), pool: Mutex::new(Vec::new()) }
+        Self {
+            path: data_dir.join(DB_FILE_NAME),
+            pool: Mutex::new(Vec::new()),
+        }
     }
 
     fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, HubLogError>,
     ) -> Result<T, HubLogError> {
-        let pooled = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
         let db = match pooled {
             Some(db) => db,
             None => open_connection(&self.path)?,
         };
         let result = read(&db);
-        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if pool.len() < READER_POOL_LEN_MAX {
             pool.push(db);
         }
@@ -226,6 +413,41 @@ impl HubLogRead for SqliteReader {
             // One read transaction: the head and the page come from the same snapshot.
             db.execute_batch("BEGIN").map_err(storage_error)?;
             let result = read_page(db, set, cursor, len_max, bytes_target);
+            let _ = db.execute_batch("COMMIT");
+            result
+        })
+    }
+
+    fn catch_up_page(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        resume: Option<&DocId>,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        self.with_connection(|db| {
+            db.execute_batch("BEGIN").map_err(storage_error)?;
+            let result = (|| {
+                let covers: Option<i64> = db
+                    .query_row(
+                        "SELECT covers_seq FROM set_snapshots WHERE set_id = ?1",
+                        [set.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(storage_error)?;
+                match covers.map(|covers| covers as u64) {
+                    Some(covers)
+                        if resume.is_some()
+                            || (covers > cursor
+                                && covers - cursor >= SNAPSHOT_CATCH_UP_GAP_MIN.min(covers)) =>
+                    {
+                        read_snapshots(db, set, cursor, covers, resume, len_max, bytes_target)
+                    }
+                    _ => read_page(db, set, cursor, len_max, bytes_target),
+                }
+            })();
             let _ = db.execute_batch("COMMIT");
             result
         })
@@ -260,6 +482,66 @@ impl HubLogRead for SqliteReader {
     }
 }
 
+/// A page of snapshots of `set`, documents after `resume` in id order.
+fn read_snapshots(
+    db: &Connection,
+    set: &DocSetId,
+    cursor: u64,
+    covers: u64,
+    resume: Option<&DocId>,
+    len_max: usize,
+    bytes_target: usize,
+) -> Result<ChangePage, HubLogError> {
+    let after = resume.map(DocId::as_str).unwrap_or("");
+    let mut statement = db
+        .prepare_cached(
+            "SELECT doc_id, bytes FROM snapshots WHERE set_id = ?1 AND doc_id > ?2 ORDER BY doc_id LIMIT ?3",
+        )
+        .map_err(storage_error)?;
+    let mut rows = statement
+        .query(params![set.as_str(), after, (len_max + 1) as i64])
+        .map_err(storage_error)?;
+    let mut changes = Vec::new();
+    let mut bytes_total = 0;
+    let mut more = false;
+    let hub = hub_replica(&read_log_id(db)?);
+    while let Some(row) = rows.next().map_err(storage_error)? {
+        if changes.len() >= len_max || (bytes_total >= bytes_target && !changes.is_empty()) {
+            more = true;
+            break;
+        }
+        let doc: String = row.get(0).map_err(storage_error)?;
+        let bytes: Vec<u8> = row.get(1).map_err(storage_error)?;
+        bytes_total += bytes.len();
+        changes.push(RemoteChange {
+            hub_seq: covers,
+            doc: DocId::new(doc).map_err(storage_error)?,
+            origin: hub,
+            bytes,
+        });
+    }
+    let resume = if more {
+        changes.last().map(|change| change.doc.clone())
+    } else {
+        None
+    };
+    // The cursor moves to the snapshot point only with the last snapshot.
+    let cursor = if more { cursor } else { covers };
+    Ok(ChangePage {
+        changes,
+        cursor,
+        caught_up: false,
+        resume,
+    })
+}
+
+fn read_log_id(db: &Connection) -> Result<String, HubLogError> {
+    db.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |row| {
+        row.get(0)
+    })
+    .map_err(storage_error)
+}
+
 fn read_page(
     db: &Connection,
     set: &DocSetId,
@@ -267,8 +549,9 @@ fn read_page(
     len_max: usize,
     bytes_target: usize,
 ) -> Result<ChangePage, HubLogError> {
-    let head: Option<i64> =
-        db.query_row("SELECT MAX(hub_seq) FROM changes", [], |row| row.get(0)).map_err(storage_error)?;
+    let head: Option<i64> = db
+        .query_row("SELECT MAX(hub_seq) FROM changes", [], |row| row.get(0))
+        .map_err(storage_error)?;
     let head = head.unwrap_or(0) as u64;
     let mut statement = db
         .prepare_cached(
@@ -276,8 +559,9 @@ fn read_page(
              WHERE set_id = ?1 AND hub_seq > ?2 ORDER BY hub_seq LIMIT ?3",
         )
         .map_err(storage_error)?;
-    let mut rows =
-        statement.query(params![set.as_str(), cursor as i64, (len_max + 1) as i64]).map_err(storage_error)?;
+    let mut rows = statement
+        .query(params![set.as_str(), cursor as i64, (len_max + 1) as i64])
+        .map_err(storage_error)?;
     let mut changes = Vec::new();
     let mut bytes_total = 0;
     let mut more = false;
@@ -294,7 +578,8 @@ fn read_page(
         changes.push(RemoteChange {
             hub_seq: hub_seq as u64,
             doc: DocId::new(doc).map_err(storage_error)?,
-            origin: ReplicaId::from_slice(&origin).ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
+            origin: ReplicaId::from_slice(&origin)
+                .ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
             bytes,
         });
     }
@@ -303,7 +588,12 @@ fn read_page(
     } else {
         head.max(cursor)
     };
-    Ok(ChangePage { changes, cursor, caught_up: !more })
+    Ok(ChangePage {
+        changes,
+        cursor,
+        caught_up: !more,
+        resume: None,
+    })
 }
 
 #[cfg(test)]
@@ -327,8 +617,15 @@ mod tests {
     }
 
     impl HubLogRead for Both {
-        fn changes_since(&self, set: &DocSetId, cursor: u64, len_max: usize, bytes_target: usize) -> Result<ChangePage, HubLogError> {
-            self.reader.changes_since(set, cursor, len_max, bytes_target)
+        fn changes_since(
+            &self,
+            set: &DocSetId,
+            cursor: u64,
+            len_max: usize,
+            bytes_target: usize,
+        ) -> Result<ChangePage, HubLogError> {
+            self.reader
+                .changes_since(set, cursor, len_max, bytes_target)
         }
         fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
             self.reader.doc_changes(doc)
@@ -338,11 +635,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_second_writer_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteHubLog::open(dir.path()).unwrap();
+        let second = SqliteHubLog::open(dir.path());
+        assert!(second.is_err_and(|error| error.to_string().contains("in use")));
+    }
+
+    #[test]
+    fn a_device_far_behind_gets_snapshots_then_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SqliteHubLog::open(dir.path()).unwrap();
+        let set = DocSetId::new("store.s1").unwrap();
+        let mut changes = Vec::new();
+        for n in 0..3 {
+            let mut doc = automerge::Automerge::new();
+            let mut tx = doc.transaction();
+            automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "n", n as i64)
+                .unwrap();
+            tx.commit();
+            changes.push((DocId::new(format!("store.s1/d{n}")).unwrap(), doc.save()));
+        }
+        writer.append_hub_changes(changes).unwrap();
+        assert_eq!(writer.snapshot_set(&set).unwrap(), 3);
+        let reader = SqliteReader::new(dir.path());
+        let first = reader.catch_up_page(&set, 0, None, 2, 1 << 20).unwrap();
+        assert_eq!(first.changes.len(), 2);
+        assert_eq!(
+            (first.cursor, first.caught_up),
+            (0, false),
+            "cursor waits for the last snapshot"
+        );
+        let resume = first.resume.clone().expect("more snapshots follow");
+        let second = reader
+            .catch_up_page(&set, first.cursor, Some(&resume), 2, 1 << 20)
+            .unwrap();
+        assert_eq!(second.changes.len(), 1);
+        assert_eq!((second.cursor, second.resume.is_none()), (3, true));
+        let rest = reader
+            .catch_up_page(&set, second.cursor, None, 100, 1 << 20)
+            .unwrap();
+        assert!(rest.changes.is_empty() && rest.caught_up);
+    }
+
     fn fresh() -> Both {
         let dir = tempfile::tempdir().unwrap();
         let writer = SqliteHubLog::open(dir.path()).unwrap();
         let reader = SqliteReader::new(dir.path());
-        Both { writer, reader, _dir: dir }
+        Both {
+            writer,
+            reader,
+            _dir: dir,
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ CREATE TABLE products (
     status      TEXT,
     PRIMARY KEY (set_id, sku)
 ) STRICT;
-CREATE INDEX products_by_barcode ON products (barcode);
+CREATE INDEX products_by_barcode ON products (set_id, barcode, sku);
 CREATE INDEX products_by_category ON products (set_id, category, sku);
 
 CREATE TABLE product_conflicts (
