@@ -187,6 +187,12 @@ pub async fn terminal(args: TerminalArgs) -> anyhow::Result<bool> {
     }
     let seconds = started.elapsed().as_secs_f64();
     client.stop().await;
+    if let Some(manifest) = client.store().catalog_manifest(&store_id)? {
+        eprintln!(
+            "manifest: {} buckets, {} products in the last import",
+            manifest.buckets, manifest.products
+        );
+    }
     let products = client.store().product_count(&store_id)?;
     let mut by_kind = time_queries(&client.store(), &store_id, args.products)?;
     let mut all: Vec<f64> = by_kind.iter().flatten().copied().collect();

@@ -318,6 +318,24 @@ pub fn import_rows(
             changes.push((doc_id, change.raw_bytes().to_vec()));
         }
     }
+    // The manifest tells devices how the catalog is laid out and how big the
+    // last import was (for progress on a first sync).
+    let manifest_id = layout::manifest_doc(store);
+    let mut manifest = log.load_doc(&manifest_id)?.unwrap_or_default();
+    manifest.set_actor(actor.clone());
+    let mut tx = manifest.transaction();
+    for (key, value) in [
+        ("buckets", i64::from(omnisync_core::domain::BUCKETS)),
+        ("products", report.products as i64),
+        ("imported_ms", now_ms as i64),
+    ] {
+        tx.put(ROOT, key, value)
+            .map_err(|error| ImportError::Invalid(error.to_string()))?;
+    }
+    tx.commit();
+    if let Some(change) = manifest.get_last_local_change() {
+        changes.push((manifest_id, change.raw_bytes().to_vec()));
+    }
     report.documents = changes.len();
     report.head_seq = log.append_hub_changes(changes)?;
     log.snapshot_set(&set)?;

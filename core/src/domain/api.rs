@@ -10,6 +10,17 @@ use crate::domain::{Channel, Currency, DomainError, Money, Sku, customer, prices
 use crate::ids::{CustomerId, DocId, OpId, StoreId};
 use crate::store::{Durability, Store, StoreError};
 
+/// How a store's catalog is laid out, as the last import wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogManifest {
+    /// Bucket documents per kind.
+    pub buckets: u32,
+    /// Products in the last import.
+    pub products: u64,
+    /// When it was imported, ms since the epoch.
+    pub imported_ms: u64,
+}
+
 fn commit(
     store: &mut Store,
     edits: &[crate::store::DocEdit],
@@ -163,6 +174,38 @@ impl Store {
     ) -> Result<OpId, DomainError> {
         let edit = customer::history_add_edit(self, customer, sku, now_ms)?;
         commit(self, &[edit], now_ms, Durability::AppCrash)
+    }
+
+    /// Replaces a customer's recommendations (back office).
+    pub fn set_recommendations(
+        &mut self,
+        customer: &CustomerId,
+        skus: &[Sku],
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
+        let edit = customer::recommendations_edit(self, customer, skus, now_ms)?;
+        commit(self, &[edit], now_ms, Durability::AppCrash)
+    }
+
+    /// The catalog manifest of a store, once an import has written one.
+    pub fn catalog_manifest(
+        &mut self,
+        store: &StoreId,
+    ) -> Result<Option<CatalogManifest>, DomainError> {
+        let doc = crate::domain::layout::manifest_doc(store);
+        let read = |store: &mut Store, key: &str| -> Result<Option<i64>, DomainError> {
+            Ok(store.get(&doc, &[key])?.and_then(|value| value.as_i64()))
+        };
+        let (Some(buckets), Some(products)) = (read(self, "buckets")?, read(self, "products")?)
+        else {
+            return Ok(None);
+        };
+        let imported_ms = read(self, "imported_ms")?.unwrap_or(0);
+        Ok(Some(CatalogManifest {
+            buckets: buckets as u32,
+            products: products as u64,
+            imported_ms: imported_ms as u64,
+        }))
     }
 
     /// Records a completed order in this device's orders document.

@@ -26,6 +26,8 @@ use crate::store::{DocEdit, Store, StoreError};
 
 /// Largest quantity on one cart line.
 pub const LINE_QUANTITY_MAX: i64 = 10_000;
+/// Most recommended products kept for a customer.
+pub const RECOMMENDATIONS_LEN_MAX: usize = 50;
 /// Entries kept in the browsing history.
 pub const HISTORY_LEN_MAX: usize = 100;
 /// Longest profile field value.
@@ -215,6 +217,54 @@ pub fn history_add_edit(
             .map(|key| Edit::Delete { path: vec![key] }),
     );
     Ok(DocEdit { doc, edits })
+}
+
+/// The edit that replaces a customer's recommendations (last writer wins).
+pub fn recommendations_edit(
+    store: &mut Store,
+    customer: &CustomerId,
+    skus: &[Sku],
+    now_ms: u64,
+) -> Result<DocEdit, DomainError> {
+    if skus.len() > RECOMMENDATIONS_LEN_MAX {
+        return Err(DomainError::Invalid(format!(
+            "more than {RECOMMENDATIONS_LEN_MAX} recommendations"
+        )));
+    }
+    let skus: Vec<String> = skus.iter().map(ToString::to_string).collect();
+    Ok(stamped_put(
+        store,
+        &layout::recommendations_doc(customer),
+        "skus".to_owned(),
+        skus,
+        now_ms,
+    )?)
+}
+
+/// Re-projects the recommendations (one register).
+pub(crate) fn project_recommendations(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    doc: &Automerge,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM recommendations WHERE doc_id = ?1",
+        [doc_id.as_str()],
+    )?;
+    if let Some(stamped) = winner(register_values::<Vec<String>>(doc, "skus")) {
+        for (position, sku) in stamped
+            .value
+            .iter()
+            .take(RECOMMENDATIONS_LEN_MAX)
+            .enumerate()
+        {
+            tx.execute(
+                "INSERT INTO recommendations (doc_id, position, sku) VALUES (?1, ?2, ?3)",
+                params![doc_id.as_str(), position as i64, sku],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn root_str(doc: &Automerge, key: &str) -> Option<String> {
@@ -434,6 +484,18 @@ impl Store {
             .query_map([doc.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?;
         Ok(fields)
+    }
+
+    /// Products recommended to a customer, best first.
+    pub fn recommendations(&self, customer: &CustomerId) -> Result<Vec<String>, StoreError> {
+        let doc = layout::recommendations_doc(customer);
+        let mut statement = self.db.prepare_cached(
+            "SELECT sku FROM recommendations WHERE doc_id = ?1 ORDER BY position",
+        )?;
+        let skus = statement
+            .query_map([doc.as_str()], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(skus)
     }
 
     /// Recently viewed SKUs, newest first.

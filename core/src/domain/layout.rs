@@ -22,6 +22,8 @@ pub enum DocKind {
     Profile,
     /// `customer.C/history`.
     History,
+    /// `customer.C/recommendations`.
+    Recommendations,
     /// Anything else (no projection).
     Other,
 }
@@ -47,6 +49,7 @@ pub fn kind_of(doc: &DocId) -> DocKind {
         (DocSetKind::Customer, "wishlist", None, None) => DocKind::Wishlist,
         (DocSetKind::Customer, "profile", None, None) => DocKind::Profile,
         (DocSetKind::Customer, "history", None, None) => DocKind::History,
+        (DocSetKind::Customer, "recommendations", None, None) => DocKind::Recommendations,
         _ => DocKind::Other,
     }
 }
@@ -106,6 +109,16 @@ pub fn wishlist_doc(customer: &CustomerId) -> DocId {
 /// A customer's profile.
 pub fn profile_doc(customer: &CustomerId) -> DocId {
     customer_doc(customer, "profile")
+}
+
+/// A customer's recommendations.
+pub fn recommendations_doc(customer: &CustomerId) -> DocId {
+    customer_doc(customer, "recommendations")
+}
+
+/// A store's catalog manifest: bucket count and the size of the last import.
+pub fn manifest_doc(store: &StoreId) -> DocId {
+    DocId::in_set(&DocSetId::store(store), "manifest").expect("valid manifest doc id")
 }
 
 /// A customer's browsing history.

@@ -58,6 +58,7 @@ pub(crate) fn project(
         DocKind::Wishlist => customer::project_wishlist(tx, doc_id, doc, &keys),
         DocKind::Profile => customer::project_profile(tx, doc_id, doc, &keys),
         DocKind::History => customer::project_history(tx, doc_id, doc),
+        DocKind::Recommendations => customer::project_recommendations(tx, doc_id, doc),
         DocKind::Other => Ok(()),
     }
 }

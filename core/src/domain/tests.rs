@@ -106,6 +106,7 @@ fn projections(store: &Store) -> Vec<String> {
         ("profile_fields", "doc_id, field"),
         ("history_entries", "doc_id, at_ms, sku"),
         ("orders", "set_id, order_id"),
+        ("recommendations", "doc_id, position"),
     ];
     let mut rows = Vec::new();
     for (table, order) in tables {
@@ -490,6 +491,33 @@ fn profile_fields_are_last_writer_wins_each() {
             ]
         );
     }
+}
+
+#[test]
+fn recommendations_are_replaced_whole_by_the_latest_writer() {
+    let mut replicas = vec![replica("back-office"), replica("phone")];
+    let shopper = customer();
+    replicas[0]
+        .set_recommendations(&shopper, &[sku("a"), sku("b")], NOW)
+        .unwrap();
+    replicas[1]
+        .set_recommendations(&shopper, &[sku("c")], NOW + 10)
+        .unwrap();
+    sync(&mut replicas);
+    for store in &replicas {
+        assert_eq!(
+            store.recommendations(&shopper).unwrap(),
+            vec!["c".to_owned()]
+        );
+    }
+    let too_many: Vec<Sku> = (0..=customer::RECOMMENDATIONS_LEN_MAX)
+        .map(|n| sku(&format!("s{n}")))
+        .collect();
+    assert!(
+        replicas[0]
+            .set_recommendations(&shopper, &too_many, NOW)
+            .is_err()
+    );
 }
 
 #[test]

@@ -78,6 +78,13 @@ CREATE TABLE history_entries (
     PRIMARY KEY (doc_id, at_ms, sku)
 ) STRICT;
 
+CREATE TABLE recommendations (
+    doc_id   TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    sku      TEXT NOT NULL,
+    PRIMARY KEY (doc_id, position)
+) STRICT;
+
 CREATE TABLE orders (
     set_id       TEXT NOT NULL,
     order_id     TEXT NOT NULL,
