@@ -142,6 +142,25 @@ fn sell(
     ))
 }
 
+/// One sale on every till, counted into `sold` and narrated.
+fn sell_round(
+    tills: &[Device],
+    rng: &mut impl Rng,
+    sale_number: &mut u32,
+    sold: &mut [i64; PRODUCTS.len()],
+    timeline: &Timeline,
+) -> anyhow::Result<()> {
+    for till in tills {
+        *sale_number += 1;
+        let (line, quantities) = sell(till, rng, *sale_number)?;
+        for (pick, quantity) in quantities {
+            sold[pick] += quantity;
+        }
+        timeline.say(&till.name, line);
+    }
+    Ok(())
+}
+
 fn eur() -> Currency {
     Currency::new("EUR").expect("EUR is a currency code")
 }
@@ -241,14 +260,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let mut sale_number = 0;
     let mut sold = [0i64; PRODUCTS.len()];
     for _ in 0..args.sales {
-        for till in &tills {
-            sale_number += 1;
-            let (line, quantities) = sell(till, &mut rng, sale_number)?;
-            for (pick, quantity) in quantities {
-                sold[pick] += quantity;
-            }
-            timeline.say(&till.name, line);
-        }
+        sell_round(&tills, &mut rng, &mut sale_number, &mut sold, &timeline)?;
     }
 
     // The phone fills the shopper's cart: every add is a line with a unique id.
@@ -279,14 +291,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     tills[2].client.set_online(false);
     timeline.say(&tills[2].name, "uplink lost — keeps selling offline");
     for _ in 0..args.sales {
-        for till in &tills {
-            sale_number += 1;
-            let (line, quantities) = sell(till, &mut rng, sale_number)?;
-            for (pick, quantity) in quantities {
-                sold[pick] += quantity;
-            }
-            timeline.say(&till.name, line);
-        }
+        sell_round(&tills, &mut rng, &mut sale_number, &mut sold, &timeline)?;
     }
     let offline = tills[2].client.status();
     timeline.say(
