@@ -155,7 +155,7 @@ struct Connection {
 struct Ledger {
     /// Changes committed to the shared store's documents: one per document per op.
     changes: usize,
-    /// Orders written to this terminal's own orders document.
+    /// Orders written so far to its own orders document (numbers the next key).
     orders: usize,
     /// Sequence numbers of ops the hub must refuse.
     forbidden: BTreeSet<u64>,

@@ -96,7 +96,7 @@ pub enum ImportError {
         source: std::io::Error,
     },
     /// The file's extension names no known format.
-    #[error("unknown format for {0}: use a .csv or .jsonl file, or --format")]
+    #[error("unknown format for {0}: name the file .csv, .jsonl or .ndjson")]
     UnknownFormat(String),
     /// Too many rows for one import.
     #[error("more than {IMPORT_ROWS_MAX} rows; split the file")]

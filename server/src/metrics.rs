@@ -76,7 +76,7 @@ pub struct Metrics {
     pub ops_duplicate: AtomicU64,
     /// Group commits performed.
     pub commits: AtomicU64,
-    /// Changes sent to devices.
+    /// Changes sent to devices by catch-up reads (live fan-out is not counted).
     pub changes_sent: AtomicU64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | product metadata | `store.S/catalog/bNNN` | multi-value register per field; conflicts surfaced, resolvable |
 //! | price | `store.S/prices/bNNN` | last-writer-wins by hybrid logical clock, ties by writer, per channel and effective-from time |
-//! | stock level (read side) | `store.S/stock/bNNN` | counter per SKU (decisions belong to the hub) |
+//! | stock level (read side) | `store.S/stock/bNNN` | last-writer-wins level per SKU, published by the authority (decisions belong to the hub) |
 //! | cart | `customer.C/cart` | lines keyed by unique line id; quantity is a counter; remove wins over a concurrent edit |
 //! | wishlist | `customer.C/wishlist` | add-wins set (a unique tag per add) |
 //! | customer profile | `customer.C/profile` | last-writer-wins per field |

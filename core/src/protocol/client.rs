@@ -90,7 +90,9 @@ pub struct ClientSession {
     events: VecDeque<ClientEvent>,
     last_heard_ms: u64,
     ping_nonce: u64,
-    ping_outstanding: bool,
+    last_ping_ms: u64,
+    /// Sets the hub said this device may not read (from `Welcome`).
+    refused: std::collections::BTreeSet<DocSetId>,
 }
 
 impl ClientSession {
@@ -116,7 +118,8 @@ impl ClientSession {
             events: VecDeque::new(),
             last_heard_ms: now_ms,
             ping_nonce: 0,
-            ping_outstanding: false,
+            last_ping_ms: now_ms,
+            refused: std::collections::BTreeSet::new(),
         };
         session
             .transmit
@@ -188,6 +191,11 @@ impl ClientSession {
         if self.subscriptions.contains_key(&set) {
             return;
         }
+        if self.refused.contains(&set) {
+            self.events
+                .push_back(ClientEvent::SubscriptionsRefused(vec![set]));
+            return;
+        }
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
             self.transmit
@@ -201,7 +209,6 @@ impl ClientSession {
     pub fn handle_frame(&mut self, frame: &[u8], now_ms: u64) -> Result<(), ClientSessionError> {
         let message: HubMessage = message::decode(frame)?;
         self.last_heard_ms = now_ms;
-        self.ping_outstanding = false;
         match (message, &self.state) {
             (HubMessage::Welcome(welcome), State::AwaitingWelcome) => {
                 self.state = State::Ready;
@@ -226,6 +233,13 @@ impl ClientSession {
                 for set in &refused {
                     self.subscriptions.remove(set);
                 }
+                self.refused = self
+                    .subscriptions
+                    .keys()
+                    .chain(&refused)
+                    .filter(|set| !welcome.allowed_sets.contains(set))
+                    .cloned()
+                    .collect();
                 if !refused.is_empty() {
                     self.events
                         .push_back(ClientEvent::SubscriptionsRefused(refused));
@@ -272,9 +286,13 @@ impl ClientSession {
         if silent_ms >= DEAD_AFTER_SILENCE_MS {
             return Err(ClientSessionError::Silent(silent_ms));
         }
-        if silent_ms >= PING_AFTER_IDLE_MS && !self.ping_outstanding && self.state == State::Ready {
+        // Ping on a fixed rhythm, not only when the hub is quiet: a device that
+        // only listens sends nothing else, and the hub drops silent devices.
+        if now_ms.saturating_sub(self.last_ping_ms) >= PING_AFTER_IDLE_MS
+            && self.state == State::Ready
+        {
             self.ping_nonce += 1;
-            self.ping_outstanding = true;
+            self.last_ping_ms = now_ms;
             self.transmit
                 .push_back(message::encode(&ClientMessage::Ping(self.ping_nonce)));
         }
@@ -394,6 +412,29 @@ mod tests {
         assert_eq!(
             session.poll_event(),
             Some(ClientEvent::HubLogChanged("new-log".into()))
+        );
+    }
+
+    #[test]
+    fn a_listening_device_pings_even_while_the_hub_talks() {
+        let mut session = ClientSession::new(identity(), vec![], None, 0);
+        session.handle_frame(&welcome(&[], "log"), 0).unwrap();
+        sent(&mut session);
+        let mut pings = 0;
+        for second in 1..=60u64 {
+            let now = second * 1000;
+            session
+                .handle_frame(&encode(&HubMessage::Pong(0)), now)
+                .unwrap();
+            session.handle_tick(now).unwrap();
+            pings += sent(&mut session)
+                .iter()
+                .filter(|message| matches!(message, ClientMessage::Ping(_)))
+                .count();
+        }
+        assert!(
+            pings >= 5,
+            "the hub's idle timer must see traffic ({pings} pings a minute)"
         );
     }
 

@@ -328,14 +328,10 @@ impl HubSession {
                         .filter(|change| change.origin != own)
                         .cloned()
                         .collect();
+                    let previous = subscription.cursor;
                     subscription.cursor = last.hub_seq;
                     if !outgoing.is_empty() {
-                        batches.push(ChangeBatch {
-                            set: set.clone(),
-                            changes: outgoing,
-                            cursor: subscription.cursor,
-                            caught_up: true,
-                        });
+                        batches.push((set.clone(), outgoing, previous, subscription.cursor));
                     }
                 }
                 Mode::CatchingUp {
@@ -354,20 +350,9 @@ impl HubSession {
                 }
             }
         }
-        for batch in batches {
-            let chunks = split_batch(batch.changes);
-            let last_index = chunks.len() - 1;
-            for (index, chunk) in chunks.into_iter().enumerate() {
-                let cursor = match chunk.last() {
-                    Some(change) if index != last_index => change.hub_seq,
-                    _ => batch.cursor,
-                };
-                self.send(&HubMessage::Changes(ChangeBatch {
-                    set: batch.set.clone(),
-                    changes: chunk,
-                    cursor,
-                    caught_up: true,
-                }));
+        for (set, changes, previous, cursor) in batches {
+            for batch in into_batches(&set, changes, previous, cursor, true) {
+                self.send(&HubMessage::Changes(batch));
             }
         }
     }
@@ -441,6 +426,7 @@ impl HubSession {
             .into_iter()
             .filter(|change| change.hub_seq > subscription.cursor && change.origin != own)
             .collect();
+        let previous = subscription.cursor;
         let mut cursor = subscription.cursor.max(page.cursor);
         let mut caught_up = false;
         subscription.resume = page.resume.clone();
@@ -467,20 +453,8 @@ impl HubSession {
                 overflowed: false,
             }
         };
-        let chunks = split_batch(outgoing);
-        let last_index = chunks.len() - 1;
-        for (index, chunk) in chunks.into_iter().enumerate() {
-            let is_last_chunk = index == last_index;
-            let chunk_cursor = match chunk.last() {
-                Some(change) if !is_last_chunk => change.hub_seq,
-                _ => cursor,
-            };
-            self.send(&HubMessage::Changes(ChangeBatch {
-                set: set.clone(),
-                cursor: chunk_cursor,
-                caught_up: caught_up && is_last_chunk,
-                changes: chunk,
-            }));
+        for batch in into_batches(set, outgoing, previous, cursor, caught_up) {
+            self.send(&HubMessage::Changes(batch));
         }
     }
 
@@ -576,6 +550,46 @@ impl HubSession {
         self.state = State::Closed;
         self.events.clear();
     }
+}
+
+/// Splits changes into batches within the protocol's limits, each with a
+/// cursor it can truthfully claim once applied: the last change's sequence
+/// number when every later change has a greater one, else `before` (the
+/// snapshots of a set share one sequence number, and a device that stopped
+/// half-way through them must not skip the rest). The last batch claims
+/// `after`.
+fn into_batches(
+    set: &DocSetId,
+    changes: Vec<RemoteChange>,
+    before: u64,
+    after: u64,
+    caught_up: bool,
+) -> Vec<ChangeBatch> {
+    let chunks = split_batch(changes);
+    let next_firsts: Vec<u64> = chunks
+        .iter()
+        .skip(1)
+        .map(|chunk| chunk.first().map_or(u64::MAX, |change| change.hub_seq))
+        .collect();
+    let last_index = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, chunk)| {
+            let is_last = index == last_index;
+            let cursor = match chunk.last() {
+                _ if is_last => after,
+                Some(last) if last.hub_seq < next_firsts[index] => last.hub_seq.max(before),
+                _ => before,
+            };
+            ChangeBatch {
+                set: set.clone(),
+                changes: chunk,
+                cursor,
+                caught_up: caught_up && is_last,
+            }
+        })
+        .collect()
 }
 
 /// Splits changes into batches within the protocol's batch limits.
@@ -919,6 +933,47 @@ mod tests {
         );
         assert_eq!(batches.last().unwrap().cursor, count);
         assert_eq!(batches[0].cursor, message::CHANGE_BATCH_LEN_MAX as u64);
+    }
+
+    #[test]
+    fn a_split_snapshot_page_moves_the_cursor_only_with_its_last_batch() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        // Three snapshots of ~600 KiB each, all covering #50: two batches.
+        let snapshots: Vec<RemoteChange> = (0..3)
+            .map(|n| RemoteChange {
+                hub_seq: 50,
+                doc: DocId::new(format!("store.s1/d{n}")).unwrap(),
+                origin: ReplicaId([9; 16]),
+                bytes: vec![0; 600 * 1024],
+            })
+            .collect();
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: snapshots,
+                cursor: 50,
+                caught_up: false,
+                resume: None,
+            },
+        );
+        let batches = sent_batches(&mut session);
+        assert!(batches.len() >= 2);
+        assert!(
+            batches[..batches.len() - 1]
+                .iter()
+                .all(|batch| batch.cursor == 0),
+            "{:?}",
+            batches.iter().map(|b| b.cursor).collect::<Vec<_>>()
+        );
+        assert_eq!(batches.last().unwrap().cursor, 50);
     }
 
     #[test]

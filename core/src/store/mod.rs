@@ -356,19 +356,26 @@ impl Store {
     ) -> Result<Vec<DocId>, StoreError> {
         let mut changed: Vec<DocId> = Vec::new();
         let chunks: Vec<_> = batch.changes.chunks(REMOTE_APPLY_BATCH_MAX).collect();
-        let last_chunk = chunks.len().saturating_sub(1);
         if chunks.is_empty() {
             self.set_cursor(&batch.set, batch.cursor)?;
         }
-        for (index, chunk) in chunks.into_iter().enumerate() {
-            let cursor = if index == last_chunk {
-                batch.cursor
-            } else {
-                chunk.last().map_or(batch.cursor, |change| change.hub_seq)
+        for (index, chunk) in chunks.iter().enumerate() {
+            // A chunk may claim its last sequence number only when the rest of
+            // the batch lies beyond it (snapshots share one number).
+            let cursor = match (chunks.get(index + 1), chunk.last()) {
+                (None, _) => Some(batch.cursor),
+                (Some(next), Some(last))
+                    if next
+                        .first()
+                        .is_some_and(|first| first.hub_seq > last.hub_seq) =>
+                {
+                    Some(last.hub_seq)
+                }
+                _ => None,
             };
             let result = self.apply_remote_chunk(&batch.set, chunk, cursor, now_ms, &mut changed);
             if result.is_err() {
-                for change in chunk {
+                for change in *chunk {
                     self.docs.evict(&change.doc);
                 }
             }
@@ -383,7 +390,7 @@ impl Store {
         &mut self,
         set: &DocSetId,
         chunk: &[message::RemoteChange],
-        cursor: u64,
+        cursor: Option<u64>,
         now_ms: u64,
         changed: &mut Vec<DocId>,
     ) -> Result<(), StoreError> {
@@ -439,11 +446,13 @@ impl Store {
                 let doc = self.docs.get_mut(&tx, doc_id, &self.actor)?;
                 crate::domain::project::project(&tx, doc_id, doc, before)?;
             }
-            tx.execute(
-                "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
-                 ON CONFLICT (set_id) DO UPDATE SET cursor = MAX(cursor, ?2)",
-                params![set.as_str(), cursor as i64],
-            )?;
+            if let Some(cursor) = cursor {
+                tx.execute(
+                    "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
+                     ON CONFLICT (set_id) DO UPDATE SET cursor = MAX(cursor, ?2)",
+                    params![set.as_str(), cursor as i64],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })();

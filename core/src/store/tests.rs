@@ -342,3 +342,29 @@ fn counters_need_to_exist_before_they_are_incremented() {
         Some(Value::Counter(9))
     );
 }
+
+#[test]
+fn an_interrupted_snapshot_batch_does_not_move_the_cursor() {
+    let (device, store_id) = ids();
+    let mut store = Store::open_in_memory(device, store_id).unwrap();
+    // More snapshots than one transaction takes, all covering #50, and the
+    // last one broken: the first transaction commits, the second fails.
+    let mut changes: Vec<RemoteChange> = (0..REMOTE_APPLY_BATCH_MAX + 2)
+        .map(|n| {
+            let mut doc = automerge::Automerge::new();
+            let mut tx = doc.transaction();
+            automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "n", n as i64).unwrap();
+            tx.commit();
+            RemoteChange { hub_seq: 50, doc: doc_named(n), origin: ReplicaId([9; 16]), bytes: doc.save() }
+        })
+        .collect();
+    changes.last_mut().unwrap().bytes = vec![1, 2, 3];
+    let batch = ChangeBatch { set: DocSetId::new("store.s1").unwrap(), changes, cursor: 50, caught_up: false };
+    assert!(store.apply_remote(&batch, 1).is_err());
+    assert!(store.get(&doc_named(0), &["n"]).unwrap().is_some(), "the first transaction committed");
+    assert_eq!(store.subscriptions().unwrap(), vec![], "but the cursor did not claim #50");
+}
+
+fn doc_named(n: usize) -> DocId {
+    DocId::new(format!("store.s1/d{n}")).unwrap()
+}
