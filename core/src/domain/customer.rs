@@ -18,7 +18,7 @@ use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::hlc::winner;
-use crate::domain::prices::{register_values, stamped_put};
+use crate::domain::register::{register_values, stamped_put};
 use crate::domain::{Channel, DomainError, Money, Sku, layout};
 use crate::edit::{Edit, Value};
 use crate::ids::{CustomerId, DocId, StoreId, check_name};

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod orders;
 pub mod prices;
 pub(crate) mod project;
+pub(crate) mod register;
 pub mod stock;
 
 #[cfg(test)]

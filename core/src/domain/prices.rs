@@ -7,13 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use automerge::{Automerge, ROOT, ReadDoc};
+use automerge::Automerge;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::hlc::{Hlc, Stamped, stamp_of, winner};
+use crate::domain::hlc::{Hlc, winner};
+use crate::domain::register::{register_values, stamped_put};
 use crate::domain::{Channel, Currency, DomainError, Money, Sku, layout};
-use crate::edit::{Edit, Value};
 use crate::ids::{DocId, DocSetId, StoreId};
 use crate::store::{DocEdit, Store, StoreError};
 
@@ -45,50 +45,6 @@ pub struct Price {
 pub fn price_key(sku: &Sku, channel: Channel, effective_from_ms: u64) -> String {
     // Zero-padded so keys sort by time.
     format!("{sku}/{}/{effective_from_ms:013}", channel.as_str())
-}
-
-/// Every stamped value currently held at a register key (concurrent ones included).
-pub(crate) fn register_values<T: for<'de> Deserialize<'de>>(
-    doc: &Automerge,
-    key: &str,
-) -> Vec<Stamped<T>> {
-    doc.get_all(ROOT, key)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(value, _)| value.as_bytes().and_then(Stamped::decode))
-        .collect()
-}
-
-/// Builds the edit that writes a stamped value greater than every value the
-/// store can see at `key` in `doc`.
-pub(crate) fn stamped_put<T: Serialize>(
-    store: &mut Store,
-    doc: &DocId,
-    key: String,
-    value: T,
-    now_ms: u64,
-) -> Result<DocEdit, StoreError> {
-    let floor = store.with_doc(doc, |loaded| {
-        loaded
-            .get_all(ROOT, key.as_str())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(value, _)| value.as_bytes().and_then(stamp_of))
-            .max()
-    })?;
-    let hlc = store.hlc_tick(now_ms, floor.unwrap_or_default());
-    let stamped = Stamped {
-        hlc,
-        writer: store.replica().0,
-        value,
-    };
-    Ok(DocEdit {
-        doc: doc.clone(),
-        edits: vec![Edit::Put {
-            path: vec![key],
-            value: Value::Bytes(stamped.encode()),
-        }],
-    })
 }
 
 /// The edit that sets a price.

@@ -10,7 +10,7 @@ use automerge::Automerge;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::domain::hlc::winner;
-use crate::domain::prices::{register_values, stamped_put};
+use crate::domain::register::{register_values, stamped_put};
 use crate::domain::{DomainError, Sku, layout};
 use crate::ids::{DocId, DocSetId, StoreId};
 use crate::store::{DocEdit, Store, StoreError};

@@ -353,16 +353,34 @@ fn an_interrupted_snapshot_batch_does_not_move_the_cursor() {
         .map(|n| {
             let mut doc = automerge::Automerge::new();
             let mut tx = doc.transaction();
-            automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "n", n as i64).unwrap();
+            automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "n", n as i64)
+                .unwrap();
             tx.commit();
-            RemoteChange { hub_seq: 50, doc: doc_named(n), origin: ReplicaId([9; 16]), bytes: doc.save() }
+            RemoteChange {
+                hub_seq: 50,
+                doc: doc_named(n),
+                origin: ReplicaId([9; 16]),
+                bytes: doc.save(),
+            }
         })
         .collect();
     changes.last_mut().unwrap().bytes = vec![1, 2, 3];
-    let batch = ChangeBatch { set: DocSetId::new("store.s1").unwrap(), changes, cursor: 50, caught_up: false };
+    let batch = ChangeBatch {
+        set: DocSetId::new("store.s1").unwrap(),
+        changes,
+        cursor: 50,
+        caught_up: false,
+    };
     assert!(store.apply_remote(&batch, 1).is_err());
-    assert!(store.get(&doc_named(0), &["n"]).unwrap().is_some(), "the first transaction committed");
-    assert_eq!(store.subscriptions().unwrap(), vec![], "but the cursor did not claim #50");
+    assert!(
+        store.get(&doc_named(0), &["n"]).unwrap().is_some(),
+        "the first transaction committed"
+    );
+    assert_eq!(
+        store.subscriptions().unwrap(),
+        vec![],
+        "but the cursor did not claim #50"
+    );
 }
 
 fn doc_named(n: usize) -> DocId {
