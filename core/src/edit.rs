@@ -144,6 +144,9 @@ pub enum EditError {
     /// `Increment` of a key that holds no counter.
     #[error("{0:?} holds no counter")]
     NoCounter(Vec<String>),
+    /// An increment would overflow the counter.
+    #[error("incrementing {0:?} would overflow")]
+    Overflow(Vec<String>),
     /// Too many edits for one document in one op.
     #[error("more than {EDITS_PER_DOC_MAX} edits to one document")]
     TooMany,
@@ -211,6 +214,10 @@ pub(crate) fn apply_edits(tx: &mut Transaction<'_>, edits: &[Edit]) -> Result<()
                     .ok_or_else(|| EditError::NoCounter(path.to_vec()))?;
                 match tx.get(&map, leaf).map_err(doc_error)? {
                     Some((automerge::Value::Scalar(scalar), _)) if scalar.is_counter() => {
+                        // automerge panics on counter overflow; refuse it here.
+                        if scalar.as_i64().unwrap_or(0).checked_add(*by).is_none() {
+                            return Err(EditError::Overflow(path.to_vec()));
+                        }
                         tx.increment(&map, leaf, *by).map_err(doc_error)?;
                     }
                     _ => return Err(EditError::NoCounter(path.to_vec())),

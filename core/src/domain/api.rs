@@ -123,7 +123,7 @@ impl Store {
         line_id: &str,
         now_ms: u64,
     ) -> Result<OpId, DomainError> {
-        let edit = customer::remove_line_edit(customer, line_id)?;
+        let edit = customer::remove_line_edit(self, customer, line_id)?;
         commit(self, &[edit], now_ms, Durability::AppCrash)
     }
 

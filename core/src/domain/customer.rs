@@ -103,6 +103,11 @@ pub fn change_quantity_edit(
     delta: i64,
 ) -> Result<DocEdit, DomainError> {
     check_name("cart line id", line_id)?;
+    if delta.unsigned_abs() > LINE_QUANTITY_MAX as u64 {
+        return Err(DomainError::Invalid(format!(
+            "a quantity change of {delta} is larger than {LINE_QUANTITY_MAX}"
+        )));
+    }
     Ok(DocEdit {
         doc: layout::cart_doc(customer),
         edits: vec![Edit::Increment {
@@ -113,10 +118,21 @@ pub fn change_quantity_edit(
 }
 
 /// The edit that removes a line (wins over concurrent quantity changes).
-pub fn remove_line_edit(customer: &CustomerId, line_id: &str) -> Result<DocEdit, DomainError> {
+pub fn remove_line_edit(
+    store: &mut Store,
+    customer: &CustomerId,
+    line_id: &str,
+) -> Result<DocEdit, DomainError> {
     check_name("cart line id", line_id)?;
+    let doc = layout::cart_doc(customer);
+    let exists = store.with_doc(&doc, |loaded| {
+        loaded.get(ROOT, format!("{line_id}/sku").as_str()).ok().flatten().is_some()
+    })?;
+    if !exists {
+        return Err(DomainError::NotFound(format!("cart line {line_id}")));
+    }
     Ok(DocEdit {
-        doc: layout::cart_doc(customer),
+        doc,
         edits: vec![Edit::Put {
             path: vec![format!("{line_id}/removed")],
             value: Value::Bool(true),

@@ -80,12 +80,10 @@ pub fn create_order_edit(
                 line.sku
             )));
         }
-        total = total
-            .checked_add(
-                line.quantity
-                    .checked_mul(line.unit_price_minor)
-                    .unwrap_or(i64::MAX),
-            )
+        total = line
+            .quantity
+            .checked_mul(line.unit_price_minor)
+            .and_then(|line_total| total.checked_add(line_total))
             .ok_or_else(|| DomainError::Invalid("order total overflows".into()))?;
     }
     let doc = layout::orders_doc(store.store_id(), store.device());

@@ -1,0 +1,135 @@
+//! The one public error of the bindings, and the one place where every core
+//! error is translated into it. Variants carry `detail`, never `message` or
+//! `cause`: those names break the generated Kotlin (they clash with
+//! `Throwable`'s properties).
+
+use omnisync_core::StoreError;
+use omnisync_core::domain::DomainError;
+use omnisync_core::ids::IdError;
+use omnisync_core::net::ClientError;
+
+/// Why a call into omnisync failed. Thrown as an exception in Kotlin, Swift
+/// and Python.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum OmnisyncError {
+    /// The caller passed something the domain refuses: a malformed id or SKU,
+    /// a negative price, a bad quantity, an unknown currency.
+    #[error("invalid input: {detail}")]
+    InvalidInput {
+        /// What was wrong, for logs and developer screens.
+        detail: String,
+    },
+    /// The thing to change does not exist (an order, a cart line).
+    #[error("not found: {detail}")]
+    NotFound {
+        /// What was looked for.
+        detail: String,
+    },
+    /// An optimistic-concurrency check failed: reload and retry.
+    #[error("version conflict: expected {expected}, found {found}")]
+    VersionConflict {
+        /// The version the caller based its change on.
+        expected: u64,
+        /// The version the store holds.
+        found: u64,
+    },
+    /// The write would not change anything (e.g. the value is already set);
+    /// nothing was recorded. Safe to ignore.
+    #[error("the write changes nothing")]
+    Unchanged,
+    /// The database file belongs to another device or store.
+    #[error("wrong database: {detail}")]
+    WrongDatabase {
+        /// Whose database it is.
+        detail: String,
+    },
+    /// The local database failed or holds data this build cannot read.
+    #[error("storage: {detail}")]
+    Storage {
+        /// The database's explanation.
+        detail: String,
+    },
+    /// A wait ran out of time.
+    #[error("timed out: {detail}")]
+    Timeout {
+        /// What was being waited for.
+        detail: String,
+    },
+    /// The store was shut down; open it again to continue.
+    #[error("the store is shut down")]
+    Closed,
+    /// A bug in the bindings (a background task panicked). Please report it.
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl From<IdError> for OmnisyncError {
+    fn from(error: IdError) -> Self {
+        OmnisyncError::InvalidInput {
+            detail: error.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for OmnisyncError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unchanged => OmnisyncError::Unchanged,
+            StoreError::WrongOwner { .. } => OmnisyncError::WrongDatabase {
+                detail: error.to_string(),
+            },
+            StoreError::Edit { .. } | StoreError::InvalidOp(_) => OmnisyncError::InvalidInput {
+                detail: error.to_string(),
+            },
+            other => OmnisyncError::Storage {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<DomainError> for OmnisyncError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::Invalid(detail) => OmnisyncError::InvalidInput { detail },
+            DomainError::Id(error) => error.into(),
+            DomainError::NotFound(detail) => OmnisyncError::NotFound { detail },
+            DomainError::VersionConflict { expected, found } => {
+                OmnisyncError::VersionConflict { expected, found }
+            }
+            DomainError::Store(error) => error.into(),
+            other => OmnisyncError::Internal {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<ClientError> for OmnisyncError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Store(error) => error.into(),
+            ClientError::Timeout(..) => OmnisyncError::Timeout {
+                detail: error.to_string(),
+            },
+            other => OmnisyncError::Internal {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for OmnisyncError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        OmnisyncError::Internal {
+            detail: format!("background task failed: {error}"),
+        }
+    }
+}
+
+/// The result type of every fallible export.
+pub type Result<T, E = OmnisyncError> = std::result::Result<T, E>;
