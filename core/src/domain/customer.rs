@@ -126,7 +126,11 @@ pub fn remove_line_edit(
     check_name("cart line id", line_id)?;
     let doc = layout::cart_doc(customer);
     let exists = store.with_doc(&doc, |loaded| {
-        loaded.get(ROOT, format!("{line_id}/sku").as_str()).ok().flatten().is_some()
+        loaded
+            .get(ROOT, format!("{line_id}/sku").as_str())
+            .ok()
+            .flatten()
+            .is_some()
     })?;
     if !exists {
         return Err(DomainError::NotFound(format!("cart line {line_id}")));

@@ -540,9 +540,11 @@ fn history_is_bounded() {
 #[test]
 fn an_order_total_that_overflows_is_refused() {
     let mut store = replica("till-1");
-    let lines = [
-        OrderLine { sku: sku("a"), quantity: 3, unit_price_minor: i64::MAX / 2 },
-    ];
+    let lines = [OrderLine {
+        sku: sku("a"),
+        quantity: 3,
+        unit_price_minor: i64::MAX / 2,
+    }];
     assert!(matches!(
         store.create_order("o-1", &lines, Currency::new("EUR").unwrap(), NOW),
         Err(DomainError::Invalid(_))
