@@ -21,7 +21,7 @@ case "$(uname -s)" in
 esac
 
 # One feature set for the library and the generator, so cargo builds uniffi once.
-cargo build --manifest-path "$ROOT/Cargo.toml" -p omnisync-ffi --features cli
+cargo build --quiet --manifest-path "$ROOT/Cargo.toml" -p omnisync-ffi --features cli
 
 rm -rf "$OUT"
 for language in kotlin swift python; do

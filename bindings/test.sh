@@ -14,7 +14,7 @@ GENERATED="$ROOT/bindings/generated"
 step() { printf '\n== %s\n' "$*"; }
 
 step "build omnisync-hub"
-cargo build --manifest-path "$ROOT/Cargo.toml" -p omnisync-hub
+cargo build --quiet --manifest-path "$ROOT/Cargo.toml" -p omnisync-hub
 
 step "build omnisync-ffi and generate bindings"
 "$ROOT/bindings/generate.sh"

@@ -495,8 +495,8 @@ impl Client {
                     }
                     ClientEvent::Acks(acks) => {
                         let summary = self
-                            .store()
-                            .record_acks(&acks, crate::now_ms())
+                            .blocking(move |store| store.record_acks(&acks, crate::now_ms()))
+                            .await?
                             .map_err(|error| format!("recording acks: {error}"))?;
                         let _ = self.inner.notices.send(Notice::Verdicts {
                             acknowledged: summary.acknowledged,
@@ -505,15 +505,16 @@ impl Client {
                         self.refresh_status(|_| {});
                     }
                     ClientEvent::Changes(batch) => {
+                        let (set, batch_caught_up) = (batch.set.clone(), batch.caught_up);
                         let docs = self
-                            .store()
-                            .apply_remote(&batch, crate::now_ms())
+                            .blocking(move |store| store.apply_remote(&batch, crate::now_ms()))
+                            .await?
                             .map_err(|error| format!("applying remote changes: {error}"))?;
                         if !docs.is_empty() {
                             let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
                         }
-                        if batch.caught_up {
-                            caught_up.insert(batch.set.clone(), true);
+                        if batch_caught_up {
+                            caught_up.insert(set, true);
                             let all = caught_up.values().all(|done| *done);
                             self.refresh_status(|status| status.caught_up = all);
                         }
@@ -548,12 +549,24 @@ impl Client {
             }
             if let Some((after_seq, room)) = session.wants_ops() {
                 let ops = self
-                    .store()
-                    .pending_ops(after_seq, room)
+                    .blocking(move |store| store.pending_ops(after_seq, room))
+                    .await?
                     .map_err(|error| error.to_string())?;
                 session.handle_local_ops(ops);
             }
         }
+    }
+
+    /// Runs SQLite work on tokio's blocking pool, so a slow fsync or a large
+    /// batch never stalls the runtime's workers (or an app's other tasks).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let client = self.clone();
+        tokio::task::spawn_blocking(move || work(&mut client.store()))
+            .await
+            .map_err(|error| format!("store task failed: {error}"))
     }
 }
 
