@@ -4,6 +4,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod fanout;
 mod hubref;
 mod report;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Measure a fresh terminal's first sync of a large catalog (time, peak RSS,
     /// local query latency).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Measure how fast a back-office price change becomes visible on every
+    /// connected terminal.
+    Fanout(fanout::FanoutArgs),
     /// The fresh terminal of `bootstrap`, run as a child process.
     #[command(hide = true)]
     BootstrapTerminal(bootstrap::TerminalArgs),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
             Command::LocalWrites(args) => bench::local_writes(args).await,
             Command::HubIngest(args) => bench::hub_ingest(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
+            Command::Fanout(args) => fanout::run(args).await,
             Command::BootstrapTerminal(args) => bootstrap::terminal(args).await,
         }
     });
