@@ -513,10 +513,15 @@ impl Client {
                         if !docs.is_empty() {
                             let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
                         }
-                        if batch_caught_up {
-                            caught_up.insert(set, true);
+                        if batch_caught_up && caught_up.insert(set, true) != Some(true) {
+                            // Remote changes leave the op log alone: no need
+                            // to recount it, only the caught-up flag moves.
                             let all = caught_up.values().all(|done| *done);
-                            self.refresh_status(|status| status.caught_up = all);
+                            self.inner.status.send_if_modified(|status| {
+                                let changed = status.caught_up != all;
+                                status.caught_up = all;
+                                changed
+                            });
                         }
                     }
                     ClientEvent::Failed(error) => {

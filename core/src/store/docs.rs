@@ -119,11 +119,8 @@ pub(crate) fn append_chunk(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let chunk_count: i64 = tx
-        .query_row(
-            "SELECT chunk_count FROM docs WHERE doc_id = ?1",
-            [doc_id.as_str()],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT chunk_count FROM docs WHERE doc_id = ?1")?
+        .query_row([doc_id.as_str()], |row| row.get(0))
         .optional()?
         .unwrap_or(0);
     // Compacting while changes wait for missing dependencies would drop them
@@ -140,16 +137,16 @@ pub(crate) fn append_chunk(
         )?;
         return Ok(());
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO docs (doc_id, snapshot, chunk_count, updated_ms) VALUES (?1, NULL, 1, ?2)
          ON CONFLICT (doc_id) DO UPDATE SET chunk_count = chunk_count + 1, updated_ms = ?2",
-        params![doc_id.as_str(), now_ms as i64],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![doc_id.as_str(), now_ms as i64])?;
+    tx.prepare_cached(
         "INSERT INTO doc_chunks (doc_id, chunk_no, bytes)
          VALUES (?1, (SELECT COALESCE(MAX(chunk_no), 0) + 1 FROM doc_chunks WHERE doc_id = ?1), ?2)",
-        params![doc_id.as_str(), bytes],
-    )?;
+    )?
+    .execute(params![doc_id.as_str(), bytes])?;
     Ok(())
 }
 

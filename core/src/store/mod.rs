@@ -120,6 +120,8 @@ pub struct Store {
     actor: automerge::ActorId,
     docs: docs::DocCache,
     clock: HlcClock,
+    /// The `synchronous` level the connection is set to.
+    sync: Durability,
 }
 
 impl std::fmt::Debug for Store {
@@ -181,6 +183,7 @@ impl Store {
             actor: replica.actor(epoch),
             docs: docs::DocCache::default(),
             clock,
+            sync: Durability::Full,
         })
     }
 
@@ -219,15 +222,8 @@ impl Store {
                 edits.len()
             )));
         }
-        let result = match durability {
-            Durability::Full => self.commit_inner(edits, now_ms),
-            Durability::AppCrash => {
-                self.db.pragma_update(None, "synchronous", "NORMAL")?;
-                let result = self.commit_inner(edits, now_ms);
-                self.db.pragma_update(None, "synchronous", "FULL")?;
-                result
-            }
-        };
+        self.set_sync(durability)?;
+        let result = self.commit_inner(edits, now_ms);
         if result.is_err() {
             for doc_edit in edits {
                 self.docs.evict(&doc_edit.doc);
@@ -394,8 +390,8 @@ impl Store {
         now_ms: u64,
         changed: &mut Vec<DocId>,
     ) -> Result<(), StoreError> {
-        self.db.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = (|| {
+        self.set_sync(Durability::AppCrash)?;
+        (|| {
             let tx = self.db.transaction()?;
             let mut before_heads: Vec<(DocId, Vec<automerge::ChangeHash>)> = Vec::new();
             for change in chunk {
@@ -447,17 +443,15 @@ impl Store {
                 crate::domain::project::project(&tx, doc_id, doc, before)?;
             }
             if let Some(cursor) = cursor {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO subscriptions (set_id, cursor) VALUES (?1, ?2)
                      ON CONFLICT (set_id) DO UPDATE SET cursor = MAX(cursor, ?2)",
-                    params![set.as_str(), cursor as i64],
-                )?;
+                )?
+                .execute(params![set.as_str(), cursor as i64])?;
             }
             tx.commit()?;
             Ok(())
-        })();
-        self.db.pragma_update(None, "synchronous", "FULL")?;
-        result
+        })()
     }
 
     fn set_cursor(&mut self, set: &DocSetId, cursor: u64) -> Result<(), StoreError> {
@@ -518,15 +512,13 @@ impl Store {
     /// in its own `synchronous=FULL` transaction, before any of them is used.
     fn reserve_seqs(&mut self, from: u64) -> Result<(), StoreError> {
         let reserved = from + SEQ_RESERVE_BLOCK - 1;
-        let sync: String = self.db.query_row("PRAGMA synchronous", [], |row| {
-            row.get::<_, i64>(0).map(|n| n.to_string())
-        })?;
-        self.db.pragma_update(None, "synchronous", "FULL")?;
+        let durability = self.sync;
+        self.set_sync(Durability::Full)?;
         let result = self.db.execute(
             "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
             [reserved.to_string()],
         );
-        self.db.pragma_update(None, "synchronous", sync)?;
+        self.set_sync(durability)?;
         result?;
         self.seq_reserved = reserved;
         Ok(())
@@ -643,10 +635,23 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Connection, ReplicaId) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.db.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = f(&mut self.db, self.replica);
-        self.db.pragma_update(None, "synchronous", "FULL")?;
-        result
+        self.set_sync(Durability::AppCrash)?;
+        f(&mut self.db, self.replica)
+    }
+
+    /// Sets the connection's `synchronous` level for the next transactions,
+    /// skipping the pragma when it is already in force. Every promised commit
+    /// calls this with [`Durability::Full`] right before it begins.
+    fn set_sync(&mut self, durability: Durability) -> Result<(), StoreError> {
+        if self.sync != durability {
+            let level = match durability {
+                Durability::Full => "FULL",
+                Durability::AppCrash => "NORMAL",
+            };
+            self.db.pragma_update(None, "synchronous", level)?;
+            self.sync = durability;
+        }
+        Ok(())
     }
 }
 
