@@ -207,14 +207,7 @@ impl Client {
         edits: &[DocEdit],
         durability: Durability,
     ) -> Result<OpId, StoreError> {
-        let op = self
-            .store()
-            .commit_with(edits, crate::now_ms(), durability)?;
-        let docs = edits.iter().map(|edit| edit.doc.clone()).collect();
-        let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
-        self.inner.wake.notify_one();
-        self.refresh_status(|_| {});
-        Ok(op)
+        self.write(|store| store.commit_with(edits, crate::now_ms(), durability))
     }
 
     /// Runs a write against the store (the typed retail API: `add_to_cart`,
