@@ -7,7 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::ids::{DocSetId, OpId};
+use crate::domain::{Channel, Sku};
+use crate::ids::{DocSetId, OpId, ReplicaId, StoreId};
+use crate::ledger::authority::{
+    AuthorityConfig, LedgerChanges, LedgerSource, Reservation, UnitOfWork,
+};
+use crate::ledger::prices::PriceBook;
+use crate::ledger::record::OrderRecord;
+use crate::ledger::stock::SkuLedger;
+use crate::ledger::{Decision, Intent};
 use crate::protocol::hub::{ChangePage, CommittedChanges, IncomingOp};
 use crate::protocol::message::{Ack, AckOutcome, OpBody, RemoteChange};
 
@@ -25,12 +33,14 @@ pub enum HubLogError {
 pub struct AppliedBatch {
     /// One ack per incoming op, in the same order.
     pub acks: Vec<Ack>,
-    /// The changes newly stored, for fan-out.
+    /// The changes newly stored (and records published), for fan-out.
     pub committed: CommittedChanges,
     /// Ops applied for the first time.
     pub stored: usize,
     /// Ops refused for the first time.
     pub rejected: usize,
+    /// Intents decided for the first time.
+    pub decided: usize,
     /// Ops answered with an earlier outcome (retries and duplicates).
     pub duplicates: usize,
 }
@@ -39,11 +49,170 @@ pub struct AppliedBatch {
 pub trait HubLog {
     /// Applies ops in one durable transaction. Each op id is applied once: a
     /// repeated id (in this batch or from before) gets its original answer and
-    /// changes nothing. Returns after the commit is durable.
+    /// changes nothing. Intents are decided in op order in the same
+    /// transaction. Returns after the commit is durable.
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError>;
+
+    /// Periodic work of the authority (recalling idle allowances), in one
+    /// durable transaction; returns the records it published.
+    fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError>;
 
     /// The highest sequence number given so far.
     fn head_seq(&self) -> Result<u64, HubLogError>;
+}
+
+/// One open transaction of a backend, as [`apply_ops`] sees it.
+pub trait HubTxn: LedgerSource {
+    /// The stored answer for an op.
+    fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
+    /// Stores an op's answer.
+    fn put_outcome(
+        &mut self,
+        op: &OpId,
+        outcome: &AckOutcome,
+        now_ms: u64,
+    ) -> Result<(), HubLogError>;
+    /// Appends a numbered change (or record) to the log.
+    fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError>;
+    /// Persists what the authority changed.
+    fn persist_ledger(&mut self, changes: &LedgerChanges) -> Result<(), HubLogError>;
+}
+
+/// The op loop every backend shares: exactly-once outcomes, numbering of
+/// changes, intents decided by the authority, its records appended last.
+/// `head` is advanced only as far as the transaction got; the caller keeps it
+/// only if the transaction commits.
+pub fn apply_ops(
+    txn: &mut dyn HubTxn,
+    head: &mut u64,
+    hub_replica: ReplicaId,
+    config: AuthorityConfig,
+    ops: Vec<IncomingOp>,
+    now_ms: u64,
+) -> Result<AppliedBatch, HubLogError> {
+    let mut batch = AppliedBatch::default();
+    let mut work = UnitOfWork::new(config);
+    // Outcomes decided earlier in this same batch (a duplicate inside one push).
+    let mut decided: HashMap<OpId, AckOutcome> = HashMap::new();
+    for incoming in ops {
+        let id = incoming.op.id;
+        let earlier = match decided.get(&id) {
+            Some(outcome) => Some(outcome.clone()),
+            None => txn.find_outcome(&id)?,
+        };
+        if let Some(outcome) = earlier {
+            batch.acks.push(Ack { op: id, outcome });
+            batch.duplicates += 1;
+            continue;
+        }
+        let outcome = match incoming.rejection() {
+            Some(rejected) => {
+                batch.rejected += 1;
+                rejected
+            }
+            None => match incoming.op.body {
+                OpBody::Changes(changes) => {
+                    batch.stored += 1;
+                    for change in changes {
+                        *head += 1;
+                        let remote = RemoteChange {
+                            hub_seq: *head,
+                            doc: change.doc,
+                            origin: id.replica,
+                            bytes: change.bytes,
+                        };
+                        txn.append(&remote)?;
+                        batch
+                            .committed
+                            .by_set
+                            .entry(remote.doc.set())
+                            .or_default()
+                            .push(remote);
+                    }
+                    AckOutcome::Applied { hub_seq: *head }
+                }
+                OpBody::Intent(intent) => {
+                    batch.decided += 1;
+                    let decision: Decision =
+                        work.decide(txn, &incoming.store, &incoming.device, &intent, now_ms)?;
+                    AckOutcome::Decided(decision)
+                }
+            },
+        };
+        txn.put_outcome(&id, &outcome, now_ms)?;
+        decided.insert(id, outcome.clone());
+        batch.acks.push(Ack { op: id, outcome });
+    }
+    publish(txn, head, hub_replica, work, &mut batch.committed)?;
+    Ok(batch)
+}
+
+/// Intents the hub itself issues (a catalog import's stock counts), decided
+/// like a device's but without an op: `device` names the issuer in the
+/// ledger. Returns the decisions and the records published.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_hub_intents(
+    txn: &mut dyn HubTxn,
+    head: &mut u64,
+    hub_replica: ReplicaId,
+    config: AuthorityConfig,
+    store: &StoreId,
+    device: &crate::ids::DeviceId,
+    intents: &[Intent],
+    now_ms: u64,
+) -> Result<(Vec<Decision>, CommittedChanges), HubLogError> {
+    let mut work = UnitOfWork::new(config);
+    let mut decisions = Vec::with_capacity(intents.len());
+    for intent in intents {
+        decisions.push(work.decide(txn, store, device, intent, now_ms)?);
+    }
+    let mut committed = CommittedChanges::default();
+    publish(txn, head, hub_replica, work, &mut committed)?;
+    Ok((decisions, committed))
+}
+
+/// [`HubLog::maintain`] for every backend.
+pub fn maintain_ledger(
+    txn: &mut dyn HubTxn,
+    head: &mut u64,
+    hub_replica: ReplicaId,
+    config: AuthorityConfig,
+    now_ms: u64,
+) -> Result<CommittedChanges, HubLogError> {
+    let mut work = UnitOfWork::new(config);
+    work.recall_idle(txn, now_ms)?;
+    let mut committed = CommittedChanges::default();
+    publish(txn, head, hub_replica, work, &mut committed)?;
+    Ok(committed)
+}
+
+fn publish(
+    txn: &mut dyn HubTxn,
+    head: &mut u64,
+    hub_replica: ReplicaId,
+    work: UnitOfWork,
+    committed: &mut CommittedChanges,
+) -> Result<(), HubLogError> {
+    let changes = work.finish();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    for (doc, bytes) in &changes.records {
+        *head += 1;
+        let remote = RemoteChange {
+            hub_seq: *head,
+            doc: doc.clone(),
+            origin: hub_replica,
+            bytes: bytes.clone(),
+        };
+        txn.append(&remote)?;
+        committed
+            .by_set
+            .entry(remote.doc.set())
+            .or_default()
+            .push(remote);
+    }
+    txn.persist_ledger(&changes)
 }
 
 /// Reads of the hub's log; safe to call from many threads while a
@@ -83,12 +252,27 @@ pub trait HubLogRead {
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
 }
 
+/// The replica id a memory log publishes its records as.
+pub const MEMORY_HUB_REPLICA: ReplicaId = ReplicaId([0xee; 16]);
+
 /// A hub log kept in memory, for simulations and tests.
 #[derive(Debug, Default)]
 pub struct MemoryHubLog {
+    state: MemoryState,
+    head: u64,
+    config: AuthorityConfig,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
     outcomes: HashMap<OpId, AckOutcome>,
     by_set: BTreeMap<DocSetId, Vec<RemoteChange>>,
-    head: u64,
+    skus: HashMap<(StoreId, Sku), SkuLedger>,
+    orders: HashMap<(StoreId, String), OrderRecord>,
+    keys: HashMap<(StoreId, String), Decision>,
+    reservations: HashMap<(StoreId, String), Reservation>,
+    order_nos: HashMap<StoreId, u64>,
+    prices: PriceBook,
 }
 
 impl MemoryHubLog {
@@ -97,55 +281,176 @@ impl MemoryHubLog {
         Self::default()
     }
 
+    /// An empty log whose authority uses `config`.
+    pub fn with_config(config: AuthorityConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
     /// Every change of a set, for convergence checks.
     pub fn all_changes(&self, set: &DocSetId) -> &[RemoteChange] {
-        self.by_set.get(set).map(Vec::as_slice).unwrap_or(&[])
+        self.state
+            .by_set
+            .get(set)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Every ledger entry, for invariant checks.
+    pub fn ledgers(&self) -> impl Iterator<Item = (&(StoreId, Sku), &SkuLedger)> {
+        self.state.skus.iter()
+    }
+
+    /// Every decided order, for invariant checks.
+    pub fn orders(&self) -> impl Iterator<Item = &OrderRecord> {
+        self.state.orders.values()
+    }
+}
+
+impl LedgerSource for MemoryState {
+    fn sku(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<SkuLedger>, HubLogError> {
+        Ok(self.skus.get(&(store.clone(), sku.clone())).cloned())
+    }
+
+    fn order(
+        &mut self,
+        store: &StoreId,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, HubLogError> {
+        Ok(self.orders.get(&(store.clone(), order_id.to_owned())).cloned())
+    }
+
+    fn key(&mut self, store: &StoreId, key: &str) -> Result<Option<Decision>, HubLogError> {
+        Ok(self.keys.get(&(store.clone(), key.to_owned())).cloned())
+    }
+
+    fn reservation(
+        &mut self,
+        store: &StoreId,
+        key: &str,
+    ) -> Result<Option<Reservation>, HubLogError> {
+        Ok(self
+            .reservations
+            .get(&(store.clone(), key.to_owned()))
+            .cloned())
+    }
+
+    fn last_order_no(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        Ok(self.order_nos.get(store).copied().unwrap_or(0))
+    }
+
+    fn price(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        channel: Channel,
+        at_ms: u64,
+    ) -> Result<Option<i64>, HubLogError> {
+        let by_set = &self.by_set;
+        Ok(self.prices.price(store, sku, channel, at_ms, |doc| {
+            load_memory_doc(by_set, doc)
+        }))
+    }
+
+    fn skus_with_rights(&mut self) -> Result<Vec<(StoreId, Sku)>, HubLogError> {
+        let mut keys: Vec<(StoreId, Sku)> = self
+            .skus
+            .iter()
+            .filter(|(_, ledger)| ledger.held() > 0)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+fn load_memory_doc(
+    by_set: &BTreeMap<DocSetId, Vec<RemoteChange>>,
+    doc: &crate::ids::DocId,
+) -> Option<automerge::Automerge> {
+    let mut loaded = automerge::Automerge::new();
+    for change in by_set.get(&doc.set())?.iter().filter(|c| &c.doc == doc) {
+        loaded.load_incremental(&change.bytes).ok()?;
+    }
+    Some(loaded)
+}
+
+impl HubTxn for MemoryState {
+    fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
+        Ok(self.outcomes.get(op).cloned())
+    }
+
+    fn put_outcome(
+        &mut self,
+        op: &OpId,
+        outcome: &AckOutcome,
+        _now_ms: u64,
+    ) -> Result<(), HubLogError> {
+        self.outcomes.insert(*op, outcome.clone());
+        Ok(())
+    }
+
+    fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError> {
+        if PriceBook::follows(&change.doc) {
+            let by_set = &self.by_set;
+            self.prices.note_change(&change.doc, &change.bytes, || {
+                load_memory_doc(by_set, &change.doc)
+            });
+        }
+        self.by_set
+            .entry(change.doc.set())
+            .or_default()
+            .push(change.clone());
+        Ok(())
+    }
+
+    fn persist_ledger(&mut self, changes: &LedgerChanges) -> Result<(), HubLogError> {
+        for (store, sku, ledger) in &changes.skus {
+            self.skus
+                .insert((store.clone(), sku.clone()), ledger.clone());
+        }
+        for (store, order) in &changes.orders {
+            self.orders
+                .insert((store.clone(), order.order_id.clone()), order.clone());
+        }
+        for (store, key, decision) in &changes.keys {
+            self.keys
+                .insert((store.clone(), key.clone()), decision.clone());
+        }
+        for (store, key, reservation) in &changes.reservations {
+            self.reservations
+                .insert((store.clone(), key.clone()), reservation.clone());
+        }
+        for (store, last) in &changes.order_nos {
+            self.order_nos.insert(store.clone(), *last);
+        }
+        Ok(())
     }
 }
 
 impl HubLog for MemoryHubLog {
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
-        let mut batch = AppliedBatch::default();
-        for incoming in ops {
-            let id = incoming.op.id;
-            if let Some(outcome) = self.outcomes.get(&id) {
-                batch.acks.push(Ack {
-                    op: id,
-                    outcome: outcome.clone(),
-                });
-                batch.duplicates += 1;
-                continue;
-            }
-            let outcome = match incoming.rejection() {
-                Some(rejected) => {
-                    batch.rejected += 1;
-                    rejected
-                }
-                None => {
-                    batch.stored += 1;
-                    let OpBody::Changes(changes) = incoming.op.body;
-                    for change in changes {
-                        self.head += 1;
-                        let remote = RemoteChange {
-                            hub_seq: self.head,
-                            doc: change.doc,
-                            origin: id.replica,
-                            bytes: change.bytes,
-                        };
-                        let set = remote.doc.set();
-                        self.by_set
-                            .entry(set.clone())
-                            .or_default()
-                            .push(remote.clone());
-                        batch.committed.by_set.entry(set).or_default().push(remote);
-                    }
-                    AckOutcome::Applied { hub_seq: self.head }
-                }
-            };
-            self.outcomes.insert(id, outcome.clone());
-            batch.acks.push(Ack { op: id, outcome });
-        }
-        Ok(batch)
+        let now_ms = crate::now_ms();
+        apply_ops(
+            &mut self.state,
+            &mut self.head,
+            MEMORY_HUB_REPLICA,
+            self.config,
+            ops,
+            now_ms,
+        )
+    }
+
+    fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
+        maintain_ledger(
+            &mut self.state,
+            &mut self.head,
+            MEMORY_HUB_REPLICA,
+            self.config,
+            now_ms,
+        )
     }
 
     fn head_seq(&self) -> Result<u64, HubLogError> {
@@ -196,7 +501,7 @@ impl HubLogRead for MemoryHubLog {
     }
 
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
-        Ok(self.outcomes.get(op).cloned())
+        Ok(self.state.outcomes.get(op).cloned())
     }
 }
 
@@ -221,6 +526,8 @@ pub mod conformance {
                     bytes: bytes.to_vec(),
                 }]),
             },
+            device: crate::ids::DeviceId::new("till-1").expect("device id"),
+            store: StoreId::new("a").expect("store id"),
             verdict: Verdict::Accept,
         }
     }

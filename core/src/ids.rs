@@ -247,6 +247,8 @@ pub enum DocSetKind {
     Customer,
     /// Data shared by the whole chain.
     Chain,
+    /// A store's orders as the hub decided them (hub records only).
+    Orders,
 }
 
 impl DocSetId {
@@ -258,11 +260,11 @@ impl DocSetId {
             value: value.clone(),
             reason: "expected kind.name, e.g. store.berlin-01",
         })?;
-        if !matches!(kind, "store" | "customer" | "chain") {
+        if !matches!(kind, "store" | "customer" | "chain" | "orders") {
             return Err(IdError::Malformed {
                 kind: "document set id",
                 value,
-                reason: "kind must be store, customer or chain",
+                reason: "kind must be store, customer, chain or orders",
             });
         }
         check_name("document set name", name)?;
@@ -279,6 +281,11 @@ impl DocSetId {
         Self(format!("customer.{customer}"))
     }
 
+    /// The set of a store's decided orders.
+    pub fn orders(store: &StoreId) -> Self {
+        Self(format!("orders.{store}"))
+    }
+
     /// The chain-wide document set.
     pub fn chain() -> Self {
         Self("chain.main".to_owned())
@@ -289,7 +296,8 @@ impl DocSetId {
         match self.0.split_once('.').map(|(kind, _)| kind) {
             Some("store") => DocSetKind::Store,
             Some("customer") => DocSetKind::Customer,
-            // The constructor admits only three kinds.
+            Some("orders") => DocSetKind::Orders,
+            // The constructor admits only these kinds.
             _ => DocSetKind::Chain,
         }
     }

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod edit;
 pub mod hublog;
 pub mod ids;
+pub mod ledger;
 pub mod protocol;
 pub mod store;
 

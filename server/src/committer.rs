@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 pub const COMMIT_QUEUE_MAX: usize = 4096;
 /// Most ops in one group commit by default.
 pub const GROUP_OPS_MAX: usize = 2048;
+/// How often the authority's periodic work (recalling idle allowances) runs.
+pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What a connection gets back: the acks for one request.
 pub type AckSender = mpsc::UnboundedSender<Result<Vec<Ack>, String>>;
@@ -53,6 +55,7 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("omnisync-committer".into())
             .spawn(move || {
+                let mut maintained = Instant::now();
                 while let Some(first) = receiver.blocking_recv() {
                     let mut requests = vec![first];
                     let mut op_count = requests[0].ops.len();
@@ -66,12 +69,34 @@ impl Committer {
                         }
                     }
                     commit_group(log.as_mut(), requests, &fanout, &metrics, group_ops_max);
+                    if maintained.elapsed() >= MAINTAIN_EVERY {
+                        maintained = Instant::now();
+                        match log.maintain(omnisync_core::now_ms()) {
+                            Ok(committed) if !committed.by_set.is_empty() => {
+                                let _ = fanout.send(Arc::new(committed));
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::error!(%error, "ledger maintenance failed; retried later")
+                            }
+                        }
+                    }
                 }
                 tracing::debug!("committer drained and stopped");
             })
             // Failing to spawn one thread at start-up leaves nothing to run.
             .expect("spawning the committer thread");
         (Self { queue }, thread)
+    }
+
+    /// Wakes the committer for its periodic work (an empty request).
+    pub fn tick(&self) {
+        let (reply, _) = mpsc::unbounded_channel();
+        let _ = self.queue.try_send(CommitRequest {
+            ops: Vec::new(),
+            reply,
+            received: Instant::now(),
+        });
     }
 
     /// Queues ops; waits only if the committer is [`COMMIT_QUEUE_MAX`] requests behind.
@@ -115,6 +140,9 @@ fn commit_group(
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
                 use std::sync::atomic::Ordering::Relaxed;
+                metrics
+                    .intents_decided
+                    .fetch_add(applied.decided as u64, Relaxed);
                 metrics
                     .ops_applied
                     .fetch_add(applied.stored as u64, Relaxed);

@@ -120,6 +120,11 @@ async fn admin_op(
         Some(AckOutcome::Rejected { code, detail }) => {
             serde_json::json!({ "outcome": "rejected", "code": format!("{code:?}"), "detail": detail })
         }
+        Some(AckOutcome::Decided(decision)) => serde_json::json!({
+            "outcome": "decided",
+            "decision": omnisync_core::ledger::record::describe_decision(&decision),
+            "detail": serde_json::to_value(&decision).unwrap_or_default(),
+        }),
     };
     Ok(axum::Json(body).into_response())
 }

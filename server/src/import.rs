@@ -18,6 +18,7 @@ use omnisync_core::domain::prices::{PriceValue, price_key};
 use omnisync_core::domain::{Channel, Currency, Sku, layout};
 use omnisync_core::hublog::HubLogError;
 use omnisync_core::ids::{DocId, DocSetId, StoreId};
+use omnisync_core::ledger::{Intent, StockCommand};
 use serde::Deserialize;
 
 use crate::storage::SqliteHubLog;
@@ -79,9 +80,14 @@ pub struct ImportReport {
     pub rejected_count: u64,
     /// Documents written.
     pub documents: usize,
+    /// Stock counts given to the ledger (as stock-takes).
+    pub stock_counts: u64,
     /// The log's head after the import.
     pub head_seq: u64,
 }
+
+/// Stock-takes decided per ledger transaction during an import.
+pub const STOCK_TAKES_PER_COMMIT: usize = 5_000;
 
 /// Why an import failed as a whole (nothing was written).
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +245,7 @@ pub fn import_rows(
     let now_ms = omnisync_core::now_ms();
     let mut report = ImportReport::default();
     let mut by_doc: BTreeMap<DocId, Vec<(String, automerge::ScalarValue)>> = BTreeMap::new();
+    let mut stock_takes = Vec::new();
     let mut counter = 0u32;
     for (handled, (line, row)) in rows.into_iter().enumerate() {
         if handled % 1000 == 0 {
@@ -284,18 +291,13 @@ pub fn import_rows(
                 ));
         }
         if let Some(on_hand) = checked.stock {
-            let stamped = Stamped {
-                hlc,
-                writer,
-                value: on_hand,
-            };
-            by_doc
-                .entry(layout::stock_doc(store, &checked.sku))
-                .or_default()
-                .push((
-                    checked.sku.to_string(),
-                    automerge::ScalarValue::Bytes(stamped.encode()),
-                ));
+            // Stock is the ledger's: the import is a stock-take, keyed so a
+            // re-run of the same import counts once.
+            stock_takes.push(Intent::Stock(StockCommand::StockTake {
+                key: format!("import-{now_ms}-{}", checked.sku),
+                sku: checked.sku.clone(),
+                counted: on_hand.max(0) as u64,
+            }));
         }
         report.products += 1;
     }
@@ -337,7 +339,12 @@ pub fn import_rows(
         changes.push((manifest_id, change.raw_bytes().to_vec()));
     }
     report.documents = changes.len();
-    report.head_seq = log.append_hub_changes(changes)?;
+    log.append_hub_changes(changes)?;
+    for chunk in stock_takes.chunks(STOCK_TAKES_PER_COMMIT) {
+        log.apply_hub_intents(store, chunk)?;
+    }
+    report.stock_counts = stock_takes.len() as u64;
+    report.head_seq = omnisync_core::hublog::HubLog::head_seq(&log)?;
     log.snapshot_set(&set)?;
     Ok(report)
 }

@@ -127,6 +127,17 @@ impl Hub {
             metrics,
             authenticator: Arc::new(auth::DevAuthenticator),
         });
+        let ticker = state.committer.clone();
+        let mut ticker_shutdown = state.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(committer::MAINTAIN_EVERY);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => ticker.tick(),
+                    _ = ticker_shutdown.changed() => break,
+                }
+            }
+        });
         let app = http::router(state.clone());
         let mut shutdown = state.shutdown.subscribe();
         let server = tokio::spawn(async move {

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub ops_rejected: AtomicU64,
     /// Ops answered from the outcome table (retries).
     pub ops_duplicate: AtomicU64,
+    /// Intents (checkouts, stock commands, order status) decided.
+    pub intents_decided: AtomicU64,
     /// Group commits performed.
     pub commits: AtomicU64,
     /// Changes sent to devices by catch-up reads (live fan-out is not counted).
@@ -96,6 +98,7 @@ impl Default for Metrics {
             ops_applied: AtomicU64::new(0),
             ops_rejected: AtomicU64::new(0),
             ops_duplicate: AtomicU64::new(0),
+            intents_decided: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             changes_sent: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
@@ -146,6 +149,12 @@ impl Metrics {
             "Retried ops answered with their original outcome.",
             "counter",
             &self.ops_duplicate,
+        );
+        gauge(
+            "omnisync_intents_decided_total",
+            "Intents decided by the authority (checkouts, stock commands, order status).",
+            "counter",
+            &self.intents_decided,
         );
         gauge(
             "omnisync_commits_total",

@@ -229,6 +229,8 @@ mod tests {
         ops.iter()
             .map(|op| IncomingOp {
                 op: op.clone(),
+                device: omnisync_core::DeviceId::new("till-1").unwrap(),
+                store: omnisync_core::StoreId::new("s1").unwrap(),
                 verdict: Verdict::Accept,
             })
             .collect()

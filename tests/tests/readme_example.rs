@@ -1,8 +1,9 @@
 //! The README's "Using the core from Rust" example, run against a real hub so
 //! the README cannot drift from the API.
 
-use omnisync_core::domain::orders::OrderLine;
+use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
 use omnisync_core::domain::{Channel, Currency, Money, Sku};
+use omnisync_core::ledger::{Decision, StockCommand};
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::store::OpStatus;
 use omnisync_core::{DeviceId, DocSetId, Store, StoreId, now_ms};
@@ -33,13 +34,29 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
     let found = client.store().search_products(&store_id, "espresso", 20)?;
 
     let expected_price = price.as_ref().map(|price| price.money.clone());
+    let delivery = StockCommand::Receive {
+        key: "delivery-1".into(),
+        sku: espresso.clone(),
+        quantity: 50,
+    };
+    client.write(|db| db.stock_command(delivery, now_ms()))?;
+    client.wait_synced(std::time::Duration::from_secs(5)).await?;
+
     let line = OrderLine {
         sku: espresso,
         quantity: 1,
         unit_price_minor: price.map_or(0, |p| p.money.amount_minor),
     };
-    let op = client
-        .write(|db| db.create_order("till-1-0001", &[line], Currency::new("EUR")?, now_ms()))?;
+    let sale = CheckoutRequest {
+        order_id: "till-1-0001".into(),
+        idempotency_key: None,
+        lines: vec![line],
+        currency: Currency::new("EUR")?,
+        payment_ref: "card-7731".into(),
+        channel: Channel::Pos,
+    };
+    let receipt = client.checkout(&sale)?;
+    let op = receipt.op;
     // --- end of the README's example ---
 
     assert_eq!(expected_price, Some(money));
@@ -51,13 +68,16 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
         .await?;
     assert!(matches!(
         client.store().op_status(&op)?,
-        Some(OpStatus::Acknowledged { .. })
+        Some(OpStatus::Confirmed {
+            decision: Decision::Confirmed { order_no: 1 }
+        })
     ));
     let order = client
         .store()
-        .order(&store_id, "till-1-0001")?
+        .order("till-1-0001")?
         .expect("the order is queryable");
     assert_eq!(order.total.amount_minor, 1899);
+    assert_eq!(order.order_no, Some(1));
     client.stop().await;
     Ok(())
 }

@@ -1,13 +1,12 @@
 //! The typed retail API on [`Store`]: each call validates its input, builds
 //! the document edits its merge rule needs and commits them as one op.
-//! Sales-grade writes (orders, prices, stock) commit with
+//! Sales-grade writes (prices, catalog) commit with
 //! [`Durability::Full`]; a shopper's cart, wishlist and history with
 //! [`Durability::AppCrash`].
 
 use crate::domain::catalog::{self, ProductField, ProductUpdate};
-use crate::domain::orders::{self, OrderLine};
-use crate::domain::{Channel, Currency, DomainError, Money, Sku, customer, prices, stock};
-use crate::ids::{CustomerId, DocId, OpId, StoreId};
+use crate::domain::{Channel, DomainError, Money, Sku, customer, prices};
+use crate::ids::{CustomerId, OpId, StoreId};
 use crate::store::{Durability, Store, StoreError};
 
 /// How a store's catalog is laid out, as the last import wrote it.
@@ -72,18 +71,6 @@ impl Store {
     ) -> Result<OpId, DomainError> {
         let edit =
             prices::set_price_edit(self, store, sku, channel, effective_from_ms, money, now_ms)?;
-        commit(self, &[edit], now_ms, Durability::Full)
-    }
-
-    /// Publishes the on-hand count of a SKU (authority only).
-    pub fn publish_stock_level(
-        &mut self,
-        store: &StoreId,
-        sku: &Sku,
-        on_hand: i64,
-        now_ms: u64,
-    ) -> Result<OpId, DomainError> {
-        let edit = stock::publish_level_edit(self, store, sku, on_hand, now_ms)?;
         commit(self, &[edit], now_ms, Durability::Full)
     }
 
@@ -206,43 +193,5 @@ impl Store {
             products: products as u64,
             imported_ms: imported_ms as u64,
         }))
-    }
-
-    /// Records a completed order in this device's orders document.
-    pub fn create_order(
-        &mut self,
-        order_id: &str,
-        lines: &[OrderLine],
-        currency: Currency,
-        now_ms: u64,
-    ) -> Result<OpId, DomainError> {
-        let edit = orders::create_order_edit(self, order_id, lines, currency, now_ms)?;
-        commit(self, &[edit], now_ms, Durability::Full)
-    }
-
-    /// Moves an order to a new status if it is still at `expected_version`.
-    pub fn update_order_status(
-        &mut self,
-        store: &StoreId,
-        order_id: &str,
-        expected_version: u64,
-        status: &str,
-        now_ms: u64,
-    ) -> Result<OpId, DomainError> {
-        let doc = self.order_doc(store, order_id)?;
-        let edit = orders::update_status_edit(self, &doc, order_id, expected_version, status)?;
-        commit(self, &[edit], now_ms, Durability::Full)
-    }
-
-    fn order_doc(&self, store: &StoreId, order_id: &str) -> Result<DocId, DomainError> {
-        let set = crate::ids::DocSetId::store(store);
-        let doc: Option<String> = rusqlite::OptionalExtension::optional(self.db.query_row(
-            "SELECT doc_id FROM orders WHERE set_id = ?1 AND order_id = ?2",
-            [set.as_str(), order_id],
-            |row| row.get(0),
-        ))
-        .map_err(StoreError::from)?;
-        let doc = doc.ok_or_else(|| DomainError::NotFound(format!("order {order_id}")))?;
-        Ok(DocId::new(doc)?)
     }
 }

@@ -10,10 +10,9 @@ pub enum DocKind {
     Catalog,
     /// `store.S/prices/bNNN`: prices.
     Prices,
-    /// `store.S/stock/bNNN`: stock levels (read side).
-    Stock,
-    /// `store.S/orders/DEVICE`: orders made by one device.
-    Orders,
+    /// `SET/rec/...`: records written by the hub only (stock, allowances,
+    /// orders); see `ledger::record`.
+    Record,
     /// `customer.C/cart`.
     Cart,
     /// `customer.C/wishlist`.
@@ -43,8 +42,7 @@ pub fn kind_of(doc: &DocId) -> DocKind {
     match (set.kind(), first, second, third) {
         (DocSetKind::Store, "catalog", Some(bucket), None) if is_bucket(bucket) => DocKind::Catalog,
         (DocSetKind::Store, "prices", Some(bucket), None) if is_bucket(bucket) => DocKind::Prices,
-        (DocSetKind::Store, "stock", Some(bucket), None) if is_bucket(bucket) => DocKind::Stock,
-        (DocSetKind::Store, "orders", Some(_), None) => DocKind::Orders,
+        (_, "rec", Some(_), _) => DocKind::Record,
         (DocSetKind::Customer, "cart", None, None) => DocKind::Cart,
         (DocSetKind::Customer, "wishlist", None, None) => DocKind::Wishlist,
         (DocSetKind::Customer, "profile", None, None) => DocKind::Profile,
@@ -79,17 +77,6 @@ pub fn catalog_doc(store: &StoreId, sku: &Sku) -> DocId {
 /// The price document holding `sku`.
 pub fn prices_doc(store: &StoreId, sku: &Sku) -> DocId {
     bucket_doc(store, "prices", sku)
-}
-
-/// The stock document holding `sku`.
-pub fn stock_doc(store: &StoreId, sku: &Sku) -> DocId {
-    bucket_doc(store, "stock", sku)
-}
-
-/// The orders document of one device.
-pub fn orders_doc(store: &StoreId, device: &crate::ids::DeviceId) -> DocId {
-    DocId::in_set(&DocSetId::store(store), &format!("orders/{device}"))
-        .expect("valid orders doc id")
 }
 
 fn customer_doc(customer: &CustomerId, name: &str) -> DocId {
@@ -152,7 +139,10 @@ mod tests {
         let sku = Sku::new("sku-1").unwrap();
         assert_eq!(kind_of(&catalog_doc(&store, &sku)), DocKind::Catalog);
         assert_eq!(kind_of(&prices_doc(&store, &sku)), DocKind::Prices);
-        assert_eq!(kind_of(&stock_doc(&store, &sku)), DocKind::Stock);
+        assert_eq!(
+            kind_of(&DocId::new("store.s1/rec/stock/sku-1").unwrap()),
+            DocKind::Record
+        );
         let customer = CustomerId::new("c1").unwrap();
         assert_eq!(kind_of(&cart_doc(&customer)), DocKind::Cart);
         assert_eq!(

@@ -23,6 +23,7 @@ pub mod hlc;
 pub mod layout;
 pub mod orders;
 pub mod prices;
+pub mod records;
 pub(crate) mod project;
 pub(crate) mod register;
 pub mod stock;
@@ -186,6 +187,10 @@ pub enum DomainError {
         /// The version the store holds.
         found: u64,
     },
+    /// A sale the till may not make now (offline and the SKU's policy is
+    /// `block`); nothing was written.
+    #[error("blocked: {0}")]
+    Blocked(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

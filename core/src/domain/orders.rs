@@ -1,44 +1,90 @@
-//! Orders: created by a till or an app in the device's own orders document,
-//! immutable in content once written, with a versioned status.
+//! Checkout and orders on the device.
 //!
-//! A status change names the version it is based on (optimistic concurrency):
-//! it is refused locally if the order has moved on, and two devices changing
-//! the same version concurrently leave both values in the document — the
-//! order shows as conflicted (with the greatest `(version, status)` shown)
-//! until the authority settles it.
+//! A checkout is one local transaction (`synchronous=FULL`): it spends the
+//! terminal's escrow allowance for lines it covers, records the order as
+//! `pending`, and appends a checkout [`Intent`] to the op log. The hub
+//! decides it once; its decision comes back as the op's ack and its order
+//! record through the orders set. The lifecycle an app shows:
+//!
+//! ```text
+//! pending -> acknowledged -> confirmed | refused
+//!                         -> compensation (provisional sale not covered) -> compensated
+//! ```
+//!
+//! Which lines need the hub: a line the terminal's allowance covers is
+//! decided already and safe offline; otherwise, online, the hub decides now;
+//! offline, the SKU's policy decides — `block` refuses the sale with the
+//! reason, `provisional` accepts it at risk.
 
-use std::collections::BTreeSet;
-
-use automerge::{Automerge, ROOT, ReadDoc};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DomainError, Money, Sku, layout};
-use crate::edit::{Edit, Value};
-use crate::ids::{DocId, DocSetId, StoreId, check_name};
-use crate::store::{DocEdit, Store, StoreError};
+use crate::domain::stock::{add_escrow_use, allowance};
+use crate::domain::{Channel, Currency, DomainError, Money, Sku};
+use crate::ids::{OpId, check_name};
+use crate::ledger::record::OrderRecord;
+use crate::ledger::{
+    CHECKOUT_LINES_MAX, CheckoutIntent, Decision, Intent, IntentLine, LINE_QUANTITY_MAX,
+    LineSource, OfflinePolicy, OrderStatusChange, ShortLine, StockMode,
+};
+use crate::store::{Store, StoreError};
 
 /// Most lines in one order.
-pub const ORDER_LINES_MAX: usize = 500;
+pub const ORDER_LINES_MAX: usize = CHECKOUT_LINES_MAX;
 
-/// One line of an order.
+/// Whether the device can reach the hub right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connectivity {
+    /// Connected: strong-mode lines are decided by the hub at once.
+    Online,
+    /// Not connected: strong-mode lines follow the SKU's offline policy.
+    Offline,
+}
+
+/// One line of a checkout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
     /// The product.
     pub sku: Sku,
-    /// How many.
-    pub quantity: i64,
-    /// Unit price charged.
+    /// Units.
+    pub quantity: u64,
+    /// Unit price shown to the customer, minor units.
     pub unit_price_minor: i64,
 }
 
-/// A versioned order status.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct OrderStatus {
-    /// Starts at 1 and grows by one per change.
-    pub version: u64,
-    /// `completed`, `paid`, `fulfilled`, `returned`, ...
-    pub status: String,
+/// What a till asks for at checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutRequest {
+    /// The order id (unique in the store), e.g. `till-3-000042`.
+    pub order_id: String,
+    /// The app's idempotency key; defaults to the order id. Checking out
+    /// again with a used key returns the first checkout's receipt.
+    pub idempotency_key: Option<String>,
+    /// What is sold.
+    pub lines: Vec<OrderLine>,
+    /// Currency of the prices.
+    pub currency: Currency,
+    /// The payment's reference.
+    pub payment_ref: String,
+    /// Where the sale happens.
+    pub channel: Channel,
+}
+
+/// What the till may tell the cashier right after checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutReceipt {
+    /// The op carrying the intent (its status is the sale's lifecycle).
+    pub op: OpId,
+    /// The order id.
+    pub order_id: String,
+    /// How each line was covered.
+    pub lines: Vec<(Sku, u64, LineSource)>,
+    /// True when some line waits for the hub's decision (online strong mode).
+    pub needs_hub: bool,
+    /// True when some line was sold provisionally (offline strong mode).
+    pub at_risk: bool,
+    /// True when this key was checked out before and this is that receipt.
+    pub repeated: bool,
 }
 
 /// An order as the query tables show it.
@@ -46,243 +92,498 @@ pub struct OrderStatus {
 pub struct OrderSummary {
     /// The order id.
     pub order_id: String,
-    /// Current status.
+    /// The store's order number, once the hub confirmed it.
+    pub order_no: Option<u64>,
+    /// The device that sold it.
+    pub device: String,
+    /// `pending`, `confirmed`, `refused`, then `paid`, `fulfilled`, ...
     pub status: String,
-    /// Current version.
+    /// Status version (optimistic concurrency), 0 while pending.
     pub version: u64,
     /// Order total.
     pub total: Money,
-    /// When it was created, ms since the epoch.
+    /// When it was recorded, ms since the epoch.
     pub created_ms: u64,
-    /// True when concurrent status changes wait to be settled.
-    pub conflicted: bool,
+    /// True when some units were sold provisionally and are not (yet) covered.
+    pub at_risk: bool,
+    /// The lines.
+    pub lines: Vec<OrderLine>,
 }
 
-/// The edit that creates an order in the device's orders document.
-pub fn create_order_edit(
-    store: &Store,
-    order_id: &str,
-    lines: &[OrderLine],
-    currency: crate::domain::Currency,
-    now_ms: u64,
-) -> Result<DocEdit, DomainError> {
-    check_name("order id", order_id)?;
-    if lines.is_empty() || lines.len() > ORDER_LINES_MAX {
-        return Err(DomainError::Invalid(format!(
-            "an order has 1 to {ORDER_LINES_MAX} lines"
-        )));
-    }
-    let mut total: i64 = 0;
-    for line in lines {
-        if line.quantity <= 0 || line.unit_price_minor < 0 {
-            return Err(DomainError::Invalid(format!(
-                "line for {} has a bad quantity or price",
-                line.sku
-            )));
-        }
-        total = line
-            .quantity
-            .checked_mul(line.unit_price_minor)
-            .and_then(|line_total| total.checked_add(line_total))
-            .ok_or_else(|| DomainError::Invalid("order total overflows".into()))?;
-    }
-    let doc = layout::orders_doc(store.store_id(), store.device());
-    let encoded_lines =
-        postcard::to_stdvec(lines).map_err(|error| DomainError::Invalid(error.to_string()))?;
-    let status = OrderStatus {
-        version: 1,
-        status: "completed".into(),
-    };
-    let edits = vec![
-        Edit::Put {
-            path: vec![format!("{order_id}/lines")],
-            value: Value::Bytes(encoded_lines),
-        },
-        Edit::Put {
-            path: vec![format!("{order_id}/total_minor")],
-            value: Value::Int(total),
-        },
-        Edit::Put {
-            path: vec![format!("{order_id}/currency")],
-            value: Value::Str(currency.as_str().to_owned()),
-        },
-        Edit::Put {
-            path: vec![format!("{order_id}/created_ms")],
-            value: Value::Int(now_ms as i64),
-        },
-        Edit::Put {
-            path: vec![format!("{order_id}/status")],
-            value: Value::Bytes(encode_status(&status)),
-        },
-    ];
-    Ok(DocEdit { doc, edits })
+/// A provisional sale the hub could not cover, for the app to resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensation {
+    /// The checkout op.
+    pub op: OpId,
+    /// The order.
+    pub order_id: String,
+    /// The order number, if the order stands.
+    pub order_no: Option<u64>,
+    /// Units not covered.
+    pub lines: Vec<ShortLine>,
+    /// Why.
+    pub reason: String,
+    /// `open` or `resolved`.
+    pub state: String,
+    /// How it was resolved (`refund`, `substitute`, `backorder`).
+    pub resolution: Option<String>,
 }
 
-fn encode_status(status: &OrderStatus) -> Vec<u8> {
-    // Plain data into a Vec: postcard cannot fail here.
-    postcard::to_stdvec(status).expect("postcard encoding of an order status")
+fn lines_json(lines: &[OrderLine]) -> String {
+    serde_json::to_string(lines).unwrap_or_else(|_| "[]".into())
 }
 
-fn statuses(doc: &Automerge, order_id: &str) -> Vec<OrderStatus> {
-    let mut values: Vec<OrderStatus> = doc
-        .get_all(ROOT, format!("{order_id}/status").as_str())
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(value, _)| {
-            value
-                .as_bytes()
-                .and_then(|bytes| postcard::from_bytes(bytes).ok())
+/// Applies a hub order record.
+pub(crate) fn apply_order_record(
+    tx: &Transaction<'_>,
+    record: &OrderRecord,
+) -> Result<(), StoreError> {
+    let lines: Vec<OrderLine> = record
+        .lines
+        .iter()
+        .map(|line| OrderLine {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_minor: line.unit_price_minor,
         })
         .collect();
-    values.sort();
-    values
-}
-
-/// The edit that moves an order to `status`, based on `expected_version`.
-pub fn update_status_edit(
-    store: &mut Store,
-    orders_doc: &DocId,
-    order_id: &str,
-    expected_version: u64,
-    status: &str,
-) -> Result<DocEdit, DomainError> {
-    check_name("order id", order_id)?;
-    check_name("order status", status)?;
-    let current = store.with_doc(orders_doc, |doc| statuses(doc, order_id))?;
-    let Some(latest) = current.last() else {
-        return Err(DomainError::NotFound(format!("order {order_id}")));
-    };
-    if current.len() > 1 || latest.version != expected_version {
-        return Err(DomainError::VersionConflict {
-            expected: expected_version,
-            found: latest.version,
-        });
-    }
-    let next = OrderStatus {
-        version: expected_version + 1,
-        status: status.to_owned(),
-    };
-    Ok(DocEdit {
-        doc: orders_doc.clone(),
-        edits: vec![Edit::Put {
-            path: vec![format!("{order_id}/status")],
-            value: Value::Bytes(encode_status(&next)),
-        }],
-    })
-}
-
-/// Re-projects orders whose keys changed.
-pub(crate) fn project(
-    tx: &Transaction<'_>,
-    doc_id: &DocId,
-    doc: &Automerge,
-    keys: &BTreeSet<String>,
-) -> Result<(), StoreError> {
-    let set = doc_id.set();
-    let orders: BTreeSet<&str> = keys
-        .iter()
-        .filter_map(|key| key.split_once('/').map(|(order, _)| order))
-        .collect();
-    for order_id in orders {
-        let all = statuses(doc, order_id);
-        let total = doc
-            .get(ROOT, format!("{order_id}/total_minor").as_str())
-            .ok()
-            .flatten()
-            .and_then(|(v, _)| v.as_i64());
-        let currency = doc
-            .get(ROOT, format!("{order_id}/currency").as_str())
-            .ok()
-            .flatten()
-            .and_then(|(v, _)| v.as_str().map(str::to_owned));
-        let created = doc
-            .get(ROOT, format!("{order_id}/created_ms").as_str())
-            .ok()
-            .flatten()
-            .and_then(|(v, _)| v.as_i64());
-        let (Some(status), Some(total), Some(currency)) = (all.last(), total, currency) else {
-            tx.execute(
-                "DELETE FROM orders WHERE set_id = ?1 AND order_id = ?2",
-                params![set.as_str(), order_id],
-            )?;
-            continue;
-        };
-        tx.execute(
-            "INSERT INTO orders (set_id, order_id, doc_id, status, version, total_minor, currency, created_ms, conflicted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (set_id, order_id) DO UPDATE SET status = ?4, version = ?5, total_minor = ?6, currency = ?7, created_ms = ?8, conflicted = ?9",
-            params![
-                set.as_str(),
-                order_id,
-                doc_id.as_str(),
-                status.status,
-                status.version as i64,
-                total,
-                currency,
-                created.unwrap_or(0),
-                i64::from(all.len() > 1)
-            ],
-        )?;
-    }
+    tx.prepare_cached(
+        "INSERT INTO orders (order_id, order_no, device_id, status, version, total_minor, currency, created_ms, at_risk, lines)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (order_id) DO UPDATE SET order_no = ?2, status = ?4, version = ?5, total_minor = ?6,
+             currency = ?7, at_risk = ?9, lines = ?10
+         WHERE excluded.version >= orders.version",
+    )?
+    .execute(params![
+        record.order_id,
+        record.order_no as i64,
+        record.device.as_str(),
+        record.status,
+        record.version as i64,
+        record.total_minor,
+        record.currency,
+        record.decided_ms as i64,
+        record.at_risk as i64,
+        lines_json(&lines),
+    ])?;
     Ok(())
 }
 
-/// Order queries.
+/// Side effects of the hub's decision on one of this device's intents, in
+/// the transaction that records the ack. Returns the op's new status text.
+pub(crate) fn on_decision(
+    tx: &Transaction<'_>,
+    op_seq: u64,
+    intent: &Intent,
+    decision: &Decision,
+    now_ms: u64,
+) -> Result<&'static str, StoreError> {
+    let Intent::Checkout(checkout) = intent else {
+        return Ok(match (intent, decision) {
+            (Intent::ReleaseAllowance { sku, quantity }, Decision::Refused(_)) => {
+                // The hub holds fewer rights than this device thought: take
+                // the release back so the two agree again.
+                add_escrow_use(tx, sku, 0, -(*quantity as i64))?;
+                "refused"
+            }
+            (_, Decision::Refused(_)) => "refused",
+            _ => "confirmed",
+        });
+    };
+    let provisional = checkout
+        .lines
+        .iter()
+        .any(|line| line.source == LineSource::Provisional);
+    let (status, order_no, short, reason) = match decision {
+        Decision::Confirmed { order_no } => ("confirmed", Some(*order_no), Vec::new(), None),
+        Decision::Short { order_no, lines } => (
+            "compensation",
+            Some(*order_no),
+            lines.clone(),
+            Some("out of stock at the hub".to_owned()),
+        ),
+        Decision::Refused(refusal) => {
+            // Nothing was sold: the allowance the sale spent is the device's again.
+            for line in &checkout.lines {
+                if line.source == LineSource::Allowance {
+                    add_escrow_use(tx, &line.sku, -(line.quantity as i64), 0)?;
+                }
+            }
+            let short = if provisional {
+                checkout
+                    .lines
+                    .iter()
+                    .map(|line| ShortLine {
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let status = if provisional { "compensation" } else { "refused" };
+            (status, None, short, Some(refusal.to_string()))
+        }
+        Decision::Applied { .. } => ("confirmed", None, Vec::new(), None),
+    };
+    let order_status = match decision {
+        Decision::Refused(_) => "refused",
+        _ => "confirmed",
+    };
+    tx.prepare_cached(
+        "UPDATE orders SET status = ?2, order_no = COALESCE(?3, order_no), version = MAX(version, ?4),
+             at_risk = ?5
+         WHERE order_id = ?1 AND status = 'pending'",
+    )?
+    .execute(params![
+        checkout.order_id,
+        order_status,
+        order_no.map(|no| no as i64),
+        i64::from(order_status == "confirmed"),
+        i64::from(!short.is_empty()),
+    ])?;
+    if status == "compensation" {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO compensations (op_seq, order_id, order_no, lines, reason, state, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)",
+        )?
+        .execute(params![
+            op_seq as i64,
+            checkout.order_id,
+            order_no.map(|no| no as i64),
+            serde_json::to_string(&short).unwrap_or_else(|_| "[]".into()),
+            reason.unwrap_or_default(),
+            now_ms as i64,
+        ])?;
+    }
+    Ok(status)
+}
+
+/// Checkout, order queries and compensations.
 impl Store {
-    /// Orders of a store with a status, newest first.
+    /// Records a sale: spends allowance, records the pending order and the
+    /// checkout intent in one durable transaction. Refused (nothing written)
+    /// when a line needs the hub, the till is offline and the SKU's policy
+    /// is `block`.
+    pub fn checkout(
+        &mut self,
+        request: &CheckoutRequest,
+        connectivity: Connectivity,
+        now_ms: u64,
+    ) -> Result<CheckoutReceipt, DomainError> {
+        check_name("order id", &request.order_id)?;
+        let key = request
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| request.order_id.clone());
+        if key.is_empty() || key.len() > crate::ledger::KEY_BYTES_MAX {
+            return Err(DomainError::Invalid(format!(
+                "idempotency key must be 1 to {} bytes",
+                crate::ledger::KEY_BYTES_MAX
+            )));
+        }
+        if request.lines.is_empty() || request.lines.len() > ORDER_LINES_MAX {
+            return Err(DomainError::Invalid(format!(
+                "an order has 1 to {ORDER_LINES_MAX} lines"
+            )));
+        }
+        for line in &request.lines {
+            if line.quantity == 0 || line.quantity > LINE_QUANTITY_MAX || line.unit_price_minor < 0
+            {
+                return Err(DomainError::Invalid(format!(
+                    "line for {} has a bad quantity or price",
+                    line.sku
+                )));
+            }
+        }
+        if let Some(receipt) = self.receipt_for_key(&key)? {
+            return Ok(receipt);
+        }
+        if self.order(&request.order_id)?.is_some() {
+            return Err(DomainError::Invalid(format!(
+                "order id {} is taken",
+                request.order_id
+            )));
+        }
+        // Decide each line's source; allowance is counted per SKU.
+        let store = self.store_id().clone();
+        let mut left: std::collections::HashMap<Sku, u64> = std::collections::HashMap::new();
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for line in &request.lines {
+            if !left.contains_key(&line.sku) {
+                let allowance = allowance(&self.db, self.device(), &line.sku)?;
+                left.insert(line.sku.clone(), allowance.left());
+            }
+            let available = left.get_mut(&line.sku).expect("inserted above");
+            let source = if *available >= line.quantity {
+                *available -= line.quantity;
+                LineSource::Allowance
+            } else if connectivity == Connectivity::Online {
+                LineSource::Hub
+            } else {
+                let view = self.stock(&store, &line.sku)?;
+                let policy = view
+                    .as_ref()
+                    .map(|view| view.policy.offline)
+                    .unwrap_or(OfflinePolicy::Block);
+                if policy == OfflinePolicy::Block {
+                    let why = match view {
+                        Some(view) if view.mode == StockMode::Strong => format!(
+                            "{} is low ({} on hand) and is sold only with the hub; the till is offline",
+                            line.sku, view.on_hand
+                        ),
+                        Some(_) => format!(
+                            "this till's allowance of {} is used up and the till is offline",
+                            line.sku
+                        ),
+                        None => format!("no stock of {} is known to this till yet", line.sku),
+                    };
+                    return Err(DomainError::Blocked(why));
+                }
+                LineSource::Provisional
+            };
+            lines.push(IntentLine {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+                source,
+            });
+        }
+        let total = request
+            .lines
+            .iter()
+            .try_fold(0i64, |sum, line| {
+                line.unit_price_minor
+                    .checked_mul(line.quantity as i64)
+                    .and_then(|amount| sum.checked_add(amount))
+            })
+            .ok_or_else(|| DomainError::Invalid("order total overflows".into()))?;
+        let intent = Intent::Checkout(CheckoutIntent {
+            order_id: request.order_id.clone(),
+            idempotency_key: key.clone(),
+            lines: lines.clone(),
+            currency: request.currency,
+            payment_ref: request.payment_ref.clone(),
+            channel: request.channel,
+        });
+        let at_risk = lines
+            .iter()
+            .any(|line| line.source == LineSource::Provisional);
+        let device = self.device().clone();
+        let op = self.commit_intent(&intent, now_ms, |tx, seq| {
+            for line in &lines {
+                if line.source == LineSource::Allowance {
+                    add_escrow_use(tx, &line.sku, line.quantity as i64, 0)?;
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO orders (order_id, order_no, device_id, status, version, total_minor, currency, created_ms, at_risk, lines, op_seq, idempotency_key)
+                 VALUES (?1, NULL, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                request.order_id,
+                device.as_str(),
+                total,
+                request.currency.as_str(),
+                now_ms as i64,
+                at_risk as i64,
+                lines_json(&request.lines),
+                seq as i64,
+                key,
+            ])?;
+            Ok(())
+        })?;
+        Ok(CheckoutReceipt {
+            op,
+            order_id: request.order_id.clone(),
+            lines: lines
+                .iter()
+                .map(|line| (line.sku.clone(), line.quantity, line.source))
+                .collect(),
+            needs_hub: lines.iter().any(|line| line.source == LineSource::Hub),
+            at_risk,
+            repeated: false,
+        })
+    }
+
+    fn receipt_for_key(&self, key: &str) -> Result<Option<CheckoutReceipt>, StoreError> {
+        let Some((order_id, seq)) = self
+            .db
+            .prepare_cached("SELECT order_id, op_seq FROM orders WHERE idempotency_key = ?1")?
+            .query_row([key], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let Some(seq) = seq else { return Ok(None) };
+        let op = OpId {
+            replica: self.replica(),
+            seq: seq as u64,
+        };
+        let Some(Intent::Checkout(intent)) = self.op_intent(seq as u64)? else {
+            return Ok(None);
+        };
+        Ok(Some(CheckoutReceipt {
+            op,
+            order_id,
+            lines: intent
+                .lines
+                .iter()
+                .map(|line| (line.sku.clone(), line.quantity, line.source))
+                .collect(),
+            needs_hub: intent.lines.iter().any(|line| line.source == LineSource::Hub),
+            at_risk: intent
+                .lines
+                .iter()
+                .any(|line| line.source == LineSource::Provisional),
+            repeated: true,
+        }))
+    }
+
+    /// Moves an order to a new status if it is still at `expected_version`;
+    /// the hub decides (a conflict comes back as a refused op).
+    pub fn update_order_status(
+        &mut self,
+        order_id: &str,
+        expected_version: u64,
+        status: &str,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
+        check_name("order status", status)?;
+        let order = self
+            .order(order_id)?
+            .ok_or_else(|| DomainError::NotFound(format!("order {order_id}")))?;
+        if order.version != expected_version {
+            return Err(DomainError::VersionConflict {
+                expected: expected_version,
+                found: order.version,
+            });
+        }
+        let intent = Intent::OrderStatus(OrderStatusChange {
+            order_id: order_id.to_owned(),
+            expected_version,
+            status: status.to_owned(),
+        });
+        Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
+    }
+
+    /// Orders with a status, newest first.
     pub fn orders_by_status(
         &self,
-        store: &StoreId,
         status: &str,
         limit: usize,
     ) -> Result<Vec<OrderSummary>, StoreError> {
-        let set = DocSetId::store(store);
         let mut statement = self.db.prepare_cached(
-            "SELECT order_id, status, version, total_minor, currency, created_ms, conflicted FROM orders
-             WHERE set_id = ?1 AND status = ?2 ORDER BY created_ms DESC, order_id LIMIT ?3",
+            "SELECT order_id, order_no, device_id, status, version, total_minor, currency, created_ms, at_risk, lines
+             FROM orders WHERE status = ?1 ORDER BY created_ms DESC, order_id LIMIT ?2",
         )?;
         let rows = statement
-            .query_map(
-                params![set.as_str(), status, limit.min(10_000) as i64],
-                read_summary,
-            )?
+            .query_map(params![status, limit.min(10_000) as i64], read_summary)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows.into_iter().flatten().collect())
     }
 
-    /// One order of a store.
-    pub fn order(
-        &self,
-        store: &StoreId,
-        order_id: &str,
-    ) -> Result<Option<OrderSummary>, StoreError> {
-        let set = DocSetId::store(store);
+    /// One order.
+    pub fn order(&self, order_id: &str) -> Result<Option<OrderSummary>, StoreError> {
         let row = self
             .db
             .prepare_cached(
-                "SELECT order_id, status, version, total_minor, currency, created_ms, conflicted FROM orders
-                 WHERE set_id = ?1 AND order_id = ?2",
+                "SELECT order_id, order_no, device_id, status, version, total_minor, currency, created_ms, at_risk, lines
+                 FROM orders WHERE order_id = ?1",
             )?
-            .query_row(params![set.as_str(), order_id], read_summary)
+            .query_row([order_id], read_summary)
             .optional()?;
         Ok(row.flatten())
+    }
+
+    /// Compensation tasks, open ones first.
+    pub fn compensations(&self) -> Result<Vec<Compensation>, StoreError> {
+        let replica = self.replica();
+        let mut statement = self.db.prepare_cached(
+            "SELECT op_seq, order_id, order_no, lines, reason, state, resolution FROM compensations
+             ORDER BY state = 'resolved', op_seq",
+        )?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Compensation {
+                    op: OpId {
+                        replica,
+                        seq: row.get::<_, i64>(0)? as u64,
+                    },
+                    order_id: row.get(1)?,
+                    order_no: row.get::<_, Option<i64>>(2)?.map(|no| no as u64),
+                    lines: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
+                    reason: row.get(4)?,
+                    state: row.get(5)?,
+                    resolution: row.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Resolves an open compensation task (`refund`, `substitute`,
+    /// `backorder`, ...): the op becomes `compensated`, and an order that
+    /// stands at the hub gets the status `compensated-<resolution>`.
+    pub fn resolve_compensation(
+        &mut self,
+        op: &OpId,
+        resolution: &str,
+        now_ms: u64,
+    ) -> Result<(), DomainError> {
+        check_name("resolution", resolution)?;
+        let task = self
+            .compensations()?
+            .into_iter()
+            .find(|task| task.op == *op && task.state == "open")
+            .ok_or_else(|| DomainError::NotFound(format!("open compensation for op {op}")))?;
+        let order = self.order(&task.order_id)?;
+        let resolution = resolution.to_owned();
+        let mark = |tx: &Transaction<'_>| -> Result<(), StoreError> {
+            tx.execute(
+                "UPDATE compensations SET state = 'resolved', resolution = ?2, resolved_ms = ?3 WHERE op_seq = ?1",
+                params![op.seq as i64, resolution, now_ms as i64],
+            )?;
+            tx.execute(
+                "UPDATE ops SET status = 'compensated' WHERE seq = ?1",
+                [op.seq as i64],
+            )?;
+            Ok(())
+        };
+        match order.filter(|order| order.order_no.is_some() && order.version > 0) {
+            Some(order) => {
+                let intent = Intent::OrderStatus(OrderStatusChange {
+                    order_id: order.order_id.clone(),
+                    expected_version: order.version,
+                    status: format!("compensated-{resolution}"),
+                });
+                self.commit_intent(&intent, now_ms, |tx, _| mark(tx))?;
+            }
+            None => self.local_transaction(|tx| mark(tx))?,
+        }
+        Ok(())
     }
 }
 
 fn read_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<OrderSummary>> {
-    let currency: String = row.get(4)?;
-    let Ok(currency) = crate::domain::Currency::new(&currency) else {
+    let currency: String = row.get(6)?;
+    let Ok(currency) = Currency::new(&currency) else {
         return Ok(None);
     };
     Ok(Some(OrderSummary {
         order_id: row.get(0)?,
-        status: row.get(1)?,
-        version: row.get::<_, i64>(2)? as u64,
+        order_no: row.get::<_, Option<i64>>(1)?.map(|no| no as u64),
+        device: row.get(2)?,
+        status: row.get(3)?,
+        version: row.get::<_, i64>(4)? as u64,
         total: Money {
-            amount_minor: row.get(3)?,
+            amount_minor: row.get(5)?,
             currency,
         },
-        created_ms: row.get::<_, i64>(5)? as u64,
-        conflicted: row.get::<_, i64>(6)? != 0,
+        created_ms: row.get::<_, i64>(7)? as u64,
+        at_risk: row.get::<_, i64>(8)? != 0,
+        lines: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
     }))
 }

@@ -161,3 +161,27 @@ impl Store {
         }))
     }
 }
+
+/// Every price register in a prices document with its winning value:
+/// `(sku, channel, effective_from_ms, amount_minor)`. Used by the hub's
+/// price book, which checks the prices a checkout saw.
+pub fn prices_in_doc(doc: &Automerge) -> Vec<(Sku, Channel, u64, i64)> {
+    let mut prices = Vec::new();
+    for key in automerge::ReadDoc::keys(doc, automerge::ROOT) {
+        let mut parts = key.split('/');
+        let (Some(sku), Some(channel), Some(from), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(sku), Some(channel), Ok(from)) =
+            (Sku::new(sku), Channel::parse(channel), from.parse::<u64>())
+        else {
+            continue;
+        };
+        if let Some(stamped) = winner(register_values::<PriceValue>(doc, &key)) {
+            prices.push((sku, channel, from, stamped.value.amount_minor));
+        }
+    }
+    prices
+}

@@ -12,7 +12,7 @@ use automerge::{Automerge, ChangeHash};
 use rusqlite::Transaction;
 
 use crate::domain::layout::{DocKind, kind_of};
-use crate::domain::{catalog, customer, orders, prices, stock};
+use crate::domain::{catalog, customer, prices};
 use crate::ids::DocId;
 use crate::store::StoreError;
 
@@ -42,7 +42,7 @@ pub(crate) fn project(
     before: &[ChangeHash],
 ) -> Result<(), StoreError> {
     let kind = kind_of(doc_id);
-    if kind == DocKind::Other {
+    if matches!(kind, DocKind::Other | DocKind::Record) {
         return Ok(());
     }
     let keys = changed_root_keys(doc, before);
@@ -52,13 +52,11 @@ pub(crate) fn project(
     match kind {
         DocKind::Catalog => catalog::project(tx, doc_id, doc, &keys, before.is_empty()),
         DocKind::Prices => prices::project(tx, doc_id, doc, &keys),
-        DocKind::Stock => stock::project(tx, doc_id, doc, &keys),
-        DocKind::Orders => orders::project(tx, doc_id, doc, &keys),
         DocKind::Cart => customer::project_cart(tx, doc_id, doc, &keys),
         DocKind::Wishlist => customer::project_wishlist(tx, doc_id, doc, &keys),
         DocKind::Profile => customer::project_profile(tx, doc_id, doc, &keys),
         DocKind::History => customer::project_history(tx, doc_id, doc),
         DocKind::Recommendations => customer::project_recommendations(tx, doc_id, doc),
-        DocKind::Other => Ok(()),
+        DocKind::Record | DocKind::Other => Ok(()),
     }
 }

@@ -49,6 +49,8 @@ fn upload(hub: &mut MemoryHubLog, replicas: &mut [Store]) {
                 ops.into_iter()
                     .map(|op| IncomingOp {
                         op,
+                        device: store.device().clone(),
+                        store: store_id(),
                         verdict: Verdict::Accept,
                     })
                     .collect(),
@@ -105,7 +107,8 @@ fn projections(store: &Store) -> Vec<String> {
         ("wishlist_items", "doc_id, sku"),
         ("profile_fields", "doc_id, field"),
         ("history_entries", "doc_id, at_ms, sku"),
-        ("orders", "set_id, order_id"),
+        ("orders", "order_id"),
+        ("allowances", "device_id, sku"),
         ("recommendations", "doc_id, position"),
     ];
     let mut rows = Vec::new();
@@ -540,76 +543,23 @@ fn history_is_bounded() {
 #[test]
 fn an_order_total_that_overflows_is_refused() {
     let mut store = replica("till-1");
-    let lines = [OrderLine {
-        sku: sku("a"),
-        quantity: 3,
-        unit_price_minor: i64::MAX / 2,
-    }];
+    let request = super::orders::CheckoutRequest {
+        order_id: "o-1".into(),
+        idempotency_key: None,
+        lines: vec![OrderLine {
+            sku: sku("a"),
+            quantity: 3,
+            unit_price_minor: i64::MAX / 2,
+        }],
+        currency: Currency::new("EUR").unwrap(),
+        payment_ref: "card-1".into(),
+        channel: Channel::Pos,
+    };
     assert!(matches!(
-        store.create_order("o-1", &lines, Currency::new("EUR").unwrap(), NOW),
+        store.checkout(&request, super::orders::Connectivity::Online, NOW),
         Err(DomainError::Invalid(_))
     ));
-}
-
-#[test]
-fn order_status_changes_are_versioned() {
-    let mut replicas = vec![replica("till-1"), replica("back-office")];
-    let lines = [OrderLine {
-        sku: sku("coffee"),
-        quantity: 2,
-        unit_price_minor: 1899,
-    }];
-    replicas[0]
-        .create_order("till-1-0001", &lines, Currency::new("EUR").unwrap(), NOW)
-        .unwrap();
-    sync(&mut replicas);
-    let order = replicas[1]
-        .order(&store_id(), "till-1-0001")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (
-            order.version,
-            order.total.amount_minor,
-            order.status.as_str()
-        ),
-        (1, 3798, "completed")
-    );
-    replicas[1]
-        .update_order_status(&store_id(), "till-1-0001", 1, "paid", NOW)
-        .unwrap();
-    assert!(matches!(
-        replicas[1].update_order_status(&store_id(), "till-1-0001", 1, "returned", NOW),
-        Err(DomainError::VersionConflict {
-            expected: 1,
-            found: 2
-        })
-    ));
-    // Two devices moving the same version concurrently: both kept, flagged.
-    sync(&mut replicas);
-    replicas[0]
-        .update_order_status(&store_id(), "till-1-0001", 2, "fulfilled", NOW)
-        .unwrap();
-    replicas[1]
-        .update_order_status(&store_id(), "till-1-0001", 2, "returned", NOW)
-        .unwrap();
-    sync(&mut replicas);
-    for store in &replicas {
-        let order = store.order(&store_id(), "till-1-0001").unwrap().unwrap();
-        assert!(order.conflicted);
-        assert_eq!(order.version, 3);
-        assert_eq!(
-            order.status, "returned",
-            "the greatest (version, status) is shown"
-        );
-    }
-    assert_eq!(
-        replicas[0]
-            .orders_by_status(&store_id(), "returned", 10)
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store.pending_ops(0, 10).unwrap().len(), 0, "nothing written");
 }
 
 #[test]
@@ -705,7 +655,14 @@ fn random_op(store: &mut Store, rng: &mut impl Rng, step: u64) {
             )
             .map(|_| ()),
         _ => store
-            .publish_stock_level(&store_id(), &item, rng.random_range(0..50), now)
+            .stock_command(
+                crate::ledger::StockCommand::Receive {
+                    key: format!("delivery-{step}"),
+                    sku: item.clone(),
+                    quantity: rng.random_range(1..50),
+                },
+                now,
+            )
             .map(|_| ()),
     };
 }

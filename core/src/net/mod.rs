@@ -76,6 +76,8 @@ pub struct SyncStatus {
     pub oldest_pending_age_ms: u64,
     /// Ops in the dead-letter lane.
     pub rejected: u64,
+    /// Open compensation tasks (provisional sales the hub could not cover).
+    pub compensations_open: u64,
     /// When the last acknowledgement arrived, ms since the epoch.
     pub last_ack_ms: Option<u64>,
     /// True when every subscription has reached the hub's head since connecting.
@@ -101,12 +103,15 @@ pub enum Notice {
         /// The documents that changed.
         docs: Vec<DocId>,
     },
-    /// Ops were acknowledged or rejected.
+    /// Ops were acknowledged or rejected, and intents decided.
     Verdicts {
         /// Newly acknowledged.
         acknowledged: usize,
         /// Newly rejected (dead-letter lane).
         rejected: usize,
+        /// Intents newly decided: the op, the hub's decision and the op's
+        /// new status (`confirmed`, `refused`, `compensation`).
+        decided: Vec<(OpId, crate::ledger::Decision, String)>,
     },
 }
 
@@ -230,6 +235,20 @@ impl Client {
         result
     }
 
+    /// Records a sale (see [`Store::checkout`]): online or offline as the
+    /// link is now.
+    pub fn checkout(
+        &self,
+        request: &crate::domain::orders::CheckoutRequest,
+    ) -> Result<crate::domain::orders::CheckoutReceipt, crate::domain::DomainError> {
+        let connectivity = if self.status().link == Link::Online {
+            crate::domain::orders::Connectivity::Online
+        } else {
+            crate::domain::orders::Connectivity::Offline
+        };
+        self.write(|store| store.checkout(request, connectivity, crate::now_ms()))
+    }
+
     /// Locks the store for reads (and for writes that need no upload wake-up).
     pub fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (every write
@@ -309,6 +328,7 @@ impl Client {
                 status.pending = stats.pending;
                 status.oldest_pending_age_ms = stats.oldest_pending_age_ms;
                 status.rejected = stats.rejected;
+                status.compensations_open = stats.compensations_open;
                 status.last_ack_ms = stats.last_ack_ms;
             }
         });
@@ -494,6 +514,11 @@ impl Client {
                         let _ = self.inner.notices.send(Notice::Verdicts {
                             acknowledged: summary.acknowledged,
                             rejected: summary.rejected,
+                            decided: summary
+                                .decided
+                                .into_iter()
+                                .map(|(op, decision, status)| (op, decision, status.to_owned()))
+                                .collect(),
                         });
                         self.refresh_status(|_| {});
                     }
@@ -503,8 +528,21 @@ impl Client {
                             .blocking(move |store| store.apply_remote(&batch, crate::now_ms()))
                             .await?
                             .map_err(|error| format!("applying remote changes: {error}"))?;
+                        let recall_seen = docs
+                            .iter()
+                            .any(|doc| doc.as_str().contains("/rec/allowance/"));
                         if !docs.is_empty() {
                             let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
+                        }
+                        if recall_seen {
+                            // The hub may want allowance back: answer at once.
+                            let released = self
+                                .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                                .await?
+                                .map_err(|error| format!("answering a recall: {error}"))?;
+                            if !released.is_empty() {
+                                self.inner.wake.notify_one();
+                            }
                         }
                         if batch_caught_up && caught_up.insert(set, true) != Some(true) {
                             // Remote changes leave the op log alone: no need

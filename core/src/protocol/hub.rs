@@ -63,6 +63,10 @@ pub enum Verdict {
 pub struct IncomingOp {
     /// The op as pushed.
     pub op: Op,
+    /// The authenticated device that pushed it.
+    pub device: DeviceId,
+    /// Its store (intents act on this store's ledger).
+    pub store: StoreId,
     /// What the session decided about it.
     pub verdict: Verdict,
 }
@@ -257,7 +261,12 @@ impl HubSession {
                     .into_iter()
                     .map(|op| {
                         let verdict = judge_op(peer, &op);
-                        IncomingOp { op, verdict }
+                        IncomingOp {
+                            op,
+                            device: peer.device.clone(),
+                            store: peer.store.clone(),
+                            verdict,
+                        }
                     })
                     .collect();
                 if !incoming.is_empty() {
@@ -635,7 +644,19 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
             format!("op exceeds {} bytes", message::OP_BYTES_MAX),
         );
     }
-    let OpBody::Changes(changes) = &op.body;
+    let changes = match &op.body {
+        OpBody::Changes(changes) => changes,
+        OpBody::Intent(_) => {
+            let set = DocSetId::store(&peer.store);
+            if !peer.may_write(&set) {
+                return reject(
+                    RejectCode::Forbidden,
+                    format!("device {} may not act on {}", peer.device, set),
+                );
+            }
+            return Verdict::Accept;
+        }
+    };
     if changes.is_empty() {
         return reject(RejectCode::Invalid, "op carries no changes".into());
     }
@@ -651,6 +672,14 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     }
     for change in changes {
         let set = change.doc.set();
+        if crate::ledger::record::is_record_doc(&change.doc)
+            || set.kind() == crate::ids::DocSetKind::Orders
+        {
+            return reject(
+                RejectCode::Forbidden,
+                format!("{} holds hub records; only the hub writes it", change.doc),
+            );
+        }
         if !peer.may_write(&set) {
             return reject(
                 RejectCode::Forbidden,

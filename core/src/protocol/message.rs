@@ -132,6 +132,9 @@ pub struct Op {
 pub enum OpBody {
     /// Automerge changes to one or more documents, made atomically on the device.
     Changes(Vec<DocChange>),
+    /// Something only the hub decides (checkout, stock command, order
+    /// status); answered with [`AckOutcome::Decided`].
+    Intent(crate::ledger::Intent),
 }
 
 /// One automerge change to one document.
@@ -175,6 +178,8 @@ pub enum AckOutcome {
         /// Human-readable explanation.
         detail: String,
     },
+    /// An intent was decided (durably, in the same commit as this answer).
+    Decided(crate::ledger::Decision),
 }
 
 /// Why the hub refused an op.
@@ -383,6 +388,7 @@ impl OpBody {
                 .iter()
                 .map(|change| change.bytes.len() + change.doc.as_str().len())
                 .sum(),
+            OpBody::Intent(intent) => postcard::to_stdvec(intent).map_or(usize::MAX, |bytes| bytes.len()),
         }
     }
 }

@@ -32,6 +32,7 @@ pub const REMOTE_APPLY_BATCH_MAX: usize = 128;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_projections.sql"),
+    include_str!("migrations/0003_ledger.sql"),
 ];
 
 /// Why a store operation failed.
@@ -262,6 +263,11 @@ impl Store {
         if changes.is_empty() {
             return Err(StoreError::Unchanged);
         }
+        let doc_names = changes
+            .iter()
+            .map(|change| change.doc.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let body = OpBody::Changes(changes);
         let payload = body.payload_len();
         if payload > message::OP_BYTES_MAX {
@@ -275,24 +281,74 @@ impl Store {
             self.reserve_seqs(seq)?;
         }
         let tx = self.db.transaction()?;
-        let OpBody::Changes(changes) = &body;
-        let mut doc_names = Vec::with_capacity(changes.len());
-        for change in changes {
-            let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
-            docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
-            doc_names.push(change.doc.as_str());
+        if let OpBody::Changes(changes) = &body {
+            for change in changes {
+                let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
+                docs::append_chunk(&tx, &change.doc, &change.bytes, doc, now_ms)?;
+            }
         }
         for (doc_edit, before) in edits.iter().zip(&before_heads) {
             let doc = self.docs.get_mut(&tx, &doc_edit.doc, &self.actor)?;
             crate::domain::project::project(&tx, &doc_edit.doc, doc, before)?;
         }
-        oplog::insert(&tx, seq, now_ms, &body, &doc_names.join(" "))?;
+        oplog::insert(&tx, seq, now_ms, &body, &doc_names)?;
         tx.commit()?;
         self.last_seq = seq;
         Ok(OpId {
             replica: self.replica,
             seq,
         })
+    }
+
+    /// Records an intent for the hub to decide, together with its local
+    /// effects (`local` gets the transaction and the op's sequence number),
+    /// in one durable transaction (`synchronous=FULL`). On error nothing is
+    /// written.
+    pub(crate) fn commit_intent(
+        &mut self,
+        intent: &crate::ledger::Intent,
+        now_ms: u64,
+        local: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<(), StoreError>,
+    ) -> Result<OpId, StoreError> {
+        let body = OpBody::Intent(intent.clone());
+        let payload = body.payload_len();
+        if payload > message::OP_BYTES_MAX {
+            return Err(StoreError::InvalidOp(format!(
+                "intent of {payload} bytes exceeds {} bytes",
+                message::OP_BYTES_MAX
+            )));
+        }
+        self.set_sync(Durability::Full)?;
+        let seq = self.last_seq + 1;
+        if seq > self.seq_reserved {
+            self.reserve_seqs(seq)?;
+        }
+        let tx = self.db.transaction()?;
+        local(&tx, seq)?;
+        oplog::insert(&tx, seq, now_ms, &body, &format!("intent: {}", intent.describe()))?;
+        tx.commit()?;
+        self.last_seq = seq;
+        Ok(OpId {
+            replica: self.replica,
+            seq,
+        })
+    }
+
+    /// Runs local-only bookkeeping in one durable transaction.
+    pub(crate) fn local_transaction(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.set_sync(Durability::Full)?;
+        let tx = self.db.transaction()?;
+        work(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The intent an op of this device carries, if it is one.
+    pub fn op_intent(&self, seq: u64) -> Result<Option<crate::ledger::Intent>, StoreError> {
+        oplog::intent(&self.db, seq)
     }
 
     /// The leaf value at `path` in a document, if any.
@@ -398,11 +454,20 @@ impl Store {
                 if change.doc.set() != *set {
                     continue; // A hub never sends this; never let it cross sets.
                 }
-                let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
                 let corrupt = |detail: String| StoreError::Corrupt {
                     doc: change.doc.to_string(),
                     detail: format!("remote change #{}: {detail}", change.hub_seq),
                 };
+                if crate::ledger::record::is_record_doc(&change.doc) {
+                    if crate::domain::records::apply(&tx, change).map_err(|error| match error {
+                        StoreError::Corrupt { detail, .. } => corrupt(detail),
+                        other => other,
+                    })? {
+                        changed.push(change.doc.clone());
+                    }
+                    continue;
+                }
+                let doc = self.docs.get_mut(&tx, &change.doc, &self.actor)?;
                 let before = doc.get_heads();
                 if !before_heads.iter().any(|(id, _)| *id == change.doc) {
                     before_heads.push((change.doc.clone(), before.clone()));

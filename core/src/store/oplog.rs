@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{OpId, ReplicaId};
+use crate::ledger::{Decision, Intent, Refusal};
 use crate::protocol::message::{Ack, AckOutcome, Op, OpBody};
 use crate::store::StoreError;
 
@@ -30,6 +31,45 @@ pub enum OpStatus {
         /// The hub's explanation.
         detail: String,
     },
+    /// An intent the hub accepted: a confirmed checkout (with its order
+    /// number) or an applied command.
+    Confirmed {
+        /// The hub's decision.
+        decision: Decision,
+    },
+    /// An intent the hub refused for a business reason (out of stock, price
+    /// changed, duplicate, version conflict); nothing was sold or changed.
+    Refused {
+        /// Why.
+        refusal: Refusal,
+    },
+    /// A provisional sale the hub could not (fully) cover: a compensation
+    /// task is open (see `Store::compensations`).
+    Compensation {
+        /// The hub's decision.
+        decision: Decision,
+    },
+    /// The compensation task was resolved.
+    Compensated {
+        /// The hub's decision.
+        decision: Decision,
+    },
+}
+
+impl OpStatus {
+    /// Stable text form (`pending`, `acknowledged`, `rejected`, `confirmed`,
+    /// `refused`, `compensation`, `compensated`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OpStatus::Pending => "pending",
+            OpStatus::Acknowledged { .. } => "acknowledged",
+            OpStatus::Rejected { .. } => "rejected",
+            OpStatus::Confirmed { .. } => "confirmed",
+            OpStatus::Refused { .. } => "refused",
+            OpStatus::Compensation { .. } => "compensation",
+            OpStatus::Compensated { .. } => "compensated",
+        }
+    }
 }
 
 /// An op in the dead-letter lane.
@@ -56,6 +96,12 @@ pub struct OpLogStats {
     pub acknowledged: u64,
     /// Ops in the dead-letter lane.
     pub rejected: u64,
+    /// Intents the hub confirmed.
+    pub confirmed: u64,
+    /// Intents the hub refused.
+    pub refused: u64,
+    /// Open compensation tasks.
+    pub compensations_open: u64,
     /// When the last acknowledgement was recorded, if ever.
     pub last_ack_ms: Option<u64>,
 }
@@ -67,6 +113,8 @@ pub struct AckSummary {
     pub acknowledged: usize,
     /// Ops newly moved to the dead-letter lane.
     pub rejected: usize,
+    /// Intents newly decided: (op, decision, new status).
+    pub decided: Vec<(OpId, Decision, &'static str)>,
 }
 
 pub(crate) fn insert(
@@ -150,6 +198,22 @@ pub(crate) fn record_acks(
                 summary.rejected += changed;
                 changed
             }
+            AckOutcome::Decided(decision) => {
+                let Some(intent) = intent_pending(tx, ack.op.seq)? else {
+                    continue; // Decided before, or not an intent of ours.
+                };
+                let status =
+                    crate::domain::orders::on_decision(tx, ack.op.seq, &intent, decision, now_ms)?;
+                let blob = postcard::to_stdvec(decision)
+                    .map_err(|error| StoreError::Encode(error.to_string()))?;
+                let changed = tx.execute(
+                    "UPDATE ops SET status = ?2, acked_ms = ?3, decision = ?4 WHERE seq = ?1 AND status = 'pending'",
+                    params![seq, status, now_ms as i64, blob],
+                )?;
+                summary.acknowledged += changed;
+                summary.decided.push((ack.op, decision.clone(), status));
+                changed
+            }
         };
         if changed > 0 {
             tx.execute(
@@ -162,10 +226,40 @@ pub(crate) fn record_acks(
     Ok(summary)
 }
 
+/// The intent of a pending op, if the op is one.
+fn intent_pending(tx: &Transaction<'_>, seq: u64) -> Result<Option<Intent>, StoreError> {
+    let body: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT body FROM ops WHERE seq = ?1 AND status = 'pending'")?
+        .query_row([seq as i64], |row| row.get(0))
+        .optional()?;
+    decode_intent(seq, body)
+}
+
+fn decode_intent(seq: u64, body: Option<Vec<u8>>) -> Result<Option<Intent>, StoreError> {
+    let Some(body) = body else { return Ok(None) };
+    let body: OpBody = postcard::from_bytes(&body).map_err(|error| StoreError::Corrupt {
+        doc: format!("op {seq}"),
+        detail: error.to_string(),
+    })?;
+    Ok(match body {
+        OpBody::Intent(intent) => Some(intent),
+        OpBody::Changes(_) => None,
+    })
+}
+
+/// The intent an op carries, if it is one.
+pub(crate) fn intent(db: &Connection, seq: u64) -> Result<Option<Intent>, StoreError> {
+    let body: Option<Vec<u8>> = db
+        .prepare_cached("SELECT body FROM ops WHERE seq = ?1")?
+        .query_row([seq as i64], |row| row.get(0))
+        .optional()?;
+    decode_intent(seq, body)
+}
+
 pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, StoreError> {
     let row = db
         .query_row(
-            "SELECT status, acked_ms, reject_code, reject_detail FROM ops WHERE seq = ?1",
+            "SELECT status, acked_ms, reject_code, reject_detail, decision FROM ops WHERE seq = ?1",
             [seq as i64],
             |row| {
                 Ok((
@@ -173,22 +267,43 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, Stor
                     row.get::<_, Option<i64>>(1)?,
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, Option<String>>(3)?,
+                    row.get::<_, Option<Vec<u8>>>(4)?,
                 ))
             },
         )
         .optional()?;
-    Ok(
-        row.map(|(status, acked_ms, code, detail)| match status.as_str() {
-            "acknowledged" => OpStatus::Acknowledged {
-                acked_ms: acked_ms.unwrap_or(0) as u64,
-            },
-            "rejected" => OpStatus::Rejected {
-                code: code.unwrap_or_default(),
-                detail: detail.unwrap_or_default(),
-            },
-            _ => OpStatus::Pending,
-        }),
-    )
+    let Some((status, acked_ms, code, detail, decision)) = row else {
+        return Ok(None);
+    };
+    let decision = match decision {
+        Some(blob) => Some(postcard::from_bytes::<Decision>(&blob).map_err(|error| {
+            StoreError::Corrupt {
+                doc: format!("op {seq}"),
+                detail: format!("stored decision: {error}"),
+            }
+        })?),
+        None => None,
+    };
+    Ok(Some(match (status.as_str(), decision) {
+        ("acknowledged", _) => OpStatus::Acknowledged {
+            acked_ms: acked_ms.unwrap_or(0) as u64,
+        },
+        ("rejected", _) => OpStatus::Rejected {
+            code: code.unwrap_or_default(),
+            detail: detail.unwrap_or_default(),
+        },
+        ("refused", Some(Decision::Refused(refusal))) => OpStatus::Refused { refusal },
+        ("confirmed", Some(decision)) => OpStatus::Confirmed { decision },
+        ("compensation", Some(decision)) => OpStatus::Compensation { decision },
+        ("compensated", Some(decision)) => OpStatus::Compensated { decision },
+        ("pending", _) => OpStatus::Pending,
+        (other, _) => {
+            return Err(StoreError::Corrupt {
+                doc: format!("op {seq}"),
+                detail: format!("status {other} without its decision"),
+            });
+        }
+    }))
 }
 
 pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreError> {
@@ -197,16 +312,18 @@ pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreErr
         [],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    let acknowledged: i64 = db.query_row(
-        "SELECT COUNT(*) FROM ops WHERE status = 'acknowledged'",
-        [],
-        |row| row.get(0),
-    )?;
-    let rejected: i64 = db.query_row(
-        "SELECT COUNT(*) FROM ops WHERE status = 'rejected'",
-        [],
-        |row| row.get(0),
-    )?;
+    let count = |status: &str| -> Result<i64, StoreError> {
+        Ok(db
+            .prepare_cached("SELECT COUNT(*) FROM ops WHERE status = ?1")?
+            .query_row([status], |row| row.get(0))?)
+    };
+    let acknowledged = count("acknowledged")?;
+    let rejected = count("rejected")?;
+    let confirmed = count("confirmed")?;
+    let refused = count("refused")?;
+    let compensations_open: i64 = db
+        .prepare_cached("SELECT COUNT(*) FROM compensations WHERE state = 'open'")?
+        .query_row([], |row| row.get(0))?;
     let last_ack_ms: Option<String> = db
         .query_row(
             "SELECT value FROM meta WHERE key = 'last_ack_ms'",
@@ -219,6 +336,9 @@ pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreErr
         oldest_pending_age_ms: oldest.map_or(0, |created| now_ms.saturating_sub(created as u64)),
         acknowledged: acknowledged as u64,
         rejected: rejected as u64,
+        confirmed: confirmed as u64,
+        refused: refused as u64,
+        compensations_open: compensations_open as u64,
         last_ack_ms: last_ack_ms.and_then(|value| value.parse().ok()),
     })
 }

@@ -6,20 +6,29 @@
 //! the same transaction, committed with `synchronous=FULL`, before any ack
 //! for it leaves the hub.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use omnisync_core::OpId;
-use omnisync_core::hublog::{AppliedBatch, HubLog, HubLogError, HubLogRead};
+use omnisync_core::domain::{Channel, Sku};
+use omnisync_core::hublog::{
+    AppliedBatch, HubLog, HubLogError, HubLogRead, HubTxn, apply_ops, maintain_ledger,
+};
+use omnisync_core::ids::StoreId;
+use omnisync_core::ledger::authority::{AuthorityConfig, LedgerChanges, LedgerSource, Reservation};
+use omnisync_core::ledger::prices::PriceBook;
+use omnisync_core::ledger::record::{OrderRecord, is_record_doc};
+use omnisync_core::ledger::stock::SkuLedger;
+use omnisync_core::ledger::Decision;
 use omnisync_core::ids::{DocId, DocSetId, ReplicaId};
-use omnisync_core::protocol::hub::{ChangePage, IncomingOp};
-use omnisync_core::protocol::message::{Ack, AckOutcome, OpBody, RemoteChange};
+use omnisync_core::protocol::hub::{ChangePage, CommittedChanges, IncomingOp};
+use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_snapshots.sql"),
+    include_str!("migrations/0003_ledger.sql"),
 ];
 /// A device more than this many sequence numbers behind a set's snapshot
 /// point gets the snapshots instead of the history.
@@ -51,6 +60,8 @@ pub struct SqliteHubLog {
     db: Connection,
     head: u64,
     log_id: String,
+    config: AuthorityConfig,
+    prices: PriceBook,
     /// Held for the writer's life: a second hub (or an import) on the same
     /// directory would hand out the same sequence numbers.
     _lock: std::fs::File,
@@ -79,8 +90,40 @@ impl SqliteHubLog {
             db,
             head: head.unwrap_or(0) as u64,
             log_id,
+            config: AuthorityConfig::default(),
+            prices: PriceBook::new(),
             _lock: lock,
         })
+    }
+
+    /// Decides intents the hub issues itself (import stock counts) in one
+    /// durable transaction; returns the decisions.
+    pub fn apply_hub_intents(
+        &mut self,
+        store: &StoreId,
+        intents: &[omnisync_core::ledger::Intent],
+    ) -> Result<Vec<Decision>, HubLogError> {
+        let now_ms = omnisync_core::now_ms();
+        let hub = self.hub_replica();
+        let issuer = omnisync_core::DeviceId::new("hub").map_err(storage_error)?;
+        let mut head = self.head;
+        let tx = self.db.transaction().map_err(storage_error)?;
+        let result = {
+            let mut txn = SqliteTxn {
+                tx: &tx,
+                prices: &mut self.prices,
+                head_before: self.head,
+            };
+            omnisync_core::hublog::apply_hub_intents(
+                &mut txn, &mut head, hub, self.config, store, &issuer, intents, now_ms,
+            )
+        };
+        finish_txn(tx, result, &mut self.head, head, &mut self.prices).map(|(decisions, _)| decisions)
+    }
+
+    /// Sets the authority's settings (price tolerance).
+    pub fn set_authority_config(&mut self, config: AuthorityConfig) {
+        self.config = config;
     }
 
     /// The identity of this change log (random, made when the database was).
@@ -148,11 +191,21 @@ impl SqliteHubLog {
         let tx = self.db.transaction().map_err(storage_error)?;
         for doc_id in &docs {
             let doc = DocId::new(doc_id.clone()).map_err(storage_error)?;
-            let loaded = load_doc_at(&tx, &doc, covers)?;
+            // A record's snapshot is its newest version; a document's is its save.
+            let bytes = if is_record_doc(&doc) {
+                tx.query_row(
+                    "SELECT bytes FROM changes WHERE doc_id = ?1 AND hub_seq <= ?2 ORDER BY hub_seq DESC LIMIT 1",
+                    params![doc_id, covers as i64],
+                    |row| row.get::<_, Vec<u8>>(0),
+                )
+                .map_err(storage_error)?
+            } else {
+                load_doc_at(&tx, &doc, covers)?.save()
+            };
             tx.execute(
                 "INSERT INTO snapshots (doc_id, set_id, covers_seq, bytes) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (doc_id) DO UPDATE SET covers_seq = ?3, bytes = ?4",
-                params![doc_id, set.as_str(), covers as i64, loaded.save()],
+                params![doc_id, set.as_str(), covers as i64, bytes],
             )
             .map_err(storage_error)?;
         }
@@ -262,102 +315,272 @@ fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
 
 impl HubLog for SqliteHubLog {
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
-        let mut batch = AppliedBatch::default();
+        let now_ms = omnisync_core::now_ms();
+        let hub = self.hub_replica();
         let mut head = self.head;
-        let now_ms = omnisync_core::now_ms() as i64;
         let tx = self.db.transaction().map_err(storage_error)?;
-        // Outcomes decided earlier in this same batch (a duplicate inside one push).
-        let mut decided: HashMap<OpId, AckOutcome> = HashMap::new();
-        {
-            let mut find = tx
-                .prepare_cached("SELECT outcome FROM op_outcomes WHERE replica = ?1 AND seq = ?2")
-                .map_err(storage_error)?;
-            let mut insert_outcome = tx
-                .prepare_cached(
-                    "INSERT INTO op_outcomes (replica, seq, outcome, decided_ms) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(storage_error)?;
-            let mut insert_change = tx
-                .prepare_cached(
-                    "INSERT INTO changes (hub_seq, set_id, doc_id, origin, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(storage_error)?;
-            for incoming in ops {
-                let id = incoming.op.id;
-                if let Some(outcome) = decided.get(&id) {
-                    batch.acks.push(Ack {
-                        op: id,
-                        outcome: outcome.clone(),
-                    });
-                    batch.duplicates += 1;
-                    continue;
-                }
-                let stored: Option<Vec<u8>> = find
-                    .query_row(params![&id.replica.0[..], id.seq as i64], |row| row.get(0))
-                    .optional()
-                    .map_err(storage_error)?;
-                if let Some(stored) = stored {
-                    batch.acks.push(Ack {
-                        op: id,
-                        outcome: decode_outcome(&stored)?,
-                    });
-                    batch.duplicates += 1;
-                    continue;
-                }
-                let outcome = match incoming.rejection() {
-                    Some(rejected) => {
-                        batch.rejected += 1;
-                        rejected
-                    }
-                    None => {
-                        batch.stored += 1;
-                        let OpBody::Changes(changes) = incoming.op.body;
-                        for change in changes {
-                            head += 1;
-                            let set = change.doc.set();
-                            insert_change
-                                .execute(params![
-                                    head as i64,
-                                    set.as_str(),
-                                    change.doc.as_str(),
-                                    &id.replica.0[..],
-                                    &change.bytes
-                                ])
-                                .map_err(storage_error)?;
-                            batch
-                                .committed
-                                .by_set
-                                .entry(set)
-                                .or_default()
-                                .push(RemoteChange {
-                                    hub_seq: head,
-                                    doc: change.doc,
-                                    origin: id.replica,
-                                    bytes: change.bytes,
-                                });
-                        }
-                        AckOutcome::Applied { hub_seq: head }
-                    }
-                };
-                insert_outcome
-                    .execute(params![
-                        &id.replica.0[..],
-                        id.seq as i64,
-                        encode_outcome(&outcome)?,
-                        now_ms
-                    ])
-                    .map_err(storage_error)?;
-                decided.insert(id, outcome.clone());
-                batch.acks.push(Ack { op: id, outcome });
-            }
-        }
-        tx.commit().map_err(storage_error)?;
-        self.head = head;
-        Ok(batch)
+        let result = {
+            let mut txn = SqliteTxn {
+                tx: &tx,
+                prices: &mut self.prices,
+                head_before: self.head,
+            };
+            apply_ops(&mut txn, &mut head, hub, self.config, ops, now_ms)
+        };
+        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
+    }
+
+    fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
+        let hub = self.hub_replica();
+        let mut head = self.head;
+        let tx = self.db.transaction().map_err(storage_error)?;
+        let result = {
+            let mut txn = SqliteTxn {
+                tx: &tx,
+                prices: &mut self.prices,
+                head_before: self.head,
+            };
+            maintain_ledger(&mut txn, &mut head, hub, self.config, now_ms)
+        };
+        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
     }
 
     fn head_seq(&self) -> Result<u64, HubLogError> {
         Ok(self.head)
+    }
+}
+
+/// Commits the transaction if the batch succeeded; the head moves only then.
+/// On failure the price book may hold changes that rolled back: it is
+/// dropped and rebuilt from storage on demand.
+fn finish_txn<T>(
+    tx: rusqlite::Transaction<'_>,
+    result: Result<T, HubLogError>,
+    head: &mut u64,
+    new_head: u64,
+    prices: &mut PriceBook,
+) -> Result<T, HubLogError> {
+    match result {
+        Ok(value) => {
+            tx.commit().map_err(|error| {
+                *prices = PriceBook::new();
+                storage_error(error)
+            })?;
+            *head = new_head;
+            Ok(value)
+        }
+        Err(error) => {
+            *prices = PriceBook::new();
+            drop(tx);
+            Err(error)
+        }
+    }
+}
+
+/// The SQLite side of one group commit.
+struct SqliteTxn<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    prices: &'a mut PriceBook,
+    /// The head before this transaction (documents are loaded up to it).
+    head_before: u64,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
+    postcard::to_stdvec(value).map_err(storage_error)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HubLogError> {
+    postcard::from_bytes(bytes).map_err(|error| storage_error(format!("stored {what}: {error}")))
+}
+
+impl SqliteTxn<'_> {
+    fn blob(&self, sql: &str, a: &str, b: &str) -> Result<Option<Vec<u8>>, HubLogError> {
+        self.tx
+            .prepare_cached(sql)
+            .map_err(storage_error)?
+            .query_row(params![a, b], |row| row.get(0))
+            .optional()
+            .map_err(storage_error)
+    }
+}
+
+impl LedgerSource for SqliteTxn<'_> {
+    fn sku(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<SkuLedger>, HubLogError> {
+        self.blob(
+            "SELECT state FROM ledger_skus WHERE store_id = ?1 AND sku = ?2",
+            store.as_str(),
+            sku.as_str(),
+        )?
+        .map(|bytes| decode(&bytes, "ledger entry"))
+        .transpose()
+    }
+
+    fn order(&mut self, store: &StoreId, order_id: &str) -> Result<Option<OrderRecord>, HubLogError> {
+        self.blob(
+            "SELECT record FROM ledger_orders WHERE store_id = ?1 AND order_id = ?2",
+            store.as_str(),
+            order_id,
+        )?
+        .map(|bytes| decode(&bytes, "order"))
+        .transpose()
+    }
+
+    fn key(&mut self, store: &StoreId, key: &str) -> Result<Option<Decision>, HubLogError> {
+        self.blob(
+            "SELECT decision FROM ledger_keys WHERE store_id = ?1 AND key = ?2",
+            store.as_str(),
+            key,
+        )?
+        .map(|bytes| decode(&bytes, "decision"))
+        .transpose()
+    }
+
+    fn reservation(&mut self, store: &StoreId, key: &str) -> Result<Option<Reservation>, HubLogError> {
+        self.blob(
+            "SELECT state FROM ledger_reservations WHERE store_id = ?1 AND key = ?2",
+            store.as_str(),
+            key,
+        )?
+        .map(|bytes| decode(&bytes, "reservation"))
+        .transpose()
+    }
+
+    fn last_order_no(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        let last: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT last_order_no FROM ledger_stores WHERE store_id = ?1")
+            .map_err(storage_error)?
+            .query_row([store.as_str()], |row| row.get(0))
+            .optional()
+            .map_err(storage_error)?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    fn price(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        channel: Channel,
+        at_ms: u64,
+    ) -> Result<Option<i64>, HubLogError> {
+        let tx = self.tx;
+        let head = self.head_before;
+        Ok(self.prices.price(store, sku, channel, at_ms, |doc| {
+            // Changes appended earlier in this batch went through note_change.
+            load_doc_at(tx, doc, head).ok()
+        }))
+    }
+
+    fn skus_with_rights(&mut self) -> Result<Vec<(StoreId, Sku)>, HubLogError> {
+        let mut statement = self
+            .tx
+            .prepare_cached("SELECT store_id, sku FROM ledger_skus WHERE has_rights = 1 ORDER BY store_id, sku")
+            .map_err(storage_error)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(storage_error)?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let (store, sku) = row.map_err(storage_error)?;
+            keys.push((
+                StoreId::new(store).map_err(storage_error)?,
+                Sku::new(sku).map_err(storage_error)?,
+            ));
+        }
+        Ok(keys)
+    }
+}
+
+impl HubTxn for SqliteTxn<'_> {
+    fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
+        let stored: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached("SELECT outcome FROM op_outcomes WHERE replica = ?1 AND seq = ?2")
+            .map_err(storage_error)?
+            .query_row(params![&op.replica.0[..], op.seq as i64], |row| row.get(0))
+            .optional()
+            .map_err(storage_error)?;
+        stored.map(|bytes| decode_outcome(&bytes)).transpose()
+    }
+
+    fn put_outcome(&mut self, op: &OpId, outcome: &AckOutcome, now_ms: u64) -> Result<(), HubLogError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO op_outcomes (replica, seq, outcome, decided_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(storage_error)?
+            .execute(params![&op.replica.0[..], op.seq as i64, encode_outcome(outcome)?, now_ms as i64])
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO changes (hub_seq, set_id, doc_id, origin, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(storage_error)?
+            .execute(params![
+                change.hub_seq as i64,
+                change.doc.set().as_str(),
+                change.doc.as_str(),
+                &change.origin.0[..],
+                &change.bytes
+            ])
+            .map_err(storage_error)?;
+        if PriceBook::follows(&change.doc) {
+            let tx = self.tx;
+            let head = self.head_before;
+            self.prices
+                .note_change(&change.doc, &change.bytes, || load_doc_at(tx, &change.doc, head).ok());
+        }
+        Ok(())
+    }
+
+    fn persist_ledger(&mut self, changes: &LedgerChanges) -> Result<(), HubLogError> {
+        let tx = self.tx;
+        let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Result<(), HubLogError> {
+            tx.prepare_cached(sql)
+                .map_err(storage_error)?
+                .execute(values)
+                .map_err(storage_error)?;
+            Ok(())
+        };
+        for (store, sku, ledger) in &changes.skus {
+            run(
+                "INSERT INTO ledger_skus (store_id, sku, state, has_rights) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (store_id, sku) DO UPDATE SET state = ?3, has_rights = ?4",
+                params![store.as_str(), sku.as_str(), encode(ledger)?, ledger.held() > 0],
+            )?;
+        }
+        for (store, order) in &changes.orders {
+            run(
+                "INSERT INTO ledger_orders (store_id, order_id, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store_id, order_id) DO UPDATE SET record = ?3",
+                params![store.as_str(), order.order_id, encode(order)?],
+            )?;
+        }
+        for (store, key, decision) in &changes.keys {
+            run(
+                "INSERT INTO ledger_keys (store_id, key, decision) VALUES (?1, ?2, ?3)",
+                params![store.as_str(), key, encode(decision)?],
+            )?;
+        }
+        for (store, key, reservation) in &changes.reservations {
+            run(
+                "INSERT INTO ledger_reservations (store_id, key, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store_id, key) DO UPDATE SET state = ?3",
+                params![store.as_str(), key, encode(reservation)?],
+            )?;
+        }
+        for (store, last) in &changes.order_nos {
+            run(
+                "INSERT INTO ledger_stores (store_id, last_order_no) VALUES (?1, ?2)
+                 ON CONFLICT (store_id) DO UPDATE SET last_order_no = ?2",
+                params![store.as_str(), *last as i64],
+            )?;
+        }
+        Ok(())
     }
 }
 
