@@ -249,6 +249,8 @@ pub enum DocSetKind {
     Chain,
     /// A store's orders as the hub decided them (hub records only).
     Orders,
+    /// One device's private records from the hub (its escrow allowances).
+    Device,
 }
 
 impl DocSetId {
@@ -260,11 +262,11 @@ impl DocSetId {
             value: value.clone(),
             reason: "expected kind.name, e.g. store.berlin-01",
         })?;
-        if !matches!(kind, "store" | "customer" | "chain" | "orders") {
+        if !matches!(kind, "store" | "customer" | "chain" | "orders" | "device") {
             return Err(IdError::Malformed {
                 kind: "document set id",
                 value,
-                reason: "kind must be store, customer, chain or orders",
+                reason: "kind must be store, customer, chain, orders or device",
             });
         }
         check_name("document set name", name)?;
@@ -286,6 +288,11 @@ impl DocSetId {
         Self(format!("orders.{store}"))
     }
 
+    /// The set of one device's private hub records (its allowances).
+    pub fn device(device: &DeviceId) -> Self {
+        Self(format!("device.{device}"))
+    }
+
     /// The chain-wide document set.
     pub fn chain() -> Self {
         Self("chain.main".to_owned())
@@ -297,6 +304,7 @@ impl DocSetId {
             Some("store") => DocSetKind::Store,
             Some("customer") => DocSetKind::Customer,
             Some("orders") => DocSetKind::Orders,
+            Some("device") => DocSetKind::Device,
             // The constructor admits only these kinds.
             _ => DocSetKind::Chain,
         }

@@ -35,11 +35,15 @@ impl Authenticator for DevAuthenticator {
                 sets.push(DocSetId::customer(&customer));
             }
         }
+        // Hub records only: readable, never writable by a device.
+        let mut readable = sets.clone();
+        readable.push(DocSetId::orders(&hello.store));
+        readable.push(DocSetId::device(&hello.device));
         Ok(Peer {
             device: hello.device.clone(),
             store: hello.store.clone(),
             replica: hello.replica,
-            readable: sets.clone(),
+            readable,
             writable: sets,
         })
     }

@@ -22,7 +22,8 @@ pub const RECORD_MAGIC: [u8; 2] = *b"R1";
 /// Largest encoded record accepted.
 pub const RECORD_BYTES_MAX: usize = 256 * 1024;
 
-/// One hub record.
+/// One hub record. Stock records go to the store's set, allowance records
+/// to the terminal's own device set, order records to the store's orders set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// A SKU's stock.
@@ -165,9 +166,8 @@ impl Record {
         let id = match self {
             Record::Stock(stock) => format!("{}/rec/stock/{}", DocSetId::store(store).as_str(), stock.sku),
             Record::Allowance(allowance) => format!(
-                "{}/rec/allowance/{}/{}",
-                DocSetId::store(store).as_str(),
-                allowance.device,
+                "{}/rec/allowance/{}",
+                DocSetId::device(&allowance.device).as_str(),
                 allowance.sku
             ),
             Record::Order(order) => {

@@ -57,7 +57,11 @@ impl World {
 
     /// Delivers the whole store and orders sets to a device.
     fn deliver(&self, store: &mut Store) {
-        for set in [DocSetId::store(&store_id()), DocSetId::orders(&store_id())] {
+        for set in [
+            DocSetId::store(&store_id()),
+            DocSetId::orders(&store_id()),
+            DocSetId::device(store.device()),
+        ] {
             let page = self.hub.changes_since(&set, 0, 100_000, usize::MAX).unwrap();
             let batch = ChangeBatch {
                 set,

@@ -673,7 +673,10 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     for change in changes {
         let set = change.doc.set();
         if crate::ledger::record::is_record_doc(&change.doc)
-            || set.kind() == crate::ids::DocSetKind::Orders
+            || matches!(
+                set.kind(),
+                crate::ids::DocSetKind::Orders | crate::ids::DocSetKind::Device
+            )
         {
             return reject(
                 RejectCode::Forbidden,
