@@ -14,13 +14,15 @@ use omnisync_core::net::ClientError;
 #[non_exhaustive]
 pub enum OmnisyncError {
     /// The caller passed something the domain refuses: a malformed id or SKU,
-    /// a negative price, a bad quantity, an unknown currency.
+    /// a negative price, a zero, negative or too large quantity, an unknown
+    /// currency or policy, an over-long key.
     #[error("invalid input: {detail}")]
     InvalidInput {
         /// What was wrong, for logs and developer screens.
         detail: String,
     },
-    /// The thing to change does not exist (an order, a cart line).
+    /// The thing to change does not exist (an order, a cart line, an open
+    /// compensation).
     #[error("not found: {detail}")]
     NotFound {
         /// What was looked for.
@@ -33,6 +35,15 @@ pub enum OmnisyncError {
         expected: u64,
         /// The version the store holds.
         found: u64,
+    },
+    /// The till may not make this sale now: a line is not covered by its
+    /// allowance, the till is offline and the SKU's offline policy is
+    /// `block` (or the till knows no stock of it yet). Nothing was written;
+    /// sell it once online, or without that line.
+    #[error("blocked: {detail}")]
+    Blocked {
+        /// Why, for the cashier (which SKU, what is missing).
+        detail: String,
     },
     /// The write would not change anything (e.g. the value is already set);
     /// nothing was recorded. Safe to ignore.
@@ -101,6 +112,7 @@ impl From<DomainError> for OmnisyncError {
             DomainError::VersionConflict { expected, found } => {
                 OmnisyncError::VersionConflict { expected, found }
             }
+            DomainError::Blocked(detail) => OmnisyncError::Blocked { detail },
             DomainError::Store(error) => error.into(),
             other => OmnisyncError::Internal {
                 detail: other.to_string(),

@@ -13,11 +13,14 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, mpsc};
 
-use omnisync_core::domain::layout;
+use omnisync_core::DocId;
+use omnisync_core::ledger::record::describe_decision;
+use omnisync_core::ledger::{Intent, LineSource};
 use omnisync_core::net::{Client, Notice};
 use tokio::sync::{Notify, broadcast};
 
-use crate::types::{Collection, SyncStatus};
+use crate::ledger::order_no_of;
+use crate::types::{Collection, SyncStatus, op_id_text};
 
 /// Events kept for the pull API before the oldest are dropped.
 pub const EVENT_QUEUE_MAX: usize = 256;
@@ -46,12 +49,15 @@ pub enum StoreEvent {
         /// The kinds of data that changed, sorted, without duplicates.
         collections: Vec<Collection>,
     },
-    /// The hub gave verdicts on local ops.
+    /// The hub gave verdicts on local ops. Decided checkouts change this
+    /// device's orders, allowances and compensations: re-query them.
     OpVerdicts {
-        /// Ops newly acknowledged.
+        /// Ops newly acknowledged or decided.
         acknowledged: u64,
         /// Ops newly rejected (see `op_state` for the reason).
         rejected: u64,
+        /// Intents newly decided (checkouts, stock commands, status changes).
+        decided: Vec<DecidedOp>,
     },
     /// The pull queue overflowed and this many events were dropped; re-query
     /// everything shown.
@@ -59,6 +65,20 @@ pub enum StoreEvent {
         /// How many events were lost.
         count: u64,
     },
+}
+
+/// The hub's decision on one of this device's intents.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DecidedOp {
+    /// The op (as returned by `checkout`, `receive_stock`, ...).
+    pub op_id: String,
+    /// The op's new state: `confirmed`, `refused` or `compensation`
+    /// (`op_state` has the details).
+    pub status: String,
+    /// The decision, for logs and staff, e.g. `confirmed as order #12`.
+    pub decision: String,
+    /// A checkout's order number, if the decision gave one.
+    pub order_no: Option<u64>,
 }
 
 /// Receives a store's events. Implement it in Kotlin, Swift or Python and
@@ -195,11 +215,16 @@ pub(crate) fn start_dispatcher(
     let mut notices = client.notices();
     let mut statuses = client.watch_status();
     let mut last_status = SyncStatus::from(&*statuses.borrow_and_update());
+    let client = client.clone();
     Ok(runtime.spawn(async move {
         loop {
             tokio::select! {
                 notice = notices.recv() => match notice {
-                    Ok(notice) => hub.publish(event_of(notice), &delivery),
+                    Ok(notice) => {
+                        if let Some(event) = event_of(&client, notice).await {
+                            hub.publish(event, &delivery);
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(count)) => {
                         hub.publish(StoreEvent::EventsDropped { count }, &delivery);
                     }
@@ -220,30 +245,74 @@ pub(crate) fn start_dispatcher(
     }))
 }
 
-fn event_of(notice: Notice) -> StoreEvent {
-    let collections = |docs: &[omnisync_core::DocId]| -> Vec<Collection> {
+/// The event for a notice; `None` when nothing an app shows changed (an
+/// intent with no local effect, such as a stock command, until the hub's
+/// verdict and records come back).
+async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
+    let collections = |docs: &[DocId]| -> Vec<Collection> {
         docs.iter()
-            .map(|doc| Collection::from(layout::kind_of(doc)))
+            .map(Collection::of)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect()
     };
+    let changed = |origin, collections: Vec<Collection>| {
+        (!collections.is_empty()).then_some(StoreEvent::DocumentsChanged {
+            origin,
+            collections,
+        })
+    };
     match notice {
-        Notice::LocalCommit { docs, .. } => StoreEvent::DocumentsChanged {
-            origin: ChangeOrigin::Local,
-            collections: collections(&docs),
-        },
-        Notice::RemoteChanges { docs } => StoreEvent::DocumentsChanged {
-            origin: ChangeOrigin::Remote,
-            collections: collections(&docs),
-        },
+        Notice::LocalCommit { op, docs } if docs.is_empty() => {
+            // An intent: it names no documents; what it changed locally
+            // follows from what it is.
+            let client = client.clone();
+            let intent = tokio::task::spawn_blocking(move || client.store().op_intent(op.seq))
+                .await
+                .ok()?
+                .ok()?;
+            changed(ChangeOrigin::Local, intent_collections(intent.as_ref()))
+        }
+        Notice::LocalCommit { docs, .. } => changed(ChangeOrigin::Local, collections(&docs)),
+        Notice::RemoteChanges { docs } => changed(ChangeOrigin::Remote, collections(&docs)),
         Notice::Verdicts {
             acknowledged,
             rejected,
-        } => StoreEvent::OpVerdicts {
+            decided,
+        } => Some(StoreEvent::OpVerdicts {
             acknowledged: acknowledged as u64,
             rejected: rejected as u64,
-        },
+            decided: decided
+                .into_iter()
+                .map(|(op, decision, status)| DecidedOp {
+                    op_id: op_id_text(&op),
+                    status,
+                    decision: describe_decision(&decision),
+                    order_no: order_no_of(&decision),
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// What recording an intent changed on this device: a checkout records a
+/// pending order (and spends allowance), a release gives allowance back;
+/// commands and status changes change nothing until the hub decides.
+fn intent_collections(intent: Option<&Intent>) -> Vec<Collection> {
+    match intent {
+        Some(Intent::Checkout(checkout)) => {
+            let mut collections = vec![Collection::Orders];
+            if checkout
+                .lines
+                .iter()
+                .any(|line| line.source == LineSource::Allowance)
+            {
+                collections.insert(0, Collection::Allowances);
+            }
+            collections
+        }
+        Some(Intent::ReleaseAllowance { .. }) => vec![Collection::Allowances],
+        _ => Vec::new(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! and Python apps use to embed omnisync.
 //!
 //! A thin layer over `omnisync-core`: [`open_store`] opens a device's store
-//! and returns an [`OmnisyncStore`] with the retail operations and queries,
-//! sync control and events. The crate owns one tokio runtime ([`runtime`]);
+//! and returns an [`OmnisyncStore`] with the retail operations and queries
+//! (catalog, prices, carts; stock commands, checkout, orders and
+//! compensations decided by the hub), sync control and events. The crate owns one tokio runtime ([`runtime`]);
 //! every export that touches the database is `async` and runs that work on
 //! the runtime's blocking pool, so an app's UI thread never waits on SQLite
 //! or the network. Errors are one enum, [`OmnisyncError`], translated from
@@ -15,17 +16,22 @@ uniffi::setup_scaffolding!();
 
 mod error;
 mod events;
+mod ledger;
 mod store;
 mod types;
 
 use std::sync::OnceLock;
 
 pub use error::OmnisyncError;
-pub use events::{ChangeOrigin, EVENT_QUEUE_MAX, EventListener, StoreEvent};
+pub use events::{ChangeOrigin, DecidedOp, EVENT_QUEUE_MAX, EventListener, StoreEvent};
+pub use ledger::{
+    CheckoutInput, CheckoutReceipt, Compensation, LineSource, OpState, OrderLine, OrderLineInput,
+    OrderSummary, ReceiptLine, ShortLine, StockMode, StockView,
+};
 pub use store::{OmnisyncStore, open_store};
 pub use types::{
-    Cart, CartLine, CartLineAdded, Channel, Collection, FieldConflict, LinkState, Money, OpState,
-    OrderLineInput, OrderSummary, Price, Product, ProductInput, StoreConfig, SyncStatus,
+    Cart, CartLine, CartLineAdded, Channel, Collection, FieldConflict, LinkState, Money, Price,
+    Product, ProductInput, StoreConfig, SyncStatus,
 };
 
 /// Worker threads of the bindings' runtime: sync tasks are I/O-bound and a

@@ -12,18 +12,23 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use omnisync_core::domain::Sku;
 use omnisync_core::domain::customer::LINE_QUANTITY_MAX;
-use omnisync_core::domain::{Currency, Sku};
+use omnisync_core::ids::check_name;
+use omnisync_core::ledger::StockCommand;
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::protocol::message::Credentials;
 use omnisync_core::{CustomerId, DeviceId, DocSetId, Store, StoreId, now_ms};
 
 use crate::error::{OmnisyncError, Result};
 use crate::events::{EventHub, EventListener, StoreEvent, start_dispatcher};
+use crate::ledger::{
+    self, CheckoutInput, CheckoutReceipt, Compensation, OpState, OrderSummary, StockView,
+};
 use crate::runtime;
 use crate::types::{
-    Cart, CartLineAdded, Channel, Money, OpState, OrderLineInput, OrderSummary, Price, Product,
-    ProductInput, StoreConfig, SyncStatus, op_id_text, parse_op_id,
+    Cart, CartLineAdded, Channel, Money, Price, Product, ProductInput, StoreConfig, SyncStatus,
+    op_id_text, parse_op_id,
 };
 
 /// Longest wait a caller may ask for (`next_event`, `wait_for_sync`): one hour.
@@ -45,7 +50,8 @@ struct Live {
 }
 
 /// Opens (or creates) a device's store. Sync does not start until
-/// [`OmnisyncStore::start_sync`]. The device follows its store's data set.
+/// [`OmnisyncStore::start_sync`]. The device follows its store's data set
+/// and its store's orders.
 #[uniffi::export]
 pub async fn open_store(config: StoreConfig) -> Result<Arc<OmnisyncStore>> {
     runtime()?
@@ -65,6 +71,9 @@ impl OmnisyncStore {
         sync_config.agent = format!("omnisync-ffi/{}", env!("CARGO_PKG_VERSION"));
         let client = Client::new(store, sync_config);
         client.subscribe(&DocSetId::store(&store_id))?;
+        // The store's decided orders (hub records). A hub that does not let
+        // this device read them leaves the set out (`SyncStatus::refused_sets`).
+        client.subscribe(&DocSetId::orders(&store_id))?;
         let events = EventHub::new();
         let dispatcher =
             start_dispatcher(runtime()?, &client, events.clone()).map_err(|error| {
@@ -195,22 +204,78 @@ impl OmnisyncStore {
         .await
     }
 
-    /// Publishes the on-hand count of a SKU (the store's stock authority only).
-    pub async fn publish_stock_level(&self, sku: String, on_hand: i64) -> Result<String> {
-        let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| {
-            let op =
-                client.write(|db| db.publish_stock_level(store_id, &sku, on_hand, now_ms()))?;
-            Ok(op_id_text(&op))
-        })
-        .await
-    }
-
-    /// The last published on-hand count of a SKU.
+    /// The on-hand count of a SKU at the hub's last word (see [`OmnisyncStore::stock`]).
     pub async fn stock_level(&self, sku: String) -> Result<Option<i64>> {
         let sku = Sku::new(sku)?;
         self.on_db(move |client, store_id| Ok(client.store().stock_level(store_id, &sku)?))
             .await
+    }
+
+    /// A SKU's stock as this device last heard it from the hub: on hand,
+    /// free, mode (escrow or strong), policy, and what this device may still
+    /// sell on its own. `None` until the hub has published the SKU.
+    pub async fn stock(&self, sku: String) -> Result<Option<StockView>> {
+        let sku = Sku::new(sku)?;
+        self.on_db(move |client, store_id| {
+            Ok(client.store().stock(store_id, &sku)?.map(StockView::from))
+        })
+        .await
+    }
+}
+
+/// Back-office stock commands. Stock is the hub's: each command is recorded
+/// here (durably, offline too) and decided by the hub, which publishes the
+/// new level to every device. Each returns its op id; `op_state` turns
+/// `Confirmed` (with the stock entry's new version) or `Refused`.
+#[uniffi::export]
+impl OmnisyncStore {
+    /// Goods received: adds `quantity` (1 to 1,000,000,000) units. `key`
+    /// (e.g. the delivery note) makes it idempotent: a repeat changes nothing.
+    pub async fn receive_stock(&self, sku: String, quantity: i64, key: String) -> Result<String> {
+        let command = ledger::receive_command(&sku, quantity, &key)?;
+        self.stock_command(command).await
+    }
+
+    /// A count of the shelf: `counted` units become the on-hand count.
+    pub async fn stock_take(&self, sku: String, counted: i64, key: String) -> Result<String> {
+        let command = ledger::stock_take_command(&sku, counted, &key)?;
+        self.stock_command(command).await
+    }
+
+    /// A correction by `delta` units (negative: damaged, stolen), with the reason.
+    pub async fn adjust_stock(
+        &self,
+        sku: String,
+        delta: i64,
+        reason: String,
+        key: String,
+    ) -> Result<String> {
+        let command = ledger::adjust_command(&sku, delta, &reason, &key)?;
+        self.stock_command(command).await
+    }
+
+    /// When sales of a SKU need the hub: at or below `strong_at_or_below`
+    /// units on hand every sale is decided by the hub, and an offline till
+    /// follows `offline_policy`: `block` (refuse the sale) or `provisional`
+    /// (sell at risk; the hub may open a compensation).
+    pub async fn set_stock_policy(
+        &self,
+        sku: String,
+        strong_at_or_below: i64,
+        offline_policy: String,
+    ) -> Result<String> {
+        let command = ledger::policy_command(&sku, strong_at_or_below, &offline_policy)?;
+        self.stock_command(command).await
+    }
+}
+
+impl OmnisyncStore {
+    async fn stock_command(&self, command: StockCommand) -> Result<String> {
+        self.on_db(move |client, _| {
+            let op = client.write(|db| db.stock_command(command, now_ms()))?;
+            Ok(op_id_text(&op))
+        })
+        .await
     }
 }
 
@@ -320,69 +385,82 @@ impl OmnisyncStore {
     }
 }
 
-/// Orders and the hub's verdicts on local ops.
+/// Checkout, orders, compensations and the hub's verdicts on local ops.
 #[uniffi::export]
 impl OmnisyncStore {
-    /// Records a completed sale (works offline); returns the op id, whose
-    /// verdict arrives as an [`StoreEvent::OpVerdicts`] event and in
-    /// [`OmnisyncStore::op_state`].
-    pub async fn create_order(
-        &self,
-        order_id: String,
-        lines: Vec<OrderLineInput>,
-        currency: String,
-    ) -> Result<String> {
-        let lines = lines
-            .iter()
-            .map(OrderLineInput::to_core)
-            .collect::<Result<Vec<_>>>()?;
-        let currency = Currency::new(&currency)?;
-        self.on_db(move |client, _| {
-            let op = client.write(|db| db.create_order(&order_id, &lines, currency, now_ms()))?;
-            Ok(op_id_text(&op))
-        })
-        .await
+    /// Records a sale in one durable transaction, online or offline. Lines
+    /// this till's allowance covers are decided at once; online, the rest
+    /// goes to the hub; offline, the SKU's policy decides: `provisional`
+    /// sells at risk, `block` throws [`OmnisyncError::Blocked`] (nothing is
+    /// written). The sale's lifecycle is `op_state(receipt.op_id)`; the hub's
+    /// decision (with the order number) also arrives as an
+    /// [`StoreEvent::OpVerdicts`] event.
+    pub async fn checkout(&self, input: CheckoutInput) -> Result<CheckoutReceipt> {
+        let request = input.to_core()?;
+        self.on_db(move |client, _| Ok(CheckoutReceipt::from(client.checkout(&request)?)))
+            .await
     }
 
-    /// One order of the store (made on any of its devices), once synced here.
+    /// One order: this device's own sales from the moment they are recorded,
+    /// and the store's orders the hub has decided, once synced here.
     pub async fn order(&self, order_id: String) -> Result<Option<OrderSummary>> {
-        self.on_db(move |client, store_id| {
-            Ok(client
-                .store()
-                .order(store_id, &order_id)?
-                .map(OrderSummary::from))
-        })
-        .await
+        self.on_db(move |client, _| Ok(client.store().order(&order_id)?.map(OrderSummary::from)))
+            .await
     }
 
-    /// Orders with a status, newest first.
+    /// Orders with a status (`pending`, `confirmed`, `paid`, ...), newest first.
     pub async fn orders_by_status(&self, status: String, limit: u32) -> Result<Vec<OrderSummary>> {
-        self.on_db(move |client, store_id| {
-            let found = client
-                .store()
-                .orders_by_status(store_id, &status, limit as usize)?;
+        self.on_db(move |client, _| {
+            let found = client.store().orders_by_status(&status, limit as usize)?;
             Ok(found.into_iter().map(OrderSummary::from).collect())
         })
         .await
     }
 
-    /// Moves an order to `status` if it is still at `expected_version`.
+    /// Asks the hub to move an order to `status` if it is still at
+    /// `expected_version` (from [`OrderSummary::version`]). Throws
+    /// `VersionConflict` if this device already knows a newer version; the
+    /// hub's decision is the op's state (`Confirmed` with the new version,
+    /// or `Refused` with `version-conflict`).
     pub async fn update_order_status(
         &self,
         order_id: String,
         expected_version: u64,
         status: String,
     ) -> Result<String> {
-        self.on_db(move |client, store_id| {
+        self.on_db(move |client, _| {
             let op = client.write(|db| {
-                db.update_order_status(store_id, &order_id, expected_version, &status, now_ms())
+                db.update_order_status(&order_id, expected_version, &status, now_ms())
             })?;
             Ok(op_id_text(&op))
         })
         .await
     }
 
-    /// Where a local op is: pending, acknowledged or rejected by the hub.
+    /// Compensation tasks — provisional sales the hub could not cover —
+    /// open ones first.
+    pub async fn compensations(&self) -> Result<Vec<Compensation>> {
+        self.on_db(move |client, _| {
+            let tasks = client.store().compensations()?;
+            Ok(tasks.into_iter().map(Compensation::from).collect())
+        })
+        .await
+    }
+
+    /// Resolves an open compensation task (`refund`, `substitute`,
+    /// `backorder`, ...): its op becomes `Compensated` and an order that
+    /// stands gets the status `compensated-<resolution>` at the hub.
+    pub async fn resolve_compensation(&self, op_id: String, resolution: String) -> Result<()> {
+        let op = parse_op_id(&op_id)?;
+        check_name("resolution", &resolution)?;
+        self.on_db(move |client, _| {
+            Ok(client.write(|db| db.resolve_compensation(&op, &resolution, now_ms()))?)
+        })
+        .await
+    }
+
+    /// Where a local op is: pending, acknowledged, rejected, or — for
+    /// checkouts and commands — confirmed, refused, compensation, compensated.
     pub async fn op_state(&self, op_id: String) -> Result<OpState> {
         let op = parse_op_id(&op_id)?;
         self.on_db(move |client, _| Ok(OpState::from(client.store().op_status(&op)?)))
@@ -543,8 +621,105 @@ mod tests {
         assert!(matches!(negative, Err(OmnisyncError::InvalidInput { .. })));
         let quantity = rt.block_on(store.add_to_cart("c-1".into(), "sku-1".into(), 0));
         assert!(matches!(quantity, Err(OmnisyncError::InvalidInput { .. })));
-        let stock = rt.block_on(store.publish_stock_level("sku-1".into(), -3));
-        assert!(matches!(stock, Err(OmnisyncError::InvalidInput { .. })));
+        let invalid =
+            |result: Result<String>| matches!(result, Err(OmnisyncError::InvalidInput { .. }));
+        assert!(invalid(rt.block_on(store.receive_stock(
+            "sku-1".into(),
+            0,
+            "d-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.receive_stock(
+            "sku-1".into(),
+            -3,
+            "d-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.receive_stock(
+            "sku-1".into(),
+            i64::MAX,
+            "d-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.receive_stock(
+            "bad sku".into(),
+            3,
+            "d-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.receive_stock(
+            "sku-1".into(),
+            3,
+            String::new()
+        ))));
+        assert!(invalid(rt.block_on(store.stock_take(
+            "sku-1".into(),
+            -1,
+            "c-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.adjust_stock(
+            "sku-1".into(),
+            0,
+            "damaged".into(),
+            "a-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.adjust_stock(
+            "sku-1".into(),
+            i64::MIN,
+            "damaged".into(),
+            "a-1".into()
+        ))));
+        assert!(invalid(rt.block_on(store.set_stock_policy(
+            "sku-1".into(),
+            5,
+            "sometimes".into()
+        ))));
+        assert!(invalid(rt.block_on(store.set_stock_policy(
+            "sku-1".into(),
+            -5,
+            "block".into()
+        ))));
+        let sale = |sku: &str, quantity: i64| CheckoutInput {
+            order_id: "till-1-0001".into(),
+            lines: vec![crate::ledger::OrderLineInput {
+                sku: sku.into(),
+                quantity,
+                unit_price_minor: 250,
+            }],
+            currency: "EUR".into(),
+            channel: Channel::Pos,
+            payment_ref: String::new(),
+            idempotency_key: None,
+        };
+        for bad in [
+            sale("sku-1", 0),
+            sale("sku-1", -1),
+            sale("sku-1", 10_001),
+            sale("bad sku", 1),
+        ] {
+            let refused = rt.block_on(store.checkout(bad));
+            assert!(
+                matches!(refused, Err(OmnisyncError::InvalidInput { .. })),
+                "{refused:?}"
+            );
+        }
+        // Offline (sync never started), with no allowance and no stock known:
+        // the sale is blocked and nothing is written.
+        let blocked = rt.block_on(store.checkout(sale("sku-1", 1)));
+        assert!(
+            matches!(blocked, Err(OmnisyncError::Blocked { .. })),
+            "{blocked:?}"
+        );
+        assert_eq!(
+            rt.block_on(store.order("till-1-0001".into())).unwrap(),
+            None
+        );
+        let bad_op = rt.block_on(store.resolve_compensation("nope".into(), "refund".into()));
+        assert!(matches!(bad_op, Err(OmnisyncError::InvalidInput { .. })));
+        let op = "07070707070707070707070707070707:1".to_owned();
+        let bad_resolution = rt.block_on(store.resolve_compensation(op.clone(), "a refund".into()));
+        assert!(matches!(
+            bad_resolution,
+            Err(OmnisyncError::InvalidInput { .. })
+        ));
+        let no_task = rt.block_on(store.resolve_compensation(op, "refund".into()));
+        assert!(matches!(no_task, Err(OmnisyncError::NotFound { .. })));
         let line = rt
             .block_on(store.add_to_cart("c-1".into(), "sku-1".into(), 5))
             .unwrap();
@@ -593,6 +768,20 @@ mod tests {
             StoreEvent::SyncStatusChanged { status } if status.pending == 1
         )));
         assert_eq!(rt.block_on(store.next_event(10)).unwrap(), None);
+        // A stock command changes nothing here until the hub decides it:
+        // only the pending count moves.
+        let op = rt
+            .block_on(store.receive_stock("sku-1".into(), 12, "delivery-1".into()))
+            .unwrap();
+        assert_eq!(rt.block_on(store.op_state(op)).unwrap(), OpState::Pending);
+        let event = rt.block_on(store.next_event(5_000)).unwrap();
+        assert!(
+            matches!(&event, Some(StoreEvent::SyncStatusChanged { status }) if status.pending == 2),
+            "{event:?}"
+        );
+        assert_eq!(rt.block_on(store.next_event(10)).unwrap(), None);
+        assert_eq!(rt.block_on(store.stock("sku-1".into())).unwrap(), None);
+        assert!(rt.block_on(store.compensations()).unwrap().is_empty());
         rt.block_on(store.shutdown()).unwrap();
     }
 

@@ -6,10 +6,10 @@
 use std::str::FromStr;
 
 use omnisync_core::domain::catalog::{self, ProductField};
-use omnisync_core::domain::{Currency, Sku, customer, orders, prices};
-use omnisync_core::ids::{OpId, ReplicaId};
+use omnisync_core::domain::layout::{self, DocKind};
+use omnisync_core::domain::{Currency, Sku, customer, prices};
+use omnisync_core::ids::{DocId, DocSetKind, OpId, ReplicaId};
 use omnisync_core::net::{Link, SyncStatus as CoreSyncStatus};
-use omnisync_core::store::OpStatus;
 
 use crate::error::{OmnisyncError, Result};
 
@@ -153,55 +153,6 @@ pub struct CartLineAdded {
     pub line_id: String,
 }
 
-/// One line of an order to create.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct OrderLineInput {
-    /// The product.
-    pub sku: String,
-    /// How many (at least 1).
-    pub quantity: i64,
-    /// Unit price charged, minor units (not negative).
-    pub unit_price_minor: i64,
-}
-
-/// An order as the local query tables show it.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct OrderSummary {
-    /// The order id.
-    pub order_id: String,
-    /// Current status (`completed`, `paid`, ...).
-    pub status: String,
-    /// Current version (starts at 1).
-    pub version: u64,
-    /// Order total.
-    pub total: Money,
-    /// When it was created, ms since the epoch.
-    pub created_ms: u64,
-    /// True when concurrent status changes wait to be settled.
-    pub conflicted: bool,
-}
-
-/// Where a local op is in its life: the hub's verdict on it.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
-pub enum OpState {
-    /// Durable on this device, not yet at the hub.
-    Pending,
-    /// Durable at the hub.
-    Acknowledged {
-        /// When the acknowledgement was recorded, ms since the epoch.
-        acked_ms: u64,
-    },
-    /// Refused by the hub; kept in the dead-letter lane.
-    Rejected {
-        /// The hub's reason code.
-        code: String,
-        /// The hub's explanation.
-        detail: String,
-    },
-    /// No op with this id exists in this store.
-    Unknown,
-}
-
 /// The state of the link to the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum LinkState {
@@ -224,12 +175,18 @@ pub struct SyncStatus {
     pub oldest_pending_age_ms: u64,
     /// Ops refused by the hub (dead-letter lane).
     pub rejected: u64,
+    /// Open compensation tasks: provisional sales the hub could not cover
+    /// (see `compensations()`).
+    pub compensations_open: u64,
     /// When the last acknowledgement arrived, ms since the epoch.
     pub last_ack_ms: Option<u64>,
     /// True when every followed set has reached the hub's head since connecting.
     pub caught_up: bool,
     /// The last connection error, if the link is down because of one.
     pub last_error: Option<String>,
+    /// Followed data sets the hub does not let this device read (e.g.
+    /// `orders.berlin-01`); they are not synced.
+    pub refused_sets: Vec<String>,
 }
 
 /// A kind of data, as reported in change events.
@@ -239,9 +196,11 @@ pub enum Collection {
     Catalog,
     /// Prices.
     Prices,
-    /// Stock levels.
+    /// Stock levels and policies as the hub publishes them (`stock(sku)`).
     Stock,
-    /// Orders.
+    /// This device's escrow allowances (`stock(sku).allowance_left`).
+    Allowances,
+    /// Orders (and, for this device's own sales, their checkout state).
     Orders,
     /// Shopping carts.
     Cart,
@@ -368,43 +327,6 @@ impl From<customer::CartView> for Cart {
     }
 }
 
-impl OrderLineInput {
-    /// The core's order line, the SKU parsed.
-    pub(crate) fn to_core(&self) -> Result<orders::OrderLine> {
-        Ok(orders::OrderLine {
-            sku: Sku::new(self.sku.as_str())?,
-            quantity: self.quantity,
-            unit_price_minor: self.unit_price_minor,
-        })
-    }
-}
-
-impl From<orders::OrderSummary> for OrderSummary {
-    fn from(order: orders::OrderSummary) -> Self {
-        OrderSummary {
-            order_id: order.order_id,
-            status: order.status,
-            version: order.version,
-            total: Money::from_core(order.total),
-            created_ms: order.created_ms,
-            conflicted: order.conflicted,
-        }
-    }
-}
-
-impl From<Option<OpStatus>> for OpState {
-    fn from(status: Option<OpStatus>) -> Self {
-        match status {
-            None => OpState::Unknown,
-            Some(OpStatus::Pending) => OpState::Pending,
-            Some(OpStatus::Acknowledged { acked_ms }) => OpState::Acknowledged { acked_ms },
-            Some(OpStatus::Rejected { code, detail }) => OpState::Rejected { code, detail },
-            // A verdict this build does not know yet: treat it as still open.
-            Some(_) => OpState::Pending,
-        }
-    }
-}
-
 impl From<&CoreSyncStatus> for SyncStatus {
     fn from(status: &CoreSyncStatus) -> Self {
         SyncStatus {
@@ -416,9 +338,15 @@ impl From<&CoreSyncStatus> for SyncStatus {
             pending: status.pending,
             oldest_pending_age_ms: status.oldest_pending_age_ms,
             rejected: status.rejected,
+            compensations_open: status.compensations_open,
             last_ack_ms: status.last_ack_ms,
             caught_up: status.caught_up,
             last_error: status.last_error.clone(),
+            refused_sets: status
+                .refused_sets
+                .iter()
+                .map(|set| set.as_str().to_owned())
+                .collect(),
         }
     }
 }
@@ -435,14 +363,23 @@ impl SyncStatus {
     }
 }
 
-impl From<omnisync_core::domain::layout::DocKind> for Collection {
-    fn from(kind: omnisync_core::domain::layout::DocKind) -> Self {
-        use omnisync_core::domain::layout::DocKind;
-        match kind {
+impl Collection {
+    /// The collection a document belongs to. Hub records are told apart by
+    /// their path: `store.S/rec/stock/...`, `device.D/rec/allowance/...`
+    /// (a device's own allowances) and `orders.S/rec/order/...`.
+    pub(crate) fn of(doc: &DocId) -> Self {
+        match layout::kind_of(doc) {
             DocKind::Catalog => Collection::Catalog,
             DocKind::Prices => Collection::Prices,
-            DocKind::Stock => Collection::Stock,
-            DocKind::Orders => Collection::Orders,
+            DocKind::Record => {
+                let kind = doc.as_str().split('/').nth(2).unwrap_or("");
+                match (doc.set().kind(), kind) {
+                    (DocSetKind::Store, "stock") => Collection::Stock,
+                    (DocSetKind::Device | DocSetKind::Store, "allowance") => Collection::Allowances,
+                    (DocSetKind::Orders, "order") => Collection::Orders,
+                    _ => Collection::Other,
+                }
+            }
             DocKind::Cart => Collection::Cart,
             DocKind::Wishlist => Collection::Wishlist,
             DocKind::Profile => Collection::Profile,
@@ -494,6 +431,29 @@ mod tests {
                 Err(OmnisyncError::InvalidInput { .. })
             ));
         }
+    }
+
+    #[test]
+    fn documents_map_to_collections_by_path() {
+        let of = |doc: &str| Collection::of(&DocId::new(doc).unwrap());
+        assert_eq!(of("store.berlin-01/catalog/b001"), Collection::Catalog);
+        assert_eq!(of("store.berlin-01/prices/b001"), Collection::Prices);
+        assert_eq!(of("store.berlin-01/rec/stock/sku-1"), Collection::Stock);
+        assert_eq!(
+            of("device.till-2/rec/allowance/sku-1"),
+            Collection::Allowances
+        );
+        assert_eq!(
+            of("orders.berlin-01/rec/order/till-2-0001"),
+            Collection::Orders
+        );
+        assert_eq!(
+            of("store.berlin-01/rec/order/till-2-0001"),
+            Collection::Other
+        );
+        assert_eq!(of("store.berlin-01/rec/mystery/x"), Collection::Other);
+        assert_eq!(of("customer.c-1/cart"), Collection::Cart);
+        assert_eq!(of("store.berlin-01/manifest"), Collection::Other);
     }
 
     #[test]

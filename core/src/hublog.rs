@@ -291,11 +291,7 @@ impl MemoryHubLog {
 
     /// Every change of a set, for convergence checks.
     pub fn all_changes(&self, set: &DocSetId) -> &[RemoteChange] {
-        self.state
-            .by_set
-            .get(set)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.state.by_set.get(set).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Every ledger entry, for invariant checks.
@@ -319,7 +315,10 @@ impl LedgerSource for MemoryState {
         store: &StoreId,
         order_id: &str,
     ) -> Result<Option<OrderRecord>, HubLogError> {
-        Ok(self.orders.get(&(store.clone(), order_id.to_owned())).cloned())
+        Ok(self
+            .orders
+            .get(&(store.clone(), order_id.to_owned()))
+            .cloned())
     }
 
     fn key(&mut self, store: &StoreId, key: &str) -> Result<Option<Decision>, HubLogError> {

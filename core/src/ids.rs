@@ -288,9 +288,12 @@ impl DocSetId {
         Self(format!("orders.{store}"))
     }
 
-    /// The set of one device's private hub records (its allowances).
-    pub fn device(device: &DeviceId) -> Self {
-        Self(format!("device.{device}"))
+    /// The set of one device's private hub records (its allowances):
+    /// `device.STORE.DEVICE`. `None` when the two names together are longer
+    /// than a set name may be; such a device gets no allowances (every sale
+    /// goes to the hub), which is safe.
+    pub fn device(store: &StoreId, device: &DeviceId) -> Option<Self> {
+        Self::new(format!("device.{store}.{device}")).ok()
     }
 
     /// The chain-wide document set.

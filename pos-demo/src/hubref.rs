@@ -61,6 +61,18 @@ impl HubRef {
         })
     }
 
+    /// Starts an embedded hub that commits at most `group_ops_max` ops per
+    /// transaction (1: one commit per op, the baseline of the benchmarks).
+    pub async fn open_with_group_ops_max(group_ops_max: usize) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir().context("creating the hub's data directory")?;
+        let mut config = HubConfig::new("127.0.0.1:0".parse()?, data.path().to_path_buf());
+        config.group_ops_max = group_ops_max;
+        Ok(HubRef::Embedded {
+            hub: Hub::start(config).await?,
+            data,
+        })
+    }
+
     /// The sync URL devices connect to.
     pub fn sync_url(&self) -> String {
         match self {
@@ -83,12 +95,14 @@ impl HubRef {
         }
     }
 
-    /// True if the hub holds an applied outcome for `op`.
+    /// True if the hub holds an applied outcome for `op` (stored changes,
+    /// or an intent it decided).
     pub async fn has_applied(&self, op: OpId) -> anyhow::Result<bool> {
+        use omnisync_core::protocol::message::AckOutcome;
         match self {
             HubRef::Embedded { hub, .. } => Ok(matches!(
                 hub.reader().outcome(&op)?,
-                Some(omnisync_core::protocol::message::AckOutcome::Applied { .. })
+                Some(AckOutcome::Applied { .. } | AckOutcome::Decided(_))
             )),
             HubRef::External { authority, .. } => {
                 let (status, body) = http_get(
@@ -96,7 +110,8 @@ impl HubRef {
                     &format!("/v1/admin/ops/{}/{}", op.replica, op.seq),
                 )
                 .await?;
-                Ok(status == 200 && String::from_utf8_lossy(&body).contains("\"applied\""))
+                let body = String::from_utf8_lossy(&body);
+                Ok(status == 200 && (body.contains("\"applied\"") || body.contains("\"decided\"")))
             }
         }
     }

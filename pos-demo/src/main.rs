@@ -7,6 +7,8 @@ mod demo;
 mod fanout;
 mod hubref;
 mod report;
+mod storm;
+mod terminal;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,13 @@ enum Command {
     /// Measure how fast a back-office price change becomes visible on every
     /// connected terminal.
     Fanout(fanout::FanoutArgs),
+    /// Measure checkouts decided by the hub per second (every SKU in strong
+    /// mode), with one commit per checkout measured in the same run.
+    CheckoutStorm(storm::StormArgs),
+    /// The cashier's terminal UI for one till: find products, sell, see
+    /// stock, sync and each checkout's lifecycle. Without --hub it starts an
+    /// embedded hub with demo data.
+    Terminal(terminal::TerminalArgs),
     /// The fresh terminal of `bootstrap`, run as a child process.
     #[command(hide = true)]
     BootstrapTerminal(bootstrap::TerminalArgs),
@@ -63,11 +72,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Terminal(args) => terminal::run(args).await,
             Command::LocalWrites(args) => bench::local_writes(args).await,
             Command::HubIngest(args) => bench::hub_ingest(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Fanout(args) => fanout::run(args).await,
             Command::BootstrapTerminal(args) => bootstrap::terminal(args).await,
+            Command::CheckoutStorm(args) => storm::run(args).await,
         }
     });
     match result {

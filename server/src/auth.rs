@@ -38,7 +38,7 @@ impl Authenticator for DevAuthenticator {
         // Hub records only: readable, never writable by a device.
         let mut readable = sets.clone();
         readable.push(DocSetId::orders(&hello.store));
-        readable.push(DocSetId::device(&hello.device));
+        readable.extend(DocSetId::device(&hello.store, &hello.device));
         Ok(Peer {
             device: hello.device.clone(),
             store: hello.store.clone(),

@@ -40,7 +40,9 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
         quantity: 50,
     };
     client.write(|db| db.stock_command(delivery, now_ms()))?;
-    client.wait_synced(std::time::Duration::from_secs(5)).await?;
+    client
+        .wait_synced(std::time::Duration::from_secs(5))
+        .await?;
 
     let line = OrderLine {
         sku: espresso,

@@ -23,8 +23,8 @@ pub mod hlc;
 pub mod layout;
 pub mod orders;
 pub mod prices;
-pub mod records;
 pub(crate) mod project;
+pub mod records;
 pub(crate) mod register;
 pub mod stock;
 

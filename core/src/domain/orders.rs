@@ -221,7 +221,11 @@ pub(crate) fn on_decision(
             } else {
                 Vec::new()
             };
-            let status = if provisional { "compensation" } else { "refused" };
+            let status = if provisional {
+                "compensation"
+            } else {
+                "refused"
+            };
             (status, None, short, Some(refusal.to_string()))
         }
         Decision::Applied { .. } => ("confirmed", None, Vec::new(), None),
@@ -366,6 +370,9 @@ impl Store {
             payment_ref: request.payment_ref.clone(),
             channel: request.channel,
         });
+        if let Intent::Checkout(checkout) = &intent {
+            crate::ledger::authority::validate_checkout(checkout).map_err(DomainError::Invalid)?;
+        }
         let at_risk = lines
             .iter()
             .any(|line| line.source == LineSource::Provisional);
@@ -433,7 +440,10 @@ impl Store {
                 .iter()
                 .map(|line| (line.sku.clone(), line.quantity, line.source))
                 .collect(),
-            needs_hub: intent.lines.iter().any(|line| line.source == LineSource::Hub),
+            needs_hub: intent
+                .lines
+                .iter()
+                .any(|line| line.source == LineSource::Hub),
             at_risk: intent
                 .lines
                 .iter()

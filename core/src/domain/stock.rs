@@ -202,6 +202,7 @@ impl Store {
         command: StockCommand,
         now_ms: u64,
     ) -> Result<OpId, DomainError> {
+        crate::ledger::authority::validate_stock_command(&command).map_err(DomainError::Invalid)?;
         Ok(self.commit_intent(&Intent::Stock(command), now_ms, |_, _| Ok(()))?)
     }
 

@@ -559,7 +559,11 @@ fn an_order_total_that_overflows_is_refused() {
         store.checkout(&request, super::orders::Connectivity::Online, NOW),
         Err(DomainError::Invalid(_))
     ));
-    assert_eq!(store.pending_ops(0, 10).unwrap().len(), 0, "nothing written");
+    assert_eq!(
+        store.pending_ops(0, 10).unwrap().len(),
+        0,
+        "nothing written"
+    );
 }
 
 #[test]

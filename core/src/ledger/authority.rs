@@ -51,8 +51,11 @@ pub trait LedgerSource {
     /// A SKU's ledger entry.
     fn sku(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<SkuLedger>, HubLogError>;
     /// An order.
-    fn order(&mut self, store: &StoreId, order_id: &str)
-    -> Result<Option<OrderRecord>, HubLogError>;
+    fn order(
+        &mut self,
+        store: &StoreId,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, HubLogError>;
     /// The decision an idempotency key got.
     fn key(&mut self, store: &StoreId, key: &str) -> Result<Option<Decision>, HubLogError>;
     /// A reservation.
@@ -76,19 +79,11 @@ pub trait LedgerSource {
 }
 
 /// Settings of the authority.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuthorityConfig {
     /// A seen price may differ from the price in force by this many basis
     /// points (1/100 of a percent) before a checkout is refused.
     pub price_tolerance_bp: u32,
-}
-
-impl Default for AuthorityConfig {
-    fn default() -> Self {
-        Self {
-            price_tolerance_bp: 0,
-        }
-    }
 }
 
 /// Everything a batch changed, for the backend to persist.
@@ -162,7 +157,9 @@ impl UnitOfWork {
             Intent::Reserve { key, sku, quantity } => {
                 self.reserve(source, store, key, sku, *quantity)?
             }
-            Intent::CommitReservation { key } => self.finish_reservation(source, store, key, true)?,
+            Intent::CommitReservation { key } => {
+                self.finish_reservation(source, store, key, true)?
+            }
             Intent::CancelReservation { key } => {
                 self.finish_reservation(source, store, key, false)?
             }
@@ -211,7 +208,8 @@ impl UnitOfWork {
         if let Err(detail) = validate_checkout(intent) {
             return Ok(Decision::Refused(Refusal::Invalid { detail }));
         }
-        if let Some(earlier) = self.key(source, store, &intent.idempotency_key)? {
+        let key = format!("checkout:{}", intent.idempotency_key);
+        if let Some(earlier) = self.key(source, store, &key)? {
             return Ok(Decision::Refused(Refusal::Duplicate {
                 order_no: order_no_of(&earlier),
             }));
@@ -225,13 +223,21 @@ impl UnitOfWork {
             .lines
             .iter()
             .any(|line| line.source == LineSource::Provisional);
-        // A customer who already left with the goods paid what they saw: the
-        // price check applies to sales decided while the till is online.
-        if !provisional {
-            for line in &intent.lines {
-                if let Some(current) =
-                    source.price(store, &line.sku, intent.channel, now_ms)?
-                    && !within_tolerance(line.unit_price_minor, current, self.config.price_tolerance_bp)
+        // Only lines the hub decides now are checked against the price in
+        // force: an allowance line was decided when it was sold, and a
+        // customer who left with provisional goods paid what they saw.
+        {
+            for line in intent
+                .lines
+                .iter()
+                .filter(|line| line.source == LineSource::Hub)
+            {
+                if let Some(current) = source.price(store, &line.sku, intent.channel, now_ms)?
+                    && !within_tolerance(
+                        line.unit_price_minor,
+                        current,
+                        self.config.price_tolerance_bp,
+                    )
                 {
                     return Ok(Decision::Refused(Refusal::PriceChanged {
                         sku: line.sku.to_string(),
@@ -321,7 +327,7 @@ impl UnitOfWork {
                 lines: short,
             }
         };
-        self.put_key(store, &intent.idempotency_key, decision.clone());
+        self.put_key(store, &key, decision.clone());
         Ok(decision)
     }
 
@@ -337,13 +343,15 @@ impl UnitOfWork {
             | StockCommand::Adjust { key, sku, .. } => (Some(key), sku),
             StockCommand::SetPolicy { sku, .. } => (None, sku),
         };
-        if let Some(key) = key {
-            if let Err(detail) = check_key("idempotency key", key) {
-                return Ok(Decision::Refused(Refusal::Invalid { detail }));
-            }
-            if let Some(earlier) = self.key(source, store, key)? {
-                return Ok(earlier);
-            }
+        if let Err(detail) = validate_stock_command(command) {
+            return Ok(Decision::Refused(Refusal::Invalid { detail }));
+        }
+        // Stock commands and checkouts have separate key spaces.
+        let key = key.map(|key| format!("stock:{key}"));
+        if let Some(key) = &key
+            && let Some(earlier) = self.key(source, store, key)?
+        {
+            return Ok(earlier);
         }
         let mut ledger = self.sku(source, store, sku)?;
         let result = match command {
@@ -375,7 +383,7 @@ impl UnitOfWork {
             }
             Err(refusal) => Decision::Refused(refusal.for_sku(sku)),
         };
-        if let Some(key) = key {
+        if let Some(key) = &key {
             self.put_key(store, key, decision.clone());
         }
         Ok(decision)
@@ -489,13 +497,18 @@ impl UnitOfWork {
         let mut changes = LedgerChanges::default();
         for key in &self.dirty_skus {
             let ledger = &self.skus[key];
-            changes.records.push(record_of(&key.0, Record::Stock(StockRecord::of(&key.1, ledger))));
-            changes.skus.push((key.0.clone(), key.1.clone(), ledger.clone()));
+            changes.records.extend(record_of(
+                &key.0,
+                Record::Stock(StockRecord::of(&key.1, ledger)),
+            ));
+            changes
+                .skus
+                .push((key.0.clone(), key.1.clone(), ledger.clone()));
         }
         for (store, sku, device) in &self.dirty_rights {
             let ledger = &self.skus[&(store.clone(), sku.clone())];
             let rights = ledger.rights.get(device).cloned().unwrap_or_default();
-            changes.records.push(record_of(
+            changes.records.extend(record_of(
                 store,
                 Record::Allowance(AllowanceRecord {
                     device: device.clone(),
@@ -510,13 +523,17 @@ impl UnitOfWork {
         }
         for key in &self.dirty_orders {
             if let Some(Some(order)) = self.orders.get(key) {
-                changes.records.push(record_of(&key.0, Record::Order(order.clone())));
+                changes
+                    .records
+                    .extend(record_of(&key.0, Record::Order(order.clone())));
                 changes.orders.push((key.0.clone(), order.clone()));
             }
         }
         for key in &self.new_keys {
             if let Some(Some(decision)) = self.keys.get(key) {
-                changes.keys.push((key.0.clone(), key.1.clone(), decision.clone()));
+                changes
+                    .keys
+                    .push((key.0.clone(), key.1.clone(), decision.clone()));
             }
         }
         for key in &self.dirty_reservations {
@@ -644,8 +661,8 @@ impl UnitOfWork {
     }
 }
 
-fn record_of(store: &StoreId, record: Record) -> (DocId, Vec<u8>) {
-    (record.doc(store), record.encode())
+fn record_of(store: &StoreId, record: Record) -> Option<(DocId, Vec<u8>)> {
+    Some((record.doc(store)?, record.encode()))
 }
 
 fn order_no_of(decision: &Decision) -> Option<u64> {
@@ -661,7 +678,7 @@ fn too_large(units: u64) -> Refusal {
     }
 }
 
-fn check_key(kind: &str, key: &str) -> Result<(), String> {
+pub(crate) fn check_key(kind: &str, key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX || key.chars().any(char::is_control) {
         return Err(format!(
             "{kind} must be 1 to {KEY_BYTES_MAX} bytes without control characters"
@@ -670,11 +687,15 @@ fn check_key(kind: &str, key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_checkout(intent: &CheckoutIntent) -> Result<(), String> {
+/// The checks the hub makes on a checkout before deciding it; devices make
+/// the same ones before recording it.
+pub(crate) fn validate_checkout(intent: &CheckoutIntent) -> Result<(), String> {
     check_name("order id", &intent.order_id).map_err(|error| error.to_string())?;
     check_key("idempotency key", &intent.idempotency_key)?;
     if intent.payment_ref.len() > KEY_BYTES_MAX {
-        return Err(format!("payment reference is longer than {KEY_BYTES_MAX} bytes"));
+        return Err(format!(
+            "payment reference is longer than {KEY_BYTES_MAX} bytes"
+        ));
     }
     if intent.lines.is_empty() || intent.lines.len() > CHECKOUT_LINES_MAX {
         return Err(format!("a checkout has 1 to {CHECKOUT_LINES_MAX} lines"));
@@ -689,6 +710,31 @@ fn validate_checkout(intent: &CheckoutIntent) -> Result<(), String> {
         if line.unit_price_minor < 0 {
             return Err(format!("line for {} has a negative price", line.sku));
         }
+    }
+    Ok(())
+}
+
+/// The checks of a stock command that need no state; the hub and devices
+/// make them alike.
+pub(crate) fn validate_stock_command(command: &StockCommand) -> Result<(), String> {
+    let (key, units) = match command {
+        StockCommand::Receive { key, quantity, .. } => (key, *quantity),
+        StockCommand::StockTake { key, counted, .. } => (key, *counted),
+        StockCommand::Adjust {
+            key, delta, reason, ..
+        } => {
+            if reason.len() > KEY_BYTES_MAX || reason.chars().any(char::is_control) {
+                return Err(format!(
+                    "an adjustment's reason is at most {KEY_BYTES_MAX} bytes without control characters"
+                ));
+            }
+            (key, delta.unsigned_abs())
+        }
+        StockCommand::SetPolicy { .. } => return Ok(()),
+    };
+    check_key("idempotency key", key)?;
+    if units > STOCK_QUANTITY_MAX {
+        return Err(format!("{units} units is more than {STOCK_QUANTITY_MAX}"));
     }
     Ok(())
 }

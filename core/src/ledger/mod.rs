@@ -73,6 +73,58 @@ pub enum Intent {
 }
 
 impl Intent {
+    /// The hub records this intent's decision will change, for change
+    /// notices (the op log lists them as the op's documents).
+    pub fn affected_docs(
+        &self,
+        store: &crate::ids::StoreId,
+        device: &crate::ids::DeviceId,
+    ) -> Vec<crate::ids::DocId> {
+        use crate::ids::{DocId, DocSetId};
+        let stock = |sku: &Sku| {
+            DocId::new(format!(
+                "{}/rec/stock/{sku}",
+                DocSetId::store(store).as_str()
+            ))
+            .ok()
+        };
+        let allowance = |sku: &Sku| {
+            DocSetId::device(store, device)
+                .and_then(|set| DocId::new(format!("{}/rec/allowance/{sku}", set.as_str())).ok())
+        };
+        let order = |id: &str| {
+            DocId::new(format!(
+                "{}/rec/order/{id}",
+                DocSetId::orders(store).as_str()
+            ))
+            .ok()
+        };
+        let mut docs: Vec<DocId> = match self {
+            Intent::Checkout(checkout) => checkout
+                .lines
+                .iter()
+                .flat_map(|line| [stock(&line.sku), allowance(&line.sku)])
+                .chain([order(&checkout.order_id)])
+                .flatten()
+                .collect(),
+            Intent::Stock(
+                StockCommand::Receive { sku, .. }
+                | StockCommand::StockTake { sku, .. }
+                | StockCommand::Adjust { sku, .. }
+                | StockCommand::SetPolicy { sku, .. },
+            )
+            | Intent::Reserve { sku, .. } => stock(sku).into_iter().collect(),
+            Intent::ReleaseAllowance { sku, .. } => {
+                [stock(sku), allowance(sku)].into_iter().flatten().collect()
+            }
+            Intent::OrderStatus(change) => order(&change.order_id).into_iter().collect(),
+            Intent::CommitReservation { .. } | Intent::CancelReservation { .. } => Vec::new(),
+        };
+        docs.sort();
+        docs.dedup();
+        docs
+    }
+
     /// A short description for op lists and logs.
     pub fn describe(&self) -> String {
         match self {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Sku;
 use crate::ids::{DeviceId, DocId, DocSetId, StoreId};
-use crate::ledger::{Decision, OfflinePolicy, StockMode, StockPolicy};
 use crate::ledger::stock::SkuLedger;
+use crate::ledger::{Decision, OfflinePolicy, StockMode, StockPolicy};
 
 /// Magic prefix of an encoded record (format version 1).
 pub const RECORD_MAGIC: [u8; 2] = *b"R1";
@@ -160,21 +160,31 @@ impl Record {
         Ok(record)
     }
 
-    /// The document this record is the state of.
-    pub fn doc(&self, store: &StoreId) -> DocId {
-        // Store ids, SKUs, device ids and order ids are valid segments.
+    /// The document this record is the state of; `None` for the allowance
+    /// of a device whose private set cannot be named (see [`DocSetId::device`]).
+    pub fn doc(&self, store: &StoreId) -> Option<DocId> {
+        // Store ids, SKUs, device ids and order ids are valid segments, and
+        // the ids stay under the document id limit.
         let id = match self {
-            Record::Stock(stock) => format!("{}/rec/stock/{}", DocSetId::store(store).as_str(), stock.sku),
+            Record::Stock(stock) => format!(
+                "{}/rec/stock/{}",
+                DocSetId::store(store).as_str(),
+                stock.sku
+            ),
             Record::Allowance(allowance) => format!(
                 "{}/rec/allowance/{}",
-                DocSetId::device(&allowance.device).as_str(),
+                DocSetId::device(store, &allowance.device)?.as_str(),
                 allowance.sku
             ),
             Record::Order(order) => {
-                format!("{}/rec/order/{}", DocSetId::orders(store).as_str(), order.order_id)
+                format!(
+                    "{}/rec/order/{}",
+                    DocSetId::orders(store).as_str(),
+                    order.order_id
+                )
             }
         };
-        DocId::new(id).expect("record doc ids are valid")
+        DocId::new(id).ok()
     }
 }
 
@@ -217,8 +227,9 @@ mod tests {
         let record = Record::Stock(StockRecord::of(&Sku::new("tea").unwrap(), &ledger));
         let bytes = record.encode();
         assert_eq!(Record::decode(&bytes).unwrap(), record);
-        assert_eq!(record.doc(&store).as_str(), "store.berlin-01/rec/stock/tea");
-        assert!(is_record_doc(&record.doc(&store)));
+        let doc = record.doc(&store).unwrap();
+        assert_eq!(doc.as_str(), "store.berlin-01/rec/stock/tea");
+        assert!(is_record_doc(&doc));
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(Record::decode(&trailing).is_err());

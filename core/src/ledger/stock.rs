@@ -195,10 +195,7 @@ impl SkuLedger {
     pub fn write_off(&mut self, units: u64) -> Result<(), Refusal> {
         if units > self.on_hand {
             return Err(Refusal::Invalid {
-                detail: format!(
-                    "cannot write off {units} units: {} on hand",
-                    self.on_hand
-                ),
+                detail: format!("cannot write off {units} units: {} on hand", self.on_hand),
             });
         }
         self.on_hand -= units;

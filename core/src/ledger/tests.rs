@@ -60,9 +60,12 @@ impl World {
         for set in [
             DocSetId::store(&store_id()),
             DocSetId::orders(&store_id()),
-            DocSetId::device(store.device()),
+            DocSetId::device(&store_id(), store.device()).unwrap(),
         ] {
-            let page = self.hub.changes_since(&set, 0, 100_000, usize::MAX).unwrap();
+            let page = self
+                .hub
+                .changes_since(&set, 0, 100_000, usize::MAX)
+                .unwrap();
             let batch = ChangeBatch {
                 set,
                 changes: page.changes,
@@ -75,7 +78,9 @@ impl World {
 
     fn check_ledgers(&self) {
         for ((_, sku), ledger) in self.hub.ledgers() {
-            ledger.check().unwrap_or_else(|broken| panic!("{sku}: {broken}"));
+            ledger
+                .check()
+                .unwrap_or_else(|broken| panic!("{sku}: {broken}"));
             assert!(ledger.sold <= ledger.received, "{sku} oversold");
         }
     }
@@ -137,7 +142,10 @@ fn a_till_sells_offline_from_the_allowance_the_hub_granted() {
     world.upload(&mut office);
     world.deliver(&mut till);
     let view = till.stock(&store_id(), &sku("tea")).unwrap().unwrap();
-    assert_eq!((view.on_hand, view.mode, view.allowance_left), (100, StockMode::Escrow, 0));
+    assert_eq!(
+        (view.on_hand, view.mode, view.allowance_left),
+        (100, StockMode::Escrow, 0)
+    );
 
     // First sale online: the hub decides it and grants an allowance.
     let first = till
@@ -163,7 +171,11 @@ fn a_till_sells_offline_from_the_allowance_the_hub_granted() {
     let mut receipts = Vec::new();
     for n in 0..left {
         let receipt = till
-            .checkout(&sale(&format!("o-off-{n}"), "tea", 1), Connectivity::Offline, NOW)
+            .checkout(
+                &sale(&format!("o-off-{n}"), "tea", 1),
+                Connectivity::Offline,
+                NOW,
+            )
             .unwrap();
         assert_eq!(receipt.lines[0].2, LineSource::Allowance);
         assert!(!receipt.at_risk);
@@ -174,7 +186,10 @@ fn a_till_sells_offline_from_the_allowance_the_hub_granted() {
         till.checkout(&sale("o-blocked", "tea", 1), Connectivity::Offline, NOW),
         Err(DomainError::Blocked(_))
     ));
-    assert!(till.order("o-blocked").unwrap().is_none(), "nothing written");
+    assert!(
+        till.order("o-blocked").unwrap().is_none(),
+        "nothing written"
+    );
     world.upload(&mut till);
     world.deliver(&mut till);
     for receipt in &receipts {
@@ -247,7 +262,10 @@ fn the_last_unit_is_sold_once_and_a_provisional_loser_gets_a_compensation_task()
     assert_eq!(task.lines[0].quantity, 1);
     world.deliver(till);
     till.resolve_compensation(&task.op, "refund", NOW).unwrap();
-    assert!(matches!(status(till, &task.op), OpStatus::Compensated { .. }));
+    assert!(matches!(
+        status(till, &task.op),
+        OpStatus::Compensated { .. }
+    ));
     world.upload(till);
     world.deliver(till);
     let order = till.order("lamp-3").unwrap().unwrap();
@@ -294,10 +312,7 @@ fn retries_get_the_original_answer_and_duplicates_are_refused() {
     let mut other = device("till-2");
     let mut copy = sale("o-2", "tea", 1);
     copy.idempotency_key = Some("o-1".into());
-    let op = other
-        .checkout(&copy, Connectivity::Online, NOW)
-        .unwrap()
-        .op;
+    let op = other.checkout(&copy, Connectivity::Online, NOW).unwrap().op;
     world.upload(&mut other);
     assert_eq!(
         status(&other, &op),
@@ -346,7 +361,10 @@ fn order_status_changes_use_optimistic_concurrency_at_the_hub() {
     assert_eq!((order.status.as_str(), order.version), ("paid", 2));
     assert!(matches!(
         office.update_order_status("o-1", 1, "returned", NOW),
-        Err(DomainError::VersionConflict { expected: 1, found: 2 })
+        Err(DomainError::VersionConflict {
+            expected: 1,
+            found: 2
+        })
     ));
 }
 
@@ -399,7 +417,10 @@ fn falling_stock_recalls_allowances_and_released_units_return_to_the_hub() {
     assert_eq!(ledger.held(), 0);
     assert_eq!(ledger.deficit, 0);
     assert_eq!(ledger.pool + ledger.reserved, ledger.on_hand);
-    assert!(till.answer_recalls(NOW).unwrap().is_empty(), "nothing left to release");
+    assert!(
+        till.answer_recalls(NOW).unwrap().is_empty(),
+        "nothing left to release"
+    );
 }
 
 #[test]

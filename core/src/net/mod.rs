@@ -149,8 +149,9 @@ impl Client {
     /// Wraps a store. Nothing connects until [`Client::start`].
     pub fn new(mut store: Store, config: SyncConfig) -> Self {
         // The device's own hub records (escrow allowances) are always followed.
-        let own = crate::ids::DocSetId::device(store.device());
-        if let Err(error) = store.subscribe(&own) {
+        if let Some(own) = crate::ids::DocSetId::device(store.store_id(), store.device())
+            && let Err(error) = store.subscribe(&own)
+        {
             tracing::warn!(%error, "could not follow the device's own records");
         }
         let (notices, _) = broadcast::channel(NOTICE_QUEUE_MAX);

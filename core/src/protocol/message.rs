@@ -388,7 +388,9 @@ impl OpBody {
                 .iter()
                 .map(|change| change.bytes.len() + change.doc.as_str().len())
                 .sum(),
-            OpBody::Intent(intent) => postcard::to_stdvec(intent).map_or(usize::MAX, |bytes| bytes.len()),
+            OpBody::Intent(intent) => {
+                postcard::to_stdvec(intent).map_or(usize::MAX, |bytes| bytes.len())
+            }
         }
     }
 }

@@ -325,7 +325,13 @@ impl Store {
         }
         let tx = self.db.transaction()?;
         local(&tx, seq)?;
-        oplog::insert(&tx, seq, now_ms, &body, &format!("intent: {}", intent.describe()))?;
+        let docs = intent
+            .affected_docs(&self.store, &self.device)
+            .iter()
+            .map(DocId::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
+        oplog::insert(&tx, seq, now_ms, &body, &docs)?;
         tx.commit()?;
         self.last_seq = seq;
         Ok(OpId {

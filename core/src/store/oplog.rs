@@ -275,15 +275,16 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, Stor
     let Some((status, acked_ms, code, detail, decision)) = row else {
         return Ok(None);
     };
-    let decision = match decision {
-        Some(blob) => Some(postcard::from_bytes::<Decision>(&blob).map_err(|error| {
-            StoreError::Corrupt {
-                doc: format!("op {seq}"),
-                detail: format!("stored decision: {error}"),
-            }
-        })?),
-        None => None,
-    };
+    let decision =
+        match decision {
+            Some(blob) => Some(postcard::from_bytes::<Decision>(&blob).map_err(|error| {
+                StoreError::Corrupt {
+                    doc: format!("op {seq}"),
+                    detail: format!("stored decision: {error}"),
+                }
+            })?),
+            None => None,
+        };
     Ok(Some(match (status.as_str(), decision) {
         ("acknowledged", _) => OpStatus::Acknowledged {
             acked_ms: acked_ms.unwrap_or(0) as u64,

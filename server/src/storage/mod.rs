@@ -15,12 +15,12 @@ use omnisync_core::hublog::{
     AppliedBatch, HubLog, HubLogError, HubLogRead, HubTxn, apply_ops, maintain_ledger,
 };
 use omnisync_core::ids::StoreId;
+use omnisync_core::ids::{DocId, DocSetId, ReplicaId};
+use omnisync_core::ledger::Decision;
 use omnisync_core::ledger::authority::{AuthorityConfig, LedgerChanges, LedgerSource, Reservation};
 use omnisync_core::ledger::prices::PriceBook;
 use omnisync_core::ledger::record::{OrderRecord, is_record_doc};
 use omnisync_core::ledger::stock::SkuLedger;
-use omnisync_core::ledger::Decision;
-use omnisync_core::ids::{DocId, DocSetId, ReplicaId};
 use omnisync_core::protocol::hub::{ChangePage, CommittedChanges, IncomingOp};
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -115,10 +115,18 @@ impl SqliteHubLog {
                 head_before: self.head,
             };
             omnisync_core::hublog::apply_hub_intents(
-                &mut txn, &mut head, hub, self.config, store, &issuer, intents, now_ms,
+                &mut txn,
+                &mut head,
+                hub,
+                self.config,
+                store,
+                &issuer,
+                intents,
+                now_ms,
             )
         };
-        finish_txn(tx, result, &mut self.head, head, &mut self.prices).map(|(decisions, _)| decisions)
+        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
+            .map(|(decisions, _)| decisions)
     }
 
     /// Sets the authority's settings (price tolerance).
@@ -415,7 +423,11 @@ impl LedgerSource for SqliteTxn<'_> {
         .transpose()
     }
 
-    fn order(&mut self, store: &StoreId, order_id: &str) -> Result<Option<OrderRecord>, HubLogError> {
+    fn order(
+        &mut self,
+        store: &StoreId,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, HubLogError> {
         self.blob(
             "SELECT record FROM ledger_orders WHERE store_id = ?1 AND order_id = ?2",
             store.as_str(),
@@ -435,7 +447,11 @@ impl LedgerSource for SqliteTxn<'_> {
         .transpose()
     }
 
-    fn reservation(&mut self, store: &StoreId, key: &str) -> Result<Option<Reservation>, HubLogError> {
+    fn reservation(
+        &mut self,
+        store: &StoreId,
+        key: &str,
+    ) -> Result<Option<Reservation>, HubLogError> {
         self.blob(
             "SELECT state FROM ledger_reservations WHERE store_id = ?1 AND key = ?2",
             store.as_str(),
@@ -474,10 +490,14 @@ impl LedgerSource for SqliteTxn<'_> {
     fn skus_with_rights(&mut self) -> Result<Vec<(StoreId, Sku)>, HubLogError> {
         let mut statement = self
             .tx
-            .prepare_cached("SELECT store_id, sku FROM ledger_skus WHERE has_rights = 1 ORDER BY store_id, sku")
+            .prepare_cached(
+                "SELECT store_id, sku FROM ledger_skus WHERE has_rights = 1 ORDER BY store_id, sku",
+            )
             .map_err(storage_error)?;
         let rows = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
             .map_err(storage_error)?;
         let mut keys = Vec::new();
         for row in rows {
@@ -503,7 +523,12 @@ impl HubTxn for SqliteTxn<'_> {
         stored.map(|bytes| decode_outcome(&bytes)).transpose()
     }
 
-    fn put_outcome(&mut self, op: &OpId, outcome: &AckOutcome, now_ms: u64) -> Result<(), HubLogError> {
+    fn put_outcome(
+        &mut self,
+        op: &OpId,
+        outcome: &AckOutcome,
+        now_ms: u64,
+    ) -> Result<(), HubLogError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO op_outcomes (replica, seq, outcome, decided_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -531,8 +556,9 @@ impl HubTxn for SqliteTxn<'_> {
         if PriceBook::follows(&change.doc) {
             let tx = self.tx;
             let head = self.head_before;
-            self.prices
-                .note_change(&change.doc, &change.bytes, || load_doc_at(tx, &change.doc, head).ok());
+            self.prices.note_change(&change.doc, &change.bytes, || {
+                load_doc_at(tx, &change.doc, head).ok()
+            });
         }
         Ok(())
     }
@@ -550,7 +576,12 @@ impl HubTxn for SqliteTxn<'_> {
             run(
                 "INSERT INTO ledger_skus (store_id, sku, state, has_rights) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (store_id, sku) DO UPDATE SET state = ?3, has_rights = ?4",
-                params![store.as_str(), sku.as_str(), encode(ledger)?, ledger.held() > 0],
+                params![
+                    store.as_str(),
+                    sku.as_str(),
+                    encode(ledger)?,
+                    ledger.held() > 0
+                ],
             )?;
         }
         for (store, order) in &changes.orders {

@@ -1,5 +1,6 @@
-// bindings/README.md's "Use from Kotlin" example, compiled and run against a
-// real hub so the README cannot drift from the generated API.
+// The README's "Use from Kotlin" example (README.md and bindings/README.md),
+// compiled and run against a real hub so the README cannot drift from the
+// generated API.
 package dev.omnisync
 
 import kotlinx.coroutines.runBlocking
@@ -7,24 +8,30 @@ import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Test
 import java.nio.file.Files
 
-// --- as in bindings/README.md ---
+// --- as in the README ---
 suspend fun sellOneCoffee(dbPath: String, hubUrl: String) {
     val till = openStore(StoreConfig(dbPath, deviceId = "till-2", storeId = "berlin-01", hubUrl = hubUrl))
     val listenerId = till.addListener(object : EventListener {
         override fun onEvent(event: StoreEvent) {
-            if (event is StoreEvent.OpVerdicts) println("hub acknowledged ${event.acknowledged} ops")
+            if (event is StoreEvent.OpVerdicts) event.decided.forEach { println("hub: ${it.decision}") }
         }
     })
     till.startSync()
+    till.waitForSync(30_000uL) // online: the hub decides what this till's allowance does not cover
     val price = till.priceInForce("espresso-beans", Channel.POS, null) ?: error("not priced")
-    val op = till.createOrder("till-2-0001", listOf(OrderLineInput("espresso-beans", 2, price.money.amountMinor)), "EUR")
+    val lines = listOf(OrderLineInput("espresso-beans", 2, price.money.amountMinor))
+    try {
+        val receipt = till.checkout(CheckoutInput("till-2-0001", lines, "EUR", Channel.POS, paymentRef = "card-7731"))
+        till.waitForSync(30_000uL)
+        println("sale ${till.opState(receipt.opId)}, stock ${till.stock("espresso-beans")}")
+    } catch (e: OmnisyncException.Blocked) {
+        println("cannot sell now: ${e.detail}") // offline, and the SKU's policy is `block`
+    }
     try {
         till.setPrice("bad sku", Channel.POS, Money(100, "EUR"), 0uL)
     } catch (e: OmnisyncException.InvalidInput) {
         println("refused: ${e.detail}")
     }
-    till.waitForSync(30_000uL)
-    println("order ${till.opState(op)}, stock ${till.stockLevel("espresso-beans")}")
     till.removeListener(listenerId)
     till.shutdown()   // stop sync, drop listeners
     till.close()      // free the Rust object (or use `till.use { ... }`)
@@ -37,24 +44,34 @@ class ReadmeExampleTest {
         TestHub.start().use { hub ->
             val dir = Files.createTempDirectory("omnisync-readme-")
             try {
+                // The back office has priced and received the beans.
+                openStore(StoreConfig(dir.resolve("office-1.db").toString(), "office-1", "berlin-01", hub.url)).use {
+                    office ->
+                    office.startSync()
+                    office.setPrice("espresso-beans", Channel.POS, Money(1899, "EUR"), 0uL)
+                    office.receiveStock("espresso-beans", 50, "delivery-1")
+                    office.waitForSync(30_000uL)
+                    office.shutdown()
+                }
                 val tillPath = dir.resolve("till-2.db").toString()
-                // The till's database already holds the price (as after an earlier sync).
+                sellOneCoffee(tillPath, hub.url)
                 openStore(StoreConfig(tillPath, "till-2", "berlin-01", hub.url)).use { till ->
-                    till.setPrice("espresso-beans", Channel.POS, Money(1899, "EUR"), 0uL)
+                    assertEquals(0uL, till.syncStatus().pending, "the sale was decided")
+                    val order = till.order("till-2-0001")
+                    assertEquals(Money(3798, "EUR"), order?.total)
+                    assertEquals("confirmed", order?.status)
+                    assertEquals(1uL, order?.orderNo)
                     till.shutdown()
                 }
-                sellOneCoffee(tillPath, hub.url)
                 openStore(StoreConfig(dir.resolve("office-1.db").toString(), "office-1", "berlin-01", hub.url)).use {
                     office ->
                     office.startSync()
                     office.waitForSync(30_000uL)
                     val order = office.order("till-2-0001")
                     assertEquals(Money(3798, "EUR"), order?.total)
+                    assertEquals(1uL, order?.orderNo)
+                    assertEquals(48L, office.stock("espresso-beans")?.onHand)
                     office.shutdown()
-                }
-                openStore(StoreConfig(tillPath, "till-2", "berlin-01", hub.url)).use { till ->
-                    assertEquals(0uL, till.syncStatus().pending, "the sale was acknowledged")
-                    till.shutdown()
                 }
             } finally {
                 dir.toFile().deleteRecursively()
