@@ -5,6 +5,7 @@ mod bench;
 mod bootstrap;
 mod demo;
 mod fanout;
+mod fleet;
 mod hubref;
 mod report;
 mod storm;
@@ -38,6 +39,9 @@ enum Command {
     /// Measure how fast a back-office price change becomes visible on every
     /// connected terminal.
     Fanout(fanout::FanoutArgs),
+    /// Measure a store's fleet of tills selling at once: sales/s, sale to
+    /// back-office propagation, convergence, oversold and lost sales.
+    Fleet(fleet::FleetArgs),
     /// Measure checkouts decided by the hub per second (every SKU in strong
     /// mode), with one commit per checkout measured in the same run.
     CheckoutStorm(storm::StormArgs),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args).await,
             Command::BootstrapTerminal(args) => bootstrap::terminal(args).await,
             Command::CheckoutStorm(args) => storm::run(args).await,
+            Command::Fleet(args) => fleet::run(args).await,
         }
     });
     match result {

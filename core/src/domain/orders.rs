@@ -133,11 +133,13 @@ fn lines_json(lines: &[OrderLine]) -> String {
     serde_json::to_string(lines).unwrap_or_else(|_| "[]".into())
 }
 
-/// Applies a hub order record.
+/// Applies a hub order record unless the row is newer (a local pending order
+/// has version 0; a decided one version 1 until the record with the hub's
+/// covered lines replaces it — the same version carries the same content).
 pub(crate) fn apply_order_record(
     tx: &Transaction<'_>,
     record: &OrderRecord,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let lines: Vec<OrderLine> = record
         .lines
         .iter()
@@ -147,7 +149,7 @@ pub(crate) fn apply_order_record(
             unit_price_minor: line.unit_price_minor,
         })
         .collect();
-    tx.prepare_cached(
+    let changed = tx.prepare_cached(
         "INSERT INTO orders (order_id, order_no, device_id, status, version, total_minor, currency, created_ms, at_risk, lines)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (order_id) DO UPDATE SET order_no = ?2, status = ?4, version = ?5, total_minor = ?6,
@@ -166,7 +168,7 @@ pub(crate) fn apply_order_record(
         record.at_risk as i64,
         lines_json(&lines),
     ])?;
-    Ok(())
+    Ok(changed > 0)
 }
 
 /// Side effects of the hub's decision on one of this device's intents, in

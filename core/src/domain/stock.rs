@@ -93,17 +93,20 @@ pub(crate) fn add_escrow_use(
     Ok(())
 }
 
+/// Applies a stock record if it is newer than the row; true if it was.
 pub(crate) fn apply_stock_record(
     tx: &Transaction<'_>,
     set: &DocSetId,
     record: &StockRecord,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO stock_levels (set_id, sku, on_hand, free, reserved, held, mode, strong_at_or_below, offline_policy, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (set_id, sku) DO UPDATE SET on_hand = ?3, free = ?4, reserved = ?5, held = ?6,
-             mode = ?7, strong_at_or_below = ?8, offline_policy = ?9, version = ?10",
-    )?
+) -> Result<bool, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO stock_levels (set_id, sku, on_hand, free, reserved, held, mode, strong_at_or_below, offline_policy, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (set_id, sku) DO UPDATE SET on_hand = ?3, free = ?4, reserved = ?5, held = ?6,
+                 mode = ?7, strong_at_or_below = ?8, offline_policy = ?9, version = ?10
+             WHERE excluded.version > stock_levels.version",
+        )?
     .execute(params![
         set.as_str(),
         record.sku.as_str(),
@@ -116,26 +119,32 @@ pub(crate) fn apply_stock_record(
         record.policy.offline.as_str(),
         record.version as i64,
     ])?;
-    Ok(())
+    Ok(changed > 0)
 }
 
+/// Applies an allowance record if it is newer than the row; true if it was.
 pub(crate) fn apply_allowance_record(
     tx: &Transaction<'_>,
     record: &AllowanceRecord,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO allowances (device_id, sku, granted, spent, released, recall) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (device_id, sku) DO UPDATE SET granted = ?3, spent = ?4, released = ?5, recall = ?6",
-    )?
-    .execute(params![
-        record.device.as_str(),
-        record.sku.as_str(),
-        record.granted as i64,
-        record.spent as i64,
-        record.released as i64,
-        record.recall as i64,
-    ])?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO allowances (device_id, sku, granted, spent, released, recall, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (device_id, sku) DO UPDATE SET granted = ?3, spent = ?4, released = ?5,
+                 recall = ?6, version = ?7
+             WHERE excluded.version > allowances.version",
+        )?
+        .execute(params![
+            record.device.as_str(),
+            record.sku.as_str(),
+            record.granted as i64,
+            record.spent as i64,
+            record.released as i64,
+            record.recall as i64,
+            record.version as i64,
+        ])?;
+    Ok(changed > 0)
 }
 
 fn parse_mode(text: &str) -> StockMode {
@@ -186,6 +195,21 @@ impl Store {
             allowance_left: allowance.left(),
             recalled: allowance.recall,
         }))
+    }
+
+    /// The on-hand count of every SKU the hub published for a store, by SKU.
+    pub fn stock_levels(
+        &self,
+        store: &StoreId,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let set = DocSetId::store(store);
+        let mut statement = self
+            .db
+            .prepare_cached("SELECT sku, on_hand FROM stock_levels WHERE set_id = ?1")?;
+        let rows = statement.query_map([set.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The on-hand count the hub last published for a SKU.

@@ -327,7 +327,7 @@ impl Client {
     }
 
     fn refresh_status(&self, change: impl FnOnce(&mut SyncStatus)) {
-        let stats = self.store().op_stats(crate::now_ms());
+        let stats = self.store().sync_counts(crate::now_ms());
         self.inner.status.send_modify(|status| {
             change(status);
             if let Ok(stats) = stats {

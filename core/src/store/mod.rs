@@ -569,9 +569,17 @@ impl Store {
         oplog::status(&self.db, op.seq)
     }
 
-    /// Counts for sync status screens: pending, oldest pending age, last ack.
+    /// Every count of the op log (acknowledged, confirmed and refused are
+    /// counted over the whole log: for reports, not for every commit).
     pub fn op_stats(&self, now_ms: u64) -> Result<OpLogStats, StoreError> {
-        oplog::stats(&self.db, now_ms)
+        oplog::stats(&self.db, now_ms, true)
+    }
+
+    /// The counts a sync status shows (pending, oldest pending age,
+    /// rejected, open compensations, last ack), cheap enough for every commit;
+    /// the whole-log counts are left at 0.
+    pub fn sync_counts(&self, now_ms: u64) -> Result<OpLogStats, StoreError> {
+        oplog::stats(&self.db, now_ms, false)
     }
 
     /// Ops the hub refused, with the reasons.

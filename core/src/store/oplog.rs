@@ -307,38 +307,39 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, Stor
     }))
 }
 
-pub(crate) fn stats(db: &Connection, now_ms: u64) -> Result<OpLogStats, StoreError> {
-    let (pending, oldest): (i64, Option<i64>) = db.query_row(
-        "SELECT COUNT(*), MIN(created_ms) FROM ops WHERE status = 'pending'",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    let count = |status: &str| -> Result<i64, StoreError> {
+/// The op log's counts. `full` also counts acknowledged, confirmed and
+/// refused ops, which grow with the log; the sync status needs only the
+/// small lanes (pending, rejected, open compensations), which are index
+/// ranges of their own and stay cheap however long the log grows.
+pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogStats, StoreError> {
+    let (pending, oldest): (i64, Option<i64>) = db
+        .prepare_cached("SELECT COUNT(*), MIN(created_ms) FROM ops WHERE status = 'pending'")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let count = |status: &str| -> Result<u64, StoreError> {
         Ok(db
             .prepare_cached("SELECT COUNT(*) FROM ops WHERE status = ?1")?
-            .query_row([status], |row| row.get(0))?)
+            .query_row([status], |row| row.get::<_, i64>(0))? as u64)
     };
-    let acknowledged = count("acknowledged")?;
     let rejected = count("rejected")?;
-    let confirmed = count("confirmed")?;
-    let refused = count("refused")?;
+    let (acknowledged, confirmed, refused) = if full {
+        (count("acknowledged")?, count("confirmed")?, count("refused")?)
+    } else {
+        (0, 0, 0)
+    };
     let compensations_open: i64 = db
         .prepare_cached("SELECT COUNT(*) FROM compensations WHERE state = 'open'")?
         .query_row([], |row| row.get(0))?;
     let last_ack_ms: Option<String> = db
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'last_ack_ms'",
-            [],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT value FROM meta WHERE key = 'last_ack_ms'")?
+        .query_row([], |row| row.get(0))
         .optional()?;
     Ok(OpLogStats {
         pending: pending as u64,
         oldest_pending_age_ms: oldest.map_or(0, |created| now_ms.saturating_sub(created as u64)),
-        acknowledged: acknowledged as u64,
-        rejected: rejected as u64,
-        confirmed: confirmed as u64,
-        refused: refused as u64,
+        acknowledged,
+        rejected,
+        confirmed,
+        refused,
         compensations_open: compensations_open as u64,
         last_ack_ms: last_ack_ms.and_then(|value| value.parse().ok()),
     })

@@ -1,17 +1,12 @@
 -- omnisync device store, schema 3: what the hub decides. Stock, allowances
--- and orders come from hub records (newest hub sequence number wins); the
+-- and orders come from hub records (the newest version wins: every record
+-- carries its entity's version, which only grows); the
 -- device's own escrow accounting and compensation tasks are local. The
 -- automerge-era read-side stock and order tables are replaced.
 
 DROP INDEX orders_by_status;
 DROP TABLE orders;
 DROP TABLE stock_levels;
-
--- The newest record applied per record document.
-CREATE TABLE hub_records (
-    doc_id  TEXT PRIMARY KEY,
-    hub_seq INTEGER NOT NULL
-) STRICT;
 
 CREATE TABLE stock_levels (
     set_id             TEXT NOT NULL,
@@ -35,6 +30,7 @@ CREATE TABLE allowances (
     spent     INTEGER NOT NULL,
     released  INTEGER NOT NULL,
     recall    INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
     PRIMARY KEY (device_id, sku)
 ) STRICT;
 
