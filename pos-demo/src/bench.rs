@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use omnisync_core::domain::orders::{CheckoutRequest, Connectivity, OrderLine};
+use omnisync_core::domain::{Channel, Sku};
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::{DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, Store, StoreId, Value};
 use omnisync_hub::{Hub, HubConfig};
@@ -35,18 +37,7 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         StoreId::new("s1")?,
     )?;
     let cart = DocId::new("customer.c-1/cart")?;
-    let stock = DocId::new("store.s1/stock")?;
-    let orders = DocId::new("store.s1/orders/bench")?;
     let skus = 1000;
-    store.commit(
-        &[DocEdit {
-            doc: stock.clone(),
-            edits: (0..skus)
-                .map(|n| Edit::put(&[&format!("sku-{n}")], Value::Counter(1_000_000)))
-                .collect(),
-        }],
-        omnisync_core::now_ms(),
-    )?;
     let mut cart_ms = Vec::with_capacity(args.cart_edits as usize);
     for n in 0..args.cart_edits {
         let line = format!("line-{}", n % 50);
@@ -62,24 +53,25 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         cart_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let mut sale_ms = Vec::with_capacity(args.sales as usize);
+    let currency = omnisync_core::domain::Currency::new("EUR")?;
     for n in 0..args.sales {
-        let sku = format!("sku-{}", n % skus);
-        let order = format!("o-{n}");
-        let edits = [
-            DocEdit {
-                doc: stock.clone(),
-                edits: vec![Edit::increment(&[&sku], -1)],
-            },
-            DocEdit {
-                doc: orders.clone(),
-                edits: vec![
-                    Edit::put(&[&order, "sku"], Value::Str(sku.clone())),
-                    Edit::put(&[&order, "total_minor"], Value::Int(499)),
-                ],
-            },
-        ];
+        // A checkout: the pending order, the intent in the op log and (for
+        // lines the till's allowance covers) the allowance spent, in one
+        // transaction with synchronous=FULL.
+        let request = CheckoutRequest {
+            order_id: format!("o-{n}"),
+            idempotency_key: None,
+            lines: vec![OrderLine {
+                sku: Sku::new(format!("sku-{}", n % skus))?,
+                quantity: 1,
+                unit_price_minor: 499,
+            }],
+            currency,
+            payment_ref: format!("card-{n}"),
+            channel: Channel::Pos,
+        };
         let started = Instant::now();
-        store.commit_with(&edits, omnisync_core::now_ms(), Durability::Full)?;
+        store.checkout(&request, Connectivity::Online, omnisync_core::now_ms())?;
         sale_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let result = json!({
