@@ -531,11 +531,85 @@ pub mod conformance {
         }
     }
 
+    fn intent(replica: u8, seq: u64, intent: crate::ledger::Intent) -> IncomingOp {
+        let mut incoming = op(replica, seq, "store.a/x", b"");
+        incoming.op.body = OpBody::Intent(intent);
+        incoming
+    }
+
     /// Runs every property against logs made by `fresh`.
     pub fn run_all<L: HubLog + HubLogRead>(mut fresh: impl FnMut() -> L) {
+        intents_are_decided_once_and_published(fresh());
         duplicates_get_the_original_answer(fresh());
         rejections_are_remembered(fresh());
         pages_are_ordered_bounded_and_per_set(fresh());
+    }
+
+    /// Intents are decided in op order, once: a retry gets the stored
+    /// decision, the ledger never sells what it does not hold, and the stock
+    /// is published as a record in the store's set.
+    pub fn intents_are_decided_once_and_published<L: HubLog + HubLogRead>(mut log: L) {
+        use crate::domain::{Channel, Currency, Sku};
+        use crate::ledger::record::Record;
+        use crate::ledger::{
+            CheckoutIntent, Decision, Intent, IntentLine, LineSource, Refusal, StockCommand,
+        };
+        let sku = Sku::new("tea").expect("sku");
+        let checkout = |order: &str| {
+            Intent::Checkout(CheckoutIntent {
+                order_id: order.into(),
+                idempotency_key: order.into(),
+                lines: vec![IntentLine {
+                    sku: sku.clone(),
+                    quantity: 2,
+                    unit_price_minor: 100,
+                    source: LineSource::Hub,
+                }],
+                currency: Currency::new("EUR").expect("currency"),
+                payment_ref: "card".into(),
+                channel: Channel::Pos,
+            })
+        };
+        let receive = Intent::Stock(StockCommand::Receive {
+            key: "delivery-1".into(),
+            sku: sku.clone(),
+            quantity: 3,
+        });
+        let first = log
+            .apply(vec![
+                intent(4, 1, receive),
+                intent(4, 2, checkout("o-1")),
+                intent(4, 3, checkout("o-2")),
+            ])
+            .expect("apply");
+        let decisions: Vec<AckOutcome> = first.acks.iter().map(|ack| ack.outcome.clone()).collect();
+        assert_eq!(
+            decisions[1],
+            AckOutcome::Decided(Decision::Confirmed { order_no: 1 })
+        );
+        assert!(matches!(
+            &decisions[2],
+            AckOutcome::Decided(Decision::Refused(Refusal::OutOfStock { available: 1, .. }))
+        ));
+        assert_eq!(first.decided, 3);
+        let retry = log
+            .apply(vec![intent(4, 2, checkout("o-1"))])
+            .expect("apply");
+        assert_eq!(retry.acks[0].outcome, decisions[1]);
+        assert_eq!(retry.duplicates, 1);
+        let page = log
+            .changes_since(&DocSetId::new("store.a").expect("set"), 0, 100, 1 << 20)
+            .expect("page");
+        let stock = page
+            .changes
+            .iter()
+            .rev()
+            .find(|change| change.doc.as_str() == "store.a/rec/stock/tea")
+            .expect("a stock record");
+        match Record::decode(&stock.bytes).expect("record") {
+            Record::Stock(record) => assert_eq!((record.on_hand, record.free), (1, 1)),
+            other => panic!("expected a stock record, got {other:?}"),
+        }
     }
 
     /// A repeated op id changes nothing and gets its original answer.

@@ -17,14 +17,29 @@
 //! read (served at once, or requested, read and answered at later steps, like
 //! `spawn_blocking`). Reordering happens across connections and queues.
 //!
+//! The terminals also sell through the hub's stock ledger: the back office
+//! (any terminal) receives goods, counts shelves and moves thresholds;
+//! tills check out online (hub lines) or offline (allowance, provisional,
+//! or blocked), answer recalls, and resolve compensation tasks; the hub
+//! recalls idle allowances. After every step the hub's ledgers keep their
+//! invariants and never sell more than they received, the hub's orders add
+//! up to what each ledger sold, and no terminal may sell on its own more
+//! than the hub granted it and it has not spent or given back.
+//!
 //! After the chaos phase the network heals, everything settles, and the
-//! checks run: every op answered (rejected only if it wrote a forbidden set),
-//! each change stored once, every terminal and the hub log agree on every
-//! document, counters add up, and every finished catch-up told the device so.
+//! checks run: every op answered (rejected only if it wrote a forbidden set;
+//! every intent decided, shown as the hub decided it), each change stored
+//! once, every terminal and the hub log agree on every document, counters
+//! add up, every finished catch-up told the device so, every terminal's
+//! stock view equals the hub's ledger, and every provisional sale the hub
+//! did not cover has its compensation task. A failure names the seed and
+//! the step.
 //!
 //! Determinism caveat: stores draw their replica ids from the OS, so change
 //! hashes and automerge's tie-breaks differ between runs of one seed; the
-//! schedule (every action, fault and delivery) does not.
+//! schedule (every action, fault and delivery) does not. The memory hub
+//! stamps sales with the wall clock (allowance sizing windows of 60 s), which
+//! cannot change a seed's decisions while a seed runs for less than that.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fmt::Display;
@@ -32,13 +47,22 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use automerge::{Automerge, ReadDoc as _};
+use omnisync_core::domain::orders::{CheckoutRequest, Connectivity, OrderLine};
+use omnisync_core::domain::{Channel, Currency, DomainError, Sku};
 use omnisync_core::hublog::{HubLog, HubLogRead, MemoryHubLog};
 use omnisync_core::ids::{DeviceId, DocId, DocSetId, OpId, StoreId};
+use omnisync_core::ledger::record::is_record_doc;
+use omnisync_core::ledger::stock::{IDLE_RECALL_MS, SkuLedger};
+use omnisync_core::ledger::{
+    Decision, Intent, LineSource, OfflinePolicy, Refusal, ShortLine, StockCommand, StockMode,
+    StockPolicy,
+};
 use omnisync_core::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
 use omnisync_core::protocol::hub::{ChangePage, CommittedChanges, HubEvent, HubSession};
 use omnisync_core::protocol::hub::{Outbound, Peer};
 use omnisync_core::protocol::message::RemoteChange;
 use omnisync_core::protocol::message::{self, AckOutcome, ClientMessage, Credentials, HubMessage};
+use omnisync_core::store::OpStatus;
 use omnisync_core::{DocEdit, Edit, Store, Value};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -93,6 +117,19 @@ const STORE: &str = "s1";
 /// A store no terminal may write: ops touching it must be rejected.
 const FORBIDDEN_STORE: &str = "s2";
 
+/// SKUs sold through the hub's stock ledger. `lamp` is always sold
+/// provisionally offline in strong mode, `mug` is always blocked, `tea`
+/// draws its offline policy per seed and changes it during the chaos.
+const STOCK_SKUS: [&str; 3] = ["lamp", "mug", "tea"];
+/// Most units of a SKU received before the chaos.
+const STOCK_START_MAX: u64 = 30;
+/// Highest strong-mode threshold a policy sets.
+const THRESHOLD_MAX: u64 = 5;
+/// Most units of one receipt during the chaos.
+const RECEIPT_MAX: u64 = 12;
+/// Most units of one checkout line.
+const SALE_QUANTITY_MAX: u64 = 3;
+
 /// What one chaos step does.
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -105,10 +142,17 @@ enum Action {
     Lag,
     Partition,
     HubCrash,
+    Sale,
+    Receive,
+    StockTake,
+    SetPolicy,
+    AnswerRecalls,
+    IdleRecall,
+    ResolveCompensation,
 }
 
 /// Relative weights of the chaos actions.
-const ACTIONS: [(Action, u32); 9] = [
+const ACTIONS: [(Action, u32); 16] = [
     (Action::Deliver, 50),
     (Action::Commit, 10),
     (Action::CommitForbidden, 1),
@@ -118,6 +162,13 @@ const ACTIONS: [(Action, u32); 9] = [
     (Action::Lag, 3),
     (Action::Partition, 2),
     (Action::HubCrash, 1),
+    (Action::Sale, 14),
+    (Action::Receive, 4),
+    (Action::StockTake, 1),
+    (Action::SetPolicy, 1),
+    (Action::AnswerRecalls, 2),
+    (Action::IdleRecall, 1),
+    (Action::ResolveCompensation, 2),
 ];
 
 /// A kind of thing in flight on a connection.
@@ -159,6 +210,8 @@ struct Ledger {
     orders: usize,
     /// Sequence numbers of ops the hub must refuse.
     forbidden: BTreeSet<u64>,
+    /// Checkouts tried so far (numbers the next order id).
+    sales: usize,
 }
 
 /// One POS terminal: a real store and, while online, one connection.
@@ -175,8 +228,8 @@ struct Terminal {
 /// Counts of what happened, by name, summed over the sweep.
 type Stats = BTreeMap<&'static str, u64>;
 
-/// Fault counts a full sweep must see at least once each.
-const FAULTS: [&str; 9] = [
+/// Fault and sales counts a full sweep must see at least once each.
+const FAULTS: [&str; 22] = [
     "connection drops",
     "deferred catch-up reads",
     "duplicated pushes",
@@ -186,7 +239,45 @@ const FAULTS: [&str; 9] = [
     "partitions",
     "rejections recorded",
     "silence timeouts",
+    "allowance lines",
+    "hub lines",
+    "provisional lines",
+    "blocked sales",
+    "sales refused out of stock",
+    "provisional sales short",
+    "compensations resolved",
+    "recalls answered",
+    "idle recalls",
+    "stock-takes",
+    "stock-take deficits",
+    "strong mode entered",
+    "escrow mode entered",
 ];
+
+/// A checkout the simulation recorded on a terminal.
+struct Sale {
+    terminal: usize,
+    op: OpId,
+    order_id: String,
+    /// Each line's SKU, units and how the terminal covered it.
+    lines: Vec<(Sku, u64, LineSource)>,
+}
+
+/// What the terminals asked of the hub's stock ledger, to check the hub and
+/// the terminals against.
+#[derive(Default)]
+struct Sales {
+    /// Every checkout recorded, in order.
+    recorded: Vec<Sale>,
+    /// Order id to index in `recorded`.
+    by_order: BTreeMap<String, usize>,
+    /// Compensation tasks the simulation resolved: (terminal, op).
+    resolved: BTreeSet<(usize, OpId)>,
+    /// Stock commands recorded (numbers their idempotency keys).
+    commands: usize,
+    /// Each SKU's mode at the hub after the previous step.
+    modes: BTreeMap<Sku, StockMode>,
+}
 
 /// The whole simulated world of one seed.
 struct Sim {
@@ -199,6 +290,9 @@ struct Sim {
     terminals: Vec<Terminal>,
     counters_expected: Vec<i64>,
     docs_touched: BTreeSet<DocId>,
+    sales: Sales,
+    /// What the current step does, for failure messages.
+    doing: String,
     stats: Stats,
 }
 
@@ -213,8 +307,25 @@ impl<T, E: Display> OrPanic<T> for Result<T, E> {
     }
 }
 
+fn store_id() -> StoreId {
+    StoreId::new(STORE).expect("valid store id")
+}
+
 fn store_set() -> DocSetId {
-    DocSetId::store(&StoreId::new(STORE).expect("valid store id"))
+    DocSetId::store(&store_id())
+}
+
+/// The set of the store's order records (read-only for terminals).
+fn orders_set() -> DocSetId {
+    DocSetId::orders(&store_id())
+}
+
+fn stock_sku(index: usize) -> Sku {
+    Sku::new(STOCK_SKUS[index]).expect("valid sku")
+}
+
+fn stock_skus() -> impl Iterator<Item = Sku> {
+    (0..STOCK_SKUS.len()).map(stock_sku)
 }
 
 fn doc(path: &str) -> DocId {
@@ -251,18 +362,60 @@ impl Sim {
             log: MemoryHubLog::new(),
             counters_expected: vec![COUNTER_START; SKUS],
             docs_touched: BTreeSet::new(),
+            sales: Sales::default(),
+            doing: "setup".into(),
             stats: Stats::new(),
         };
+        sim.at("setup".into());
         // Terminal 0 creates the counters and everyone syncs them before the
-        // chaos, so any terminal may increment them.
+        // chaos, so any terminal may increment them. As the back office, it
+        // also sets each stock SKU's policy and receives its first units.
         let counters = (0..SKUS).map(|n| Edit::put(&[&sku(n)], Value::Counter(COUNTER_START)));
         sim.commit(0, vec![doc_edit(doc("stock"), counters.collect())]);
+        for (index, item) in stock_skus().enumerate() {
+            let offline = match index {
+                0 => OfflinePolicy::Provisional,
+                1 => OfflinePolicy::Block,
+                _ => sim.random_offline_policy(),
+            };
+            let threshold = sim.rng.random_range(1..=THRESHOLD_MAX);
+            let policy = StockPolicy {
+                strong_at_or_below: threshold,
+                offline,
+            };
+            sim.stock_command(
+                0,
+                StockCommand::SetPolicy {
+                    sku: item.clone(),
+                    policy,
+                },
+            );
+            let quantity = sim.rng.random_range(0..=STOCK_START_MAX);
+            let key = sim.next_key("delivery");
+            sim.stock_command(
+                0,
+                StockCommand::Receive {
+                    key,
+                    sku: item,
+                    quantity,
+                },
+            );
+        }
         sim.settle("setup");
         for _ in 0..CHAOS_STEPS {
             sim.chaos_step();
         }
+        sim.at("the final settle".into());
         sim.settle("the final settle");
         sim
+    }
+
+    /// Names what the current step does, for failure messages (also for a
+    /// panic deep inside, see `run_seed`).
+    fn at(&mut self, doing: String) {
+        let step = self.step;
+        WHERE.with(|at| *at.borrow_mut() = format!("step {step} ({doing})"));
+        self.doing = doing;
     }
 
     fn count(&mut self, what: &'static str) {
@@ -284,6 +437,7 @@ impl Sim {
         let chosen = ACTIONS.choose_weighted(&mut self.rng, |(_, weight)| *weight);
         let action = chosen.expect("the weights are positive").0;
         let index = self.rng.random_range(0..self.terminals.len());
+        self.at(format!("{action:?} on till-{index}"));
         match action {
             Action::Deliver => self.deliver_random(),
             Action::Commit => self.random_commit(index),
@@ -319,6 +473,55 @@ impl Sim {
                 self.terminals.iter_mut().for_each(|t| t.connection = None);
                 self.count("hub crashes");
             }
+            Action::Sale => self.random_sale(index),
+            Action::Receive => {
+                let item = stock_sku(self.rng.random_range(0..STOCK_SKUS.len()));
+                let quantity = self.rng.random_range(1..=RECEIPT_MAX);
+                let key = self.next_key("delivery");
+                self.stock_command(
+                    index,
+                    StockCommand::Receive {
+                        key,
+                        sku: item,
+                        quantity,
+                    },
+                );
+            }
+            Action::StockTake => self.random_stock_take(index),
+            Action::SetPolicy => {
+                // Only tea changes its offline policy; every SKU may move its threshold.
+                let chosen = self.rng.random_range(0..STOCK_SKUS.len());
+                let offline = match chosen {
+                    0 => OfflinePolicy::Provisional,
+                    1 => OfflinePolicy::Block,
+                    _ => self.random_offline_policy(),
+                };
+                let policy = StockPolicy {
+                    strong_at_or_below: self.rng.random_range(0..=THRESHOLD_MAX),
+                    offline,
+                };
+                let command = StockCommand::SetPolicy {
+                    sku: stock_sku(chosen),
+                    policy,
+                };
+                self.stock_command(index, command);
+            }
+            Action::AnswerRecalls => self.answer_recalls(index),
+            Action::IdleRecall => {
+                // The hub's periodic work. The memory log stamps sales with
+                // the wall clock, so "idle" is measured from the real now.
+                let later = omnisync_core::now_ms() + IDLE_RECALL_MS;
+                let committed = self.log.maintain(later).or_panic(self.seed, "maintain");
+                if !committed.by_set.is_empty() {
+                    self.count("idle recalls");
+                    for terminal in &mut self.terminals {
+                        if let Some(connection) = terminal.connection.as_mut() {
+                            connection.fanout.push_back(committed.clone());
+                        }
+                    }
+                }
+            }
+            Action::ResolveCompensation => self.resolve_compensation(index),
         }
         self.advance_clock();
     }
@@ -336,6 +539,7 @@ impl Sim {
             if self.is_quiescent() {
                 return;
             }
+            self.at(format!("a delivery while settling ({phase})"));
             self.deliver_random();
             self.advance_clock();
         }
@@ -357,6 +561,10 @@ impl Sim {
     /// Advances the clock; on every whole tick interval each connected
     /// client ticks (keep-alive, silence detection) and runs its loop body.
     fn advance_clock(&mut self) {
+        if let Err(violation) = self.check_stock_step() {
+            let (seed, step, doing) = (self.seed, self.step, &self.doing);
+            panic!("seed {seed}: step {step} ({doing}): {violation}");
+        }
         self.step += 1;
         self.count("steps");
         let before_ms = self.now_ms;
@@ -487,6 +695,7 @@ impl Sim {
         };
         let what = |what: &str| format!("till-{index}: {what}");
         let mut rejected = 0;
+        let mut released = 0;
         while let Some(event) = connection.client.poll_event() {
             match event {
                 ClientEvent::Ready(welcome) => {
@@ -503,9 +712,15 @@ impl Sim {
                         *skip -= 1;
                         continue;
                     }
-                    store
+                    let docs = store
                         .apply_remote(&batch, now)
                         .or_panic(seed, &what("applying remote changes"));
+                    // Like the runtime: an allowance record may be a recall,
+                    // answered at once.
+                    if docs.iter().any(|d| d.as_str().contains("/rec/allowance/")) {
+                        let ops = store.answer_recalls(now);
+                        released += ops.or_panic(seed, &what("answering recalls")).len() as u64;
+                    }
                 }
                 ClientEvent::HubLogChanged(log_id) => {
                     store
@@ -534,6 +749,9 @@ impl Sim {
         if rejected > 0 {
             *self.stats.entry("rejections recorded").or_default() += rejected;
         }
+        if released > 0 {
+            *self.stats.entry("recalls answered").or_default() += released;
+        }
     }
 
     /// The hub connection loop's body (`server/src/connection.rs`):
@@ -548,11 +766,14 @@ impl Sim {
             if let Some(event) = connection.hub.poll_event() {
                 let ops = match event {
                     HubEvent::Authenticate(hello) => {
+                        let own = DocSetId::device(&hello.store, &hello.device);
+                        let mut readable = vec![store_set(), orders_set()];
+                        readable.extend(own);
                         let peer = Peer {
                             device: hello.device,
                             store: hello.store,
                             replica: hello.replica,
-                            readable: vec![store_set()],
+                            readable,
                             writable: vec![store_set()],
                         };
                         let hub = &mut connection.hub;
@@ -689,11 +910,16 @@ impl Sim {
         let hub_changes = self.log.all_changes(&store_set()).to_vec();
         let mut stores: Vec<&mut Store> = self.terminals.iter_mut().map(|t| &mut t.store).collect();
         check_converged(&mut stores, &hub_changes, &docs)?;
-        self.check_counters()
+        self.check_counters()?;
+        self.check_stock_step()?;
+        let seen = self.check_sales()?;
+        seen.into_iter().for_each(|what| self.count(what));
+        Ok(())
     }
 
-    /// (1) Nothing is pending; every op is acknowledged except the forbidden
-    /// ones, which are rejected; the hub's stored answers agree.
+    /// (1) Nothing is pending; every change op is acknowledged except the
+    /// forbidden ones, which are rejected; every intent is decided, and the
+    /// terminal shows the decision the hub stored.
     fn check_answered(&self) -> Result<(), String> {
         for (index, terminal) in self.terminals.iter().enumerate() {
             let stats = terminal.store.op_stats(0).map_err(|e| e.to_string())?;
@@ -701,20 +927,38 @@ impl Sim {
             let made = ops.len() as u64;
             let forbidden = &terminal.ledger.forbidden;
             let refused = forbidden.len() as u64;
-            if stats.pending != 0
-                || stats.rejected != refused
-                || stats.acknowledged + refused != made
-            {
+            if stats.pending != 0 || stats.rejected != refused {
                 return Err(format!(
                     "till-{index}: {stats:?} after {made} ops, {refused} forbidden"
                 ));
             }
             for op in ops {
                 let outcome = self.log.outcome(&op).map_err(|e| e.to_string())?;
-                match (&outcome, forbidden.contains(&op.seq)) {
-                    (Some(AckOutcome::Applied { .. }), false) => {}
-                    (Some(AckOutcome::Rejected { .. }), true) => {}
-                    _ => return Err(format!("till-{index}: op {op} has hub outcome {outcome:?}")),
+                let status = terminal.store.op_status(&op).map_err(|e| e.to_string())?;
+                let intent = terminal
+                    .store
+                    .op_intent(op.seq)
+                    .map_err(|e| e.to_string())?;
+                let fine = match (&intent, &outcome, &status) {
+                    (
+                        None,
+                        Some(AckOutcome::Applied { .. }),
+                        Some(OpStatus::Acknowledged { .. }),
+                    ) => !forbidden.contains(&op.seq),
+                    (None, Some(AckOutcome::Rejected { .. }), Some(OpStatus::Rejected { .. })) => {
+                        forbidden.contains(&op.seq)
+                    }
+                    (Some(intent), Some(AckOutcome::Decided(decision)), Some(status)) => {
+                        decision_of(status).as_ref() == Some(decision)
+                            && decided_as_expected(intent, decision)
+                    }
+                    _ => false,
+                };
+                if !fine {
+                    return Err(format!(
+                        "till-{index}: op {op} ({intent:?}) has hub outcome {outcome:?} and \
+                         status {status:?}"
+                    ));
                 }
             }
         }
@@ -724,7 +968,13 @@ impl Sim {
     /// (3) The hub log holds each committed change exactly once: no two
     /// stored changes are byte-identical, and each terminal's count matches.
     fn check_exactly_once(&self) -> Result<(), String> {
-        let changes = self.log.all_changes(&store_set());
+        // Hub records are the hub's own; this is about the terminals' changes.
+        let changes: Vec<&RemoteChange> = self
+            .log
+            .all_changes(&store_set())
+            .iter()
+            .filter(|change| !is_record_doc(&change.doc))
+            .collect();
         let mut seen = HashSet::new();
         if let Some(twice) = changes.iter().find(|change| !seen.insert(&change.bytes)) {
             return Err(format!("the hub log stores a change twice: {twice:?}"));
@@ -762,12 +1012,479 @@ impl Sim {
     }
 }
 
+/// Sales: checkouts, back-office stock commands, recalls and compensations,
+/// and the checks of the hub's stock ledger against the terminals.
+impl Sim {
+    fn random_offline_policy(&mut self) -> OfflinePolicy {
+        match self.rng.random_bool(0.5) {
+            true => OfflinePolicy::Provisional,
+            false => OfflinePolicy::Block,
+        }
+    }
+
+    /// A fresh idempotency key for a stock command.
+    fn next_key(&mut self, prefix: &str) -> String {
+        self.sales.commands += 1;
+        format!("{prefix}-{}", self.sales.commands)
+    }
+
+    /// True when a checkout on the terminal would be decided online: its
+    /// session is welcomed and its link is not cut.
+    fn is_online(&self, index: usize) -> bool {
+        let connection = self.terminals[index].connection.as_ref();
+        connection.is_some_and(|c| c.client.is_ready()) && !self.partitioned(index)
+    }
+
+    /// The back office (any terminal) records a stock command.
+    fn stock_command(&mut self, index: usize, command: StockCommand) {
+        let (seed, now) = (self.seed, self.client_now(index));
+        let store = &mut self.terminals[index].store;
+        store
+            .stock_command(command, now)
+            .or_panic(seed, "stock command");
+        self.client_pump(index);
+    }
+
+    /// A count of the shelf near what the terminal last saw, often short.
+    fn random_stock_take(&mut self, index: usize) {
+        let item = stock_sku(self.rng.random_range(0..STOCK_SKUS.len()));
+        let view = self.terminals[index].store.stock(&store_id(), &item);
+        let seen = view
+            .or_panic(self.seed, "stock view")
+            .map_or(0, |v| v.on_hand);
+        let counted = self.rng.random_range(0..=seen + 2);
+        let key = self.next_key("count");
+        self.count("stock-takes");
+        self.stock_command(
+            index,
+            StockCommand::StockTake {
+                key,
+                sku: item,
+                counted,
+            },
+        );
+    }
+
+    fn answer_recalls(&mut self, index: usize) {
+        let (seed, now) = (self.seed, self.client_now(index));
+        let released = self.terminals[index].store.answer_recalls(now);
+        let released = released.or_panic(seed, "answering recalls").len() as u64;
+        *self.stats.entry("recalls answered").or_default() += released;
+        self.client_pump(index);
+    }
+
+    fn resolve_compensation(&mut self, index: usize) {
+        let (seed, now) = (self.seed, self.client_now(index));
+        let store = &mut self.terminals[index].store;
+        let tasks = store.compensations().or_panic(seed, "compensations");
+        let Some(task) = tasks.into_iter().find(|task| task.state == "open") else {
+            return;
+        };
+        let resolved = store.resolve_compensation(&task.op, "refund", now);
+        resolved.or_panic(seed, "resolving a compensation");
+        self.sales.resolved.insert((index, task.op));
+        self.count("compensations resolved");
+        self.client_pump(index);
+    }
+
+    /// A checkout of one or two stock SKUs, online if the terminal's link is
+    /// up and offline otherwise, checked against what the till saw.
+    fn random_sale(&mut self, index: usize) {
+        let (seed, now) = (self.seed, self.client_now(index));
+        let online = self.is_online(index);
+        let first = self.rng.random_range(0..STOCK_SKUS.len());
+        let mut chosen = vec![first];
+        if self.rng.random_bool(0.3) {
+            let other = self.rng.random_range(1..STOCK_SKUS.len());
+            chosen.push((first + other) % STOCK_SKUS.len());
+        }
+        let lines: Vec<OrderLine> = chosen
+            .into_iter()
+            .map(|n| OrderLine {
+                sku: stock_sku(n),
+                quantity: self.rng.random_range(1..=SALE_QUANTITY_MAX),
+                unit_price_minor: 250,
+            })
+            .collect();
+        let terminal = &mut self.terminals[index];
+        let order_id = format!("till-{index}-sale-{}", terminal.ledger.sales);
+        terminal.ledger.sales += 1;
+        let store = &mut terminal.store;
+        let views: Vec<_> = lines
+            .iter()
+            .map(|line| {
+                store
+                    .stock(&store_id(), &line.sku)
+                    .or_panic(seed, "stock view")
+            })
+            .collect();
+        let last_seq = store.last_seq().or_panic(seed, "last seq");
+        let request = CheckoutRequest {
+            order_id: order_id.clone(),
+            idempotency_key: None,
+            lines,
+            currency: Currency::new("EUR").expect("valid currency"),
+            payment_ref: format!("card-{order_id}"),
+            channel: Channel::Pos,
+        };
+        let connectivity = match online {
+            true => Connectivity::Online,
+            false => Connectivity::Offline,
+        };
+        let step = self.step;
+        let fail = |what: String| -> ! {
+            panic!("seed {seed}: step {step}: till-{index} {order_id}: {what}")
+        };
+        match store.checkout(&request, connectivity, now) {
+            Ok(receipt) => {
+                if receipt.repeated || receipt.lines.len() != request.lines.len() {
+                    fail(format!("unexpected receipt {receipt:?}"));
+                }
+                let mut counted = Vec::new();
+                for ((item, units, source), view) in receipt.lines.iter().zip(&views) {
+                    let left = view.as_ref().map_or(0, |view| view.allowance_left);
+                    let policy = view.as_ref().map(|view| view.policy.offline);
+                    let expected = if left >= *units {
+                        LineSource::Allowance
+                    } else if online {
+                        LineSource::Hub
+                    } else {
+                        LineSource::Provisional
+                    };
+                    if *source != expected
+                        || (expected == LineSource::Provisional
+                            && policy != Some(OfflinePolicy::Provisional))
+                    {
+                        fail(format!(
+                            "{units} x {item} covered by {source:?}, online {online}, allowance \
+                             {left}, offline policy {policy:?}"
+                        ));
+                    }
+                    counted.push(match source {
+                        LineSource::Allowance => "allowance lines",
+                        LineSource::Hub => "hub lines",
+                        LineSource::Provisional => "provisional lines",
+                    });
+                }
+                let sale = Sale {
+                    terminal: index,
+                    op: receipt.op,
+                    order_id: order_id.clone(),
+                    lines: receipt.lines,
+                };
+                self.sales
+                    .by_order
+                    .insert(order_id, self.sales.recorded.len());
+                self.sales.recorded.push(sale);
+                counted.into_iter().for_each(|what| self.count(what));
+                self.client_pump(index);
+            }
+            Err(DomainError::Blocked(why)) => {
+                // Only offline, only for a line the allowance cannot cover
+                // and whose policy blocks, and nothing may be written.
+                let blocking = request.lines.iter().zip(&views).any(|(line, view)| {
+                    view.as_ref().is_none_or(|view| {
+                        view.allowance_left < line.quantity
+                            && view.policy.offline == OfflinePolicy::Block
+                    })
+                });
+                let wrote = store.last_seq().or_panic(seed, "last seq") != last_seq
+                    || store.order(&order_id).or_panic(seed, "order").is_some();
+                if online || !blocking || wrote {
+                    fail(format!(
+                        "blocked ({why}) while online {online}, blocking line {blocking}, wrote {wrote}"
+                    ));
+                }
+                self.count("blocked sales");
+            }
+            Err(error) => fail(format!("checkout failed: {error}")),
+        }
+    }
+
+    /// The checks after every step: every hub ledger keeps its invariants
+    /// and never sells more than it received; the hub's orders add up to
+    /// what each ledger sold; no terminal may sell on its own more than the
+    /// hub granted it and it has not spent; nothing a terminal shows is
+    /// negative (read back as a huge count) or more than was ever received.
+    fn check_stock_step(&mut self) -> Result<(), String> {
+        let ledgers: BTreeMap<&Sku, &SkuLedger> = self
+            .log
+            .ledgers()
+            .map(|((_, sku), ledger)| (sku, ledger))
+            .collect();
+        let mut in_orders: BTreeMap<Sku, u64> = BTreeMap::new();
+        for order in self.log.orders() {
+            let sale = self.sales.by_order.get(&order.order_id);
+            let Some(sale) = sale.map(|n| &self.sales.recorded[*n]) else {
+                return Err(format!("the hub has an order nobody sold: {order:?}"));
+            };
+            let device = self.terminals[sale.terminal].store.device();
+            let lines_match = order.lines.len() == sale.lines.len()
+                && order
+                    .lines
+                    .iter()
+                    .zip(&sale.lines)
+                    .all(|(line, (item, units, _))| {
+                        line.sku == *item && line.quantity + line.short == *units
+                    });
+            if order.device != *device || !lines_match {
+                return Err(format!(
+                    "hub order {order:?} is not the sale {:?}",
+                    sale.lines
+                ));
+            }
+            for line in &order.lines {
+                *in_orders.entry(line.sku.clone()).or_default() += line.quantity;
+            }
+        }
+        let mut events = Vec::new();
+        for (item, ledger) in &ledgers {
+            ledger
+                .check()
+                .map_err(|broken| format!("hub ledger of {item}: {broken}"))?;
+            if ledger.sold > ledger.received {
+                return Err(format!("{item} oversold: {ledger:?}"));
+            }
+            let sold = in_orders.remove(*item).unwrap_or(0);
+            if sold != ledger.sold {
+                return Err(format!(
+                    "{item}: the hub's orders sold {sold} units, its ledger {}",
+                    ledger.sold
+                ));
+            }
+            if ledger.deficit > 0 {
+                events.push("stock-take deficits");
+            }
+            let mode = ledger.mode();
+            match self.sales.modes.insert((*item).clone(), mode) {
+                Some(StockMode::Escrow) if mode == StockMode::Strong => {
+                    events.push("strong mode entered")
+                }
+                Some(StockMode::Strong) if mode == StockMode::Escrow => {
+                    events.push("escrow mode entered")
+                }
+                _ => {}
+            }
+        }
+        if let Some((item, units)) = in_orders.pop_first() {
+            return Err(format!("orders sold {units} x {item}, which has no ledger"));
+        }
+        for (index, terminal) in self.terminals.iter().enumerate() {
+            let device = terminal.store.device();
+            for item in stock_skus() {
+                let view = terminal.store.stock(&store_id(), &item);
+                let view = view.map_err(|error| error.to_string())?;
+                let ledger = ledgers.get(&item);
+                let received = ledger.map_or(0, |ledger| ledger.received);
+                let rights = ledger.and_then(|ledger| ledger.rights.get(device));
+                let rights = rights.cloned().unwrap_or_default();
+                let Some(view) = view else { continue };
+                if view.allowance_left > rights.granted - rights.spent
+                    || view.allowance_left > rights.held()
+                {
+                    return Err(format!(
+                        "till-{index} may sell {} x {item} on its own, but the hub granted it {} \
+                         of which it spent {} and released {}",
+                        view.allowance_left, rights.granted, rights.spent, rights.released
+                    ));
+                }
+                if view.on_hand.max(view.free).max(view.held) > received {
+                    return Err(format!(
+                        "till-{index} shows {view:?}, but only {received} were ever received"
+                    ));
+                }
+            }
+        }
+        events.into_iter().for_each(|what| self.count(what));
+        Ok(())
+    }
+
+    /// The checks once everything is delivered: every sale has the hub's
+    /// decision, shown the same on the till; every provisional sale the hub
+    /// did not cover has its compensation task (open unless resolved here);
+    /// every terminal's stock view equals the hub's ledger. Returns what it
+    /// saw, for the sweep's coverage counts.
+    fn check_sales(&self) -> Result<Vec<&'static str>, String> {
+        let mut seen = Vec::new();
+        let ledgers: BTreeMap<&Sku, &SkuLedger> = self
+            .log
+            .ledgers()
+            .map(|((_, sku), ledger)| (sku, ledger))
+            .collect();
+        let hub_orders: BTreeMap<&str, _> = self
+            .log
+            .orders()
+            .map(|order| (order.order_id.as_str(), order))
+            .collect();
+        let mut tasks_expected = vec![0; self.terminals.len()];
+        for sale in &self.sales.recorded {
+            let Sale {
+                terminal: index,
+                op,
+                order_id,
+                lines,
+            } = sale;
+            let store = &self.terminals[*index].store;
+            let what = |what: String| format!("till-{index} {order_id} {lines:?}: {what}");
+            let outcome = self.log.outcome(op).map_err(|e| e.to_string())?;
+            let Some(AckOutcome::Decided(decision)) = outcome else {
+                return Err(what(format!("hub outcome {outcome:?}")));
+            };
+            let provisional = lines.iter().any(|line| line.2 == LineSource::Provisional);
+            let uncovered = match (&decision, provisional) {
+                (Decision::Confirmed { .. }, _) => None,
+                (Decision::Short { lines, .. }, true) => Some(lines.clone()),
+                (Decision::Refused(_), true) => Some(
+                    lines
+                        .iter()
+                        .map(|(sku, quantity, _)| ShortLine {
+                            sku: sku.clone(),
+                            quantity: *quantity,
+                        })
+                        .collect(),
+                ),
+                (Decision::Refused(Refusal::OutOfStock { .. }), false) => None,
+                _ => return Err(what(format!("unexpected decision {decision:?}"))),
+            };
+            match &decision {
+                Decision::Refused(_) if !provisional => seen.push("sales refused out of stock"),
+                Decision::Short { .. } => seen.push("provisional sales short"),
+                _ => {}
+            }
+            let resolved = self.sales.resolved.contains(&(*index, *op));
+            let expected_status = match (&uncovered, &decision, resolved) {
+                (None, Decision::Refused(_), _) => "refused",
+                (None, _, _) => "confirmed",
+                (Some(_), _, false) => "compensation",
+                (Some(_), _, true) => "compensated",
+            };
+            let status = store.op_status(op).map_err(|e| e.to_string())?;
+            let status = status.ok_or_else(|| what("no op status".into()))?;
+            if status.as_str() != expected_status
+                || decision_of(&status).as_ref() != Some(&decision)
+            {
+                return Err(what(format!(
+                    "the hub decided {decision:?}, the till shows {status:?}"
+                )));
+            }
+            let tasks = store.compensations().map_err(|e| e.to_string())?;
+            let task = tasks.iter().find(|task| task.op == *op);
+            match (&uncovered, task) {
+                (None, None) => {}
+                (Some(short), Some(task))
+                    if task.lines == *short
+                        && task.state == if resolved { "resolved" } else { "open" } =>
+                {
+                    tasks_expected[*index] += 1;
+                }
+                (_, task) => {
+                    return Err(what(format!(
+                        "decided {decision:?}, uncovered {uncovered:?}, compensation task {task:?}"
+                    )));
+                }
+            }
+            let order = store.order(order_id).map_err(|e| e.to_string())?;
+            let order = order.ok_or_else(|| what("the till lost its order".into()))?;
+            let at_hub = hub_orders.get(order_id.as_str());
+            let fine = match &decision {
+                Decision::Confirmed { order_no } | Decision::Short { order_no, .. } => {
+                    let status = match resolved && uncovered.is_some() {
+                        true => "compensated-refund",
+                        false => "confirmed",
+                    };
+                    order.order_no == Some(*order_no)
+                        && order.status == status
+                        && at_hub.is_some_and(|hub| {
+                            hub.order_no == *order_no
+                                && hub.status == status
+                                && hub.at_risk == uncovered.is_some()
+                        })
+                }
+                _ => order.status == "refused" && order.order_no.is_none() && at_hub.is_none(),
+            };
+            if !fine {
+                return Err(what(format!(
+                    "decided {decision:?}; the till's order {order:?}, the hub's {at_hub:?}"
+                )));
+            }
+        }
+        for (index, terminal) in self.terminals.iter().enumerate() {
+            let tasks = terminal.store.compensations().map_err(|e| e.to_string())?;
+            if tasks.len() != tasks_expected[index] {
+                return Err(format!(
+                    "till-{index} has {} compensation tasks, {} expected: {tasks:?}",
+                    tasks.len(),
+                    tasks_expected[index]
+                ));
+            }
+            let device = terminal.store.device();
+            for item in stock_skus() {
+                let view = terminal.store.stock(&store_id(), &item);
+                let view = view.map_err(|error| error.to_string())?;
+                let ledger = ledgers
+                    .get(&item)
+                    .ok_or(format!("no hub ledger of {item}"))?;
+                let rights = ledger.rights.get(device).cloned().unwrap_or_default();
+                let fine = view.as_ref().is_some_and(|view| {
+                    view.on_hand == ledger.on_hand
+                        && view.free == ledger.pool
+                        && view.held == ledger.held()
+                        && view.mode == ledger.mode()
+                        && view.policy == ledger.policy
+                        && view.allowance_left == rights.held()
+                        && view.recalled == rights.recall
+                });
+                if !fine {
+                    return Err(format!(
+                        "till-{index} shows {view:?}; the hub's ledger of {item} is {ledger:?}"
+                    ));
+                }
+                if rights.recall && rights.held() > 0 {
+                    return Err(format!("till-{index} never answered the recall of {item}"));
+                }
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// Whether the hub's decision is one the simulation allows for the intent:
+/// stock commands and releases always apply (keys are unique, releases
+/// never exceed what the hub holds for the terminal), a compensation's
+/// status change applies (nothing else moves an order); checkouts are
+/// checked in detail by `check_sales`.
+fn decided_as_expected(intent: &Intent, decision: &Decision) -> bool {
+    match intent {
+        Intent::Checkout(_) => true,
+        Intent::Stock(_) | Intent::ReleaseAllowance { .. } | Intent::OrderStatus(_) => {
+            matches!(decision, Decision::Applied { .. })
+        }
+        _ => false,
+    }
+}
+
+/// The hub's decision an op's status carries, if it carries one.
+fn decision_of(status: &OpStatus) -> Option<Decision> {
+    match status {
+        OpStatus::Confirmed { decision }
+        | OpStatus::Compensation { decision }
+        | OpStatus::Compensated { decision } => Some(decision.clone()),
+        OpStatus::Refused { refusal } => Some(Decision::Refused(refusal.clone())),
+        _ => None,
+    }
+}
+
 /// A terminal with a fresh in-memory store following the shared store's set.
 fn terminal(seed: u64, index: usize, rng: &mut StdRng) -> Terminal {
     let device = DeviceId::new(format!("till-{index}")).expect("valid device id");
     let store_id = StoreId::new(STORE).expect("valid store id");
+    let own = DocSetId::device(&store_id, &device).expect("short names make a device set");
     let mut store = Store::open_in_memory(device, store_id).or_panic(seed, "open");
-    store.subscribe(&store_set()).or_panic(seed, "subscribe");
+    // The store's documents and stock levels, its orders, and this
+    // terminal's own hub records (its allowances), as `Client::new` follows.
+    for set in [store_set(), orders_set(), own] {
+        store.subscribe(&set).or_panic(seed, "subscribe");
+    }
     Terminal {
         store,
         clock_skew_ms: rng.random_range(-CLOCK_SKEW_MS_MAX..=CLOCK_SKEW_MS_MAX),
@@ -817,20 +1534,33 @@ fn check_converged(
     Ok(())
 }
 
+thread_local! {
+    /// The step the seed running on this thread is at, and what it does.
+    static WHERE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Runs and checks one seed; a panic inside becomes an `Err` with its
-/// message. Either way the message starts with the seed.
+/// message. Either way the message starts with the seed; a panic that does
+/// not name it (an overflow, an `expect` in core) also gets the step.
 fn run_seed(seed: u64) -> Result<Stats, String> {
+    WHERE.with(|at| at.borrow_mut().clear());
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut sim = Sim::run(seed);
+        let step = sim.step;
         let checked = sim
             .check()
-            .map_err(|violation| format!("seed {seed}: {violation}"));
+            .map_err(|violation| format!("seed {seed}: after step {step}: {violation}"));
         checked.map(|()| sim.stats)
     }));
     outcome.unwrap_or_else(|panic| {
         let text = panic.downcast_ref::<String>().cloned();
         let text = text.or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
-        Err(text.unwrap_or_else(|| format!("seed {seed}: a panic without a message")))
+        let text = text.unwrap_or_else(|| "a panic without a message".into());
+        if text.starts_with(&format!("seed {seed}:")) {
+            return Err(text);
+        }
+        let at = WHERE.with(|at| at.borrow().clone());
+        Err(format!("seed {seed}: {at}: {text}"))
     })
 }
 

@@ -85,7 +85,12 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     let initial: HashMap<Sku, u64> = skus
         .iter()
         .enumerate()
-        .map(|(n, sku)| (sku.clone(), if n % 10 == 0 { STOCK_LOW } else { STOCK_HIGH }))
+        .map(|(n, sku)| {
+            (
+                sku.clone(),
+                if n % 10 == 0 { STOCK_LOW } else { STOCK_HIGH },
+            )
+        })
         .collect();
     let dirs = tempfile::tempdir()?;
 
@@ -216,19 +221,22 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     // Every confirmed sale's order reached the back office.
     let orders_deadline = Instant::now() + Duration::from_secs(30);
     let missing_orders = loop {
-        let store = office.store();
         let mut missing = 0u64;
-        for (till, sales) in &recorded {
-            let till_store = till.store();
-            for (op, request) in sales {
-                if matches!(till_store.op_status(op)?, Some(OpStatus::Confirmed { .. }))
-                    && store.order(&request.order_id)?.is_none_or(|order| order.order_no.is_none())
-                {
-                    missing += 1;
+        {
+            let store = office.store();
+            for (till, sales) in &recorded {
+                let till_store = till.store();
+                for (op, request) in sales {
+                    if matches!(till_store.op_status(op)?, Some(OpStatus::Confirmed { .. }))
+                        && store
+                            .order(&request.order_id)?
+                            .is_none_or(|order| order.order_no.is_none())
+                    {
+                        missing += 1;
+                    }
                 }
             }
         }
-        drop(store);
         if missing == 0 || Instant::now() > orders_deadline {
             break missing;
         }
@@ -260,7 +268,9 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
         percentile(&mut propagation.clone(), 0.5),
         percentile(&mut propagation.clone(), 0.99),
         propagation.len(),
-        converge_ms.map_or("NO (stock differs)".to_owned(), |ms| format!("{ms} ms after the last sale")),
+        converge_ms.map_or("NO (stock differs)".to_owned(), |ms| format!(
+            "{ms} ms after the last sale"
+        )),
     );
     let output = json!({
         "terminals": args.terminals,
@@ -326,7 +336,10 @@ fn watch_orders(
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "back office notices lagged; those orders are not timed");
+                    tracing::warn!(
+                        missed,
+                        "back office notices lagged; those orders are not timed"
+                    );
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }

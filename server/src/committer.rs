@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use omnisync_core::hublog::HubLog;
 use omnisync_core::protocol::hub::{CommittedChanges, IncomingOp};
-use omnisync_core::protocol::message::Ack;
+use omnisync_core::protocol::message::{Ack, OpBody};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;
@@ -21,6 +21,14 @@ pub const COMMIT_QUEUE_MAX: usize = 4096;
 pub const GROUP_OPS_MAX: usize = 2048;
 /// How often the authority's periodic work (recalling idle allowances) runs.
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Failpoint for crash tests (`tests/tests/checkout_crash.rs`). When this
+/// environment variable is `crash-after-commit` as the committer starts, the
+/// hub calls `std::process::abort()` right after the first group commit that
+/// holds at least one intent returned Ok, before any reply or fan-out is sent:
+/// the decision is durable and nobody has heard of it. Read once at start;
+/// off by default, and then it costs one untaken branch per group.
+pub const FAILPOINT_ENV: &str = "OMNISYNC_FAILPOINT";
 
 /// What a connection gets back: the acks for one request.
 pub type AckSender = mpsc::UnboundedSender<Result<Vec<Ack>, String>>;
@@ -52,6 +60,8 @@ impl Committer {
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (queue, mut receiver) = mpsc::channel::<CommitRequest>(COMMIT_QUEUE_MAX);
         let group_ops_max = group_ops_max.max(1);
+        let crash_after_commit =
+            std::env::var(FAILPOINT_ENV).is_ok_and(|value| value == "crash-after-commit");
         let thread = std::thread::Builder::new()
             .name("omnisync-committer".into())
             .spawn(move || {
@@ -68,7 +78,14 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    commit_group(log.as_mut(), requests, &fanout, &metrics, group_ops_max);
+                    commit_group(
+                        log.as_mut(),
+                        requests,
+                        &fanout,
+                        &metrics,
+                        group_ops_max,
+                        crash_after_commit,
+                    );
                     if maintained.elapsed() >= MAINTAIN_EVERY {
                         maintained = Instant::now();
                         match log.maintain(omnisync_core::now_ms()) {
@@ -114,6 +131,7 @@ fn commit_group(
     fanout: &broadcast::Sender<Arc<CommittedChanges>>,
     metrics: &Metrics,
     group_ops_max: usize,
+    crash_after_commit: bool,
 ) {
     let lens: Vec<usize> = requests.iter().map(|request| request.ops.len()).collect();
     let mut all_ops = Vec::with_capacity(lens.iter().sum());
@@ -129,9 +147,18 @@ fn commit_group(
     while remaining.peek().is_some() {
         let group: Vec<IncomingOp> = remaining.by_ref().take(group_ops_max).collect();
         let group_len = group.len();
+        let crash = crash_after_commit
+            && group
+                .iter()
+                .any(|incoming| matches!(incoming.op.body, OpBody::Intent(_)));
         let started = Instant::now();
         match log.apply(group) {
             Ok(applied) => {
+                if crash {
+                    // The failpoint (see FAILPOINT_ENV): durable, unanswered.
+                    eprintln!("{FAILPOINT_ENV}=crash-after-commit: aborting after the commit");
+                    std::process::abort();
+                }
                 metrics
                     .commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

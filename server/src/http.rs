@@ -69,6 +69,22 @@ async fn admin_doc(
 ) -> Result<Response, ApiError> {
     let doc = DocId::new(doc).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let reader = hub.reader.clone();
+    if omnisync_core::ledger::record::is_record_doc(&doc) {
+        // A hub record: its newest version, as JSON.
+        let lookup = doc.clone();
+        let versions = tokio::task::spawn_blocking(move || reader.doc_changes(&lookup))
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))?
+            .map_err(|error| ApiError::Internal(error.to_string()))?;
+        let newest = versions
+            .last()
+            .ok_or_else(|| ApiError::NotFound(format!("no record {doc}")))?;
+        let record = omnisync_core::ledger::record::Record::decode(newest)
+            .map_err(|error| ApiError::Internal(error.to_string()))?;
+        let json =
+            serde_json::to_value(&record).map_err(|error| ApiError::Internal(error.to_string()))?;
+        return Ok(axum::Json(json).into_response());
+    }
     let lookup = doc.clone();
     let loaded = tokio::task::spawn_blocking(move || crate::load_doc(reader.as_ref(), &lookup))
         .await

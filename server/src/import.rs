@@ -291,8 +291,8 @@ pub fn import_rows(
                 ));
         }
         if let Some(on_hand) = checked.stock {
-            // Stock is the ledger's: the import is a stock-take, keyed so a
-            // re-run of the same import counts once.
+            // Stock is the ledger's: the import's count is a stock-take (it
+            // sets the on-hand count; running an import again is a new count).
             stock_takes.push(Intent::Stock(StockCommand::StockTake {
                 key: format!("import-{now_ms}-{}", checked.sku),
                 sku: checked.sku.clone(),

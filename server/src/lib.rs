@@ -40,6 +40,9 @@ pub struct HubConfig {
     pub hub_id: String,
     /// Most ops per durable commit (1 = one commit per op).
     pub group_ops_max: usize,
+    /// How far (basis points) a checkout's seen price may be from the price
+    /// in force before the hub refuses it.
+    pub price_tolerance_bp: u32,
 }
 
 impl HubConfig {
@@ -50,6 +53,7 @@ impl HubConfig {
             data_dir,
             hub_id: "hub".into(),
             group_ops_max: committer::GROUP_OPS_MAX,
+            price_tolerance_bp: 0,
         }
     }
 }
@@ -85,11 +89,14 @@ pub struct Hub {
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
-        let writer =
+        let mut writer =
             storage::SqliteHubLog::open(&config.data_dir).map_err(|source| HubError::Storage {
                 dir: config.data_dir.clone(),
                 source,
             })?;
+        writer.set_authority_config(omnisync_core::ledger::authority::AuthorityConfig {
+            price_tolerance_bp: config.price_tolerance_bp,
+        });
         let log_id = writer.log_id().to_owned();
         let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -40,6 +40,10 @@ enum Command {
         /// Most ops per durable commit; 1 commits every op on its own.
         #[arg(long, default_value_t = omnisync_hub::committer::GROUP_OPS_MAX as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         group_ops_max: u32,
+        /// How far (in basis points, 100 = 1%) a checkout's seen price may be
+        /// from the price in force before the hub refuses it.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        price_tolerance_bp: u32,
     },
     /// Import products, prices and stock from a CSV or JSON Lines file into a
     /// store's documents (the hub must not be running on the directory).
@@ -82,12 +86,14 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 hub_id,
                 group_ops_max,
+                price_tolerance_bp,
             } => {
                 let config = HubConfig {
                     listen,
                     data_dir,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
+                    price_tolerance_bp,
                 };
                 let hub = Hub::start(config).await?;
                 println!(

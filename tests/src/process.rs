@@ -268,6 +268,49 @@ impl HubProcess {
         Ok(hub)
     }
 
+    /// Like [`HubProcess::start`], with extra environment variables for the
+    /// hub (a failpoint such as `OMNISYNC_FAILPOINT=crash-after-commit`).
+    pub async fn start_with_env(
+        binary: &Path,
+        port: u16,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("OMNISYNC_HUB_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(env.iter().copied());
+        let mut child = ChildGuard::spawn("omnisync-hub", command)?;
+        let expected = format!("omnisync-hub listening on {address}");
+        child
+            .wait_for_line(HUB_START_TIMEOUT, |line| line.starts_with(&expected))
+            .await
+            .context("waiting for the hub's listening line")?;
+        let hub = Self { child, address };
+        hub.check_protocol().await.with_context(|| {
+            format!(
+                "{} does not speak this build's protocol (a stale binary?)",
+                binary.display()
+            )
+        })?;
+        Ok(hub)
+    }
+
+    /// Waits for the hub to exit on its own (a failpoint's abort) and
+    /// returns its exit status; SIGKILLs it and fails after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.child.wait_exit(timeout).await
+    }
+
     /// Shakes hands with the hub as a throwaway device, so that a hub binary
     /// built from other sources than this test fails here, plainly, instead
     /// of as a sync timeout later.

@@ -7,9 +7,12 @@
 //! record through the orders set. The lifecycle an app shows:
 //!
 //! ```text
-//! pending -> acknowledged -> confirmed | refused
-//!                         -> compensation (provisional sale not covered) -> compensated
+//! pending -> confirmed | refused                   (the ack is the decision)
+//!         -> compensation (provisional sale not covered) -> compensated
 //! ```
+//!
+//! An intent has no separate `acknowledged` step: the hub answers it with
+//! its decision, made durable in the same commit.
 //!
 //! Which lines need the hub: a line the terminal's allowance covers is
 //! decided already and safe offline; otherwise, online, the hub decides now;

@@ -36,8 +36,8 @@ pub struct StockView {
     pub recalled: bool,
 }
 
-/// This device's allowance of a SKU: (granted by the hub, spent and released
-/// locally, recall asked).
+/// This device's allowance of a SKU: granted by the hub, spent and released,
+/// recall asked.
 pub(crate) struct Allowance {
     pub granted: u64,
     pub spent: u64,
@@ -51,18 +51,28 @@ impl Allowance {
     }
 }
 
+/// This device's allowance of a SKU. Use is the larger of the local count
+/// (which includes sales not yet at the hub) and the hub's (which survives a
+/// reinstalled till whose local count started again from zero).
 pub(crate) fn allowance(
     db: &rusqlite::Connection,
     device: &DeviceId,
     sku: &Sku,
 ) -> Result<Allowance, StoreError> {
-    let (granted, recall) = db
-        .prepare_cached("SELECT granted, recall FROM allowances WHERE device_id = ?1 AND sku = ?2")?
+    let (granted, recall, hub_spent, hub_released) = db
+        .prepare_cached(
+            "SELECT granted, recall, spent, released FROM allowances WHERE device_id = ?1 AND sku = ?2",
+        )?
         .query_row(params![device.as_str(), sku.as_str()], |row| {
-            Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? != 0))
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, i64>(1)? != 0,
+                row.get::<_, i64>(2)? as u64,
+                row.get::<_, i64>(3)? as u64,
+            ))
         })
         .optional()?
-        .unwrap_or((0, false));
+        .unwrap_or((0, false, 0, 0));
     let (spent, released) = db
         .prepare_cached("SELECT spent, released FROM escrow_local WHERE sku = ?1")?
         .query_row([sku.as_str()], |row| {
@@ -72,8 +82,8 @@ pub(crate) fn allowance(
         .unwrap_or((0, 0));
     Ok(Allowance {
         granted,
-        spent,
-        released,
+        spent: spent.max(hub_spent),
+        released: released.max(hub_released),
         recall,
     })
 }
@@ -228,6 +238,51 @@ impl Store {
     ) -> Result<OpId, DomainError> {
         crate::ledger::authority::validate_stock_command(&command).map_err(DomainError::Invalid)?;
         Ok(self.commit_intent(&Intent::Stock(command), now_ms, |_, _| Ok(()))?)
+    }
+
+    /// Asks the hub to set `quantity` units aside under `key` (a web
+    /// checkout, click and collect); decided like a checkout line.
+    pub fn reserve(
+        &mut self,
+        key: &str,
+        sku: &Sku,
+        quantity: u64,
+        now_ms: u64,
+    ) -> Result<OpId, DomainError> {
+        crate::ledger::authority::check_key("reservation key", key)
+            .map_err(DomainError::Invalid)?;
+        if quantity == 0 || quantity > crate::ledger::LINE_QUANTITY_MAX {
+            return Err(DomainError::Invalid(format!(
+                "a reservation is of 1 to {} units",
+                crate::ledger::LINE_QUANTITY_MAX
+            )));
+        }
+        let intent = Intent::Reserve {
+            key: key.to_owned(),
+            sku: sku.clone(),
+            quantity,
+        };
+        Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
+    }
+
+    /// Sells the units of the open reservation `key`.
+    pub fn commit_reservation(&mut self, key: &str, now_ms: u64) -> Result<OpId, DomainError> {
+        crate::ledger::authority::check_key("reservation key", key)
+            .map_err(DomainError::Invalid)?;
+        let intent = Intent::CommitReservation {
+            key: key.to_owned(),
+        };
+        Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
+    }
+
+    /// Gives the units of the open reservation `key` back.
+    pub fn cancel_reservation(&mut self, key: &str, now_ms: u64) -> Result<OpId, DomainError> {
+        crate::ledger::authority::check_key("reservation key", key)
+            .map_err(DomainError::Invalid)?;
+        let intent = Intent::CancelReservation {
+            key: key.to_owned(),
+        };
+        Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
     }
 
     /// Gives back the unspent allowance of every SKU the hub recalled.

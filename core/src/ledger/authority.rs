@@ -296,8 +296,13 @@ impl UnitOfWork {
                 short: missing,
             });
         }
+        // A device whose private set cannot be named would never see an
+        // allowance: it gets none (its sales go to the hub).
+        let reachable = crate::ids::DocSetId::device(store, device).is_some();
         for (sku, mut ledger) in ledgers {
-            ledger.top_up(device);
+            if reachable {
+                ledger.top_up(device);
+            }
             self.put_sku(store, &sku, ledger);
         }
         let order_no = self.next_order_no(source, store)?;

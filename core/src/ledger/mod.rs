@@ -46,7 +46,8 @@ pub enum Intent {
     OrderStatus(OrderStatusChange),
     /// Set units aside under a key (web checkout, click and collect).
     Reserve {
-        /// Names the reservation; a repeat gets the original answer.
+        /// Names the reservation; a second reservation with the same key is
+        /// refused as a duplicate (a retried op gets its original answer).
         key: String,
         /// The product.
         sku: Sku,

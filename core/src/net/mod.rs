@@ -222,7 +222,7 @@ impl Client {
     }
 
     /// Runs a write against the store (the typed retail API: `add_to_cart`,
-    /// `create_order`, ...) and wakes the uploader for the ops it recorded.
+    /// `checkout`, ...) and wakes the uploader for the ops it recorded.
     pub fn write<T, E>(&self, write: impl FnOnce(&mut Store) -> Result<T, E>) -> Result<T, E> {
         let result = {
             let mut store = self.store();
@@ -505,6 +505,14 @@ impl Client {
                             tracing::warn!(%error, "could not record the hub's clock");
                         }
                         tracing::debug!(hub = %welcome.hub_id, "sync session ready");
+                        // A recall seen before a restart is answered now.
+                        let released = self
+                            .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                            .await?
+                            .map_err(|error| format!("answering a recall: {error}"))?;
+                        if !released.is_empty() {
+                            self.inner.wake.notify_one();
+                        }
                         let all_caught_up = caught_up.is_empty();
                         self.refresh_status(|status| {
                             status.link = Link::Online;

@@ -322,7 +322,11 @@ pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogSta
     };
     let rejected = count("rejected")?;
     let (acknowledged, confirmed, refused) = if full {
-        (count("acknowledged")?, count("confirmed")?, count("refused")?)
+        (
+            count("acknowledged")?,
+            count("confirmed")?,
+            count("refused")?,
+        )
     } else {
         (0, 0, 0)
     };

@@ -865,6 +865,9 @@ mod tests {
         fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
             self.writer.apply(ops)
         }
+        fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
+            self.writer.maintain(now_ms)
+        }
         fn head_seq(&self) -> Result<u64, HubLogError> {
             self.writer.head_seq()
         }

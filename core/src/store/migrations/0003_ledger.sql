@@ -22,7 +22,7 @@ CREATE TABLE stock_levels (
     PRIMARY KEY (set_id, sku)
 ) STRICT;
 
--- Allowances as the hub granted them (every terminal of the store).
+-- This device's allowances as the hub granted them (from its device set).
 CREATE TABLE allowances (
     device_id TEXT NOT NULL,
     sku       TEXT NOT NULL,
