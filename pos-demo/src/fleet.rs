@@ -136,6 +136,10 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     println!("{} tills online; selling", tills.len());
 
     // Sell.
+    let bar = crate::report::progress(
+        u64::from(args.terminals) * u64::from(args.sales_per_terminal),
+        "sales recorded",
+    );
     let started = Instant::now();
     let mut sellers = Vec::new();
     for (n, till) in tills.iter().enumerate() {
@@ -143,8 +147,9 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
         let skus = skus.clone();
         let committed = committed.clone();
         let sales = args.sales_per_terminal;
+        let bar = bar.clone();
         sellers.push(tokio::task::spawn_blocking(move || {
-            sell(&till, n as u64, sales, &skus, &committed)
+            sell(&till, n as u64, sales, &skus, &committed, &bar)
         }));
     }
     let mut recorded: Vec<(Client, Vec<(OpId, CheckoutRequest)>)> = Vec::new();
@@ -155,6 +160,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
         recorded.push((till.clone(), sales));
     }
     let selling = started.elapsed();
+    bar.finish_and_clear();
     let last_sale = Instant::now();
     let total_sales: usize = recorded.iter().map(|(_, sales)| sales.len()).sum();
 
@@ -355,6 +361,7 @@ fn sell(
     sales: u32,
     skus: &[Sku],
     committed: &Sightings,
+    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(Vec<(OpId, CheckoutRequest)>, u64)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(number);
     let currency = Currency::new("EUR")?;
@@ -386,6 +393,7 @@ fn sell(
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .insert(request.order_id.clone(), Instant::now());
                 recorded.push((receipt.op, request));
+                bar.inc(1);
             }
             Err(omnisync_core::domain::DomainError::Blocked(_)) => refused_locally += 1,
             Err(error) => bail!("{device}: checkout failed: {error}"),

@@ -151,6 +151,7 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
     let office_dir = tempfile::tempdir()?;
     let office = back_office(sync_url, &store_id, &office_dir, &skus, args.stock).await?;
 
+    let bar = crate::report::progress(u64::from(checkouts), "checkouts decided");
     let per_client = checkouts / args.clients;
     let extra = checkouts % args.clients;
     let started = Instant::now();
@@ -160,8 +161,9 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
         let url = sync_url.to_owned();
         let store_id = store_id.clone();
         let skus = skus.clone();
+        let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
-            checkout_client(&url, &store_id, client, count, &skus).await
+            checkout_client(&url, &store_id, client, count, &skus, &bar).await
         }));
     }
     let mut result = StormResult {
@@ -196,6 +198,7 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
         .map(|attempts| (*attempts).min(u64::from(args.stock)))
         .sum();
     result.seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
 
     // Count oversold units from the stock the hub published.
     office
@@ -303,6 +306,7 @@ async fn checkout_client(
     number: u32,
     count: u32,
     skus: &[Sku],
+    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<ClientOutcome> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -338,6 +342,7 @@ async fn checkout_client(
                             continue;
                         };
                         decided += 1;
+                        bar.inc(1);
                         outcome.latencies_ms.push(at.elapsed().as_secs_f64() * 1e3);
                         match ack.outcome {
                             AckOutcome::Decided(Decision::Confirmed { .. }) => {
