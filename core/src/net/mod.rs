@@ -30,6 +30,9 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const TICK_MS: u64 = 1_000;
 /// Notices buffered for slow listeners before the oldest are dropped.
 pub const NOTICE_QUEUE_MAX: usize = 1024;
+/// Remote batches of at most this many changes are applied on the sync
+/// task itself when the store is free (live fan-out is mostly one change).
+pub const QUICK_APPLY_CHANGES_MAX: usize = 4;
 
 /// How to reach the hub.
 #[derive(Clone, Debug)]
@@ -538,9 +541,13 @@ impl Client {
                     }
                     ClientEvent::Changes(batch) => {
                         let (set, batch_caught_up) = (batch.set.clone(), batch.caught_up);
-                        let docs = self
-                            .blocking(move |store| store.apply_remote(&batch, crate::now_ms()))
-                            .await?
+                        let small = batch.changes.len() <= QUICK_APPLY_CHANGES_MAX;
+                        let apply = move |store: &mut Store| store.apply_remote(&batch, crate::now_ms());
+                        let docs = if small {
+                            self.quick(apply).await?
+                        } else {
+                            self.blocking(apply).await?
+                        }
                             .map_err(|error| format!("applying remote changes: {error}"))?;
                         let recall_seen = docs
                             .iter()
@@ -617,6 +624,26 @@ impl Client {
         tokio::task::spawn_blocking(move || work(&mut client.store()))
             .await
             .map_err(|error| format!("store task failed: {error}"))
+    }
+
+    /// [`Client::blocking`] for work known to be short (a few remote changes,
+    /// a few acks): done right here when the store is free, which saves the
+    /// hop to the blocking pool (most of the cost of a small live change on a
+    /// busy device); on the pool when the app holds the store.
+    async fn quick<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        {
+            match self.inner.store.try_lock() {
+                Ok(mut store) => return Ok(work(&mut store)),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    return Ok(work(&mut poisoned.into_inner()));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.blocking(work).await
     }
 }
 
