@@ -5,15 +5,20 @@
 //! authenticator here trusts the device's word for its store; signed device
 //! tokens replace it in the security work (the slot is this trait).
 
-use omnisync_core::ids::{CustomerId, DocSetId};
+use omnisync_core::ids::{CustomerId, DocSetId, TenantId};
+use omnisync_core::protocol::authz::{Identity, Role};
 use omnisync_core::protocol::hub::Peer;
 use omnisync_core::protocol::message::Hello;
 
 /// Decides whether a handshake is accepted and what the peer may do.
 pub trait Authenticator: Send + Sync {
-    /// The peer for an accepted handshake, or the reason for refusing it.
-    fn authenticate(&self, hello: &Hello) -> Result<Peer, String>;
+    /// The peer for an accepted handshake at `now_ms`, or the reason for
+    /// refusing it.
+    fn authenticate(&self, hello: &Hello, now_ms: u64) -> Result<Peer, String>;
 }
+
+/// The tenant every development peer belongs to.
+pub const DEV_TENANT: &str = "dev";
 
 /// Development authentication: a device may read and write its own store's
 /// set and the chain set. A token `customer:ID` also grants that customer's
@@ -22,25 +27,31 @@ pub trait Authenticator: Send + Sync {
 pub struct DevAuthenticator;
 
 impl Authenticator for DevAuthenticator {
-    fn authenticate(&self, hello: &Hello) -> Result<Peer, String> {
-        let mut sets = vec![DocSetId::store(&hello.store), DocSetId::chain()];
+    fn authenticate(&self, hello: &Hello, _now_ms: u64) -> Result<Peer, String> {
+        let mut customer = None;
         match hello.credentials.token.as_deref() {
             None | Some("") => {}
             Some(token) => {
-                let customer = token.strip_prefix("customer:").ok_or_else(|| {
+                let id = token.strip_prefix("customer:").ok_or_else(|| {
                     "unknown credentials; the development hub accepts none or customer:ID"
                         .to_owned()
                 })?;
-                let customer = CustomerId::new(customer).map_err(|error| error.to_string())?;
-                sets.push(DocSetId::customer(&customer));
+                customer = Some(CustomerId::new(id).map_err(|error| error.to_string())?);
             }
         }
-        Ok(Peer {
+        let identity = Identity {
+            tenant: TenantId::new(DEV_TENANT).map_err(|error| error.to_string())?,
             device: hello.device.clone(),
             store: hello.store.clone(),
-            replica: hello.replica,
-            readable: sets.clone(),
-            writable: sets,
-        })
+            role: Role::Development,
+            customer: customer.clone(),
+            expires_ms: None,
+        };
+        let mut peer = Peer::from_identity(identity, hello.replica)?;
+        if let Some(customer) = &customer {
+            peer.readable.push(DocSetId::customer(customer));
+            peer.writable.push(DocSetId::customer(customer));
+        }
+        Ok(peer)
     }
 }

@@ -59,7 +59,9 @@ pub async fn serve(mut socket: WebSocket, hub: Arc<HubState>, address: SocketAdd
         while let Some(event) = session.poll_event() {
             match event {
                 HubEvent::Authenticate(hello) => {
-                    let result = hub.authenticator.authenticate(&hello);
+                    let result = hub
+                        .authenticator
+                        .authenticate(&hello, omnisync_core::now_ms());
                     match &result {
                         Ok(peer) => {
                             tracing::info!(device = %peer.device, store = %peer.store, %address, agent = %hello.agent, "device connected")
