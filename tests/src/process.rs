@@ -237,13 +237,33 @@ pub struct HubProcess {
 }
 
 impl HubProcess {
-    /// Starts `binary serve --listen 127.0.0.1:port --data-dir data_dir` and
-    /// waits until it prints its listening line.
+    /// Starts `binary serve --dev-auth --listen 127.0.0.1:port --data-dir
+    /// data_dir` and waits until it prints its listening line.
     pub async fn start(binary: &Path, port: u16, data_dir: &Path) -> anyhow::Result<Self> {
+        let hub = Self::start_with(binary, port, data_dir, &["--dev-auth"]).await?;
+        hub.check_protocol().await.with_context(|| {
+            format!(
+                "{} does not speak this build's protocol (a stale binary?)",
+                binary.display()
+            )
+        })?;
+        Ok(hub)
+    }
+
+    /// Starts `binary serve --listen 127.0.0.1:port --data-dir data_dir`
+    /// with `args` (authentication, TLS, limits) and waits until it prints
+    /// its listening line.
+    pub async fn start_with(
+        binary: &Path,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let mut command = Command::new(binary);
         command
             .arg("serve")
+            .args(args)
             .arg("--listen")
             .arg(address.to_string())
             .arg("--data-dir")
@@ -258,14 +278,7 @@ impl HubProcess {
             .wait_for_line(HUB_START_TIMEOUT, |line| line.starts_with(&expected))
             .await
             .context("waiting for the hub's listening line")?;
-        let hub = Self { child, address };
-        hub.check_protocol().await.with_context(|| {
-            format!(
-                "{} does not speak this build's protocol (a stale binary?)",
-                binary.display()
-            )
-        })?;
-        Ok(hub)
+        Ok(Self { child, address })
     }
 
     /// Shakes hands with the hub as a throwaway device, so that a hub binary
