@@ -240,6 +240,7 @@ fn event_of(notice: Notice) -> StoreEvent {
         Notice::Verdicts {
             acknowledged,
             rejected,
+            ..
         } => StoreEvent::OpVerdicts {
             acknowledged: acknowledged as u64,
             rejected: rejected as u64,
