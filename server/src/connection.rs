@@ -19,12 +19,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
 use omnisync_core::ids::DocSetId;
-use omnisync_core::protocol::hub::{ChangePage, HubEvent, HubSession, Outbound};
-use omnisync_core::protocol::message::{self, ErrorCode};
+use omnisync_core::protocol::authz::{AuditEvent, AuditKind};
+use omnisync_core::protocol::hub::{
+    ChangePage, HubEvent, HubSession, IncomingOp, Outbound, Verdict,
+};
+use omnisync_core::protocol::message::{self, ErrorCode, OpBody, RejectCode};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::HubState;
 use crate::audit;
+use crate::changes::ChangeId;
 use crate::committer::CommitRequest;
 use crate::devices::{Revocation, revoked_message};
 use crate::limits::CATCH_UP_OUTBOUND_BYTES_MAX;
@@ -34,9 +38,6 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// A device that sends nothing for this long is disconnected (devices ping
 /// after 10 s of silence).
 pub const IDLE_TIMEOUT_MS: u64 = 60_000;
-/// A device that does not take a frame within this time is disconnected
-/// instead of being buffered for without end.
-pub const SEND_TIMEOUT_MS: u64 = 10_000;
 
 /// WebSocket close code for each protocol error.
 fn close_code(code: ErrorCode) -> u16 {
@@ -71,7 +72,7 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
     // answers count against the outbound limit once queued for the socket.
     let (ack_sender, mut acks) = mpsc::unbounded_channel();
     let (sink, mut stream) = socket.split();
-    let mut outbox = Outbox::start(sink);
+    let mut outbox = Outbox::start(sink, hub.limits.send_timeout_ms);
     let opened = Instant::now();
     let opened_ms = omnisync_core::now_ms();
     let mut shutdown = hub.shutdown.subscribe();
@@ -96,7 +97,18 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
                                 tokio::time::Instant::now() + Duration::from_millis(left)
                             });
                 }
-                HubEvent::Apply(ops) => {
+                HubEvent::Apply(mut ops) => {
+                    match refuse_conflicting_changes(&hub, &mut ops).await {
+                        Ok(refusals) => {
+                            for event in &refusals {
+                                audit::record_session_event(&hub.metrics, &subject, event);
+                            }
+                        }
+                        Err(error) => {
+                            session.handle_internal_error(error);
+                            continue;
+                        }
+                    }
                     let request = CommitRequest {
                         ops,
                         reply: ack_sender.clone(),
@@ -171,6 +183,13 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
                 Err(error) => session.handle_internal_error(error),
             },
             committed = fanout.recv() => match committed {
+                // A device behind on reading gets this commit from the log
+                // later, at its own pace, instead of from a growing queue.
+                Ok(committed) if outbox.pending() >= CATCH_UP_OUTBOUND_BYTES_MAX
+                    || outbox.pending() + commit_bytes(&committed) > hub.limits.outbound_bytes_max / 2 =>
+                {
+                    session.handle_fanout_lagged();
+                }
                 Ok(committed) => session.handle_committed(&committed),
                 Err(broadcast::error::RecvError::Lagged(_)) => session.handle_fanout_lagged(),
                 Err(broadcast::error::RecvError::Closed) => session.handle_shutdown(),
@@ -200,7 +219,15 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
             }
             _ = outbox.drained.notified(), if throttled => {}
             ended = &mut outbox.task => {
-                let reason = ended.unwrap_or_else(|error| format!("writer failed: {error}"));
+                let reason = match ended {
+                    Ok(WriterEnd::NotReading(reason)) => {
+                        hub.metrics.protocol_errors.fetch_add(1, Relaxed);
+                        audit::record(&hub.metrics, &subject, ErrorCode::LimitExceeded.as_str(), &reason, None);
+                        reason
+                    }
+                    Ok(WriterEnd::Done(reason)) => reason,
+                    Err(error) => format!("writer failed: {error}"),
+                };
                 break Ending::Abort(reason);
             }
             _ = shutdown.changed() => session.handle_shutdown(),
@@ -229,6 +256,68 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
     };
     hub.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(device = %subject.device, %address, %reason, "connection closed");
+}
+
+/// Turns every accepted op that brings a different automerge change under
+/// a (document, actor, seq) the hub already holds into a rejection (see
+/// `crate::changes`), and returns the audit events of those rejections.
+/// Documents not indexed yet are loaded from the log first.
+async fn refuse_conflicting_changes(
+    hub: &Arc<HubState>,
+    ops: &mut [IncomingOp],
+) -> Result<Vec<AuditEvent>, String> {
+    let mut identities: Vec<Option<Vec<ChangeId>>> = Vec::with_capacity(ops.len());
+    for op in ops.iter() {
+        let ids = match (&op.verdict, &op.op.body) {
+            (Verdict::Accept, OpBody::Changes(changes)) => changes
+                .iter()
+                .map(|change| {
+                    automerge::Change::from_bytes(change.bytes.clone())
+                        .ok()
+                        .map(|parsed| ChangeId::of(&change.doc, &parsed))
+                })
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
+        };
+        identities.push(ids);
+    }
+    let missing = hub
+        .changes
+        .missing(identities.iter().flatten().flatten().map(|id| &id.doc));
+    if !missing.is_empty() {
+        let reader = hub.reader.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            missing
+                .into_iter()
+                .map(|doc| reader.doc_changes(&doc).map(|stored| (doc, stored)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?;
+        for (doc, stored) in loaded {
+            hub.changes.load(&doc, &stored);
+        }
+    }
+    let mut refusals = Vec::new();
+    for (op, ids) in ops.iter_mut().zip(identities) {
+        let Some(ids) = ids else { continue };
+        if let Err(detail) = hub.changes.reserve(&ids) {
+            let detail = message::clamp_detail(detail);
+            refusals.push(AuditEvent {
+                kind: AuditKind::OpRejected {
+                    op: op.op.id,
+                    code: RejectCode::Invalid,
+                },
+                detail: detail.clone(),
+            });
+            op.verdict = Verdict::Reject {
+                code: RejectCode::Invalid,
+                detail,
+            };
+        }
+    }
+    Ok(refusals)
 }
 
 /// Runs the authenticator, binds the replica and checks the device's
@@ -365,21 +454,46 @@ fn queue_outbound(
     None
 }
 
+/// Bytes of change data in a commit (an upper bound of what one session
+/// gets from it).
+fn commit_bytes(committed: &omnisync_core::protocol::hub::CommittedChanges) -> usize {
+    committed
+        .by_set
+        .values()
+        .flatten()
+        .map(|change| change.bytes.len())
+        .sum()
+}
+
+/// Why the socket writer stopped.
+enum WriterEnd {
+    /// The queue closed or a close frame went out, or the socket failed.
+    Done(String),
+    /// The device took nothing within the send timeout.
+    NotReading(String),
+}
+
 /// The socket's writer: a task that sends queued messages in batches, each
-/// batch within [`SEND_TIMEOUT_MS`], and counts the bytes still queued.
+/// batch within the send timeout, and counts the bytes still queued.
 struct Outbox {
     queue: mpsc::UnboundedSender<Message>,
     pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
-    task: tokio::task::JoinHandle<String>,
+    task: tokio::task::JoinHandle<WriterEnd>,
 }
 
 impl Outbox {
-    fn start(sink: SplitSink<WebSocket, Message>) -> Self {
+    fn start(sink: SplitSink<WebSocket, Message>, send_timeout_ms: u64) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
-        let task = tokio::spawn(write_loop(sink, receiver, pending.clone(), drained.clone()));
+        let task = tokio::spawn(write_loop(
+            sink,
+            receiver,
+            pending.clone(),
+            drained.clone(),
+            send_timeout_ms,
+        ));
         Self {
             queue,
             pending,
@@ -416,11 +530,12 @@ async fn write_loop(
     mut queue: mpsc::UnboundedReceiver<Message>,
     pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
-) -> String {
+    send_timeout_ms: u64,
+) -> WriterEnd {
     loop {
         let Some(first) = queue.recv().await else {
             let _ = sink.close().await;
-            return "closed".to_owned();
+            return WriterEnd::Done("closed".to_owned());
         };
         let mut batch_bytes = 0;
         let mut closing = false;
@@ -437,15 +552,19 @@ async fn write_loop(
             }
             sink.flush().await
         };
-        match tokio::time::timeout(Duration::from_millis(SEND_TIMEOUT_MS), write).await {
+        match tokio::time::timeout(Duration::from_millis(send_timeout_ms), write).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return "send failed".to_owned(),
-            Err(_) => return format!("device did not read for {SEND_TIMEOUT_MS} ms"),
+            Ok(Err(_)) => return WriterEnd::Done("send failed".to_owned()),
+            Err(_) => {
+                return WriterEnd::NotReading(format!(
+                    "device is not reading: nothing taken for {send_timeout_ms} ms"
+                ));
+            }
         }
         pending.fetch_sub(batch_bytes, Relaxed);
         drained.notify_one();
         if closing {
-            return "closed".to_owned();
+            return WriterEnd::Done("closed".to_owned());
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod changes;
 pub mod committer;
 pub mod connection;
 pub mod devices;
@@ -118,6 +119,8 @@ pub struct HubState {
     pub limits: Limits,
     /// Rate limiters shared by all connections.
     pub rates: RateLimiters,
+    /// The automerge change behind every (document, actor, seq) accepted.
+    pub changes: changes::ChangeIndex,
 }
 
 /// A running hub.
@@ -186,6 +189,7 @@ impl Hub {
             authenticator,
             devices,
             rates: RateLimiters::new(&limits),
+            changes: changes::ChangeIndex::default(),
             limits,
         });
         let app = http::router(state.clone());

@@ -19,11 +19,17 @@ use omnisync_core::protocol::message;
 use omnisync_core::{DeviceId, TenantId};
 
 /// Bytes queued for one connection's socket before the hub gives the
-/// device up as not reading (16 MiB: four maximal frames).
+/// device up as not reading (16 MiB: four maximal frames). Never below
+/// `message::FRAME_BYTES_MAX`, or one large batch could trip it.
 pub const OUTBOUND_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Below this many queued bytes the next catch-up page is read; a device
-/// that reads slowly is fed at its own pace instead of being buffered for.
+/// Below this many queued bytes the next catch-up page is read and live
+/// commits are queued; above it a commit is left to a later catch-up read,
+/// so a device that reads slowly is fed at its own pace instead of being
+/// buffered for.
 pub const CATCH_UP_OUTBOUND_BYTES_MAX: usize = 1024 * 1024;
+/// A device that takes none of a batch of frames within this time is
+/// disconnected.
+pub const SEND_TIMEOUT_MS: u64 = 10_000;
 /// New connections per second per authenticated device (sustained).
 pub const DEVICE_CONNECTIONS_PER_S: u32 = 2;
 /// New connections per device in a burst.
@@ -77,6 +83,8 @@ pub struct Limits {
     pub subscriptions_max: usize,
     /// Bytes queued for a socket before the device is disconnected.
     pub outbound_bytes_max: usize,
+    /// Time a device may take to accept a batch of frames.
+    pub send_timeout_ms: u64,
     /// New connections per device.
     pub device_connections: Rate,
     /// New connections per address.
@@ -94,6 +102,7 @@ impl Default for Limits {
             push_ops_max: message::PUSH_OPS_MAX,
             subscriptions_max: message::SUBSCRIPTIONS_MAX,
             outbound_bytes_max: OUTBOUND_BYTES_MAX,
+            send_timeout_ms: SEND_TIMEOUT_MS,
             device_connections: Rate::new(DEVICE_CONNECTIONS_PER_S, DEVICE_CONNECTIONS_BURST),
             address_connections: Rate::new(ADDRESS_CONNECTIONS_PER_S, ADDRESS_CONNECTIONS_BURST),
             device_messages: Rate::new(DEVICE_MESSAGES_PER_S, DEVICE_MESSAGES_BURST),
@@ -111,7 +120,8 @@ impl Limits {
             frame_bytes_max: self.frame_bytes_max.clamp(1024, message::FRAME_BYTES_MAX),
             push_ops_max: self.push_ops_max.clamp(1, message::PUSH_OPS_MAX),
             subscriptions_max: self.subscriptions_max.max(1),
-            outbound_bytes_max: self.outbound_bytes_max.max(64 * 1024),
+            outbound_bytes_max: self.outbound_bytes_max.max(message::FRAME_BYTES_MAX),
+            send_timeout_ms: self.send_timeout_ms.clamp(100, 600_000),
             device_connections: rate(self.device_connections),
             address_connections: rate(self.address_connections),
             device_messages: rate(self.device_messages),

@@ -36,13 +36,13 @@ enum KeyAlgorithm {
 
 /// How devices authenticate: exactly one of `--jwks` or `--dev-auth`.
 #[derive(Args)]
-#[group(id = "auth-mode", required = true, multiple = false, args = ["jwks", "dev_auth"])]
+#[group(skip)]
 struct AuthArgs {
     /// Verify signed device tokens against this JSON Web Key Set.
-    #[arg(long, requires_all = ["issuer", "audience", "tenant"])]
+    #[arg(long, group = "auth_mode", requires_all = ["issuer", "audience", "tenant"])]
     jwks: Option<PathBuf>,
     /// Development mode: trust every device's word (no tokens). Never in production.
-    #[arg(long)]
+    #[arg(long, group = "auth_mode")]
     dev_auth: bool,
     /// The token issuer (`iss`) to trust.
     #[arg(long)]
@@ -90,6 +90,9 @@ struct LimitArgs {
     /// Bytes queued for a device before it is dropped as not reading.
     #[arg(long, default_value_t = limits::OUTBOUND_BYTES_MAX)]
     outbound_bytes_max: usize,
+    /// Time a device may take to accept a batch of frames, ms.
+    #[arg(long, default_value_t = limits::SEND_TIMEOUT_MS)]
+    send_timeout_ms: u64,
     /// Messages per second per device.
     #[arg(long, default_value_t = limits::DEVICE_MESSAGES_PER_S)]
     device_messages_per_s: u32,
@@ -123,6 +126,7 @@ impl LimitArgs {
             push_ops_max: self.push_ops_max,
             subscriptions_max: self.subscriptions_max,
             outbound_bytes_max: self.outbound_bytes_max,
+            send_timeout_ms: self.send_timeout_ms,
             device_connections: Rate::new(
                 self.device_connections_per_s,
                 self.device_connections_burst,
@@ -177,7 +181,9 @@ impl AuthArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the sync endpoint, health, metrics and admin reads.
+    /// Serve the sync endpoint, health, metrics and admin reads. Choose how
+    /// devices authenticate: `--jwks` (signed tokens) or `--dev-auth`.
+    #[command(group = clap::ArgGroup::new("auth_mode").required(true).multiple(false))]
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
