@@ -85,6 +85,8 @@ pub struct DeviceOptions {
     pub sets: Vec<DocSetId>,
     /// The hub's CA for `wss://`.
     pub hub_ca_pem: Option<Vec<u8>>,
+    /// Never refresh the token.
+    pub no_refresh: bool,
 }
 
 /// Opens a device like [`device`], with a token, more sets or a hub CA.
@@ -102,6 +104,7 @@ pub fn device_with(
     let mut config = SyncConfig::new(url);
     config.credentials.token = options.token;
     config.hub_ca_pem = options.hub_ca_pem;
+    config.refresh_tokens = !options.no_refresh;
     let client = Client::new(opened, config);
     client.subscribe(&DocSetId::store(&store_id))?;
     for set in &options.sets {

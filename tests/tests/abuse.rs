@@ -36,7 +36,14 @@ use tokio_tungstenite::tungstenite::Message;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One handshake row: case, device, store, replica, token, text the refusal names.
-type HandshakeRow<'a> = (&'a str, &'a str, &'a str, ReplicaId, Option<String>, &'a str);
+type HandshakeRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    ReplicaId,
+    Option<String>,
+    &'a str,
+);
 const CLOSE_POLICY: u16 = 1008;
 
 /// The honest devices and how to check that they still sync.
@@ -204,7 +211,7 @@ async fn abuse_table_against_a_real_hub_in_token_mode() -> anyhow::Result<()> {
             DeviceOptions {
                 token: Some(token),
                 sets,
-                hub_ca_pem: None,
+                ..DeviceOptions::default()
             },
         )
     };
