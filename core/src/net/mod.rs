@@ -171,6 +171,8 @@ struct Inner {
     credentials_generation: std::sync::atomic::AtomicU64,
     /// When the last refresh failed (ms since the epoch), to space retries.
     refresh_failed_ms: std::sync::atomic::AtomicU64,
+    /// True while a refresh is under way (one at a time).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -203,6 +205,7 @@ impl Client {
             credentials: Mutex::new(credentials),
             credentials_generation: std::sync::atomic::AtomicU64::new(0),
             refresh_failed_ms: std::sync::atomic::AtomicU64::new(0),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         };
         let client = Self {
             inner: Arc::new(inner),
@@ -360,13 +363,22 @@ impl Client {
         };
         let now_ms = crate::now_ms();
         let failed_ms = self.inner.refresh_failed_ms.load(Relaxed);
-        if now_ms / 1000 < due_s || now_ms.saturating_sub(failed_ms) < REFRESH_RETRY_MS {
+        if now_ms / 1000 < due_s
+            || now_ms.saturating_sub(failed_ms) < REFRESH_RETRY_MS
+            || self
+                .inner
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return;
         }
         if let Err(error) = self.refresh_credentials().await {
             self.inner.refresh_failed_ms.store(now_ms, Relaxed);
             tracing::warn!(%error, "device token refresh failed");
         }
+        self.inner
+            .refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The TLS configuration for a `wss://` hub, `None` for `ws://`.
@@ -746,6 +758,7 @@ impl Client {
         use std::sync::atomic::Ordering::Relaxed;
         let now_ms = crate::now_ms();
         self.inner.config.refresh_tokens
+            && !self.inner.refreshing.load(Relaxed)
             && now_ms.saturating_sub(self.inner.refresh_failed_ms.load(Relaxed)) >= REFRESH_RETRY_MS
             && self
                 .credentials()
