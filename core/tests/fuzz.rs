@@ -8,10 +8,10 @@
 //! `cargo test` runs each target with bolero's random engine for a bounded
 //! time (1 s by default; `BOLERO_RANDOM_TEST_TIME_MS` sets it, the CI's fuzz
 //! step uses more), after replaying every file under
-//! `tests/__fuzz__/<target>/corpus` and `.../crashes`. A crasher found by any
-//! engine is kept as a file in `crashes/` and so stays a regression test.
-//! Coverage-guided, on nightly: `cargo bolero test -p omnisync-core --test
-//! fuzz <target> --engine libfuzzer` (see `docs/security.md`).
+//! `tests/__fuzz__/<target without fuzz_>/crashes` and `.../corpus`. A crasher
+//! found by any engine is kept as a file in `crashes/` and so stays a
+//! regression test. Coverage-guided, on nightly: `cargo bolero test -p
+//! omnisync-core <target> --toolchain nightly -T 60s` (see `docs/security.md`).
 
 use automerge::transaction::Transactable as _;
 use omnisync_core::protocol::client::{ClientIdentity, ClientSession};

@@ -6,8 +6,8 @@
 //! files (CSV and JSON Lines).
 //!
 //! `cargo test` runs each for a bounded time with bolero's random engine,
-//! after replaying `tests/__fuzz__/<target>/{corpus,crashes}`; see
-//! `core/tests/fuzz.rs` and `docs/security.md` for longer and nightly runs.
+//! after replaying `tests/__fuzz__/<target without fuzz_>/{crashes,corpus}`;
+//! see `core/tests/fuzz.rs` and `docs/security.md` for longer and nightly runs.
 
 use std::io::Write as _;
 
