@@ -279,6 +279,7 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
             acknowledged,
             rejected,
             decided,
+            ..
         } => Some(StoreEvent::OpVerdicts {
             acknowledged: acknowledged as u64,
             rejected: rejected as u64,

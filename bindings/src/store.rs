@@ -18,6 +18,7 @@ use omnisync_core::ids::check_name;
 use omnisync_core::ledger::StockCommand;
 use omnisync_core::net::{Client, SyncConfig};
 use omnisync_core::protocol::message::Credentials;
+use omnisync_core::store::encryption::EncryptionKey;
 use omnisync_core::{CustomerId, DeviceId, DocSetId, Store, StoreId, now_ms};
 
 use crate::error::{OmnisyncError, Result};
@@ -63,11 +64,20 @@ impl OmnisyncStore {
     fn open_blocking(config: StoreConfig) -> Result<Self> {
         let device = DeviceId::new(config.device_id)?;
         let store_id = StoreId::new(config.store_id)?;
-        let store = Store::open(Path::new(&config.path), device, store_id.clone())?;
+        let store = match &config.encryption_key {
+            Some(key) => Store::open_encrypted(
+                Path::new(&config.path),
+                device,
+                store_id.clone(),
+                &EncryptionKey::from_bytes(key)?,
+            )?,
+            None => Store::open(Path::new(&config.path), device, store_id.clone())?,
+        };
         let mut sync_config = SyncConfig::new(config.hub_url);
         sync_config.credentials = Credentials {
             token: config.credentials_token,
         };
+        sync_config.hub_ca_pem = config.hub_ca_pem.map(String::into_bytes);
         sync_config.agent = format!("omnisync-ffi/{}", env!("CARGO_PKG_VERSION"));
         let client = Client::new(store, sync_config);
         client.subscribe(&DocSetId::store(&store_id))?;
@@ -599,6 +609,8 @@ mod tests {
             // Never started in these tests: no hub needed.
             hub_url: "ws://127.0.0.1:9/v1/sync".into(),
             credentials_token: None,
+            encryption_key: None,
+            hub_ca_pem: None,
         };
         runtime().unwrap().block_on(open_store(config)).unwrap()
     }
@@ -819,6 +831,8 @@ mod tests {
             store_id: "berlin-01".into(),
             hub_url: "ws://127.0.0.1:9/v1/sync".into(),
             credentials_token: None,
+            encryption_key: None,
+            hub_ca_pem: None,
         };
         assert!(matches!(
             rt.block_on(open_store(config)),

@@ -22,12 +22,21 @@ pub struct StoreConfig {
     pub device_id: String,
     /// The store this device belongs to, e.g. `berlin-01`.
     pub store_id: String,
-    /// `ws://host:port/v1/sync`.
+    /// `ws://host:port/v1/sync`, or `wss://` for a hub serving TLS.
     pub hub_url: String,
-    /// Bearer token for the hub's handshake, if any (`customer:ID` on the
-    /// development hub grants that customer's data).
+    /// The device's signed token from enrolment, if any (`customer:ID` on a
+    /// development hub grants that customer's data). The store keeps it and
+    /// the newer refreshed ones; pass the enrolment token again, or none.
     #[uniffi(default = None)]
     pub credentials_token: Option<String>,
+    /// A 32-byte key from the platform keystore to encrypt the database
+    /// with SQLCipher; needs a library built with the `encryption` feature.
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
+    /// PEM of the CA that signed the hub's certificate (a store running its
+    /// own hub); `None` trusts the public web roots.
+    #[uniffi(default = None)]
+    pub hub_ca_pem: Option<String>,
 }
 
 /// An amount of money in minor units (cents) of a currency.

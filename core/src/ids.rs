@@ -141,6 +141,10 @@ name_id!(
     /// A customer of the chain (owner of carts, wishlists and a profile).
     CustomerId, "customer id"
 );
+name_id!(
+    /// A tenant: one retail chain, the issuer's unit of trust in device tokens.
+    TenantId, "tenant id"
+);
 
 /// The random identity of one local database (one install of the app).
 ///

@@ -22,7 +22,7 @@ pub mod store;
 pub mod net;
 
 pub use edit::{Edit, Value};
-pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
+pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId, TenantId};
 pub use store::{DocEdit, Durability, Store, StoreError};
 
 /// Milliseconds since the Unix epoch from the system clock. Only runtimes call

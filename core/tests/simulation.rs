@@ -772,6 +772,10 @@ impl Sim {
                         let peer = Peer {
                             device: hello.device,
                             store: hello.store,
+                            tenant: omnisync_core::TenantId::new("sim").expect("valid tenant"),
+                            role: omnisync_core::protocol::authz::Role::Development,
+                            customer: None,
+                            expires_ms: None,
                             replica: hello.replica,
                             readable,
                             writable: vec![store_set()],

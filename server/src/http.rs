@@ -1,19 +1,29 @@
-//! HTTP routes: the sync WebSocket, health, metrics, and admin reads.
-//! Errors become responses in one place ([`ApiError`]).
+//! HTTP routes: the sync WebSocket, health, metrics, token refresh, and the
+//! admin endpoints (reads and device revocation). Errors become responses in
+//! one place ([`ApiError`]).
+//!
+//! With token authentication the admin endpoints want a back-office bearer
+//! token of the hub's tenant; the development authenticator leaves them open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use omnisync_core::DocId;
-use omnisync_core::protocol::message::{self, AckOutcome};
+use axum::routing::{get, post};
+use omnisync_core::protocol::authz::Identity;
+use omnisync_core::protocol::message::AckOutcome;
+use omnisync_core::{DeviceId, DocId, TenantId};
 use serde::Deserialize;
 
 use crate::HubState;
+use crate::audit;
+use crate::auth::{AuthError, DEV_TENANT};
+
+/// Largest request body accepted by the JSON endpoints, in bytes.
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
 /// The hub's routes.
 pub fn router(state: Arc<HubState>) -> Router {
@@ -23,6 +33,9 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/admin/docs/{*doc}", get(admin_doc))
         .route("/v1/admin/ops/{replica}/{seq}", get(admin_op))
+        .route("/v1/admin/devices/{device}/revoke", post(admin_revoke))
+        .route("/v1/auth/refresh", post(refresh))
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
 
@@ -34,9 +47,24 @@ async fn sync(
     if *hub.shutdown.borrow() {
         return ApiError::Unavailable("hub is shutting down".into()).into_response();
     }
+    if let Err(exceeded) = hub
+        .rates
+        .address_connections
+        .check(&address.ip(), std::time::Instant::now())
+    {
+        let detail = format!("too many connections from {}: {exceeded}", address.ip());
+        audit::record(
+            &hub.metrics,
+            &audit::Subject::address(address),
+            "limit-exceeded",
+            &detail,
+            None,
+        );
+        return ApiError::TooManyRequests(detail).into_response();
+    }
     upgrade
-        .max_message_size(message::FRAME_BYTES_MAX)
-        .max_frame_size(message::FRAME_BYTES_MAX)
+        .max_message_size(hub.limits.frame_bytes_max)
+        .max_frame_size(hub.limits.frame_bytes_max)
         .on_upgrade(move |socket| crate::connection::serve(socket, hub, address))
 }
 
@@ -64,9 +92,12 @@ struct DocQuery {
 /// with `?format=automerge`.
 async fn admin_doc(
     State(hub): State<Arc<HubState>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(doc): Path<String>,
     Query(query): Query<DocQuery>,
 ) -> Result<Response, ApiError> {
+    authorize_admin(&hub, &headers, address)?;
     let doc = DocId::new(doc).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let reader = hub.reader.clone();
     if omnisync_core::ledger::record::is_record_doc(&doc) {
@@ -113,8 +144,11 @@ async fn admin_doc(
 /// `GET /v1/admin/ops/{replica}/{seq}`: the hub's stored answer for an op.
 async fn admin_op(
     State(hub): State<Arc<HubState>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path((replica, seq)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
+    authorize_admin(&hub, &headers, address)?;
     let replica: omnisync_core::ReplicaId = replica
         .parse()
         .map_err(|error: omnisync_core::ids::IdError| ApiError::BadRequest(error.to_string()))?;
@@ -145,12 +179,149 @@ async fn admin_op(
     Ok(axum::Json(body).into_response())
 }
 
+#[derive(Deserialize, Default)]
+struct RevokeRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/admin/devices/{device}/revoke` with `{"reason": "…"}`: the
+/// device's tokens issued until now are refused, and its live sessions are
+/// closed with `unauthenticated: device … was revoked: …`.
+async fn admin_revoke(
+    State(hub): State<Arc<HubState>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(device): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let admin = authorize_admin(&hub, &headers, address)?;
+    let device = DeviceId::new(device).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let request: RevokeRequest = if body.is_empty() {
+        RevokeRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?
+    };
+    let tenant = match &admin {
+        Some(identity) => identity.tenant.clone(),
+        None => TenantId::new(DEV_TENANT).map_err(|error| ApiError::Internal(error.to_string()))?,
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "revoked by the back office".into());
+    let devices = hub.devices.clone();
+    let revocation = tokio::task::spawn_blocking(move || {
+        devices.revoke(&tenant, &device, &reason, omnisync_core::now_ms())
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+    .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let by = admin
+        .map(|identity| identity.device.to_string())
+        .unwrap_or_default();
+    tracing::warn!(target: audit::AUDIT_TARGET, code = "revoked", device = %revocation.device,
+        tenant = %revocation.tenant, reason = %revocation.reason, by = %by, %address, "device revoked");
+    Ok(axum::Json(serde_json::json!({
+        "revoked": revocation.device.to_string(),
+        "revoked_ms": revocation.revoked_ms,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/auth/refresh` with `Authorization: Bearer <token>`: a new
+/// token with the same claims and a new expiry, while the old one is still
+/// valid, not revoked, and the device's enrolment is recent enough.
+async fn refresh(
+    State(hub): State<Arc<HubState>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Err(exceeded) = hub
+        .rates
+        .address_connections
+        .check(&address.ip(), std::time::Instant::now())
+    {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many requests from {}: {exceeded}",
+            address.ip()
+        )));
+    }
+    let token = bearer(&headers)
+        .ok_or_else(|| ApiError::Unauthorized("send the current token as a bearer token".into()))?;
+    match hub.authenticator.refresh(token, omnisync_core::now_ms()) {
+        Ok(token) => Ok(axum::Json(serde_json::json!({ "token": token })).into_response()),
+        Err(error) => {
+            audit::record(
+                &hub.metrics,
+                &audit::Subject::address(address),
+                "unauthenticated",
+                &error.to_string(),
+                None,
+            );
+            Err(error.into())
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn authorize_admin(
+    hub: &HubState,
+    headers: &HeaderMap,
+    address: SocketAddr,
+) -> Result<Option<Identity>, ApiError> {
+    hub.authenticator
+        .authorize_admin(bearer(headers), omnisync_core::now_ms())
+        .map_err(|error| {
+            let code = match error {
+                AuthError::Forbidden(_) => "forbidden",
+                _ => "unauthenticated",
+            };
+            audit::record(
+                &hub.metrics,
+                &audit::Subject::address(address),
+                code,
+                &error.to_string(),
+                None,
+            );
+            error.into()
+        })
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthenticated(detail) => ApiError::Unauthorized(detail),
+            AuthError::Forbidden(detail) => ApiError::Forbidden(detail),
+            AuthError::Unsupported(detail) => ApiError::NotFound(detail),
+        }
+    }
+}
+
 /// Every error an HTTP route can return.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// The request is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials without the right.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -166,6 +337,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

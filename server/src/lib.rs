@@ -5,13 +5,19 @@
 //! Embed it with [`Hub::start`] (the demo and the tests do), or run the
 //! `omnisync-hub` binary.
 
+pub mod audit;
 pub mod auth;
+pub mod changes;
 pub mod committer;
 pub mod connection;
+pub mod devices;
 pub mod http;
 pub mod import;
+pub mod limits;
 pub mod metrics;
 pub mod storage;
+pub mod tls;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,9 +27,33 @@ use omnisync_core::hublog::{HubLogError, HubLogRead};
 use omnisync_core::protocol::hub::CommittedChanges;
 use tokio::sync::{broadcast, watch};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthConfig, Authenticator};
 use crate::committer::Committer;
+use crate::devices::DeviceRegistry;
+use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
+use crate::tls::TlsConfig;
+
+/// Serves `app` on `listener` until `shutdown` flips, on a task of its own.
+/// A macro because the plain and TLS listeners are different types and
+/// axum's connect-info bounds are unwieldy to spell out generically.
+macro_rules! spawn_server {
+    ($listener:expr, $app:expr, $shutdown:expr) => {{
+        let listener = $listener;
+        let app = $app;
+        let mut shutdown = $shutdown;
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+        })
+    }};
+}
 
 /// Commits buffered for the fan-out before slow connections fall back to
 /// reading the log.
@@ -43,10 +73,18 @@ pub struct HubConfig {
     /// How far (basis points) a checkout's seen price may be from the price
     /// in force before the hub refuses it.
     pub price_tolerance_bp: u32,
+    /// How devices authenticate.
+    pub auth: AuthConfig,
+    /// Sizes and rates per connection, device and address.
+    pub limits: Limits,
+    /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl HubConfig {
-    /// Defaults for `data_dir`, listening on `listen`.
+    /// Defaults for `data_dir`, listening on `listen`: development
+    /// authentication (no tokens), default limits, no TLS. For embedded
+    /// hubs in demos and tests; `omnisync-hub serve` asks for a choice.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -54,6 +92,9 @@ impl HubConfig {
             hub_id: "hub".into(),
             group_ops_max: committer::GROUP_OPS_MAX,
             price_tolerance_bp: 0,
+            auth: AuthConfig::Development,
+            limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -76,11 +117,20 @@ pub struct HubState {
     pub metrics: Arc<Metrics>,
     /// Handshake checks.
     pub authenticator: Arc<dyn Authenticator>,
+    /// Replica bindings and revocations.
+    pub devices: Arc<DeviceRegistry>,
+    /// Sizes and rates.
+    pub limits: Limits,
+    /// Rate limiters shared by all connections.
+    pub rates: RateLimiters,
+    /// The automerge change behind every (document, actor, seq) accepted.
+    pub changes: changes::ChangeIndex,
 }
 
 /// A running hub.
 pub struct Hub {
     address: SocketAddr,
+    tls: bool,
     state: Arc<HubState>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -98,6 +148,24 @@ impl Hub {
             price_tolerance_bp: config.price_tolerance_bp,
         });
         let log_id = writer.log_id().to_owned();
+        let devices = Arc::new(DeviceRegistry::open(&config.data_dir).map_err(|source| {
+            HubError::Devices {
+                dir: config.data_dir.clone(),
+                source,
+            }
+        })?);
+        let authenticator: Arc<dyn Authenticator> = match &config.auth {
+            AuthConfig::Development => Arc::new(auth::DevAuthenticator),
+            AuthConfig::Tokens(tokens) => Arc::new(auth::TokenAuthenticator::new(
+                (**tokens).clone(),
+                devices.clone(),
+            )),
+        };
+        let limits = config.limits.clamped();
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.server_config().map_err(HubError::Tls)?),
+            None => None,
+        };
         let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -109,13 +177,6 @@ impl Hub {
             address: config.listen,
             source,
         })?;
-        // Small frames must leave at once: Nagle plus delayed ACKs adds ~40 ms.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::warn!(%error, "could not set TCP_NODELAY");
-                }
-            });
         let metrics = Arc::new(Metrics::default());
         let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
         let (committer, committer_thread) = Committer::start(
@@ -132,7 +193,11 @@ impl Hub {
             fanout,
             shutdown: watch::channel(false).0,
             metrics,
-            authenticator: Arc::new(auth::DevAuthenticator),
+            authenticator,
+            devices,
+            rates: RateLimiters::new(&limits),
+            changes: changes::ChangeIndex::default(),
+            limits,
         });
         let ticker = state.committer.clone();
         let mut ticker_shutdown = state.shutdown.subscribe();
@@ -146,20 +211,35 @@ impl Hub {
             }
         });
         let app = http::router(state.clone());
-        let mut shutdown = state.shutdown.subscribe();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-        });
-        tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, "hub listening");
+        let shutdown = state.shutdown.subscribe();
+        let server = match tls.clone() {
+            None => {
+                // Small frames must leave at once: Nagle plus delayed ACKs adds ~40 ms.
+                let listener = axum::serve::ListenerExt::tap_io(
+                    listener,
+                    |tcp: &mut tokio::net::TcpStream| {
+                        if let Err(error) = tcp.set_nodelay(true) {
+                            tracing::warn!(%error, "could not set TCP_NODELAY");
+                        }
+                    },
+                );
+                spawn_server!(listener, app, shutdown)
+            }
+            Some(tls) => {
+                let listener =
+                    tls::TlsListener::new(listener, tls).map_err(|source| HubError::Bind {
+                        address: config.listen,
+                        source,
+                    })?;
+                // The no-op tap gives axum the connect info (peer address).
+                let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+                spawn_server!(listener, app, shutdown)
+            }
+        };
+        tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, tls = tls.is_some(), "hub listening");
         Ok(Hub {
             address,
+            tls: tls.is_some(),
             state,
             server,
             committer: Some(committer_thread),
@@ -171,9 +251,15 @@ impl Hub {
         self.address
     }
 
-    /// The WebSocket URL devices use.
+    /// The WebSocket URL devices use (`wss://` when serving TLS).
     pub fn sync_url(&self) -> String {
-        format!("ws://{}/v1/sync", self.address)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/sync", self.address)
+    }
+
+    /// The device registry (replica bindings, revocations).
+    pub fn devices(&self) -> Arc<DeviceRegistry> {
+        self.state.devices.clone()
     }
 
     /// Read access to the stored log (admin, demo checks).
@@ -236,6 +322,17 @@ pub enum HubError {
     /// A hub task or thread failed.
     #[error("hub task failed: {0}")]
     Task(String),
+    /// The device registry could not be opened.
+    #[error("opening the device registry in {}: {source}", dir.display())]
+    Devices {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        source: devices::RegistryError,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(tls::TlsError),
 }
 
 /// Builds an automerge document from the stored changes of `doc`.

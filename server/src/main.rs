@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use omnisync_hub::auth::{AuthConfig, TokenConfig};
+use omnisync_hub::limits::{self, Limits, Rate};
+use omnisync_hub::tls::TlsConfig;
+use omnisync_hub::token::{self, Algorithm, KeySet, SigningKey, Validation};
 use omnisync_hub::{Hub, HubConfig};
 
 /// omnisync regional hub.
@@ -24,9 +28,162 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyAlgorithm {
+    Es256,
+    Eddsa,
+}
+
+/// How devices authenticate: exactly one of `--jwks` or `--dev-auth`.
+#[derive(Args)]
+#[group(skip)]
+struct AuthArgs {
+    /// Verify signed device tokens against this JSON Web Key Set.
+    #[arg(long, group = "auth_mode", requires_all = ["issuer", "audience", "tenant"])]
+    jwks: Option<PathBuf>,
+    /// Development mode: trust every device's word (no tokens). Never in production.
+    #[arg(long, group = "auth_mode")]
+    dev_auth: bool,
+    /// The token issuer (`iss`) to trust.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// This hub's audience (`aud`).
+    #[arg(long)]
+    audience: Option<String>,
+    /// This hub's tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A private JWK to refresh tokens with (`POST /v1/auth/refresh`).
+    #[arg(long, requires = "jwks")]
+    signing_key: Option<PathBuf>,
+    /// Tolerated clock skew, seconds.
+    #[arg(long, default_value_t = token::CLOCK_LEEWAY_S_DEFAULT)]
+    token_leeway_s: u64,
+    /// Lifetime of refreshed tokens, seconds.
+    #[arg(long, default_value_t = token::TOKEN_TTL_S_DEFAULT)]
+    refresh_ttl_s: u64,
+}
+
+/// `wss://`: both or neither.
+#[derive(Args)]
+struct TlsArgs {
+    /// PEM certificate chain; serves wss:// (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Limits; defaults are the named constants in `omnisync_hub::limits`.
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest WebSocket message, bytes.
+    #[arg(long, default_value_t = omnisync_core::protocol::message::FRAME_BYTES_MAX)]
+    frame_bytes_max: usize,
+    /// Most ops per push.
+    #[arg(long, default_value_t = omnisync_core::protocol::message::PUSH_OPS_MAX)]
+    push_ops_max: usize,
+    /// Most subscriptions per connection.
+    #[arg(long, default_value_t = omnisync_core::protocol::message::SUBSCRIPTIONS_MAX)]
+    subscriptions_max: usize,
+    /// Bytes queued for a device before it is dropped as not reading.
+    #[arg(long, default_value_t = limits::OUTBOUND_BYTES_MAX)]
+    outbound_bytes_max: usize,
+    /// Time a device may take to accept a batch of frames, ms.
+    #[arg(long, default_value_t = limits::SEND_TIMEOUT_MS)]
+    send_timeout_ms: u64,
+    /// Messages per second per device.
+    #[arg(long, default_value_t = limits::DEVICE_MESSAGES_PER_S)]
+    device_messages_per_s: u32,
+    /// Message burst per device.
+    #[arg(long, default_value_t = limits::DEVICE_MESSAGES_BURST)]
+    device_messages_burst: u32,
+    /// Messages per second per address.
+    #[arg(long, default_value_t = limits::ADDRESS_MESSAGES_PER_S)]
+    address_messages_per_s: u32,
+    /// Message burst per address.
+    #[arg(long, default_value_t = limits::ADDRESS_MESSAGES_BURST)]
+    address_messages_burst: u32,
+    /// New connections per second per device.
+    #[arg(long, default_value_t = limits::DEVICE_CONNECTIONS_PER_S)]
+    device_connections_per_s: u32,
+    /// New connection burst per device.
+    #[arg(long, default_value_t = limits::DEVICE_CONNECTIONS_BURST)]
+    device_connections_burst: u32,
+    /// New connections per second per address.
+    #[arg(long, default_value_t = limits::ADDRESS_CONNECTIONS_PER_S)]
+    address_connections_per_s: u32,
+    /// New connection burst per address.
+    #[arg(long, default_value_t = limits::ADDRESS_CONNECTIONS_BURST)]
+    address_connections_burst: u32,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.frame_bytes_max,
+            push_ops_max: self.push_ops_max,
+            subscriptions_max: self.subscriptions_max,
+            outbound_bytes_max: self.outbound_bytes_max,
+            send_timeout_ms: self.send_timeout_ms,
+            device_connections: Rate::new(
+                self.device_connections_per_s,
+                self.device_connections_burst,
+            ),
+            address_connections: Rate::new(
+                self.address_connections_per_s,
+                self.address_connections_burst,
+            ),
+            device_messages: Rate::new(self.device_messages_per_s, self.device_messages_burst),
+            address_messages: Rate::new(self.address_messages_per_s, self.address_messages_burst),
+        }
+    }
+}
+
+impl AuthArgs {
+    fn config(&self) -> anyhow::Result<AuthConfig> {
+        let Some(jwks) = &self.jwks else {
+            tracing::warn!(
+                "development authentication: every device is trusted on its word (--dev-auth)"
+            );
+            return Ok(AuthConfig::Development);
+        };
+        let bytes = std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
+        let keys =
+            KeySet::from_jwks(&bytes).with_context(|| format!("--jwks {}", jwks.display()))?;
+        // clap's `requires_all` guarantees these with --jwks.
+        let required = |value: &Option<String>, name: &str| {
+            value
+                .clone()
+                .with_context(|| format!("--jwks needs --{name}"))
+        };
+        let validation = Validation {
+            issuer: required(&self.issuer, "issuer")?,
+            audience: required(&self.audience, "audience")?,
+            tenant: omnisync_core::TenantId::new(required(&self.tenant, "tenant")?)
+                .context("--tenant")?,
+            leeway_s: self.token_leeway_s,
+        };
+        let mut config = TokenConfig::new(keys, validation);
+        config.refresh_ttl_s = self.refresh_ttl_s.min(token::TOKEN_TTL_S_MAX);
+        if let Some(path) = &self.signing_key {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            config.signing = Some(
+                SigningKey::from_jwk(&bytes)
+                    .with_context(|| format!("--signing-key {}", path.display()))?,
+            );
+        }
+        Ok(AuthConfig::Tokens(Box::new(config)))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the sync endpoint, health, metrics and admin reads.
+    /// Serve the sync endpoint, health, metrics and admin reads. Choose how
+    /// devices authenticate: `--jwks` (signed tokens) or `--dev-auth`.
+    #[command(group = clap::ArgGroup::new("auth_mode").required(true).multiple(false))]
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
@@ -44,6 +201,62 @@ enum Command {
         /// from the price in force before the hub refuses it.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         price_tolerance_bp: u32,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Make a signing key pair: a private JWK for `enrol` (and `serve
+    /// --signing-key`), and a public JSON Web Key Set for `serve --jwks`.
+    Keygen {
+        /// ES256 (P-256) or EdDSA (Ed25519).
+        #[arg(long, value_enum, default_value_t = KeyAlgorithm::Eddsa)]
+        alg: KeyAlgorithm,
+        /// Key id, named in every token's header.
+        #[arg(long)]
+        kid: String,
+        /// Where to write the private JWK (created with mode 0600).
+        #[arg(long)]
+        private: PathBuf,
+        /// Where to write the public key set.
+        #[arg(long)]
+        jwks: PathBuf,
+    },
+    /// Enrol a device: print a signed token for it (development and tests;
+    /// production tokens come from the chain's own issuer).
+    Enrol {
+        /// The private JWK from `keygen`.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// Issuer claim (`iss`).
+        #[arg(long)]
+        issuer: String,
+        /// Audience claim (`aud`): the hub's `--audience`.
+        #[arg(long)]
+        audience: String,
+        /// Tenant (retail chain).
+        #[arg(long)]
+        tenant: String,
+        /// The device's store.
+        #[arg(long)]
+        store: String,
+        /// The device id (`sub`).
+        #[arg(long)]
+        device: String,
+        /// terminal, customer-app, back-office or hub-peer.
+        #[arg(long)]
+        role: String,
+        /// The shopper (customer-app only).
+        #[arg(long)]
+        customer: Option<String>,
+        /// Lifetime in seconds (at most 30 days).
+        #[arg(long, default_value_t = token::TOKEN_TTL_S_DEFAULT)]
+        ttl_s: u64,
+        /// Issue the token as if at this unix time (tests of expiry).
+        #[arg(long)]
+        issued_at_s: Option<u64>,
     },
     /// Import products, prices and stock from a CSV or JSON Lines file into a
     /// store's documents (the hub must not be running on the directory).
@@ -87,13 +300,23 @@ fn main() -> anyhow::Result<()> {
                 hub_id,
                 group_ops_max,
                 price_tolerance_bp,
+                auth,
+                tls,
+                limits,
             } => {
+                let tls = match (&tls.tls_cert, &tls.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key)?),
+                    _ => None,
+                };
                 let config = HubConfig {
                     listen,
                     data_dir,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
                     price_tolerance_bp,
+                    auth: auth.config()?,
+                    limits: limits.limits(),
+                    tls,
                 };
                 let hub = Hub::start(config).await?;
                 println!(
@@ -105,6 +328,65 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down: closing connections and flushing commits");
                 hub.stop().await?;
                 tracing::info!("hub stopped cleanly");
+                Ok(())
+            }
+            Command::Keygen {
+                alg,
+                kid,
+                private,
+                jwks,
+            } => {
+                let algorithm = match alg {
+                    KeyAlgorithm::Es256 => Algorithm::Es256,
+                    KeyAlgorithm::Eddsa => Algorithm::EdDsa,
+                };
+                let key = SigningKey::generate(algorithm, kid);
+                write_private(&private, &serde_json::to_string_pretty(&key.private_jwk())?)?;
+                std::fs::write(&jwks, key.public_jwks())
+                    .with_context(|| format!("writing {}", jwks.display()))?;
+                println!(
+                    "wrote {} key {:?}: private {}, public key set {}",
+                    algorithm.as_str(),
+                    key.kid(),
+                    private.display(),
+                    jwks.display()
+                );
+                Ok(())
+            }
+            Command::Enrol {
+                signing_key,
+                issuer,
+                audience,
+                tenant,
+                store,
+                device,
+                role,
+                customer,
+                ttl_s,
+                issued_at_s,
+            } => {
+                let bytes = std::fs::read(&signing_key)
+                    .with_context(|| format!("reading {}", signing_key.display()))?;
+                let key = SigningKey::from_jwk(&bytes).context("--signing-key")?;
+                let identity = omnisync_core::protocol::authz::Identity {
+                    tenant: omnisync_core::TenantId::new(tenant).context("--tenant")?,
+                    device: omnisync_core::DeviceId::new(device).context("--device")?,
+                    store: omnisync_core::StoreId::new(store).context("--store")?,
+                    role: role.parse().context("--role")?,
+                    customer: customer
+                        .map(omnisync_core::CustomerId::new)
+                        .transpose()
+                        .context("--customer")?,
+                    expires_ms: None,
+                };
+                if (identity.role == omnisync_core::protocol::authz::Role::CustomerApp)
+                    != identity.customer.is_some()
+                {
+                    anyhow::bail!("--customer is required for, and only for, --role customer-app");
+                }
+                let now_s = issued_at_s.unwrap_or_else(|| omnisync_core::now_ms() / 1000);
+                let claims = token::claims_for(&identity, &issuer, &audience, now_s, ttl_s, now_s);
+                println!("{}", key.sign(&claims));
                 Ok(())
             }
             Command::ImportCatalog {
@@ -144,6 +426,21 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

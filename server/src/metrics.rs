@@ -1,7 +1,9 @@
 //! Hub metrics in the Prometheus text format, kept in atomics so that the
 //! hot path never takes a lock to count.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A histogram with fixed upper bounds.
@@ -88,6 +90,9 @@ pub struct Metrics {
     pub ack_latency_seconds: Histogram,
     /// Duration of each group commit.
     pub commit_seconds: Histogram,
+    /// Audit events (security-relevant refusals) by reason code. A lock is
+    /// fine here: refusals are rare and never on an honest device's path.
+    audit_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -105,11 +110,32 @@ impl Default for Metrics {
             commit_batch_ops: Histogram::new(BATCH_BOUNDS),
             ack_latency_seconds: Histogram::new(LATENCY_BOUNDS_S),
             commit_seconds: Histogram::new(LATENCY_BOUNDS_S),
+            audit_events: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one audit event with reason `code`.
+    pub fn count_audit(&self, code: &'static str) {
+        *self
+            .audit_events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// Audit events counted with reason `code`.
+    pub fn audit_count(&self, code: &str) -> u64 {
+        self.audit_events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(code)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -174,6 +200,21 @@ impl Metrics {
             "counter",
             &self.protocol_errors,
         );
+        let _ = writeln!(
+            out,
+            "# HELP omnisync_audit_events_total Security-relevant refusals, by reason code.\n# TYPE omnisync_audit_events_total counter"
+        );
+        for (code, count) in self
+            .audit_events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "omnisync_audit_events_total{{code=\"{code}\"}} {count}"
+            );
+        }
         self.commit_batch_ops.render(
             &mut out,
             "omnisync_commit_batch_ops",

@@ -32,11 +32,37 @@ pub async fn get(
         .with_context(|| format!("GET http://{address}{path} took longer than {timeout:?}"))?
 }
 
+/// Sends `method path` with an optional bearer token and a JSON body, and
+/// reads the whole response, failing after `timeout`.
+pub async fn send(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::time::timeout(timeout, exchange(address, request))
+        .await
+        .with_context(|| format!("{method} http://{address}{path} took longer than {timeout:?}"))?
+}
+
 async fn get_inner(address: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    exchange(address, request).await
+}
+
+async fn exchange(address: SocketAddr, request: String) -> anyhow::Result<HttpResponse> {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting {address}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     (&mut stream)

@@ -6,11 +6,14 @@
 //!   that are SIGKILLed when their guard drops;
 //! - [`audit`]: exactly-once checks of the hub's change log;
 //! - [`http`]: a raw HTTP/1.1 GET for `/healthz` and `/metrics`;
+//! - [`security`]: keys and tokens from the hub's own `keygen` and `enrol`,
+//!   hubs in token mode, and a raw client for hostile devices;
 //! - [`terminal`]: what the `omnisync-test-terminal` binary writes and prints.
 
 pub mod audit;
 pub mod http;
 pub mod process;
+pub mod security;
 pub mod terminal;
 
 use std::path::PathBuf;
@@ -69,6 +72,44 @@ pub fn device(url: &str, device: &str, store: &str) -> anyhow::Result<TestDevice
         .with_context(|| format!("opening {}", path.display()))?;
     let client = Client::new(opened, SyncConfig::new(url));
     client.subscribe(&DocSetId::store(&store_id))?;
+    client.start();
+    Ok(TestDevice { client, path, dir })
+}
+
+/// How a scenario's device connects.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    /// Its token.
+    pub token: Option<String>,
+    /// Sets to follow besides its store's.
+    pub sets: Vec<DocSetId>,
+    /// The hub's CA for `wss://`.
+    pub hub_ca_pem: Option<Vec<u8>>,
+    /// Never refresh the token.
+    pub no_refresh: bool,
+}
+
+/// Opens a device like [`device`], with a token, more sets or a hub CA.
+pub fn device_with(
+    url: &str,
+    device: &str,
+    store: &str,
+    options: DeviceOptions,
+) -> anyhow::Result<TestDevice> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(format!("{device}.db"));
+    let store_id = StoreId::new(store)?;
+    let opened = Store::open(&path, DeviceId::new(device)?, store_id.clone())
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut config = SyncConfig::new(url);
+    config.credentials.token = options.token;
+    config.hub_ca_pem = options.hub_ca_pem;
+    config.refresh_tokens = !options.no_refresh;
+    let client = Client::new(opened, config);
+    client.subscribe(&DocSetId::store(&store_id))?;
+    for set in &options.sets {
+        client.subscribe(set)?;
+    }
     client.start();
     Ok(TestDevice { client, path, dir })
 }

@@ -237,28 +237,10 @@ pub struct HubProcess {
 }
 
 impl HubProcess {
-    /// Starts `binary serve --listen 127.0.0.1:port --data-dir data_dir` and
-    /// waits until it prints its listening line.
+    /// Starts `binary serve --dev-auth --listen 127.0.0.1:port --data-dir
+    /// data_dir` and waits until it prints its listening line.
     pub async fn start(binary: &Path, port: u16, data_dir: &Path) -> anyhow::Result<Self> {
-        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut command = Command::new(binary);
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg(address.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("OMNISYNC_HUB_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        let mut child = ChildGuard::spawn("omnisync-hub", command)?;
-        let expected = format!("omnisync-hub listening on {address}");
-        child
-            .wait_for_line(HUB_START_TIMEOUT, |line| line.starts_with(&expected))
-            .await
-            .context("waiting for the hub's listening line")?;
-        let hub = Self { child, address };
+        let hub = Self::start_with(binary, port, data_dir, &["--dev-auth"]).await?;
         hub.check_protocol().await.with_context(|| {
             format!(
                 "{} does not speak this build's protocol (a stale binary?)",
@@ -268,18 +250,50 @@ impl HubProcess {
         Ok(hub)
     }
 
-    /// Like [`HubProcess::start`], with extra environment variables for the
-    /// hub (a failpoint such as `OMNISYNC_FAILPOINT=crash-after-commit`).
+    /// Starts `binary serve --listen 127.0.0.1:port --data-dir data_dir`
+    /// with `args` (authentication, TLS, limits) and waits until it prints
+    /// its listening line.
+    pub async fn start_with(
+        binary: &Path,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(binary, port, data_dir, args, &[]).await
+    }
+
+    /// Like [`HubProcess::start`] (development authentication), with extra
+    /// environment variables for the hub (a failpoint such as
+    /// `OMNISYNC_FAILPOINT=crash-after-commit`); checks the hub speaks this
+    /// build's protocol.
     pub async fn start_with_env(
         binary: &Path,
         port: u16,
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let hub = Self::spawn(binary, port, data_dir, &["--dev-auth"], env).await?;
+        hub.check_protocol().await.with_context(|| {
+            format!(
+                "{} does not speak this build's protocol (a stale binary?)",
+                binary.display()
+            )
+        })?;
+        Ok(hub)
+    }
+
+    async fn spawn(
+        binary: &Path,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let mut command = Command::new(binary);
         command
             .arg("serve")
+            .args(args)
             .arg("--listen")
             .arg(address.to_string())
             .arg("--data-dir")
@@ -295,14 +309,7 @@ impl HubProcess {
             .wait_for_line(HUB_START_TIMEOUT, |line| line.starts_with(&expected))
             .await
             .context("waiting for the hub's listening line")?;
-        let hub = Self { child, address };
-        hub.check_protocol().await.with_context(|| {
-            format!(
-                "{} does not speak this build's protocol (a stale binary?)",
-                binary.display()
-            )
-        })?;
-        Ok(hub)
+        Ok(Self { child, address })
     }
 
     /// Waits for the hub to exit on its own (a failpoint's abort) and

@@ -45,7 +45,7 @@ def hub():
         pytest.fail(f"{HUB_BINARY} is missing: run `cargo build -p omnisync-hub` first")
     data_dir = tempfile.TemporaryDirectory(prefix="omnisync-hub-")
     process = subprocess.Popen(
-        [str(HUB_BINARY), "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir.name],
+        [str(HUB_BINARY), "serve", "--dev-auth", "--listen", "127.0.0.1:0", "--data-dir", data_dir.name],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -1,11 +1,17 @@
 //! The client runtime: the only tokio and WebSocket code in core.
 //!
 //! A [`Client`] owns a device's [`Store`] and, once started, one background
-//! task that keeps a WebSocket to the hub: it connects, reconnects with
-//! exponential backoff and jitter, uploads pending ops, records acks, applies
-//! remote changes, and publishes a [`SyncStatus`] and [`Notice`]s. The
-//! protocol decisions are made by the sans-I/O [`ClientSession`]; this module
-//! only moves bytes and calls the store.
+//! task that keeps a WebSocket to the hub: it connects (`wss://` verified
+//! against the public roots or the store's own CA, see [`tls`]), reconnects
+//! with exponential backoff and jitter, uploads pending ops, records acks,
+//! applies remote changes, and publishes a [`SyncStatus`] and [`Notice`]s.
+//! It keeps the device token in the store and refreshes it three quarters
+//! into its life ([`refresh`]). The protocol decisions are made by the
+//! sans-I/O [`ClientSession`]; this module only moves bytes and calls the
+//! store.
+
+pub mod refresh;
+pub mod tls;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
 use crate::ids::{DocId, OpId};
 use crate::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
-use crate::protocol::message::{self, Credentials};
+use crate::protocol::message::{self, AckOutcome, Credentials, ProtocolError, RejectCode};
 use crate::store::{DocEdit, Durability, Store, StoreError};
 
 /// First reconnect delay.
@@ -33,6 +39,8 @@ pub const NOTICE_QUEUE_MAX: usize = 1024;
 /// Remote batches of at most this many changes are applied on the sync
 /// task itself when the store is free (live fan-out is mostly one change).
 pub const QUICK_APPLY_CHANGES_MAX: usize = 4;
+/// After a failed token refresh, wait this long before trying again.
+pub const REFRESH_RETRY_MS: u64 = 30_000;
 
 /// How to reach the hub.
 #[derive(Clone, Debug)]
@@ -43,6 +51,12 @@ pub struct SyncConfig {
     pub credentials: Credentials,
     /// Client software name for the hub's logs.
     pub agent: String,
+    /// For `wss://`: PEM certificates of the CA that signed the hub's
+    /// certificate (a store running its own hub). `None` trusts the public
+    /// web roots. With a CA given, only that CA is trusted.
+    pub hub_ca_pem: Option<Vec<u8>>,
+    /// Refresh the device token at the hub before it expires (on by default).
+    pub refresh_tokens: bool,
 }
 
 impl SyncConfig {
@@ -52,6 +66,8 @@ impl SyncConfig {
             hub_url: hub_url.into(),
             credentials: Credentials::default(),
             agent: format!("omnisync-core/{}", env!("CARGO_PKG_VERSION")),
+            hub_ca_pem: None,
+            refresh_tokens: true,
         }
     }
 }
@@ -89,6 +105,10 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// Followed sets the hub does not let this device read.
     pub refused_sets: Vec<crate::ids::DocSetId>,
+    /// The hub's last refusal of the whole session, typed (`Unauthenticated`
+    /// for a bad, expired or revoked token, `Forbidden`, `LimitExceeded`, …);
+    /// cleared by the next successful handshake.
+    pub refusal: Option<ProtocolError>,
 }
 
 /// A coarse event for listeners (UI refresh, bindings).
@@ -115,7 +135,20 @@ pub enum Notice {
         /// Intents newly decided: the op, the hub's decision and the op's
         /// new status (`confirmed`, `refused`, `compensation`).
         decided: Vec<(OpId, crate::ledger::Decision, String)>,
+        /// Each rejection of this batch with the hub's typed reason.
+        rejections: Vec<Rejection>,
     },
+}
+
+/// One op the hub refused, with its typed reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// The op.
+    pub op: OpId,
+    /// Why (`Forbidden`, `WrongAuthor`, `TooLarge`, …).
+    pub code: RejectCode,
+    /// The hub's explanation.
+    pub detail: String,
 }
 
 /// Why the runtime failed.
@@ -140,6 +173,14 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     subscriptions_changed: std::sync::atomic::AtomicBool,
+    /// The credentials presented at the next connection.
+    credentials: Mutex<Credentials>,
+    /// Bumped whenever the credentials change.
+    credentials_generation: std::sync::atomic::AtomicU64,
+    /// When the last refresh failed (ms since the epoch), to space retries.
+    refresh_failed_ms: std::sync::atomic::AtomicU64,
+    /// True while a refresh is under way (one at a time).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -150,6 +191,10 @@ pub struct Client {
 
 impl Client {
     /// Wraps a store. Nothing connects until [`Client::start`].
+    ///
+    /// The token to present is the newer of the configured one and the one
+    /// the store kept from an earlier run (a refresh writes it there); a
+    /// newer configured token replaces the stored one.
     pub fn new(mut store: Store, config: SyncConfig) -> Self {
         // The device's own hub records (escrow allowances) are always followed.
         if let Some(own) = crate::ids::DocSetId::device(store.store_id(), store.device())
@@ -158,6 +203,9 @@ impl Client {
             tracing::warn!(%error, "could not follow the device's own records");
         }
         let (notices, _) = broadcast::channel(NOTICE_QUEUE_MAX);
+        let credentials = Credentials {
+            token: choose_token(&mut store, config.credentials.token.clone()),
+        };
         let inner = Inner {
             store: Mutex::new(store),
             config,
@@ -168,6 +216,10 @@ impl Client {
             shutdown: watch::channel(false).0,
             task: Mutex::new(None),
             subscriptions_changed: std::sync::atomic::AtomicBool::new(false),
+            credentials: Mutex::new(credentials),
+            credentials_generation: std::sync::atomic::AtomicU64::new(0),
+            refresh_failed_ms: std::sync::atomic::AtomicU64::new(0),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         };
         let client = Self {
             inner: Arc::new(inner),
@@ -278,6 +330,93 @@ impl Client {
         Ok(())
     }
 
+    /// The credentials the next connection presents.
+    pub fn credentials(&self) -> Credentials {
+        lock(&self.inner.credentials).clone()
+    }
+
+    /// Replaces the device's credentials (a re-enrolment): stored in the
+    /// database, presented from the next connection on.
+    pub fn set_credentials(&self, credentials: Credentials) -> Result<(), StoreError> {
+        if let Some(token) = &credentials.token {
+            self.store().store_token(token)?;
+        } else {
+            self.store().clear_token()?;
+        }
+        *lock(&self.inner.credentials) = credentials;
+        self.inner
+            .credentials_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Refreshes the device token at the hub now, whatever its age; on
+    /// success the new token is stored and used from the next connection.
+    pub async fn refresh_credentials(&self) -> Result<(), refresh::RefreshError> {
+        let token = self
+            .credentials()
+            .token
+            .ok_or_else(|| refresh::RefreshError::Transport("no token to refresh".into()))?;
+        let tls = self
+            .tls_config()
+            .map_err(refresh::RefreshError::Transport)?;
+        let fresh = refresh::refresh_token(&self.inner.config.hub_url, &token, tls).await?;
+        let stored = fresh.clone();
+        self.blocking(move |store| store.store_token(&stored))
+            .await
+            .map_err(refresh::RefreshError::Transport)?
+            .map_err(|error| refresh::RefreshError::Transport(error.to_string()))?;
+        *lock(&self.inner.credentials) = Credentials { token: Some(fresh) };
+        self.inner
+            .credentials_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::info!(device = %self.store().device(), "device token refreshed");
+        Ok(())
+    }
+
+    /// Refreshes the token if it is due and no refresh failed recently.
+    async fn refresh_if_due(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.inner.config.refresh_tokens {
+            return;
+        }
+        let Some(due_s) = self
+            .credentials()
+            .token
+            .as_deref()
+            .and_then(refresh::refresh_due_s)
+        else {
+            return;
+        };
+        let now_ms = crate::now_ms();
+        let failed_ms = self.inner.refresh_failed_ms.load(Relaxed);
+        if now_ms / 1000 < due_s
+            || now_ms.saturating_sub(failed_ms) < REFRESH_RETRY_MS
+            || self
+                .inner
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Err(error) = self.refresh_credentials().await {
+            self.inner.refresh_failed_ms.store(now_ms, Relaxed);
+            tracing::warn!(%error, "device token refresh failed");
+        }
+        self.inner
+            .refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The TLS configuration for a `wss://` hub, `None` for `ws://`.
+    fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        if !self.inner.config.hub_url.starts_with("wss://") {
+            return Ok(None);
+        }
+        tls::client_config(self.inner.config.hub_ca_pem.as_deref()).map(Some)
+    }
+
     /// The current sync status.
     pub fn status(&self) -> SyncStatus {
         self.inner.status.borrow().clone()
@@ -356,6 +495,11 @@ impl Client {
                 }
             }
             self.refresh_status(|status| status.link = Link::Connecting);
+            self.refresh_if_due().await;
+            let generation = self
+                .inner
+                .credentials_generation
+                .load(std::sync::atomic::Ordering::Acquire);
             let mut was_ready = false;
             let reason = self
                 .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
@@ -372,10 +516,23 @@ impl Client {
             if was_ready {
                 backoff_ms = BACKOFF_MIN_MS;
             }
-            // A refusal that retrying cannot fix (credentials, version): wait long.
-            if ["unauthenticated", "unsupported-version", "forbidden"]
-                .iter()
-                .any(|code| reason.contains(&format!("({code})")))
+            // A refusal that retrying cannot fix (credentials, version, a
+            // rate limit): wait long, unless the credentials changed since.
+            let credentials_changed = generation
+                != self
+                    .inner
+                    .credentials_generation
+                    .load(std::sync::atomic::Ordering::Acquire);
+            if credentials_changed {
+                backoff_ms = BACKOFF_MIN_MS;
+            } else if [
+                "unauthenticated",
+                "unsupported-version",
+                "forbidden",
+                "limit-exceeded",
+            ]
+            .iter()
+            .any(|code| reason.contains(&format!("({code})")))
             {
                 backoff_ms = BACKOFF_MAX_MS;
             }
@@ -414,10 +571,15 @@ impl Client {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
         ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
-        let connect = tokio_tungstenite::connect_async_with_config(
+        let connector = match self.tls_config()? {
+            Some(config) => tokio_tungstenite::Connector::Rustls(config),
+            None => tokio_tungstenite::Connector::Plain,
+        };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
             self.inner.config.hub_url.as_str(),
             Some(ws_config),
             true,
+            Some(connector),
         );
         let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         let connected = tokio::select! {
@@ -434,7 +596,7 @@ impl Client {
                 device: store.device().clone(),
                 store: store.store_id().clone(),
                 replica: store.replica(),
-                credentials: self.inner.config.credentials.clone(),
+                credentials: self.credentials(),
                 agent: self.inner.config.agent.clone(),
             };
             let subscriptions = store.subscriptions().map_err(|error| error.to_string())?;
@@ -487,6 +649,11 @@ impl Client {
                 _ = tick.tick() => {
                     session.handle_tick(crate::now_ms()).map_err(|error| error.to_string())?;
                     self.refresh_status(|_| {});
+                    // Refresh in the background; the next connection uses it.
+                    if self.token_refresh_due() {
+                        let client = self.clone();
+                        tokio::spawn(async move { client.refresh_if_due().await });
+                    }
                 }
                 _ = shutdown.changed() => {
                     let _ = socket.close(None).await;
@@ -520,10 +687,25 @@ impl Client {
                         self.refresh_status(|status| {
                             status.link = Link::Online;
                             status.last_error = None;
+                            status.refusal = None;
                             status.caught_up = all_caught_up;
                         });
                     }
                     ClientEvent::Acks(acks) => {
+                        let rejections: Vec<Rejection> = acks
+                            .iter()
+                            .filter_map(|ack| match &ack.outcome {
+                                AckOutcome::Rejected { code, detail } => Some(Rejection {
+                                    op: ack.op,
+                                    code: *code,
+                                    detail: detail.clone(),
+                                }),
+                                _ => None,
+                            })
+                            .collect();
+                        for rejection in &rejections {
+                            tracing::warn!(op = %rejection.op, code = ?rejection.code, detail = %rejection.detail, "the hub rejected an op");
+                        }
                         let summary = self
                             .blocking(move |store| store.record_acks(&acks, crate::now_ms()))
                             .await?
@@ -536,19 +718,21 @@ impl Client {
                                 .into_iter()
                                 .map(|(op, decision, status)| (op, decision, status.to_owned()))
                                 .collect(),
+                            rejections,
                         });
                         self.refresh_status(|_| {});
                     }
                     ClientEvent::Changes(batch) => {
                         let (set, batch_caught_up) = (batch.set.clone(), batch.caught_up);
                         let small = batch.changes.len() <= QUICK_APPLY_CHANGES_MAX;
-                        let apply = move |store: &mut Store| store.apply_remote(&batch, crate::now_ms());
+                        let apply =
+                            move |store: &mut Store| store.apply_remote(&batch, crate::now_ms());
                         let docs = if small {
                             self.quick(apply).await?
                         } else {
                             self.blocking(apply).await?
                         }
-                            .map_err(|error| format!("applying remote changes: {error}"))?;
+                        .map_err(|error| format!("applying remote changes: {error}"))?;
                         let recall_seen = docs
                             .iter()
                             .any(|doc| doc.as_str().contains("/rec/allowance/"));
@@ -577,6 +761,8 @@ impl Client {
                         }
                     }
                     ClientEvent::Failed(error) => {
+                        let refusal = error.clone();
+                        self.refresh_status(|status| status.refusal = Some(refusal));
                         return Err(format!(
                             "hub refused: {} ({})",
                             error.detail,
@@ -645,6 +831,61 @@ impl Client {
         }
         self.blocking(work).await
     }
+}
+
+impl Client {
+    fn token_refresh_due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_ms = crate::now_ms();
+        self.inner.config.refresh_tokens
+            && !self.inner.refreshing.load(Relaxed)
+            && now_ms.saturating_sub(self.inner.refresh_failed_ms.load(Relaxed)) >= REFRESH_RETRY_MS
+            && self
+                .credentials()
+                .token
+                .as_deref()
+                .and_then(refresh::refresh_due_s)
+                .is_some_and(|due_s| now_ms / 1000 >= due_s)
+    }
+}
+
+/// The token to present: the newer (later `exp`) of the configured and the
+/// stored one; a configured token that wins is stored.
+fn choose_token(store: &mut Store, configured: Option<String>) -> Option<String> {
+    let stored = match store.stored_token() {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the stored device token");
+            None
+        }
+    };
+    let configured = configured.filter(|token| !token.is_empty());
+    let expiry = |token: &str| refresh::token_times(token).map(|(_, exp)| exp);
+    match (configured, stored) {
+        (Some(configured), Some(stored))
+            if expiry(&stored).is_some_and(|stored_exp| {
+                expiry(&configured).is_none_or(|configured_exp| stored_exp > configured_exp)
+            }) =>
+        {
+            Some(stored)
+        }
+        (Some(configured), stored) => {
+            if stored.as_deref() != Some(configured.as_str())
+                && let Err(error) = store.store_token(&configured)
+            {
+                tracing::warn!(%error, "could not store the device token");
+            }
+            Some(configured)
+        }
+        (None, stored) => stored,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here replaces a value whole.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn wait_offline(online: &mut watch::Receiver<bool>) {

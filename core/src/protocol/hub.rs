@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::{DeviceId, DocSetId, ReplicaId, StoreId};
+use crate::ids::{CustomerId, DeviceId, DocSetId, ReplicaId, StoreId, TenantId};
+use crate::protocol::authz::{self, AuditEvent, AuditKind, Role};
 use crate::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, ErrorCode, Hello, HubMessage, Op, OpBody,
     ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, Welcome,
@@ -19,28 +20,46 @@ use crate::protocol::message::{
 /// this the buffer is dropped and the subscription reads the log once more.
 pub const CATCH_UP_BUFFER_CHANGES_MAX: usize = 4096;
 
-/// Who is on the other end, as established by the authenticator.
+/// Who is on the other end, as established by the authenticator from
+/// verified claims. What it may do is decided by `protocol::authz`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Peer {
     /// The device.
     pub device: DeviceId,
     /// Its store.
     pub store: StoreId,
+    /// Its tenant (retail chain).
+    pub tenant: TenantId,
+    /// What kind of client it is.
+    pub role: Role,
+    /// The shopper, for a customer app.
+    pub customer: Option<CustomerId>,
+    /// When its credentials expire (ms since the epoch); the hub closes the
+    /// session then.
+    pub expires_ms: Option<u64>,
     /// Its local database; every op and automerge change must come from it.
     pub replica: ReplicaId,
     /// Sets it may subscribe to.
     pub readable: Vec<DocSetId>,
-    /// Sets it may change.
+    /// Sets it may change (per-kind rules in `authz` narrow this further).
     pub writable: Vec<DocSetId>,
 }
 
-impl Peer {
-    fn may_read(&self, set: &DocSetId) -> bool {
-        self.readable.contains(set)
-    }
+/// Per-connection limits the session enforces (configurable on the hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most ops in one `Push`.
+    pub push_ops_max: usize,
+    /// Most subscriptions one connection may hold.
+    pub subscriptions_max: usize,
+}
 
-    fn may_write(&self, set: &DocSetId) -> bool {
-        self.writable.contains(set)
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            push_ops_max: message::PUSH_OPS_MAX,
+            subscriptions_max: message::SUBSCRIPTIONS_MAX,
+        }
     }
 }
 
@@ -164,6 +183,8 @@ pub struct HubSession {
     subscriptions: BTreeMap<DocSetId, Subscription>,
     transmit: VecDeque<Outbound>,
     events: VecDeque<HubEvent>,
+    limits: SessionLimits,
+    audit: VecDeque<AuditEvent>,
 }
 
 impl Default for HubSession {
@@ -175,11 +196,18 @@ impl Default for HubSession {
 impl HubSession {
     /// A session for a freshly accepted connection, waiting for `Hello`.
     pub fn new() -> Self {
+        Self::with_limits(SessionLimits::default())
+    }
+
+    /// A session with explicit per-connection limits.
+    pub fn with_limits(limits: SessionLimits) -> Self {
         Self {
             state: State::AwaitingHello,
             subscriptions: BTreeMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            limits,
+            audit: VecDeque::new(),
         }
     }
 
@@ -225,13 +253,13 @@ impl HubSession {
             }
             (ClientMessage::Subscribe(requests), State::Ready(_)) => self.subscribe(requests),
             (ClientMessage::Push(ops), State::Ready(peer)) => {
-                if ops.len() > message::PUSH_OPS_MAX {
+                if ops.len() > self.limits.push_ops_max {
                     return self.fail(
                         ErrorCode::LimitExceeded,
                         format!(
                             "{} ops in one push; the limit is {}",
                             ops.len(),
-                            message::PUSH_OPS_MAX
+                            self.limits.push_ops_max
                         ),
                     );
                 }
@@ -269,6 +297,8 @@ impl HubSession {
                         }
                     })
                     .collect();
+                self.audit
+                    .extend(authz::op_rejections(&refusals, &incoming));
                 if !incoming.is_empty() {
                     self.events.push_back(HubEvent::Apply(incoming));
                 }
@@ -315,8 +345,8 @@ impl HubSession {
 
     /// Changes just committed by the hub (from any connection).
     pub fn handle_committed(&mut self, committed: &CommittedChanges) {
-        let own = match &self.state {
-            State::Ready(peer) => peer.replica,
+        let (own, peer) = match &self.state {
+            State::Ready(peer) => (peer.replica, peer),
             _ => return,
         };
         let mut batches = Vec::new();
@@ -334,7 +364,9 @@ impl HubSession {
                         continue;
                     }
                     let outgoing: Vec<RemoteChange> = fresh
-                        .filter(|change| change.origin != own)
+                        .filter(|change| {
+                            change.origin != own && authz::may_read_doc(peer, &change.doc)
+                        })
                         .cloned()
                         .collect();
                     let previous = subscription.cursor;
@@ -351,7 +383,11 @@ impl HubSession {
                     if *overflowed {
                         continue;
                     }
-                    buffered.extend(fresh.cloned());
+                    buffered.extend(
+                        fresh
+                            .filter(|change| authz::may_read_doc(peer, &change.doc))
+                            .cloned(),
+                    );
                     if buffered.len() > CATCH_UP_BUFFER_CHANGES_MAX {
                         buffered.clear();
                         *overflowed = true;
@@ -415,8 +451,8 @@ impl HubSession {
 
     /// The result of a log read asked for by `poll_catch_up`.
     pub fn handle_catch_up_page(&mut self, set: &DocSetId, page: ChangePage) {
-        let own = match &self.state {
-            State::Ready(peer) => peer.replica,
+        let (own, peer) = match &self.state {
+            State::Ready(peer) => (peer.replica, peer),
             _ => return,
         };
         let Some(subscription) = self.subscriptions.get_mut(set) else {
@@ -433,7 +469,11 @@ impl HubSession {
         let mut outgoing: Vec<RemoteChange> = page
             .changes
             .into_iter()
-            .filter(|change| change.hub_seq > subscription.cursor && change.origin != own)
+            .filter(|change| {
+                change.hub_seq > subscription.cursor
+                    && change.origin != own
+                    && authz::may_read_doc(peer, &change.doc)
+            })
             .collect();
         let previous = subscription.cursor;
         let mut cursor = subscription.cursor.max(page.cursor);
@@ -493,6 +533,18 @@ impl HubSession {
         self.fail(ErrorCode::Internal, detail);
     }
 
+    /// The runtime refused the device: its credentials expired or were
+    /// revoked (`Unauthenticated`), or it broke a rate or buffer limit
+    /// (`LimitExceeded`). Says why and closes.
+    pub fn handle_refused(&mut self, code: ErrorCode, detail: String) {
+        self.fail(code, detail);
+    }
+
+    /// Next security-relevant refusal to write to the audit log, if any.
+    pub fn poll_audit(&mut self) -> Option<AuditEvent> {
+        self.audit.pop_front()
+    }
+
     /// Next thing to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Outbound> {
         self.transmit.pop_front()
@@ -513,14 +565,16 @@ impl HubSession {
             .filter(|set| !self.subscriptions.contains_key(*set))
             .collect::<std::collections::BTreeSet<_>>()
             .len();
-        if self.subscriptions.len() + new_sets > message::SUBSCRIPTIONS_MAX {
+        if self.subscriptions.len() + new_sets > self.limits.subscriptions_max {
             return self.fail(
                 ErrorCode::LimitExceeded,
-                format!("more than {} subscriptions", message::SUBSCRIPTIONS_MAX),
+                format!("more than {} subscriptions", self.limits.subscriptions_max),
             );
         }
-        if let Some(denied) = requests.iter().find(|request| !peer.may_read(&request.set)) {
-            let detail = format!("device {} may not read {}", peer.device, denied.set);
+        if let Some(detail) = requests
+            .iter()
+            .find_map(|request| authz::authorize_subscribe(peer, &request.set).err())
+        {
             return self.fail(ErrorCode::Forbidden, detail);
         }
         for request in requests {
@@ -548,6 +602,12 @@ impl HubSession {
             return;
         }
         let detail = message::clamp_detail(detail);
+        if !matches!(code, ErrorCode::ShuttingDown | ErrorCode::Internal) {
+            self.audit.push_back(AuditEvent {
+                kind: AuditKind::SessionClosed { code },
+                detail: detail.clone(),
+            });
+        }
         self.send(&HubMessage::Error(ProtocolError {
             code,
             detail: detail.clone(),
@@ -646,13 +706,9 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     }
     let changes = match &op.body {
         OpBody::Changes(changes) => changes,
-        OpBody::Intent(_) => {
-            let set = DocSetId::store(&peer.store);
-            if !peer.may_write(&set) {
-                return reject(
-                    RejectCode::Forbidden,
-                    format!("device {} may not act on {}", peer.device, set),
-                );
+        OpBody::Intent(intent) => {
+            if let Err((code, detail)) = authz::authorize_intent(peer, intent) {
+                return reject(code, detail);
             }
             return Verdict::Accept;
         }
@@ -671,23 +727,8 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
         );
     }
     for change in changes {
-        let set = change.doc.set();
-        if crate::ledger::record::is_record_doc(&change.doc)
-            || matches!(
-                set.kind(),
-                crate::ids::DocSetKind::Orders | crate::ids::DocSetKind::Device
-            )
-        {
-            return reject(
-                RejectCode::Forbidden,
-                format!("{} holds hub records; only the hub writes it", change.doc),
-            );
-        }
-        if !peer.may_write(&set) {
-            return reject(
-                RejectCode::Forbidden,
-                format!("device {} may not write {}", peer.device, set),
-            );
+        if let Err((code, detail)) = authz::authorize_change(peer, &change.doc) {
+            return reject(code, detail);
         }
         match automerge::Change::from_bytes(change.bytes.clone()) {
             Ok(parsed) if peer.replica.owns_actor(parsed.actor_id()) => {}
@@ -719,6 +760,10 @@ mod tests {
         Peer {
             device: DeviceId::new("till-1").unwrap(),
             store: StoreId::new("s1").unwrap(),
+            tenant: TenantId::new("dev").unwrap(),
+            role: Role::Development,
+            customer: None,
+            expires_ms: None,
             replica: ReplicaId([1; 16]),
             readable: vec![set.clone()],
             writable: vec![set],

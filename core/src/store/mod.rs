@@ -8,7 +8,9 @@
 //! committed with `synchronous=NORMAL`: if the last of those roll back after a
 //! power loss, the cursor rolls back with them and the hub sends them again.
 
+mod credentials;
 pub mod docs;
+pub mod encryption;
 pub mod oplog;
 
 use std::path::Path;
@@ -86,6 +88,10 @@ pub enum StoreError {
     /// Encoding failed.
     #[error("encoding: {0}")]
     Encode(String),
+    /// The database could not be encrypted or decrypted (no SQLCipher in
+    /// this build, a wrong key, a plain file opened as encrypted).
+    #[error("database encryption: {0}")]
+    Encryption(String),
 }
 
 /// How durable a local commit must be when the call returns.

@@ -28,7 +28,7 @@ class TestHub private constructor(private val process: Process, val url: String,
             check(binary.canExecute()) { "$binary is missing: run `cargo build -p omnisync-hub` first" }
             val dataDir = Files.createTempDirectory("omnisync-hub-").toFile()
             val process = ProcessBuilder(
-                binary.path, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir.path,
+                binary.path, "serve", "--dev-auth", "--listen", "127.0.0.1:0", "--data-dir", dataDir.path,
             ).redirectError(ProcessBuilder.Redirect.DISCARD).start()
             val lines = LinkedBlockingQueue<String>()
             Thread {
