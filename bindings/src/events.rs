@@ -263,9 +263,13 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
         })
     };
     match notice {
-        Notice::LocalCommit { op, docs } if docs.is_empty() => {
-            // An intent: it names no documents; what it changed locally
-            // follows from what it is.
+        Notice::LocalCommit { op, docs }
+            if docs
+                .iter()
+                .all(omnisync_core::ledger::record::is_record_doc) =>
+        {
+            // An intent: it names only the hub records its decision will
+            // change; what it changed locally follows from what it is.
             let client = client.clone();
             let intent = tokio::task::spawn_blocking(move || client.store().op_intent(op.seq))
                 .await
