@@ -71,7 +71,8 @@ impl PriceBook {
     }
 
     fn ensure_loaded(&mut self, doc: &DocId, load: impl FnOnce() -> Option<Automerge>) {
-        if self.loaded.insert(doc.clone()) {
+        if !self.loaded.contains(doc) {
+            self.loaded.insert(doc.clone());
             self.docs.insert(doc.clone(), load().unwrap_or_default());
             self.reindex(doc);
         }

@@ -104,29 +104,13 @@ impl SqliteHubLog {
         intents: &[omnisync_core::ledger::Intent],
     ) -> Result<Vec<Decision>, HubLogError> {
         let now_ms = omnisync_core::now_ms();
-        let hub = self.hub_replica();
         let issuer = omnisync_core::DeviceId::new("hub").map_err(storage_error)?;
-        let mut head = self.head;
-        let tx = self.db.transaction().map_err(storage_error)?;
-        let result = {
-            let mut txn = SqliteTxn {
-                tx: &tx,
-                prices: &mut self.prices,
-                head_before: self.head,
-            };
+        self.write(|txn, head, hub, config| {
             omnisync_core::hublog::apply_hub_intents(
-                &mut txn,
-                &mut head,
-                hub,
-                self.config,
-                store,
-                &issuer,
-                intents,
-                now_ms,
+                txn, head, hub, config, store, &issuer, intents, now_ms,
             )
-        };
-        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
-            .map(|(decisions, _)| decisions)
+        })
+        .map(|(decisions, _)| decisions)
     }
 
     /// Sets the authority's settings (price tolerance).
@@ -324,33 +308,11 @@ fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
 impl HubLog for SqliteHubLog {
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
         let now_ms = omnisync_core::now_ms();
-        let hub = self.hub_replica();
-        let mut head = self.head;
-        let tx = self.db.transaction().map_err(storage_error)?;
-        let result = {
-            let mut txn = SqliteTxn {
-                tx: &tx,
-                prices: &mut self.prices,
-                head_before: self.head,
-            };
-            apply_ops(&mut txn, &mut head, hub, self.config, ops, now_ms)
-        };
-        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
+        self.write(|txn, head, hub, config| apply_ops(txn, head, hub, config, ops, now_ms))
     }
 
     fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
-        let hub = self.hub_replica();
-        let mut head = self.head;
-        let tx = self.db.transaction().map_err(storage_error)?;
-        let result = {
-            let mut txn = SqliteTxn {
-                tx: &tx,
-                prices: &mut self.prices,
-                head_before: self.head,
-            };
-            maintain_ledger(&mut txn, &mut head, hub, self.config, now_ms)
-        };
-        finish_txn(tx, result, &mut self.head, head, &mut self.prices)
+        self.write(|txn, head, hub, config| maintain_ledger(txn, head, hub, config, now_ms))
     }
 
     fn head_seq(&self) -> Result<u64, HubLogError> {
@@ -358,29 +320,46 @@ impl HubLog for SqliteHubLog {
     }
 }
 
-/// Commits the transaction if the batch succeeded; the head moves only then.
-/// On failure the price book may hold changes that rolled back: it is
-/// dropped and rebuilt from storage on demand.
-fn finish_txn<T>(
-    tx: rusqlite::Transaction<'_>,
-    result: Result<T, HubLogError>,
-    head: &mut u64,
-    new_head: u64,
-    prices: &mut PriceBook,
-) -> Result<T, HubLogError> {
-    match result {
-        Ok(value) => {
-            tx.commit().map_err(|error| {
-                *prices = PriceBook::new();
-                storage_error(error)
-            })?;
-            *head = new_head;
+impl SqliteHubLog {
+    /// Runs `work` in one write transaction and commits it if it succeeded;
+    /// the head moves only then. `work` gets the transaction, the head to
+    /// advance, the hub's replica and the authority's settings. On failure
+    /// the price book may hold changes that rolled back: it is dropped and
+    /// rebuilt from storage on demand.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(
+            &mut SqliteTxn<'_>,
+            &mut u64,
+            ReplicaId,
+            AuthorityConfig,
+        ) -> Result<T, HubLogError>,
+    ) -> Result<T, HubLogError> {
+        let hub = self.hub_replica();
+        let config = self.config;
+        let mut head = self.head;
+        let tx = self.db.transaction().map_err(storage_error)?;
+        let result = {
+            let mut txn = SqliteTxn {
+                tx: &tx,
+                prices: &mut self.prices,
+                head_before: self.head,
+            };
+            work(&mut txn, &mut head, hub, config)
+        };
+        let committed = result.and_then(|value| {
+            tx.commit().map_err(storage_error)?;
             Ok(value)
-        }
-        Err(error) => {
-            *prices = PriceBook::new();
-            drop(tx);
-            Err(error)
+        });
+        match committed {
+            Ok(value) => {
+                self.head = head;
+                Ok(value)
+            }
+            Err(error) => {
+                self.prices = PriceBook::new();
+                Err(error)
+            }
         }
     }
 }
