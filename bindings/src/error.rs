@@ -3,10 +3,10 @@
 //! `cause`: those names break the generated Kotlin (they clash with
 //! `Throwable`'s properties).
 
-use omnisync_core::StoreError;
-use omnisync_core::domain::DomainError;
-use omnisync_core::ids::IdError;
-use omnisync_core::net::ClientError;
+use omnisync_core::DbError;
+use omnisync_core::client::ClientError;
+use omnisync_core::retail::RetailError;
+use omnisync_core::vocab::ids::IdError;
 
 /// Why a call into omnisync failed. Thrown as an exception in Kotlin, Swift
 /// and Python.
@@ -86,14 +86,14 @@ impl From<IdError> for OmnisyncError {
     }
 }
 
-impl From<StoreError> for OmnisyncError {
-    fn from(error: StoreError) -> Self {
+impl From<DbError> for OmnisyncError {
+    fn from(error: DbError) -> Self {
         match error {
-            StoreError::Unchanged => OmnisyncError::Unchanged,
-            StoreError::WrongOwner { .. } => OmnisyncError::WrongDatabase {
+            DbError::Unchanged => OmnisyncError::Unchanged,
+            DbError::WrongOwner { .. } => OmnisyncError::WrongDatabase {
                 detail: error.to_string(),
             },
-            StoreError::Edit { .. } | StoreError::InvalidOp(_) => OmnisyncError::InvalidInput {
+            DbError::Edit { .. } | DbError::InvalidOp(_) => OmnisyncError::InvalidInput {
                 detail: error.to_string(),
             },
             other => OmnisyncError::Storage {
@@ -103,17 +103,17 @@ impl From<StoreError> for OmnisyncError {
     }
 }
 
-impl From<DomainError> for OmnisyncError {
-    fn from(error: DomainError) -> Self {
+impl From<RetailError> for OmnisyncError {
+    fn from(error: RetailError) -> Self {
         match error {
-            DomainError::Invalid(detail) => OmnisyncError::InvalidInput { detail },
-            DomainError::Id(error) => error.into(),
-            DomainError::NotFound(detail) => OmnisyncError::NotFound { detail },
-            DomainError::VersionConflict { expected, found } => {
+            RetailError::Invalid(detail) => OmnisyncError::InvalidInput { detail },
+            RetailError::Id(error) => error.into(),
+            RetailError::NotFound(detail) => OmnisyncError::NotFound { detail },
+            RetailError::VersionConflict { expected, found } => {
                 OmnisyncError::VersionConflict { expected, found }
             }
-            DomainError::Blocked(detail) => OmnisyncError::Blocked { detail },
-            DomainError::Store(error) => error.into(),
+            RetailError::Blocked(detail) => OmnisyncError::Blocked { detail },
+            RetailError::Replica(error) => error.into(),
             other => OmnisyncError::Internal {
                 detail: other.to_string(),
             },
@@ -124,7 +124,7 @@ impl From<DomainError> for OmnisyncError {
 impl From<ClientError> for OmnisyncError {
     fn from(error: ClientError) -> Self {
         match error {
-            ClientError::Store(error) => error.into(),
+            ClientError::Replica(error) => error.into(),
             ClientError::Timeout(..) => OmnisyncError::Timeout {
                 detail: error.to_string(),
             },

@@ -14,9 +14,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, mpsc};
 
 use omnisync_core::DocId;
-use omnisync_core::ledger::record::describe_decision;
-use omnisync_core::ledger::{Intent, LineSource};
-use omnisync_core::net::{Client, Notice};
+use omnisync_core::client::{Client, Notice};
+use omnisync_core::vocab::intent::{Intent, LineSource};
+use omnisync_core::vocab::record::describe_decision;
 use tokio::sync::{Notify, broadcast};
 
 use crate::ledger::order_no_of;
@@ -264,9 +264,7 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
     };
     match notice {
         Notice::LocalCommit { op, docs }
-            if docs
-                .iter()
-                .all(omnisync_core::ledger::record::is_record_doc) =>
+            if docs.iter().all(omnisync_core::vocab::record::is_record_doc) =>
         {
             // An intent: it names only the hub records its decision will
             // change; what it changed locally follows from what it is.
@@ -291,7 +289,7 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
                 .into_iter()
                 .map(|(op, decision, status)| DecidedOp {
                     op_id: op_id_text(&op),
-                    status,
+                    status: status.as_str().to_owned(),
                     decision: describe_decision(&decision),
                     order_no: order_no_of(&decision),
                 })

@@ -7,16 +7,16 @@
 //! an [`OmnisyncError::InvalidInput`], never a panic or a silent clamp.
 //! Versions, order numbers and times are `u64`, as elsewhere.
 
-use omnisync_core::domain::orders::{self, CheckoutRequest};
-use omnisync_core::domain::stock::StockView as CoreStockView;
-use omnisync_core::domain::{Currency, Sku};
-use omnisync_core::ids::check_name;
-use omnisync_core::ledger::record::describe_decision;
-use omnisync_core::ledger::{
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::orders::{self, CheckoutRequest};
+use omnisync_core::retail::stock::StockView as CoreStockView;
+use omnisync_core::vocab::goods::{Currency, Sku};
+use omnisync_core::vocab::ids::check_name;
+use omnisync_core::vocab::intent::{
     self, CHECKOUT_LINES_MAX, Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, OfflinePolicy, Refusal,
     STOCK_QUANTITY_MAX, StockCommand, StockPolicy,
 };
-use omnisync_core::store::OpStatus;
+use omnisync_core::vocab::record::describe_decision;
 
 use crate::error::{OmnisyncError, Result};
 use crate::types::{Channel, Money, op_id_text};
@@ -425,8 +425,8 @@ impl From<CoreStockView> for StockView {
             free: count(view.free),
             held: count(view.held),
             mode: match view.mode {
-                ledger::StockMode::Escrow => StockMode::Escrow,
-                ledger::StockMode::Strong => StockMode::Strong,
+                intent::StockMode::Escrow => StockMode::Escrow,
+                intent::StockMode::Strong => StockMode::Strong,
             },
             strong_at_or_below: count(view.policy.strong_at_or_below),
             offline_policy: view.policy.offline.as_str().to_owned(),
@@ -436,11 +436,11 @@ impl From<CoreStockView> for StockView {
     }
 }
 
-fn line_source(source: ledger::LineSource) -> LineSource {
+fn line_source(source: intent::LineSource) -> LineSource {
     match source {
-        ledger::LineSource::Allowance => LineSource::Allowance,
-        ledger::LineSource::Hub => LineSource::Hub,
-        ledger::LineSource::Provisional => LineSource::Provisional,
+        intent::LineSource::Allowance => LineSource::Allowance,
+        intent::LineSource::Hub => LineSource::Hub,
+        intent::LineSource::Provisional => LineSource::Provisional,
     }
 }
 

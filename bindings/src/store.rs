@@ -12,14 +12,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omnisync_core::domain::Sku;
-use omnisync_core::domain::customer::LINE_QUANTITY_MAX;
-use omnisync_core::ids::check_name;
-use omnisync_core::ledger::StockCommand;
-use omnisync_core::net::{Client, SyncConfig};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::db::encryption::EncryptionKey;
 use omnisync_core::protocol::message::Credentials;
-use omnisync_core::store::encryption::EncryptionKey;
-use omnisync_core::{CustomerId, DeviceId, DocSetId, Store, StoreId, now_ms};
+use omnisync_core::retail::customer::LINE_QUANTITY_MAX;
+use omnisync_core::vocab::goods::Sku;
+use omnisync_core::vocab::ids::check_name;
+use omnisync_core::vocab::intent::StockCommand;
+use omnisync_core::{CustomerId, DeviceId, DocSetId, Replica, StoreId, now_ms};
 
 use crate::error::{OmnisyncError, Result};
 use crate::events::{EventHub, EventListener, StoreEvent, start_dispatcher};
@@ -65,13 +65,13 @@ impl OmnisyncStore {
         let device = DeviceId::new(config.device_id)?;
         let store_id = StoreId::new(config.store_id)?;
         let store = match &config.encryption_key {
-            Some(key) => Store::open_encrypted(
+            Some(key) => Replica::open_encrypted(
                 Path::new(&config.path),
                 device,
                 store_id.clone(),
                 &EncryptionKey::from_bytes(key)?,
             )?,
-            None => Store::open(Path::new(&config.path), device, store_id.clone())?,
+            None => Replica::open(Path::new(&config.path), device, store_id.clone())?,
         };
         let mut sync_config = SyncConfig::new(config.hub_url);
         sync_config.credentials = Credentials {

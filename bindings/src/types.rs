@@ -5,11 +5,12 @@
 
 use std::str::FromStr;
 
-use omnisync_core::domain::catalog::{self, ProductField};
-use omnisync_core::domain::layout::{self, DocKind};
-use omnisync_core::domain::{Currency, Sku, customer, prices};
-use omnisync_core::ids::{DocId, DocSetKind, OpId, ReplicaId};
-use omnisync_core::net::{Link, SyncStatus as CoreSyncStatus};
+use omnisync_core::client::{Link, SyncStatus as CoreSyncStatus};
+use omnisync_core::retail::catalog::{self, ProductField};
+use omnisync_core::retail::{customer, prices};
+use omnisync_core::vocab::goods::{Currency, Sku};
+use omnisync_core::vocab::ids::{DocId, DocSetKind, OpId, ReplicaId};
+use omnisync_core::vocab::layout::{self, DocKind};
 
 use crate::error::{OmnisyncError, Result};
 
@@ -227,33 +228,33 @@ pub enum Collection {
 
 impl Channel {
     /// The core's channel.
-    pub(crate) fn to_core(self) -> omnisync_core::domain::Channel {
+    pub(crate) fn to_core(self) -> omnisync_core::vocab::goods::Channel {
         match self {
-            Channel::Pos => omnisync_core::domain::Channel::Pos,
-            Channel::Web => omnisync_core::domain::Channel::Web,
-            Channel::App => omnisync_core::domain::Channel::App,
+            Channel::Pos => omnisync_core::vocab::goods::Channel::Pos,
+            Channel::Web => omnisync_core::vocab::goods::Channel::Web,
+            Channel::App => omnisync_core::vocab::goods::Channel::App,
         }
     }
 
-    fn from_core(channel: omnisync_core::domain::Channel) -> Self {
+    fn from_core(channel: omnisync_core::vocab::goods::Channel) -> Self {
         match channel {
-            omnisync_core::domain::Channel::Pos => Channel::Pos,
-            omnisync_core::domain::Channel::Web => Channel::Web,
-            omnisync_core::domain::Channel::App => Channel::App,
+            omnisync_core::vocab::goods::Channel::Pos => Channel::Pos,
+            omnisync_core::vocab::goods::Channel::Web => Channel::Web,
+            omnisync_core::vocab::goods::Channel::App => Channel::App,
         }
     }
 }
 
 impl Money {
     /// Parses into the core's money (checks the currency code).
-    pub(crate) fn to_core(&self) -> Result<omnisync_core::domain::Money> {
-        Ok(omnisync_core::domain::Money {
+    pub(crate) fn to_core(&self) -> Result<omnisync_core::vocab::goods::Money> {
+        Ok(omnisync_core::vocab::goods::Money {
             amount_minor: self.amount_minor,
             currency: Currency::new(&self.currency)?,
         })
     }
 
-    pub(crate) fn from_core(money: omnisync_core::domain::Money) -> Self {
+    pub(crate) fn from_core(money: omnisync_core::vocab::goods::Money) -> Self {
         Money {
             amount_minor: money.amount_minor,
             currency: money.currency.as_str().to_owned(),
@@ -383,8 +384,10 @@ impl Collection {
             DocKind::Record => {
                 let kind = doc.as_str().split('/').nth(2).unwrap_or("");
                 match (doc.set().kind(), kind) {
-                    (DocSetKind::Store, "stock") => Collection::Stock,
-                    (DocSetKind::Device | DocSetKind::Store, "allowance") => Collection::Allowances,
+                    (DocSetKind::Replica, "stock") => Collection::Stock,
+                    (DocSetKind::Device | DocSetKind::Replica, "allowance") => {
+                        Collection::Allowances
+                    }
                     (DocSetKind::Orders, "order") => Collection::Orders,
                     _ => Collection::Other,
                 }

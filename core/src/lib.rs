@@ -1,32 +1,37 @@
-//! omnisync-core: the offline-first store and sync protocol embedded in every
+//! omnisync-core: the offline-first replica and sync protocol embedded in every
 //! POS terminal and app.
 //!
-//! Layers, bottom up:
-//! - [`ids`]: identifier newtypes, parsed once at the boundary;
-//! - [`protocol`]: wire messages and sans-I/O client and hub state machines;
-//! - [`edit`]: typed document edits, so callers never see automerge;
-//! - [`domain`]: the retail data model, its merge rules and query tables;
-//! - [`store`]: the SQLite store with documents, the operation log and cursors;
-//! - [`hublog`]: the hub's durable log as a trait, with a memory backend;
-//! - `net` (feature `net`): the tokio/WebSocket client runtime.
+//! Layers, bottom up; each imports only from the layers below it (checked in
+//! CI by `.ci/check-layers`):
+//! - [`vocab`]: identifiers, goods and money, the hybrid clock, document
+//!   layout, typed edits, and the intents, decisions and hub records the hub
+//!   decides and publishes;
+//! - [`protocol`]: wire messages and the device's sans-I/O session;
+//! - [`db`]: the device database ([`Replica`]): documents, the operation log,
+//!   cursors and credentials in one SQLite file. It knows nothing of retail:
+//!   it calls the rules through [`db::Hooks`] inside its transactions;
+//! - [`retail`]: the retail data model, its merge rules and query tables, the
+//!   typed API, and the [`db::Hooks`] implementation;
+//! - `client` (feature `client`): the tokio/WebSocket client runtime.
+//!
+//! The hub's side (its log contract, the ledger authority, the hub session)
+//! is the crate `omnisync-hub-engine`; devices never compile it.
 
-pub mod domain;
-pub mod edit;
-pub mod hublog;
-pub mod ids;
-pub mod ledger;
+pub mod db;
 pub mod protocol;
-pub mod store;
+pub mod retail;
+pub mod vocab;
 
-#[cfg(feature = "net")]
-pub mod net;
+#[cfg(feature = "client")]
+pub mod client;
 
-pub use edit::{Edit, Value};
-pub use ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId, TenantId};
-pub use store::{DocEdit, Durability, Store, StoreError};
+pub use db::{DbError, DocEdit, Durability, Replica};
+pub use vocab::edit::{Edit, Value};
+pub use vocab::goods::{Channel, Currency, Money, Sku};
+pub use vocab::ids::{CustomerId, DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId, TenantId};
 
 /// Milliseconds since the Unix epoch from the system clock. Only runtimes call
-/// this; the protocol and store take time as an argument.
+/// this; the protocol and the database take time as an argument.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use omnisync_core::domain::orders::{CheckoutRequest, Connectivity, OrderLine};
-use omnisync_core::domain::{Channel, Sku};
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::{DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, Store, StoreId, Value};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::retail::orders::{CheckoutRequest, Connectivity, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Sku};
+use omnisync_core::{
+    DeviceId, DocEdit, DocId, DocSetId, Durability, Edit, Replica, StoreId, Value,
+};
 use omnisync_hub::{Hub, HubConfig};
 use serde_json::json;
 
@@ -31,7 +33,7 @@ pub struct LocalWritesArgs {
 /// on a store file in a temporary directory.
 pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
-    let mut store = Store::open(
+    let mut store = Replica::open(
         &dir.path().join("bench.db"),
         DeviceId::new("bench")?,
         StoreId::new("s1")?,
@@ -53,7 +55,7 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         cart_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let mut sale_ms = Vec::with_capacity(args.sales as usize);
-    let currency = omnisync_core::domain::Currency::new("EUR")?;
+    let currency = omnisync_core::vocab::goods::Currency::new("EUR")?;
     for n in 0..args.sales {
         // A checkout: the pending order, the intent in the op log and (for
         // lines the till's allowance covers) the allowance spent, in one
@@ -159,7 +161,7 @@ async fn ingest_once(args: &HubIngestArgs, group_ops_max: usize) -> anyhow::Resu
     for n in 0..args.devices {
         let dir = tempfile::tempdir()?;
         let name = format!("dev-{n}");
-        let mut store = Store::open(
+        let mut store = Replica::open(
             &dir.path().join("d.db"),
             DeviceId::new(&name)?,
             store_id.clone(),

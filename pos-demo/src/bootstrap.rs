@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use omnisync_core::domain::{Currency, Sku};
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::{DeviceId, DocSetId, Store, StoreId};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::vocab::goods::{Currency, Sku};
+use omnisync_core::{DeviceId, DocSetId, Replica, StoreId};
 use omnisync_hub::import::{CatalogRow, import_rows};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -164,7 +164,7 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<bool> {
 pub async fn terminal(args: TerminalArgs) -> anyhow::Result<bool> {
     let store_id = StoreId::new(args.store).context("--store")?;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(
+    let store = Replica::open(
         &dir.path().join("terminal.db"),
         DeviceId::new("fresh-till")?,
         store_id.clone(),
@@ -215,7 +215,11 @@ pub async fn terminal(args: TerminalArgs) -> anyhow::Result<bool> {
 
 /// Times lookups by SKU, by barcode and by text, a third each; the samples
 /// in ms, per kind in that order.
-fn time_queries(store: &Store, store_id: &StoreId, products: u32) -> anyhow::Result<[Vec<f64>; 3]> {
+fn time_queries(
+    store: &Replica,
+    store_id: &StoreId,
+    products: u32,
+) -> anyhow::Result<[Vec<f64>; 3]> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut samples: [Vec<f64>; 3] = Default::default();
     for query in 0..QUERIES {

@@ -24,19 +24,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use omnisync_core::domain::catalog::{ProductField, ProductUpdate};
-use omnisync_core::domain::orders::{CheckoutReceipt, CheckoutRequest, OrderLine};
-use omnisync_core::domain::stock::StockView;
-use omnisync_core::domain::{Channel, Currency, DomainError, Money, Sku};
-use omnisync_core::ledger::record::{AllowanceRecord, Record, StockRecord, is_record_doc};
-use omnisync_core::ledger::stock::SkuLedger;
-use omnisync_core::ledger::{
+use omnisync_core::client::{Client, Link, SyncConfig};
+use omnisync_core::db::OpStatus;
+use omnisync_core::protocol::message::{AckOutcome, Credentials};
+use omnisync_core::retail::RetailError;
+use omnisync_core::retail::catalog::{ProductField, ProductUpdate};
+use omnisync_core::retail::orders::{CheckoutReceipt, CheckoutRequest, OrderLine};
+use omnisync_core::retail::stock::StockView;
+use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
+use omnisync_core::vocab::intent::{
     Decision, LineSource, OfflinePolicy, StockCommand, StockMode, StockPolicy,
 };
-use omnisync_core::net::{Client, Link, SyncConfig};
-use omnisync_core::protocol::message::{AckOutcome, Credentials};
-use omnisync_core::store::OpStatus;
-use omnisync_core::{CustomerId, DeviceId, DocId, DocSetId, OpId, Store, StoreId};
+use omnisync_core::vocab::record::{AllowanceRecord, Record, is_record_doc, stock_record_doc};
+use omnisync_core::{CustomerId, DeviceId, DocId, DocSetId, OpId, Replica, StoreId};
 use rand::{Rng, SeedableRng};
 
 use crate::hubref::HubRef;
@@ -183,7 +183,7 @@ fn open_device(
     sets: &[DocSetId],
 ) -> anyhow::Result<Device> {
     let dir = tempfile::tempdir().context("creating a device directory")?;
-    let store = Store::open(
+    let store = Replica::open(
         &dir.path().join("device.db"),
         DeviceId::new(name)?,
         store.clone(),
@@ -227,7 +227,7 @@ pub(crate) fn lifecycle_text(status: &OpStatus) -> String {
         OpStatus::Confirmed { decision } => match decision {
             Decision::Confirmed { order_no } => format!("confirmed #{order_no}"),
             Decision::Applied { version } => format!("applied (v{version})"),
-            other => omnisync_core::ledger::record::describe_decision(other),
+            other => omnisync_core::vocab::record::describe_decision(other),
         },
         OpStatus::Refused { refusal } => format!("refused: {refusal}"),
         OpStatus::Compensation { decision } => match decision {
@@ -238,7 +238,7 @@ pub(crate) fn lifecycle_text(status: &OpStatus) -> String {
             Decision::Refused(refusal) => format!("compensation: {refusal}"),
             other => format!(
                 "compensation: {}",
-                omnisync_core::ledger::record::describe_decision(other)
+                omnisync_core::vocab::record::describe_decision(other)
             ),
         },
         OpStatus::Compensated { decision } => match decision {
@@ -285,7 +285,7 @@ pub(crate) fn stock_the_store(back_office: &Client, store: &StoreId) -> anyhow::
         })
         .collect::<anyhow::Result<_>>()?;
     back_office.write(|db| match db.upsert_products(store, &updates, now) {
-        Ok(_) | Err(DomainError::Store(omnisync_core::StoreError::Unchanged)) => Ok(()),
+        Ok(_) | Err(RetailError::Replica(omnisync_core::DbError::Unchanged)) => Ok(()),
         Err(error) => Err(error),
     })?;
     let mut ops = Vec::new();
@@ -298,7 +298,7 @@ pub(crate) fn stock_the_store(back_office: &Client, store: &StoreId) -> anyhow::
         for channel in [Channel::Pos, Channel::App] {
             back_office.write(
                 |db| match db.set_price(store, &sku, channel, 0, &money, now) {
-                    Ok(_) | Err(DomainError::Store(omnisync_core::StoreError::Unchanged)) => Ok(()),
+                    Ok(_) | Err(RetailError::Replica(omnisync_core::DbError::Unchanged)) => Ok(()),
                     Err(error) => Err(error),
                 },
             )?;
@@ -394,7 +394,7 @@ struct Sale {
 
 /// Checks out `picks` (catalog index, units) on `till` at the POS prices the
 /// till shows, online or offline as its link is now.
-fn checkout(till: &Device, order_id: &str, picks: &[(usize, u64)]) -> Result<Sale, DomainError> {
+fn checkout(till: &Device, order_id: &str, picks: &[(usize, u64)]) -> Result<Sale, RetailError> {
     let mut lines = Vec::with_capacity(picks.len());
     let mut total = 0;
     {
@@ -402,10 +402,10 @@ fn checkout(till: &Device, order_id: &str, picks: &[(usize, u64)]) -> Result<Sal
         let store_id = store.store_id().clone();
         for &(index, quantity) in picks {
             let sku = Sku::new(CATALOG[index].sku)
-                .map_err(|error| DomainError::Invalid(error.to_string()))?;
+                .map_err(|error| RetailError::Invalid(error.to_string()))?;
             let price = store
                 .price_in_force(&store_id, &sku, Channel::Pos, omnisync_core::now_ms())?
-                .ok_or_else(|| DomainError::Invalid(format!("{sku} has no POS price")))?;
+                .ok_or_else(|| RetailError::Invalid(format!("{sku} has no POS price")))?;
             total += price.money.amount_minor * quantity as i64;
             lines.push(OrderLine {
                 sku,
@@ -692,7 +692,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     day.checkouts.push((0, sale.receipt.op));
     let order_id = next_order(offline_till);
     match checkout(offline_till, &order_id, &[(GRINDER, 1)]) {
-        Err(DomainError::Blocked(reason)) => {
+        Err(RetailError::Blocked(reason)) => {
             day.blocked += 1;
             timeline.say(
                 &offline_till.name,
@@ -1059,9 +1059,7 @@ fn hub_levels(
         let level = match (hub, auditor) {
             (HubRef::Embedded { hub, .. }, _) => {
                 let sku = Sku::new(item.sku)?;
-                let doc = Record::Stock(StockRecord::of(&sku, &SkuLedger::default()))
-                    .doc(store)
-                    .context("a stock record's document id")?;
+                let doc = stock_record_doc(store, &sku);
                 match hub_record(hub, &doc)? {
                     Some(Record::Stock(record)) => Some(Level {
                         on_hand: record.on_hand,

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use omnisync_core::domain::{Channel, Currency, Money, Sku};
-use omnisync_core::net::{Client, Notice, SyncConfig};
-use omnisync_core::{DeviceId, DocSetId, Store, StoreId};
+use omnisync_core::client::{Client, Notice, SyncConfig};
+use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
+use omnisync_core::{DeviceId, DocSetId, Replica, StoreId};
 use serde_json::json;
 
 use crate::hubref::HubRef;
@@ -56,7 +56,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<bool> {
     let sku = Sku::new("fanout-sku")?;
     let dir = tempfile::tempdir()?;
     let open = |name: &str| -> anyhow::Result<Client> {
-        let store = Store::open(
+        let store = Replica::open(
             &dir.path().join(format!("{name}.db")),
             DeviceId::new(name)?,
             store_id.clone(),

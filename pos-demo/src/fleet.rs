@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Currency, Sku};
-use omnisync_core::ledger::{Decision, StockCommand};
-use omnisync_core::net::{Client, Link, Notice, SyncConfig};
-use omnisync_core::store::OpStatus;
-use omnisync_core::{DeviceId, DocSetId, OpId, Store, StoreId, now_ms};
+use omnisync_core::client::{Client, Link, Notice, SyncConfig};
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::orders::{CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::intent::{Decision, StockCommand};
+use omnisync_core::{DeviceId, DocSetId, OpId, Replica, StoreId, now_ms};
 use rand::seq::IndexedRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
@@ -303,7 +303,7 @@ fn device(
     name: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Client> {
-    let store = Store::open(
+    let store = Replica::open(
         &dir.join(format!("{name}.db")),
         DeviceId::new(name)?,
         store_id.clone(),
@@ -395,7 +395,7 @@ fn sell(
                 recorded.push((receipt.op, request));
                 bar.inc(1);
             }
-            Err(omnisync_core::domain::DomainError::Blocked(_)) => refused_locally += 1,
+            Err(omnisync_core::retail::RetailError::Blocked(_)) => refused_locally += 1,
             Err(error) => bail!("{device}: checkout failed: {error}"),
         }
     }

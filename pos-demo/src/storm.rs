@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
-use omnisync_core::domain::{Channel, Currency, Sku};
-use omnisync_core::ledger::{
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::protocol::device_session::{ClientEvent, ClientIdentity, ClientSession};
+use omnisync_core::protocol::message::{AckOutcome, Credentials, Op, OpBody};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::intent::{
     CheckoutIntent, Decision, Intent, IntentLine, LineSource, OfflinePolicy, Refusal, StockCommand,
     StockPolicy,
 };
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
-use omnisync_core::protocol::message::{AckOutcome, Credentials, Op, OpBody};
-use omnisync_core::{DeviceId, DocSetId, OpId, ReplicaId, Store, StoreId, now_ms};
+use omnisync_core::{DeviceId, DocSetId, OpId, Replica, ReplicaId, StoreId, now_ms};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -251,7 +251,7 @@ async fn back_office(
     skus: &[Sku],
     stock: u32,
 ) -> anyhow::Result<Client> {
-    let store = Store::open(
+    let store = Replica::open(
         &dir.path().join("office.db"),
         DeviceId::new("back-office")?,
         store_id.clone(),
@@ -285,7 +285,7 @@ async fn back_office(
         .wait_for(Duration::from_secs(120), "stock received", |status| {
             status.pending == 0
                 && status.caught_up
-                && status.link == omnisync_core::net::Link::Online
+                && status.link == omnisync_core::client::Link::Online
         })
         .await?;
     Ok(office)

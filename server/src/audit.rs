@@ -10,8 +10,8 @@
 
 use std::net::SocketAddr;
 
-use omnisync_core::protocol::authz::{AuditEvent, AuditKind};
-use omnisync_core::protocol::hub::Peer;
+use omnisync_hub_engine::authz::{AuditEvent, AuditKind};
+use omnisync_hub_engine::hub_session::Peer;
 
 use crate::metrics::Metrics;
 

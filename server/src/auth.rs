@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
-use omnisync_core::ids::{CustomerId, DocSetId, TenantId};
-use omnisync_core::protocol::authz::{Identity, Role};
-use omnisync_core::protocol::hub::Peer;
 use omnisync_core::protocol::message::Hello;
+use omnisync_core::vocab::ids::{CustomerId, DocSetId, TenantId};
+use omnisync_hub_engine::authz::{Identity, Role};
+use omnisync_hub_engine::hub_session::Peer;
 
 use crate::devices::DeviceRegistry;
 use crate::token::{self, KeySet, SigningKey, Validation};

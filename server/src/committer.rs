@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use omnisync_core::hublog::HubLog;
-use omnisync_core::protocol::hub::{CommittedChanges, IncomingOp};
 use omnisync_core::protocol::message::{Ack, OpBody};
+use omnisync_hub_engine::hub_session::{CommittedChanges, IncomingOp};
+use omnisync_hub_engine::log::HubLog;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;

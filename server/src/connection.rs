@@ -18,12 +18,12 @@ use std::sync::atomic::AtomicUsize;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
-use omnisync_core::ids::DocSetId;
-use omnisync_core::protocol::authz::{AuditEvent, AuditKind};
-use omnisync_core::protocol::hub::{
+use omnisync_core::protocol::message::{self, ErrorCode, OpBody, RejectCode};
+use omnisync_core::vocab::ids::DocSetId;
+use omnisync_hub_engine::authz::{AuditEvent, AuditKind};
+use omnisync_hub_engine::hub_session::{
     ChangePage, HubEvent, HubSession, IncomingOp, Outbound, Verdict,
 };
-use omnisync_core::protocol::message::{self, ErrorCode, OpBody, RejectCode};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::HubState;
@@ -361,7 +361,7 @@ fn authenticate(
 /// Takes one message from the device's and the address's rate budgets.
 fn admit_message(
     hub: &HubState,
-    peer: Option<&omnisync_core::protocol::hub::Peer>,
+    peer: Option<&omnisync_hub_engine::hub_session::Peer>,
     address: SocketAddr,
     now: Instant,
 ) -> Result<(), String> {
@@ -387,7 +387,7 @@ fn admit_message(
 /// session's device. A lagging receiver looks the device up instead.
 fn revocation_for(
     hub: &HubState,
-    peer: Option<&omnisync_core::protocol::hub::Peer>,
+    peer: Option<&omnisync_hub_engine::hub_session::Peer>,
     received: Result<Revocation, broadcast::error::RecvError>,
     opened_ms: u64,
 ) -> Option<String> {
@@ -456,7 +456,7 @@ fn queue_outbound(
 
 /// Bytes of change data in a commit (an upper bound of what one session
 /// gets from it).
-fn commit_bytes(committed: &omnisync_core::protocol::hub::CommittedChanges) -> usize {
+fn commit_bytes(committed: &omnisync_hub_engine::hub_session::CommittedChanges) -> usize {
     committed
         .by_set
         .values()

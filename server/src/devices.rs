@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use omnisync_core::protocol::authz::Role;
-use omnisync_core::protocol::hub::Peer;
 use omnisync_core::{DeviceId, ReplicaId, TenantId};
+use omnisync_hub_engine::authz::Role;
+use omnisync_hub_engine::hub_session::Peer;
 use rusqlite::{Connection, params};
 use tokio::sync::broadcast;
 
@@ -280,7 +280,7 @@ pub fn revoked_message(revocation: &Revocation) -> String {
 mod tests {
     use super::*;
     use omnisync_core::StoreId;
-    use omnisync_core::protocol::authz::Identity;
+    use omnisync_hub_engine::authz::Identity;
 
     fn peer(device: &str, replica: u8) -> Peer {
         Peer::from_identity(

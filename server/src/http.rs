@@ -13,9 +13,9 @@ use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use omnisync_core::protocol::authz::Identity;
 use omnisync_core::protocol::message::AckOutcome;
 use omnisync_core::{DeviceId, DocId, TenantId};
+use omnisync_hub_engine::authz::Identity;
 use serde::Deserialize;
 
 use crate::HubState;
@@ -100,7 +100,7 @@ async fn admin_doc(
     authorize_admin(&hub, &headers, address)?;
     let doc = DocId::new(doc).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let reader = hub.reader.clone();
-    if omnisync_core::ledger::record::is_record_doc(&doc) {
+    if omnisync_core::vocab::record::is_record_doc(&doc) {
         // A hub record: its newest version, as JSON.
         let lookup = doc.clone();
         let versions = tokio::task::spawn_blocking(move || reader.doc_changes(&lookup))
@@ -110,7 +110,7 @@ async fn admin_doc(
         let newest = versions
             .last()
             .ok_or_else(|| ApiError::NotFound(format!("no record {doc}")))?;
-        let record = omnisync_core::ledger::record::Record::decode(newest)
+        let record = omnisync_core::vocab::record::Record::decode(newest)
             .map_err(|error| ApiError::Internal(error.to_string()))?;
         let json =
             serde_json::to_value(&record).map_err(|error| ApiError::Internal(error.to_string()))?;
@@ -149,9 +149,12 @@ async fn admin_op(
     Path((replica, seq)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
     authorize_admin(&hub, &headers, address)?;
-    let replica: omnisync_core::ReplicaId = replica
-        .parse()
-        .map_err(|error: omnisync_core::ids::IdError| ApiError::BadRequest(error.to_string()))?;
+    let replica: omnisync_core::ReplicaId =
+        replica
+            .parse()
+            .map_err(|error: omnisync_core::vocab::ids::IdError| {
+                ApiError::BadRequest(error.to_string())
+            })?;
     let op = omnisync_core::OpId { replica, seq };
     let reader = hub.reader.clone();
     let outcome = tokio::task::spawn_blocking(move || reader.outcome(&op))
@@ -172,7 +175,7 @@ async fn admin_op(
         }
         Some(AckOutcome::Decided(decision)) => serde_json::json!({
             "outcome": "decided",
-            "decision": omnisync_core::ledger::record::describe_decision(&decision),
+            "decision": omnisync_core::vocab::record::describe_decision(&decision),
             "detail": serde_json::to_value(&decision).unwrap_or_default(),
         }),
     };

@@ -12,13 +12,14 @@ use std::path::Path;
 
 use automerge::transaction::Transactable as _;
 use automerge::{Automerge, ROOT};
-use omnisync_core::domain::catalog::{ProductField, field_key};
-use omnisync_core::domain::hlc::{Hlc, Stamped};
-use omnisync_core::domain::prices::{PriceValue, price_key};
-use omnisync_core::domain::{Channel, Currency, Sku, layout};
-use omnisync_core::hublog::HubLogError;
-use omnisync_core::ids::{DocId, DocSetId, StoreId};
-use omnisync_core::ledger::{Intent, StockCommand};
+use omnisync_core::retail::catalog::{ProductField, field_key};
+use omnisync_core::retail::prices::{PriceValue, price_key};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::hlc::{Hlc, Stamped};
+use omnisync_core::vocab::ids::{DocId, DocSetId, StoreId};
+use omnisync_core::vocab::intent::{Intent, StockCommand};
+use omnisync_core::vocab::layout;
+use omnisync_hub_engine::log::HubLogError;
 use serde::Deserialize;
 
 use crate::storage::SqliteHubLog;
@@ -203,7 +204,7 @@ fn check_row(row: CatalogRow, default_currency: Currency) -> Result<CheckedRow, 
     fields.push((ProductField::Status, "active".into()));
     if let Some((field, _)) = fields
         .iter()
-        .find(|(_, value)| value.len() > omnisync_core::domain::catalog::FIELD_BYTES_MAX)
+        .find(|(_, value)| value.len() > omnisync_core::retail::catalog::FIELD_BYTES_MAX)
     {
         return Err(format!("{} is too long", field.as_str()));
     }
@@ -327,7 +328,7 @@ pub fn import_rows(
     manifest.set_actor(actor.clone());
     let mut tx = manifest.transaction();
     for (key, value) in [
-        ("buckets", i64::from(omnisync_core::domain::BUCKETS)),
+        ("buckets", i64::from(omnisync_core::vocab::goods::BUCKETS)),
         ("products", report.products as i64),
         ("imported_ms", now_ms as i64),
     ] {
@@ -344,7 +345,7 @@ pub fn import_rows(
         log.apply_hub_intents(store, chunk)?;
     }
     report.stock_counts = stock_takes.len() as u64;
-    report.head_seq = omnisync_core::hublog::HubLog::head_seq(&log)?;
+    report.head_seq = omnisync_hub_engine::log::HubLog::head_seq(&log)?;
     log.snapshot_set(&set)?;
     Ok(report)
 }

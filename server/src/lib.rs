@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omnisync_core::hublog::{HubLogError, HubLogRead};
-use omnisync_core::protocol::hub::CommittedChanges;
+use omnisync_hub_engine::hub_session::CommittedChanges;
+use omnisync_hub_engine::log::{HubLogError, HubLogRead};
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::{AuthConfig, Authenticator};
@@ -144,7 +144,7 @@ impl Hub {
                 dir: config.data_dir.clone(),
                 source,
             })?;
-        writer.set_authority_config(omnisync_core::ledger::authority::AuthorityConfig {
+        writer.set_authority_config(omnisync_hub_engine::ledger::authority::AuthorityConfig {
             price_tolerance_bp: config.price_tolerance_bp,
         });
         let log_id = writer.log_id().to_owned();

@@ -14,9 +14,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use omnisync_core::protocol::hub::SessionLimits;
 use omnisync_core::protocol::message;
 use omnisync_core::{DeviceId, TenantId};
+use omnisync_hub_engine::hub_session::SessionLimits;
 
 /// Bytes queued for one connection's socket before the hub gives the
 /// device up as not reading (16 MiB: four maximal frames). Never below

@@ -368,7 +368,7 @@ fn main() -> anyhow::Result<()> {
                 let bytes = std::fs::read(&signing_key)
                     .with_context(|| format!("reading {}", signing_key.display()))?;
                 let key = SigningKey::from_jwk(&bytes).context("--signing-key")?;
-                let identity = omnisync_core::protocol::authz::Identity {
+                let identity = omnisync_hub_engine::authz::Identity {
                     tenant: omnisync_core::TenantId::new(tenant).context("--tenant")?,
                     device: omnisync_core::DeviceId::new(device).context("--device")?,
                     store: omnisync_core::StoreId::new(store).context("--store")?,
@@ -379,7 +379,7 @@ fn main() -> anyhow::Result<()> {
                         .context("--customer")?,
                     expires_ms: None,
                 };
-                if (identity.role == omnisync_core::protocol::authz::Role::CustomerApp)
+                if (identity.role == omnisync_hub_engine::authz::Role::CustomerApp)
                     != identity.customer.is_some()
                 {
                     anyhow::bail!("--customer is required for, and only for, --role customer-app");
@@ -397,7 +397,7 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let store = omnisync_core::StoreId::new(store).context("--store")?;
                 let currency =
-                    omnisync_core::domain::Currency::new(&currency).context("--currency")?;
+                    omnisync_core::vocab::goods::Currency::new(&currency).context("--currency")?;
                 let started = std::time::Instant::now();
                 let report = tokio::task::spawn_blocking(move || {
                     omnisync_hub::import::import_file(&data_dir, &store, &file, None, currency)

@@ -12,8 +12,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use omnisync_core::protocol::authz::{Identity, Role};
 use omnisync_core::{CustomerId, DeviceId, StoreId, TenantId};
+use omnisync_hub_engine::authz::{Identity, Role};
 use serde::{Deserialize, Serialize};
 
 /// Longest token accepted, in bytes; longer ones are refused unread.
@@ -634,7 +634,7 @@ fn check_claims(
     if claims.tenant != validation.tenant.as_str() {
         return Err(TokenError::WrongTenant(claims.tenant.clone()));
     }
-    let claim = |name: &str, error: omnisync_core::ids::IdError| {
+    let claim = |name: &str, error: omnisync_core::vocab::ids::IdError| {
         TokenError::Claim(format!("{name}: {error}"))
     };
     let role: Role = claims

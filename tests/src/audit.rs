@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
-use omnisync_core::hublog::HubLogRead;
 use omnisync_core::protocol::message::{self, AckOutcome, RemoteChange};
 use omnisync_core::{DocId, DocSetId, OpId, ReplicaId};
+use omnisync_hub_engine::log::HubLogRead;
 
 /// What one device committed: for each op, the documents it changed.
 #[derive(Clone, Debug, Default)]
@@ -191,17 +191,17 @@ pub fn assert_all_applied(
 
 #[cfg(test)]
 mod tests {
-    use omnisync_core::hublog::{HubLog as _, MemoryHubLog};
-    use omnisync_core::protocol::hub::{IncomingOp, Verdict};
     use omnisync_core::protocol::message::Op;
-    use omnisync_core::{DeviceId, DocSetId, Edit, Store, StoreId, Value};
+    use omnisync_core::{DeviceId, DocSetId, Edit, Replica, StoreId, Value};
+    use omnisync_hub_engine::hub_session::{IncomingOp, Verdict};
+    use omnisync_hub_engine::log::{HubLog as _, MemoryHubLog};
 
     use super::*;
 
     /// A store with `len` two-document ops, its pending ops, and what it committed.
     fn device_ops(len: u64) -> (ReplicaId, Vec<Op>, CommittedOps) {
         let device = DeviceId::new("till-1").unwrap();
-        let mut store = Store::open_in_memory(device, StoreId::new("s1").unwrap()).unwrap();
+        let mut store = Replica::open_in_memory(device, StoreId::new("s1").unwrap()).unwrap();
         let docs = [
             DocId::new("store.s1/a").unwrap(),
             DocId::new("store.s1/b").unwrap(),

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::{DeviceId, DocId, DocSetId, Store, StoreId};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::{DeviceId, DocId, DocSetId, Replica, StoreId};
 use omnisync_hub::{Hub, HubConfig};
 
 /// How long a scenario waits for sync before failing.
@@ -68,7 +68,7 @@ pub fn device(url: &str, device: &str, store: &str) -> anyhow::Result<TestDevice
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("{device}.db"));
     let store_id = StoreId::new(store)?;
-    let opened = Store::open(&path, DeviceId::new(device)?, store_id.clone())
+    let opened = Replica::open(&path, DeviceId::new(device)?, store_id.clone())
         .with_context(|| format!("opening {}", path.display()))?;
     let client = Client::new(opened, SyncConfig::new(url));
     client.subscribe(&DocSetId::store(&store_id))?;
@@ -99,7 +99,7 @@ pub fn device_with(
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("{device}.db"));
     let store_id = StoreId::new(store)?;
-    let opened = Store::open(&path, DeviceId::new(device)?, store_id.clone())
+    let opened = Replica::open(&path, DeviceId::new(device)?, store_id.clone())
         .with_context(|| format!("opening {}", path.display()))?;
     let mut config = SyncConfig::new(url);
     config.credentials.token = options.token;

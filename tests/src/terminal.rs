@@ -6,7 +6,7 @@
 //! the store's n-th op. They are not op sequence numbers, which grow but may
 //! skip after a restart (the store reserves them in blocks).
 
-use omnisync_core::ids::IdError;
+use omnisync_core::vocab::ids::IdError;
 use omnisync_core::{DocEdit, DocId, Edit, ReplicaId, Value};
 
 /// The amount of sale `sale`, in minor units. Deterministic, so a scenario

@@ -20,11 +20,12 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::SinkExt as _;
-use omnisync_core::domain::orders::OrderLine;
-use omnisync_core::domain::{Channel, Currency, Money, Sku, layout};
 use omnisync_core::protocol::message::{
     AckOutcome, ClientMessage, DocChange, ErrorCode, HubMessage, OpBody, RejectCode,
 };
+use omnisync_core::retail::orders::OrderLine;
+use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
+use omnisync_core::vocab::layout;
 use omnisync_core::{CustomerId, DocId, DocSetId, OpId, ReplicaId, StoreId};
 use omnisync_tests::security::{Keys, RawClient, Refused, start_hub, token_mode_args};
 use omnisync_tests::{
@@ -61,7 +62,7 @@ impl Honest {
         self.orders += 1;
         let s1 = StoreId::new("s1")?;
         let sku = Sku::new("sku-1")?;
-        let price = omnisync_core::domain::Money {
+        let price = omnisync_core::vocab::goods::Money {
             amount_minor: 250 + self.orders as i64,
             currency: Currency::new("EUR")?,
         };
@@ -80,7 +81,7 @@ impl Honest {
         )
         .await
         .with_context(|| format!("honest devices stopped syncing after: {case}"))?;
-        let request = omnisync_core::domain::orders::CheckoutRequest {
+        let request = omnisync_core::retail::orders::CheckoutRequest {
             order_id: format!("order-{}", self.orders),
             idempotency_key: None,
             lines: vec![OrderLine {
@@ -96,7 +97,7 @@ impl Honest {
         wait_until(SYNC_TIMEOUT, "till-1's checkout to be decided", || {
             Ok(!matches!(
                 self.tills[0].client.store().op_status(&op)?,
-                Some(omnisync_core::store::OpStatus::Pending) | None
+                Some(omnisync_core::db::OpStatus::Pending) | None
             ))
         })
         .await

@@ -11,16 +11,16 @@
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
 
-use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Currency, Sku};
-use omnisync_core::hublog::HubLogRead as _;
-use omnisync_core::ledger::{Decision, LineSource, StockCommand};
-use omnisync_core::net::Link;
+use omnisync_core::client::Link;
+use omnisync_core::db::OpStatus;
 use omnisync_core::protocol::message::AckOutcome;
-use omnisync_core::store::OpStatus;
+use omnisync_core::retail::orders::{CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::intent::{Decision, LineSource, StockCommand};
 use omnisync_core::{StoreId, now_ms};
 use omnisync_hub::committer::FAILPOINT_ENV;
 use omnisync_hub::storage::SqliteReader;
+use omnisync_hub_engine::log::HubLogRead as _;
 use omnisync_tests::process::{HubProcess, free_port, hub_binary};
 use omnisync_tests::{SYNC_TIMEOUT, TestDevice, device, http, init_logs, wait_until};
 

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use omnisync_core::hublog::HubLogRead;
-use omnisync_core::net::{Client, Link};
-use omnisync_core::store::OpStatus;
+use omnisync_core::client::{Client, Link};
+use omnisync_core::db::OpStatus;
 use omnisync_core::{DocEdit, DocId, DocSetId, Edit, OpId, StoreId, Value};
 use omnisync_hub::storage::SqliteReader;
+use omnisync_hub_engine::log::HubLogRead;
 use omnisync_tests::audit::{self, CommittedOps};
 use omnisync_tests::process::{HubProcess, free_port, hub_binary};
 use omnisync_tests::{
@@ -189,7 +189,7 @@ impl Shop {
     /// Per till, the seqs of its ops for which `wanted` holds.
     fn per_op(
         &self,
-        wanted: impl Fn(&omnisync_core::Store, OpId) -> anyhow::Result<bool>,
+        wanted: impl Fn(&omnisync_core::Replica, OpId) -> anyhow::Result<bool>,
     ) -> anyhow::Result<Vec<BTreeSet<u64>>> {
         let mut all = Vec::new();
         for seller in &self.sellers {

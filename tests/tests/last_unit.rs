@@ -11,14 +11,15 @@
 
 use std::sync::{Arc, Barrier};
 
-use omnisync_core::domain::orders::{CheckoutReceipt, CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Currency, DomainError, Sku};
-use omnisync_core::ledger::{
+use omnisync_core::client::Link;
+use omnisync_core::db::OpStatus;
+use omnisync_core::protocol::message::AckOutcome;
+use omnisync_core::retail::RetailError;
+use omnisync_core::retail::orders::{CheckoutReceipt, CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::intent::{
     Decision, LineSource, OfflinePolicy, Refusal, ShortLine, StockCommand, StockMode, StockPolicy,
 };
-use omnisync_core::net::Link;
-use omnisync_core::protocol::message::AckOutcome;
-use omnisync_core::store::OpStatus;
 use omnisync_core::{StoreId, now_ms};
 use omnisync_tests::{SYNC_TIMEOUT, TestDevice, TestHub, device, init_logs, wait_until};
 
@@ -167,7 +168,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
                 assert!(receipt.at_risk, "{name}: a provisional sale is at risk");
                 receipts.push(Some(receipt));
             }
-            (false, VASE, Err(DomainError::Blocked(why))) => {
+            (false, VASE, Err(RetailError::Blocked(why))) => {
                 let store = till.device.client.store();
                 assert_eq!(
                     store.last_seq()?,

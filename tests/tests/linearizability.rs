@@ -23,7 +23,7 @@
 //! points is, starting from the state the previous segments leave. Each
 //! segment is checked with its own `LinearizabilityTester`.
 //!
-//! Why web shops speak the sans-I/O session directly: `Client`/`Store` have
+//! Why web shops speak the sans-I/O session directly: `Client`/`Replica` have
 //! no public call that records a reservation intent (only checkouts, stock
 //! commands, order status changes and releases), so a web shop is a real
 //! WebSocket with a `ClientSession` and an in-memory op log.
@@ -33,15 +33,15 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Currency, Sku};
-use omnisync_core::ledger::{
+use omnisync_core::client::{Link, Notice};
+use omnisync_core::db::OpStatus;
+use omnisync_core::protocol::device_session::{ClientEvent, ClientIdentity, ClientSession};
+use omnisync_core::protocol::message::{AckOutcome, Credentials, Op, OpBody};
+use omnisync_core::retail::orders::{CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::intent::{
     Decision, Intent, LineSource, OfflinePolicy, Refusal, StockCommand, StockPolicy,
 };
-use omnisync_core::net::{Link, Notice};
-use omnisync_core::protocol::client::{ClientEvent, ClientIdentity, ClientSession};
-use omnisync_core::protocol::message::{AckOutcome, Credentials, Op, OpBody};
-use omnisync_core::store::OpStatus;
 use omnisync_core::{DeviceId, OpId, ReplicaId, StoreId, now_ms};
 use omnisync_tests::{SYNC_TIMEOUT, TestDevice, TestHub, device, init_logs, wait_until};
 use rand::rngs::StdRng;

@@ -1,12 +1,12 @@
 //! The README's "Using the core from Rust" example, run against a real hub so
 //! the README cannot drift from the API.
 
-use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Currency, Money, Sku};
-use omnisync_core::ledger::{Decision, StockCommand};
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::store::OpStatus;
-use omnisync_core::{DeviceId, DocSetId, Store, StoreId, now_ms};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::orders::{CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
+use omnisync_core::vocab::intent::{Decision, StockCommand};
+use omnisync_core::{DeviceId, DocSetId, Replica, StoreId, now_ms};
 use omnisync_tests::{SYNC_TIMEOUT, TestHub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,7 +17,7 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
 
     // --- as in README.md ---
     let store_id = StoreId::new("berlin-01")?;
-    let store = Store::open(path.as_ref(), DeviceId::new("till-1")?, store_id.clone())?;
+    let store = Replica::open(path.as_ref(), DeviceId::new("till-1")?, store_id.clone())?;
     let client = Client::new(store, SyncConfig::new(hub.url()));
     client.subscribe(&DocSetId::store(&store_id))?;
     client.start();

@@ -14,9 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::store::OpStatus;
-use omnisync_core::{DeviceId, DocSetId, OpId, ReplicaId, Store, StoreId, Value};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::db::OpStatus;
+use omnisync_core::{DeviceId, DocSetId, OpId, Replica, ReplicaId, StoreId, Value};
 use omnisync_tests::audit::{self, CommittedOps};
 use omnisync_tests::process::ChildGuard;
 use omnisync_tests::terminal::{self, TerminalLine};
@@ -40,7 +40,7 @@ struct Killed {
 
 /// What the reopened store file holds.
 struct Reopened {
-    store: Store,
+    store: Replica,
     /// Every op in the log, oldest first; op n is sale n.
     ops: Vec<OpId>,
 }
@@ -110,7 +110,7 @@ async fn run_until_then_kill(
 /// Reopens the killed terminal's store file in this process and checks that
 /// every printed sale is there, whole (both documents) and readable.
 fn reopen_and_check(db: &Path, killed: &Killed) -> anyhow::Result<Reopened> {
-    let mut store = Store::open(db, DeviceId::new(DEVICE)?, StoreId::new(STORE)?)
+    let mut store = Replica::open(db, DeviceId::new(DEVICE)?, StoreId::new(STORE)?)
         .context("reopening the killed terminal's store")?;
     assert_eq!(
         store.replica(),
@@ -263,7 +263,7 @@ async fn offline_terminal_killed_mid_sale_keeps_every_sale_and_uploads_each_once
         .await?;
     let status = restarted.wait_exit(LINE_TIMEOUT).await?;
     assert!(status.success(), "restarted terminal: {status}");
-    let reopened = Store::open(&db, DeviceId::new(DEVICE)?, StoreId::new(STORE)?)?;
+    let reopened = Replica::open(&db, DeviceId::new(DEVICE)?, StoreId::new(STORE)?)?;
     let ops = reopened.op_ids()?;
     assert_eq!(ops.len(), sales + more as usize, "sales after the restart");
     audit_hub(&hub, killed.replica, &ops)?;

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use omnisync_core::domain::Currency;
-use omnisync_core::domain::orders::{CheckoutRequest, OrderLine};
-use omnisync_core::domain::{Channel, Sku};
-use omnisync_core::net::Link;
+use omnisync_core::client::Link;
+use omnisync_core::db::OpStatus;
 use omnisync_core::protocol::message::ErrorCode;
-use omnisync_core::store::OpStatus;
+use omnisync_core::retail::orders::{CheckoutRequest, OrderLine};
+use omnisync_core::vocab::goods::Currency;
+use omnisync_core::vocab::goods::{Channel, Sku};
 use omnisync_tests::security::{Keys, start_hub, token_mode_args};
 use omnisync_tests::{DeviceOptions, SYNC_TIMEOUT, TestDevice, device_with, init_logs, wait_until};
 
@@ -117,7 +117,7 @@ async fn wss_with_a_store_ca_and_tokens_that_refresh_before_they_expire() -> any
     // Two tills over wss:// that trust the store's CA; till-1's token lives
     // 4 s and is refreshed three quarters into its life.
     let short = keys.enrol("till-1", "s1", "terminal", &["--ttl-s", "4"])?;
-    let first_exp_s = omnisync_core::net::refresh::token_times(&short)
+    let first_exp_s = omnisync_core::client::refresh::token_times(&short)
         .context("the token's times")?
         .1;
     let till_1 = trusted("till-1", short.clone(), false)?;

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
+use crate::vocab::ids::{DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -134,7 +134,7 @@ pub enum OpBody {
     Changes(Vec<DocChange>),
     /// Something only the hub decides (checkout, stock command, order
     /// status); answered with [`AckOutcome::Decided`].
-    Intent(crate::ledger::Intent),
+    Intent(crate::vocab::intent::Intent),
 }
 
 /// One automerge change to one document.
@@ -179,7 +179,7 @@ pub enum AckOutcome {
         detail: String,
     },
     /// An intent was decided (durably, in the same commit as this answer).
-    Decided(crate::ledger::Decision),
+    Decided(crate::vocab::intent::Decision),
 }
 
 /// Why the hub refused an op.

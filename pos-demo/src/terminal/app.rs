@@ -3,13 +3,14 @@
 //! every key is handled by [`App::handle_key`] against a [`Client`], so
 //! tests drive the app without a real terminal.
 
-use omnisync_core::domain::orders::{CheckoutReceipt, CheckoutRequest, Compensation, OrderLine};
-use omnisync_core::domain::stock::StockView;
-use omnisync_core::domain::{Channel, DomainError, Sku};
-use omnisync_core::ledger::{Intent, LineSource};
-use omnisync_core::net::{Client, Link, SyncStatus};
-use omnisync_core::store::OpStatus;
-use omnisync_core::{DeviceId, OpId, Store, StoreId};
+use omnisync_core::client::{Client, Link, SyncStatus};
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::RetailError;
+use omnisync_core::retail::orders::{CheckoutReceipt, CheckoutRequest, Compensation, OrderLine};
+use omnisync_core::retail::stock::StockView;
+use omnisync_core::vocab::goods::{Channel, Sku};
+use omnisync_core::vocab::intent::{Intent, LineSource};
+use omnisync_core::{DeviceId, OpId, Replica, StoreId};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::demo::{eur, format_money, lifecycle_text};
@@ -445,7 +446,7 @@ impl App {
         }
         let how = match &row.stock {
             Some(view) if view.allowance_left > 0 => "from this till's allowance".to_owned(),
-            Some(view) if view.mode == omnisync_core::ledger::StockMode::Strong => {
+            Some(view) if view.mode == omnisync_core::vocab::intent::StockMode::Strong => {
                 "low stock: decided at the hub".to_owned()
             }
             Some(_) => "the hub decides".to_owned(),
@@ -518,7 +519,7 @@ impl App {
         };
         match client.checkout(&request) {
             Ok(receipt) => self.checked_out(client, receipt),
-            Err(DomainError::Blocked(reason)) => self.say(Tone::Bad, format!("blocked: {reason}")),
+            Err(RetailError::Blocked(reason)) => self.say(Tone::Bad, format!("blocked: {reason}")),
             Err(error) => self.say(Tone::Bad, format!("checkout failed: {error}")),
         }
     }
@@ -611,7 +612,7 @@ fn step(index: usize, len: usize) -> usize {
 /// Products matching `query`: exact barcode, exact SKU, then name, brand
 /// and category words (prefix match on the last word).
 pub fn search(
-    store: &Store,
+    store: &Replica,
     store_id: &StoreId,
     query: &str,
     now_ms: u64,

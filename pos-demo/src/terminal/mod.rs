@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::{DeviceId, DocSetId, Store, StoreId};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::{DeviceId, DocSetId, Replica, StoreId};
 use omnisync_hub::{Hub, HubConfig};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
@@ -115,7 +115,7 @@ impl DemoHub {
         let hub = Hub::start(config).await?;
         let office_dir = tempfile::tempdir().context("creating the back office's directory")?;
         let office = Client::new(
-            Store::open(
+            Replica::open(
                 &office_dir.path().join("office.db"),
                 DeviceId::new("back-office")?,
                 store.clone(),
@@ -152,7 +152,7 @@ pub fn open_till(
 ) -> anyhow::Result<Client> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("till.db");
-    let local = Store::open(&path, device.clone(), store.clone())
+    let local = Replica::open(&path, device.clone(), store.clone())
         .with_context(|| format!("opening the till's store {}", path.display()))?;
     let mut config = SyncConfig::new(url);
     config.agent = format!("pos-demo-terminal/{device}");

@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use omnisync_core::domain::Sku;
-use omnisync_core::domain::orders::Compensation;
-use omnisync_core::domain::stock::StockView;
-use omnisync_core::ledger::{
+use omnisync_core::client::{Client, Link};
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::orders::Compensation;
+use omnisync_core::retail::stock::StockView;
+use omnisync_core::vocab::goods::Sku;
+use omnisync_core::vocab::intent::{
     Decision, LineSource, OfflinePolicy, ShortLine, StockMode, StockPolicy,
 };
-use omnisync_core::net::{Client, Link};
-use omnisync_core::store::OpStatus;
 use omnisync_core::{DeviceId, OpId, ReplicaId, StoreId};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -480,13 +480,13 @@ async fn with_the_hub_down_the_till_reads_locally_sells_from_its_allowance_and_c
 
 #[test]
 fn keys_search_and_edit_the_cart_on_the_local_store_alone() {
-    use omnisync_core::domain::catalog::{ProductField, ProductUpdate};
-    use omnisync_core::domain::{Channel, Money};
-    use omnisync_core::net::SyncConfig;
+    use omnisync_core::client::SyncConfig;
+    use omnisync_core::retail::catalog::{ProductField, ProductUpdate};
+    use omnisync_core::vocab::goods::{Channel, Money};
 
     let store = StoreId::new("berlin-01").unwrap();
     let device = DeviceId::new("till-9").unwrap();
-    let mut local = omnisync_core::Store::open_in_memory(device.clone(), store.clone()).unwrap();
+    let mut local = omnisync_core::Replica::open_in_memory(device.clone(), store.clone()).unwrap();
     let sku = Sku::new("sku-777").unwrap();
     local
         .upsert_products(

@@ -1,9 +1,9 @@
 //! Drawing: a pure function of [`App`]; nothing here reads the store.
 
-use omnisync_core::domain::stock::StockView;
-use omnisync_core::ledger::{LineSource, OfflinePolicy, StockMode};
-use omnisync_core::net::Link;
-use omnisync_core::store::OpStatus;
+use omnisync_core::client::Link;
+use omnisync_core::db::OpStatus;
+use omnisync_core::retail::stock::StockView;
+use omnisync_core::vocab::intent::{LineSource, OfflinePolicy, StockMode};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -337,7 +337,7 @@ fn status_color(row: &CheckoutRow) -> Color {
 }
 
 /// A checkout's lines with their sources: `2× sku-002 allowance, 1× sku-009 hub`.
-pub fn lines_text(lines: &[(omnisync_core::domain::Sku, u64, LineSource)]) -> String {
+pub fn lines_text(lines: &[(omnisync_core::vocab::goods::Sku, u64, LineSource)]) -> String {
     lines
         .iter()
         .map(|(sku, quantity, source)| format!("{quantity}× {sku} {}", source.as_str()))

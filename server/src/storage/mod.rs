@@ -10,19 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use omnisync_core::OpId;
-use omnisync_core::domain::{Channel, Sku};
-use omnisync_core::hublog::{
+use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
+use omnisync_core::vocab::goods::{Channel, Sku};
+use omnisync_core::vocab::ids::StoreId;
+use omnisync_core::vocab::ids::{DocId, DocSetId, ReplicaId};
+use omnisync_core::vocab::intent::Decision;
+use omnisync_core::vocab::record::{OrderRecord, is_record_doc};
+use omnisync_hub_engine::hub_session::{ChangePage, CommittedChanges, IncomingOp};
+use omnisync_hub_engine::ledger::authority::{
+    AuthorityConfig, LedgerChanges, LedgerSource, Reservation,
+};
+use omnisync_hub_engine::ledger::price_book::PriceBook;
+use omnisync_hub_engine::ledger::sku_ledger::SkuLedger;
+use omnisync_hub_engine::log::{
     AppliedBatch, HubLog, HubLogError, HubLogRead, HubTxn, apply_ops, maintain_ledger,
 };
-use omnisync_core::ids::StoreId;
-use omnisync_core::ids::{DocId, DocSetId, ReplicaId};
-use omnisync_core::ledger::Decision;
-use omnisync_core::ledger::authority::{AuthorityConfig, LedgerChanges, LedgerSource, Reservation};
-use omnisync_core::ledger::prices::PriceBook;
-use omnisync_core::ledger::record::{OrderRecord, is_record_doc};
-use omnisync_core::ledger::stock::SkuLedger;
-use omnisync_core::protocol::hub::{ChangePage, CommittedChanges, IncomingOp};
-use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const MIGRATIONS: &[&str] = &[
@@ -101,12 +103,12 @@ impl SqliteHubLog {
     pub fn apply_hub_intents(
         &mut self,
         store: &StoreId,
-        intents: &[omnisync_core::ledger::Intent],
+        intents: &[omnisync_core::vocab::intent::Intent],
     ) -> Result<Vec<Decision>, HubLogError> {
         let now_ms = omnisync_core::now_ms();
         let issuer = omnisync_core::DeviceId::new("hub").map_err(storage_error)?;
         self.write(|txn, head, hub, config| {
-            omnisync_core::hublog::apply_hub_intents(
+            omnisync_hub_engine::log::apply_hub_intents(
                 txn, head, hub, config, store, &issuer, intents, now_ms,
             )
         })
@@ -928,7 +930,7 @@ mod tests {
 
     #[test]
     fn sqlite_log_conforms() {
-        omnisync_core::hublog::conformance::run_all(fresh);
+        omnisync_hub_engine::log::conformance::run_all(fresh);
     }
 
     #[test]
@@ -937,7 +939,7 @@ mod tests {
         let mut writer = both.writer;
         writer.apply(vec![]).unwrap();
         let dir = both._dir;
-        omnisync_core::hublog::conformance::duplicates_get_the_original_answer(Both {
+        omnisync_hub_engine::log::conformance::duplicates_get_the_original_answer(Both {
             writer,
             reader: SqliteReader::new(dir.path()),
             _dir: tempfile::tempdir().unwrap(),

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use omnisync_core::net::{Client, SyncConfig};
-use omnisync_core::{DeviceId, DocSetId, Store, StoreId};
+use omnisync_core::client::{Client, SyncConfig};
+use omnisync_core::{DeviceId, DocSetId, Replica, StoreId};
 use omnisync_tests::terminal::{TerminalLine, sale_edits};
 
 /// How long `--hub` mode waits for the final sync before giving up.
@@ -48,7 +48,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store_id = StoreId::new(&args.store)?;
-    let store = Store::open(&args.db, DeviceId::new(&args.device)?, store_id.clone())
+    let store = Replica::open(&args.db, DeviceId::new(&args.device)?, store_id.clone())
         .with_context(|| format!("opening {}", args.db.display()))?;
     let mut stdout = std::io::stdout().lock();
     let mut say = |line: TerminalLine| -> anyhow::Result<()> {

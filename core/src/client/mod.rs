@@ -1,0 +1,893 @@
+//! The client runtime: the only tokio and WebSocket code in core.
+//!
+//! A [`Client`] owns a device's [`Replica`] and, once started, one background
+//! task that keeps a WebSocket to the hub: it connects (`wss://` verified
+//! against the public roots or the store's own CA, see [`tls`]), reconnects
+//! with exponential backoff and jitter, uploads pending ops, records acks,
+//! applies remote changes, and publishes a [`SyncStatus`] and [`Notice`]s.
+//! It keeps the device token in the store and refreshes it three quarters
+//! into its life ([`refresh`]). The protocol decisions are made by the
+//! sans-I/O [`ClientSession`]; this module only moves bytes and calls the
+//! store.
+
+pub mod refresh;
+pub mod tls;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+
+use crate::db::{DbError, DocEdit, Durability, Replica};
+use crate::protocol::device_session::{ClientEvent, ClientIdentity, ClientSession};
+use crate::protocol::message::{self, AckOutcome, Credentials, ProtocolError, RejectCode};
+use crate::vocab::ids::{DocId, OpId};
+
+/// First reconnect delay.
+pub const BACKOFF_MIN_MS: u64 = 100;
+/// Longest reconnect delay.
+pub const BACKOFF_MAX_MS: u64 = 10_000;
+/// Give up a connection attempt after this long.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How often the session's clock advances (keep-alive, silence detection).
+pub const TICK_MS: u64 = 1_000;
+/// Notices buffered for slow listeners before the oldest are dropped.
+pub const NOTICE_QUEUE_MAX: usize = 1024;
+/// Remote batches of at most this many changes are applied on the sync
+/// task itself when the store is free (live fan-out is mostly one change).
+pub const QUICK_APPLY_CHANGES_MAX: usize = 4;
+/// After a failed token refresh, wait this long before trying again.
+pub const REFRESH_RETRY_MS: u64 = 30_000;
+
+/// How to reach the hub.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// `ws://host:port/v1/sync`.
+    pub hub_url: String,
+    /// Credentials for the handshake.
+    pub credentials: Credentials,
+    /// Client software name for the hub's logs.
+    pub agent: String,
+    /// For `wss://`: PEM certificates of the CA that signed the hub's
+    /// certificate (a store running its own hub). `None` trusts the public
+    /// web roots. With a CA given, only that CA is trusted.
+    pub hub_ca_pem: Option<Vec<u8>>,
+    /// Refresh the device token at the hub before it expires (on by default).
+    pub refresh_tokens: bool,
+}
+
+impl SyncConfig {
+    /// A config for `hub_url` without credentials.
+    pub fn new(hub_url: impl Into<String>) -> Self {
+        Self {
+            hub_url: hub_url.into(),
+            credentials: Credentials::default(),
+            agent: format!("omnisync-core/{}", env!("CARGO_PKG_VERSION")),
+            hub_ca_pem: None,
+            refresh_tokens: true,
+        }
+    }
+}
+
+/// The state of the link to the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected (hub unreachable, or switched offline).
+    #[default]
+    Offline,
+    /// Connecting or waiting for the handshake.
+    Connecting,
+    /// Handshake done; syncing.
+    Online,
+}
+
+/// What an app shows about sync.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncStatus {
+    /// Link state.
+    pub link: Link,
+    /// Ops not yet acknowledged by the hub.
+    pub pending: u64,
+    /// Age of the oldest pending op, ms.
+    pub oldest_pending_age_ms: u64,
+    /// Ops in the dead-letter lane.
+    pub rejected: u64,
+    /// Open compensation tasks (provisional sales the hub could not cover).
+    pub compensations_open: u64,
+    /// When the last acknowledgement arrived, ms since the epoch.
+    pub last_ack_ms: Option<u64>,
+    /// True when every subscription has reached the hub's head since connecting.
+    pub caught_up: bool,
+    /// The last connection error, if the link is down because of one.
+    pub last_error: Option<String>,
+    /// Followed sets the hub does not let this device read.
+    pub refused_sets: Vec<crate::vocab::ids::DocSetId>,
+    /// The hub's last refusal of the whole session, typed (`Unauthenticated`
+    /// for a bad, expired or revoked token, `Forbidden`, `LimitExceeded`, …);
+    /// cleared by the next successful handshake.
+    pub refusal: Option<ProtocolError>,
+}
+
+/// A coarse event for listeners (UI refresh, bindings).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A local op was committed.
+    LocalCommit {
+        /// The op.
+        op: OpId,
+        /// The documents it changed.
+        docs: Vec<DocId>,
+    },
+    /// Remote changes were applied.
+    RemoteChanges {
+        /// The documents that changed.
+        docs: Vec<DocId>,
+    },
+    /// Ops were acknowledged or rejected, and intents decided.
+    Verdicts {
+        /// Newly acknowledged.
+        acknowledged: usize,
+        /// Newly rejected (dead-letter lane).
+        rejected: usize,
+        /// Intents newly decided: the op, the hub's decision and what the op
+        /// became.
+        decided: Vec<(
+            OpId,
+            crate::vocab::intent::Decision,
+            crate::db::DecidedState,
+        )>,
+        /// Each rejection of this batch with the hub's typed reason.
+        rejections: Vec<Rejection>,
+    },
+}
+
+/// One op the hub refused, with its typed reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// The op.
+    pub op: OpId,
+    /// Why (`Forbidden`, `WrongAuthor`, `TooLarge`, …).
+    pub code: RejectCode,
+    /// The hub's explanation.
+    pub detail: String,
+}
+
+/// Why the runtime failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The local store failed.
+    #[error(transparent)]
+    Replica(#[from] DbError),
+    /// A wait ran out of time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+}
+
+struct Inner {
+    store: Mutex<Replica>,
+    config: SyncConfig,
+    wake: Notify,
+    notices: broadcast::Sender<Notice>,
+    status: watch::Sender<SyncStatus>,
+    online: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    subscriptions_changed: std::sync::atomic::AtomicBool,
+    /// The credentials presented at the next connection.
+    credentials: Mutex<Credentials>,
+    /// Bumped whenever the credentials change.
+    credentials_generation: std::sync::atomic::AtomicU64,
+    /// When the last refresh failed (ms since the epoch), to space retries.
+    refresh_failed_ms: std::sync::atomic::AtomicU64,
+    /// True while a refresh is under way (one at a time).
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// A device's store plus its link to the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Wraps a store. Nothing connects until [`Client::start`].
+    ///
+    /// The token to present is the newer of the configured one and the one
+    /// the store kept from an earlier run (a refresh writes it there); a
+    /// newer configured token replaces the stored one.
+    pub fn new(mut store: Replica, config: SyncConfig) -> Self {
+        // The device's own hub records (escrow allowances) are always followed.
+        if let Some(own) = crate::vocab::ids::DocSetId::device(store.store_id(), store.device())
+            && let Err(error) = store.subscribe(&own)
+        {
+            tracing::warn!(%error, "could not follow the device's own records");
+        }
+        let (notices, _) = broadcast::channel(NOTICE_QUEUE_MAX);
+        let credentials = Credentials {
+            token: choose_token(&mut store, config.credentials.token.clone()),
+        };
+        let inner = Inner {
+            store: Mutex::new(store),
+            config,
+            wake: Notify::new(),
+            notices,
+            status: watch::channel(SyncStatus::default()).0,
+            online: watch::channel(true).0,
+            shutdown: watch::channel(false).0,
+            task: Mutex::new(None),
+            subscriptions_changed: std::sync::atomic::AtomicBool::new(false),
+            credentials: Mutex::new(credentials),
+            credentials_generation: std::sync::atomic::AtomicU64::new(0),
+            refresh_failed_ms: std::sync::atomic::AtomicU64::new(0),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
+        };
+        let client = Self {
+            inner: Arc::new(inner),
+        };
+        client.refresh_status(|_| {});
+        client
+    }
+
+    /// Spawns the sync task on the current tokio runtime (once; later calls
+    /// do nothing).
+    pub fn start(&self) {
+        let mut task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if task.is_none() {
+            let client = self.clone();
+            *task = Some(tokio::spawn(async move { client.run().await }));
+        }
+    }
+
+    /// Asks the sync task to close its connection and stop; returns at once.
+    /// The store stays usable.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Stops the sync task and waits until it has closed its connection.
+    pub async fn stop(&self) {
+        self.shutdown();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Records an op durably (see [`Replica::commit`]) and wakes the uploader.
+    pub fn commit(&self, edits: &[DocEdit]) -> Result<OpId, DbError> {
+        self.commit_with(edits, Durability::Full)
+    }
+
+    /// Records an op with an explicit [`Durability`] and wakes the uploader.
+    pub fn commit_with(&self, edits: &[DocEdit], durability: Durability) -> Result<OpId, DbError> {
+        self.write(|store| store.commit_with(edits, crate::now_ms(), durability))
+    }
+
+    /// Runs a write against the store (the typed retail API: `add_to_cart`,
+    /// `checkout`, ...) and wakes the uploader for the ops it recorded.
+    pub fn write<T, E>(&self, write: impl FnOnce(&mut Replica) -> Result<T, E>) -> Result<T, E> {
+        let result = {
+            let mut store = self.store();
+            let before = store.last_seq().unwrap_or(0);
+            let result = write(&mut store);
+            let after = store.last_seq().unwrap_or(0);
+            if after > before {
+                for (op, docs) in store.ops_after(before).unwrap_or_default() {
+                    let _ = self.inner.notices.send(Notice::LocalCommit { op, docs });
+                }
+            }
+            result
+        };
+        self.inner.wake.notify_one();
+        self.refresh_status(|_| {});
+        result
+    }
+
+    /// Records a sale (see [`Replica::checkout`]): online or offline as the
+    /// link is now.
+    pub fn checkout(
+        &self,
+        request: &crate::retail::orders::CheckoutRequest,
+    ) -> Result<crate::retail::orders::CheckoutReceipt, crate::retail::RetailError> {
+        let connectivity = if self.status().link == Link::Online {
+            crate::retail::orders::Connectivity::Online
+        } else {
+            crate::retail::orders::Connectivity::Offline
+        };
+        self.write(|store| store.checkout(request, connectivity, crate::now_ms()))
+    }
+
+    /// Locks the store for reads (and for writes that need no upload wake-up).
+    pub fn store(&self) -> MutexGuard<'_, Replica> {
+        // A panic while holding the lock leaves SQLite consistent (every write
+        // is one transaction), so a poisoned lock is still safe to use.
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes the device to a document set (kept across restarts).
+    pub fn subscribe(&self, set: &crate::vocab::ids::DocSetId) -> Result<(), DbError> {
+        self.store().subscribe(set)?;
+        self.inner
+            .subscriptions_changed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The credentials the next connection presents.
+    pub fn credentials(&self) -> Credentials {
+        lock(&self.inner.credentials).clone()
+    }
+
+    /// Replaces the device's credentials (a re-enrolment): stored in the
+    /// database, presented from the next connection on.
+    pub fn set_credentials(&self, credentials: Credentials) -> Result<(), DbError> {
+        if let Some(token) = &credentials.token {
+            self.store().store_token(token)?;
+        } else {
+            self.store().clear_token()?;
+        }
+        *lock(&self.inner.credentials) = credentials;
+        self.inner
+            .credentials_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Refreshes the device token at the hub now, whatever its age; on
+    /// success the new token is stored and used from the next connection.
+    pub async fn refresh_credentials(&self) -> Result<(), refresh::RefreshError> {
+        let token = self
+            .credentials()
+            .token
+            .ok_or_else(|| refresh::RefreshError::Transport("no token to refresh".into()))?;
+        let tls = self
+            .tls_config()
+            .map_err(refresh::RefreshError::Transport)?;
+        let fresh = refresh::refresh_token(&self.inner.config.hub_url, &token, tls).await?;
+        let stored = fresh.clone();
+        self.blocking(move |store| store.store_token(&stored))
+            .await
+            .map_err(refresh::RefreshError::Transport)?
+            .map_err(|error| refresh::RefreshError::Transport(error.to_string()))?;
+        *lock(&self.inner.credentials) = Credentials { token: Some(fresh) };
+        self.inner
+            .credentials_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::info!(device = %self.store().device(), "device token refreshed");
+        Ok(())
+    }
+
+    /// Refreshes the token if it is due and no refresh failed recently.
+    async fn refresh_if_due(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.inner.config.refresh_tokens {
+            return;
+        }
+        let Some(due_s) = self
+            .credentials()
+            .token
+            .as_deref()
+            .and_then(refresh::refresh_due_s)
+        else {
+            return;
+        };
+        let now_ms = crate::now_ms();
+        let failed_ms = self.inner.refresh_failed_ms.load(Relaxed);
+        if now_ms / 1000 < due_s
+            || now_ms.saturating_sub(failed_ms) < REFRESH_RETRY_MS
+            || self
+                .inner
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Err(error) = self.refresh_credentials().await {
+            self.inner.refresh_failed_ms.store(now_ms, Relaxed);
+            tracing::warn!(%error, "device token refresh failed");
+        }
+        self.inner
+            .refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The TLS configuration for a `wss://` hub, `None` for `ws://`.
+    fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        if !self.inner.config.hub_url.starts_with("wss://") {
+            return Ok(None);
+        }
+        tls::client_config(self.inner.config.hub_ca_pem.as_deref()).map(Some)
+    }
+
+    /// The current sync status.
+    pub fn status(&self) -> SyncStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<SyncStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// A receiver of coarse notices.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Switches the link on or off (airplane mode for demos and tests).
+    pub fn set_online(&self, online: bool) {
+        self.inner.online.send_replace(online);
+    }
+
+    /// Waits until `condition` holds for the status, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        condition: impl Fn(&SyncStatus) -> bool,
+    ) -> Result<SyncStatus, ClientError> {
+        let mut receiver = self.watch_status();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let status = receiver.borrow_and_update().clone();
+                if condition(&status) {
+                    return status;
+                }
+                if receiver.changed().await.is_err() {
+                    return status;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| ClientError::Timeout(timeout, what))
+    }
+
+    /// Waits until online, nothing is pending and every subscription caught up.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<SyncStatus, ClientError> {
+        self.wait_for(timeout, "sync", |status| {
+            status.link == Link::Online && status.pending == 0 && status.caught_up
+        })
+        .await
+    }
+
+    fn refresh_status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        let stats = self.store().sync_counts(crate::now_ms());
+        self.inner.status.send_modify(|status| {
+            change(status);
+            if let Ok(stats) = stats {
+                status.pending = stats.pending;
+                status.oldest_pending_age_ms = stats.oldest_pending_age_ms;
+                status.rejected = stats.rejected;
+                status.compensations_open = stats.compensations_open;
+                status.last_ack_ms = stats.last_ack_ms;
+            }
+        });
+    }
+
+    async fn run(&self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut online = self.inner.online.subscribe();
+        let mut backoff_ms = BACKOFF_MIN_MS;
+        while !*shutdown.borrow() {
+            if !*online.borrow_and_update() {
+                self.refresh_status(|status| status.link = Link::Offline);
+                tokio::select! {
+                    _ = online.changed() => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            self.refresh_status(|status| status.link = Link::Connecting);
+            self.refresh_if_due().await;
+            let generation = self
+                .inner
+                .credentials_generation
+                .load(std::sync::atomic::Ordering::Acquire);
+            let mut was_ready = false;
+            let reason = self
+                .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
+                .await;
+            if *shutdown.borrow() {
+                break;
+            }
+            tracing::debug!(device = %self.store().device(), %reason, "sync link down");
+            self.refresh_status(|status| {
+                status.link = Link::Offline;
+                status.caught_up = false;
+                status.last_error = Some(reason.clone());
+            });
+            if was_ready {
+                backoff_ms = BACKOFF_MIN_MS;
+            }
+            // A refusal that retrying cannot fix (credentials, version, a
+            // rate limit): wait long, unless the credentials changed since.
+            let credentials_changed = generation
+                != self
+                    .inner
+                    .credentials_generation
+                    .load(std::sync::atomic::Ordering::Acquire);
+            if credentials_changed {
+                backoff_ms = BACKOFF_MIN_MS;
+            } else if [
+                "unauthenticated",
+                "unsupported-version",
+                "forbidden",
+                "limit-exceeded",
+            ]
+            .iter()
+            .any(|code| reason.contains(&format!("({code})")))
+            {
+                backoff_ms = BACKOFF_MAX_MS;
+            }
+            let jitter = rand::rng().random_range(0..=backoff_ms / 2);
+            let delay = Duration::from_millis(backoff_ms / 2 + jitter);
+            backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => break,
+                _ = online.changed() => {}
+            }
+        }
+        self.refresh_status(|status| status.link = Link::Offline);
+    }
+
+    /// One connection's life; returns why it ended. Sets `was_ready` once
+    /// the handshake completes, so backoff restarts from the minimum.
+    async fn connect_and_sync(
+        &self,
+        was_ready: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+        online: &mut watch::Receiver<bool>,
+    ) -> String {
+        match self.sync_once(was_ready, shutdown, online).await {
+            Ok(never) => match never {},
+            Err(reason) => reason,
+        }
+    }
+
+    async fn sync_once(
+        &self,
+        was_ready: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+        online: &mut watch::Receiver<bool>,
+    ) -> Result<std::convert::Infallible, String> {
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
+        ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
+        let connector = match self.tls_config()? {
+            Some(config) => tokio_tungstenite::Connector::Rustls(config),
+            None => tokio_tungstenite::Connector::Plain,
+        };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            self.inner.config.hub_url.as_str(),
+            Some(ws_config),
+            true,
+            Some(connector),
+        );
+        let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = shutdown.changed() => return Err("shut down".to_owned()),
+            _ = wait_offline(online) => return Err("switched offline".to_owned()),
+        };
+        let (mut socket, _) = connected
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|error| format!("connect: {error}"))?;
+        let (identity, subscriptions, log_id) = {
+            let store = self.store();
+            let identity = ClientIdentity {
+                device: store.device().clone(),
+                store: store.store_id().clone(),
+                replica: store.replica(),
+                credentials: self.credentials(),
+                agent: self.inner.config.agent.clone(),
+            };
+            let subscriptions = store.subscriptions().map_err(|error| error.to_string())?;
+            let log_id = store.hub_log_id().map_err(|error| error.to_string())?;
+            (identity, subscriptions, log_id)
+        };
+        let mut caught_up: std::collections::BTreeMap<_, bool> = subscriptions
+            .iter()
+            .map(|(set, _)| (set.clone(), false))
+            .collect();
+        let mut session = ClientSession::new(identity, subscriptions, log_id, crate::now_ms());
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        loop {
+            while let Some(frame) = session.poll_transmit() {
+                socket
+                    .feed(Message::Binary(frame.into()))
+                    .await
+                    .map_err(|error| format!("send: {error}"))?;
+            }
+            socket
+                .flush()
+                .await
+                .map_err(|error| format!("send: {error}"))?;
+            tokio::select! {
+                incoming = socket.next() => {
+                    let frame = match incoming {
+                        Some(Ok(Message::Binary(frame))) => frame,
+                        Some(Ok(Message::Close(close))) => {
+                            let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
+                            return Err(format!("hub closed the connection: {reason}"));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => return Err(format!("receive: {error}")),
+                        None => return Err("connection closed".to_owned()),
+                    };
+                    session.handle_frame(&frame, crate::now_ms()).map_err(|error| error.to_string())?;
+                }
+                _ = self.inner.wake.notified() => {
+                    if self.inner.subscriptions_changed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        let followed = self.store().subscriptions().map_err(|error| error.to_string())?;
+                        for (set, cursor) in followed {
+                            if !caught_up.contains_key(&set) {
+                                caught_up.insert(set.clone(), false);
+                                self.refresh_status(|status| status.caught_up = false);
+                            }
+                            session.subscribe(set, cursor);
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    session.handle_tick(crate::now_ms()).map_err(|error| error.to_string())?;
+                    self.refresh_status(|_| {});
+                    // Refresh in the background; the next connection uses it.
+                    if self.token_refresh_due() {
+                        let client = self.clone();
+                        tokio::spawn(async move { client.refresh_if_due().await });
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = socket.close(None).await;
+                    return Err("shut down".to_owned());
+                }
+                _ = wait_offline(online) => {
+                    let _ = socket.close(None).await;
+                    return Err("switched offline".to_owned());
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    ClientEvent::Ready(welcome) => {
+                        *was_ready = true;
+                        if let Err(error) = self
+                            .store()
+                            .observe_hub_time(welcome.hub_time_ms, crate::now_ms())
+                        {
+                            tracing::warn!(%error, "could not record the hub's clock");
+                        }
+                        tracing::debug!(hub = %welcome.hub_id, "sync session ready");
+                        // A recall seen before a restart is answered now.
+                        let released = self
+                            .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                            .await?
+                            .map_err(|error| format!("answering a recall: {error}"))?;
+                        if !released.is_empty() {
+                            self.inner.wake.notify_one();
+                        }
+                        let all_caught_up = caught_up.is_empty();
+                        self.refresh_status(|status| {
+                            status.link = Link::Online;
+                            status.last_error = None;
+                            status.refusal = None;
+                            status.caught_up = all_caught_up;
+                        });
+                    }
+                    ClientEvent::Acks(acks) => {
+                        let rejections: Vec<Rejection> = acks
+                            .iter()
+                            .filter_map(|ack| match &ack.outcome {
+                                AckOutcome::Rejected { code, detail } => Some(Rejection {
+                                    op: ack.op,
+                                    code: *code,
+                                    detail: detail.clone(),
+                                }),
+                                _ => None,
+                            })
+                            .collect();
+                        for rejection in &rejections {
+                            tracing::warn!(op = %rejection.op, code = ?rejection.code, detail = %rejection.detail, "the hub rejected an op");
+                        }
+                        let summary = self
+                            .blocking(move |store| store.record_acks(&acks, crate::now_ms()))
+                            .await?
+                            .map_err(|error| format!("recording acks: {error}"))?;
+                        let _ = self.inner.notices.send(Notice::Verdicts {
+                            acknowledged: summary.acknowledged,
+                            rejected: summary.rejected,
+                            decided: summary.decided,
+                            rejections,
+                        });
+                        self.refresh_status(|_| {});
+                    }
+                    ClientEvent::Changes(batch) => {
+                        let (set, batch_caught_up) = (batch.set.clone(), batch.caught_up);
+                        let small = batch.changes.len() <= QUICK_APPLY_CHANGES_MAX;
+                        let apply =
+                            move |store: &mut Replica| store.apply_remote(&batch, crate::now_ms());
+                        let docs = if small {
+                            self.quick(apply).await?
+                        } else {
+                            self.blocking(apply).await?
+                        }
+                        .map_err(|error| format!("applying remote changes: {error}"))?;
+                        let recall_seen = docs
+                            .iter()
+                            .any(|doc| doc.as_str().contains("/rec/allowance/"));
+                        if !docs.is_empty() {
+                            let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
+                        }
+                        if recall_seen {
+                            // The hub may want allowance back: answer at once.
+                            let released = self
+                                .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                                .await?
+                                .map_err(|error| format!("answering a recall: {error}"))?;
+                            if !released.is_empty() {
+                                self.inner.wake.notify_one();
+                            }
+                        }
+                        if batch_caught_up && caught_up.insert(set, true) != Some(true) {
+                            // Remote changes leave the op log alone: no need
+                            // to recount it, only the caught-up flag moves.
+                            let all = caught_up.values().all(|done| *done);
+                            self.inner.status.send_if_modified(|status| {
+                                let changed = status.caught_up != all;
+                                status.caught_up = all;
+                                changed
+                            });
+                        }
+                    }
+                    ClientEvent::Failed(error) => {
+                        let refusal = error.clone();
+                        self.refresh_status(|status| status.refusal = Some(refusal));
+                        return Err(format!(
+                            "hub refused: {} ({})",
+                            error.detail,
+                            error.code.as_str()
+                        ));
+                    }
+                    ClientEvent::SubscriptionsRefused(sets) => {
+                        tracing::warn!(
+                            ?sets,
+                            "the hub does not let this device read these sets; not following them"
+                        );
+                        for set in &sets {
+                            caught_up.remove(set);
+                        }
+                        let all = caught_up.values().all(|done| *done);
+                        self.refresh_status(|status| {
+                            status.caught_up = all;
+                            status.refused_sets = sets;
+                        });
+                    }
+                    ClientEvent::HubLogChanged(log_id) => {
+                        self.store()
+                            .set_hub_log_id(&log_id)
+                            .map_err(|error| error.to_string())?;
+                    }
+                }
+            }
+            if let Some((after_seq, room)) = session.wants_ops() {
+                let ops = self
+                    .blocking(move |store| store.pending_ops(after_seq, room))
+                    .await?
+                    .map_err(|error| error.to_string())?;
+                session.handle_local_ops(ops);
+            }
+        }
+    }
+
+    /// Runs SQLite work on tokio's blocking pool, so a slow fsync or a large
+    /// batch never stalls the runtime's workers (or an app's other tasks).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Replica) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let client = self.clone();
+        tokio::task::spawn_blocking(move || work(&mut client.store()))
+            .await
+            .map_err(|error| format!("store task failed: {error}"))
+    }
+
+    /// [`Client::blocking`] for work known to be short (a few remote changes,
+    /// a few acks): done right here when the store is free, which saves the
+    /// hop to the blocking pool (most of the cost of a small live change on a
+    /// busy device); on the pool when the app holds the store.
+    async fn quick<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Replica) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        {
+            match self.inner.store.try_lock() {
+                Ok(mut store) => return Ok(work(&mut store)),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    return Ok(work(&mut poisoned.into_inner()));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.blocking(work).await
+    }
+}
+
+impl Client {
+    fn token_refresh_due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_ms = crate::now_ms();
+        self.inner.config.refresh_tokens
+            && !self.inner.refreshing.load(Relaxed)
+            && now_ms.saturating_sub(self.inner.refresh_failed_ms.load(Relaxed)) >= REFRESH_RETRY_MS
+            && self
+                .credentials()
+                .token
+                .as_deref()
+                .and_then(refresh::refresh_due_s)
+                .is_some_and(|due_s| now_ms / 1000 >= due_s)
+    }
+}
+
+/// The token to present: the newer (later `exp`) of the configured and the
+/// stored one; a configured token that wins is stored.
+fn choose_token(store: &mut Replica, configured: Option<String>) -> Option<String> {
+    let stored = match store.stored_token() {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the stored device token");
+            None
+        }
+    };
+    let configured = configured.filter(|token| !token.is_empty());
+    let expiry = |token: &str| refresh::token_times(token).map(|(_, exp)| exp);
+    match (configured, stored) {
+        (Some(configured), Some(stored))
+            if expiry(&stored).is_some_and(|stored_exp| {
+                expiry(&configured).is_none_or(|configured_exp| stored_exp > configured_exp)
+            }) =>
+        {
+            Some(stored)
+        }
+        (Some(configured), stored) => {
+            if stored.as_deref() != Some(configured.as_str())
+                && let Err(error) = store.store_token(&configured)
+            {
+                tracing::warn!(%error, "could not store the device token");
+            }
+            Some(configured)
+        }
+        (None, stored) => stored,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here replaces a value whole.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn wait_offline(online: &mut watch::Receiver<bool>) {
+    while *online.borrow_and_update() {
+        if online.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The operation log: every local change as an op with a lifecycle.
+//!
+//! An op is written in the same SQLite transaction as its document changes,
+//! as `pending`. The hub's verdict moves it to `acknowledged` or to
+//! `rejected` — the dead-letter lane, which keeps the op and its reason for
+//! the app to show and never blocks the ops behind it.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{DbError, DecidedState, Hooks};
+use crate::protocol::message::{Ack, AckOutcome, Op, OpBody};
+use crate::vocab::ids::{OpId, ReplicaId};
+use crate::vocab::intent::{Decision, Intent, Refusal};
+
+/// Where an op is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpStatus {
+    /// Durable on this device, not yet at the hub.
+    Pending,
+    /// Durable at the hub.
+    Acknowledged {
+        /// When the acknowledgement was recorded, ms since the epoch.
+        acked_ms: u64,
+    },
+    /// Refused by the hub; kept in the dead-letter lane.
+    Rejected {
+        /// The hub's reason code.
+        code: String,
+        /// The hub's explanation.
+        detail: String,
+    },
+    /// An intent the hub accepted: a confirmed checkout (with its order
+    /// number) or an applied command.
+    Confirmed {
+        /// The hub's decision.
+        decision: Decision,
+    },
+    /// An intent the hub refused for a business reason (out of stock, price
+    /// changed, duplicate, version conflict); nothing was sold or changed.
+    Refused {
+        /// Why.
+        refusal: Refusal,
+    },
+    /// A provisional sale the hub could not (fully) cover: a compensation
+    /// task is open (see `Replica::compensations`).
+    Compensation {
+        /// The hub's decision.
+        decision: Decision,
+    },
+    /// The compensation task was resolved.
+    Compensated {
+        /// The hub's decision.
+        decision: Decision,
+    },
+}
+
+impl OpStatus {
+    /// Stable text form (`pending`, `acknowledged`, `rejected`, `confirmed`,
+    /// `refused`, `compensation`, `compensated`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OpStatus::Pending => "pending",
+            OpStatus::Acknowledged { .. } => "acknowledged",
+            OpStatus::Rejected { .. } => "rejected",
+            OpStatus::Confirmed { .. } => "confirmed",
+            OpStatus::Refused { .. } => "refused",
+            OpStatus::Compensation { .. } => "compensation",
+            OpStatus::Compensated { .. } => "compensated",
+        }
+    }
+}
+
+/// An op in the dead-letter lane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The op.
+    pub op: OpId,
+    /// The documents it touched.
+    pub docs: Vec<String>,
+    /// The hub's reason code.
+    pub code: String,
+    /// The hub's explanation.
+    pub detail: String,
+}
+
+/// Counts of the op log for sync status screens and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpLogStats {
+    /// Ops waiting for the hub.
+    pub pending: u64,
+    /// Age of the oldest pending op, in ms (0 when none).
+    pub oldest_pending_age_ms: u64,
+    /// Ops the hub has acknowledged.
+    pub acknowledged: u64,
+    /// Ops in the dead-letter lane.
+    pub rejected: u64,
+    /// Intents the hub confirmed.
+    pub confirmed: u64,
+    /// Intents the hub refused.
+    pub refused: u64,
+    /// Open compensation tasks.
+    pub compensations_open: u64,
+    /// When the last acknowledgement was recorded, if ever.
+    pub last_ack_ms: Option<u64>,
+}
+
+/// What recording a batch of acks changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AckSummary {
+    /// Ops newly acknowledged.
+    pub acknowledged: usize,
+    /// Ops newly moved to the dead-letter lane.
+    pub rejected: usize,
+    /// Intents newly decided: (op, decision, new status).
+    pub decided: Vec<(OpId, Decision, DecidedState)>,
+}
+
+pub(crate) fn insert(
+    tx: &Transaction<'_>,
+    seq: u64,
+    created_ms: u64,
+    body: &OpBody,
+    docs: &str,
+) -> Result<(), DbError> {
+    let body = postcard::to_stdvec(body).map_err(|error| DbError::Encode(error.to_string()))?;
+    tx.execute(
+        "INSERT INTO ops (seq, created_ms, status, body, docs) VALUES (?1, ?2, 'pending', ?3, ?4)",
+        params![seq as i64, created_ms as i64, body, docs],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn last_seq(db: &Connection) -> Result<u64, DbError> {
+    let seq: Option<i64> = db.query_row("SELECT MAX(seq) FROM ops", [], |row| row.get(0))?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Pending ops with a sequence number above `after_seq`, oldest first.
+pub(crate) fn pending(
+    db: &Connection,
+    replica: ReplicaId,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<Op>, DbError> {
+    let mut statement = db.prepare_cached(
+        "SELECT seq, created_ms, body FROM ops WHERE status = 'pending' AND seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = statement.query(params![after_seq as i64, limit as i64])?;
+    let mut ops = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let created_ms: i64 = row.get(1)?;
+        let body: Vec<u8> = row.get(2)?;
+        let body: OpBody = postcard::from_bytes(&body).map_err(|error| DbError::Corrupt {
+            doc: format!("op {seq}"),
+            detail: error.to_string(),
+        })?;
+        ops.push(Op {
+            id: OpId {
+                replica,
+                seq: seq as u64,
+            },
+            created_ms: created_ms as u64,
+            body,
+        });
+    }
+    Ok(ops)
+}
+
+/// Records the hub's verdicts. Acks for other replicas or unknown ops are ignored.
+pub(crate) fn record_acks(
+    tx: &Transaction<'_>,
+    hooks: &dyn Hooks,
+    replica: ReplicaId,
+    acks: &[Ack],
+    now_ms: u64,
+) -> Result<AckSummary, DbError> {
+    let mut summary = AckSummary::default();
+    for ack in acks.iter().filter(|ack| ack.op.replica == replica) {
+        let seq = ack.op.seq as i64;
+        let changed = match &ack.outcome {
+            AckOutcome::Applied { hub_seq } => {
+                let changed = tx.execute(
+                    "UPDATE ops SET status = 'acknowledged', acked_ms = ?2, hub_seq = ?3
+                     WHERE seq = ?1 AND status = 'pending'",
+                    params![seq, now_ms as i64, *hub_seq as i64],
+                )?;
+                summary.acknowledged += changed;
+                changed
+            }
+            AckOutcome::Rejected { code, detail } => {
+                let changed = tx.execute(
+                    "UPDATE ops SET status = 'rejected', acked_ms = ?2, reject_code = ?3, reject_detail = ?4
+                     WHERE seq = ?1 AND status = 'pending'",
+                    params![seq, now_ms as i64, format!("{code:?}"), detail],
+                )?;
+                summary.rejected += changed;
+                changed
+            }
+            AckOutcome::Decided(decision) => {
+                let Some(intent) = intent_pending(tx, ack.op.seq)? else {
+                    continue; // Decided before, or not an intent of ours.
+                };
+                let state = hooks.intent_decided(tx, ack.op.seq, &intent, decision, now_ms)?;
+                let status = state.as_str();
+                let blob = postcard::to_stdvec(decision)
+                    .map_err(|error| DbError::Encode(error.to_string()))?;
+                let changed = tx.execute(
+                    "UPDATE ops SET status = ?2, acked_ms = ?3, decision = ?4 WHERE seq = ?1 AND status = 'pending'",
+                    params![seq, status, now_ms as i64, blob],
+                )?;
+                summary.acknowledged += changed;
+                summary.decided.push((ack.op, decision.clone(), state));
+                changed
+            }
+        };
+        if changed > 0 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_ack_ms', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = ?1",
+                [now_ms.to_string()],
+            )?;
+        }
+    }
+    Ok(summary)
+}
+
+/// The intent of a pending op, if the op is one.
+fn intent_pending(tx: &Transaction<'_>, seq: u64) -> Result<Option<Intent>, DbError> {
+    let body: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT body FROM ops WHERE seq = ?1 AND status = 'pending'")?
+        .query_row([seq as i64], |row| row.get(0))
+        .optional()?;
+    decode_intent(seq, body)
+}
+
+fn decode_intent(seq: u64, body: Option<Vec<u8>>) -> Result<Option<Intent>, DbError> {
+    let Some(body) = body else { return Ok(None) };
+    let body: OpBody = postcard::from_bytes(&body).map_err(|error| DbError::Corrupt {
+        doc: format!("op {seq}"),
+        detail: error.to_string(),
+    })?;
+    Ok(match body {
+        OpBody::Intent(intent) => Some(intent),
+        OpBody::Changes(_) => None,
+    })
+}
+
+/// The intent an op carries, if it is one.
+pub(crate) fn intent(db: &Connection, seq: u64) -> Result<Option<Intent>, DbError> {
+    let body: Option<Vec<u8>> = db
+        .prepare_cached("SELECT body FROM ops WHERE seq = ?1")?
+        .query_row([seq as i64], |row| row.get(0))
+        .optional()?;
+    decode_intent(seq, body)
+}
+
+pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, DbError> {
+    let row = db
+        .query_row(
+            "SELECT status, acked_ms, reject_code, reject_detail, decision FROM ops WHERE seq = ?1",
+            [seq as i64],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((status, acked_ms, code, detail, decision)) = row else {
+        return Ok(None);
+    };
+    let decision = match decision {
+        Some(blob) => {
+            Some(
+                postcard::from_bytes::<Decision>(&blob).map_err(|error| DbError::Corrupt {
+                    doc: format!("op {seq}"),
+                    detail: format!("stored decision: {error}"),
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(Some(match (status.as_str(), decision) {
+        ("acknowledged", _) => OpStatus::Acknowledged {
+            acked_ms: acked_ms.unwrap_or(0) as u64,
+        },
+        ("rejected", _) => OpStatus::Rejected {
+            code: code.unwrap_or_default(),
+            detail: detail.unwrap_or_default(),
+        },
+        ("refused", Some(Decision::Refused(refusal))) => OpStatus::Refused { refusal },
+        ("confirmed", Some(decision)) => OpStatus::Confirmed { decision },
+        ("compensation", Some(decision)) => OpStatus::Compensation { decision },
+        ("compensated", Some(decision)) => OpStatus::Compensated { decision },
+        ("pending", _) => OpStatus::Pending,
+        (other, _) => {
+            return Err(DbError::Corrupt {
+                doc: format!("op {seq}"),
+                detail: format!("status {other} without its decision"),
+            });
+        }
+    }))
+}
+
+/// The op log's counts. `full` also counts acknowledged, confirmed and
+/// refused ops, which grow with the log; the sync status needs only the
+/// small lanes (pending, rejected, open compensations), which are index
+/// ranges of their own and stay cheap however long the log grows.
+pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogStats, DbError> {
+    let (pending, oldest): (i64, Option<i64>) = db
+        .prepare_cached("SELECT COUNT(*), MIN(created_ms) FROM ops WHERE status = 'pending'")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let count = |status: &str| -> Result<u64, DbError> {
+        Ok(db
+            .prepare_cached("SELECT COUNT(*) FROM ops WHERE status = ?1")?
+            .query_row([status], |row| row.get::<_, i64>(0))? as u64)
+    };
+    let rejected = count("rejected")?;
+    let (acknowledged, confirmed, refused) = if full {
+        (
+            count("acknowledged")?,
+            count("confirmed")?,
+            count("refused")?,
+        )
+    } else {
+        (0, 0, 0)
+    };
+    let compensations_open: i64 = db
+        .prepare_cached("SELECT COUNT(*) FROM compensations WHERE state = 'open'")?
+        .query_row([], |row| row.get(0))?;
+    let last_ack_ms: Option<String> = db
+        .prepare_cached("SELECT value FROM meta WHERE key = 'last_ack_ms'")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(OpLogStats {
+        pending: pending as u64,
+        oldest_pending_age_ms: oldest.map_or(0, |created| now_ms.saturating_sub(created as u64)),
+        acknowledged,
+        rejected,
+        confirmed,
+        refused,
+        compensations_open: compensations_open as u64,
+        last_ack_ms: last_ack_ms.and_then(|value| value.parse().ok()),
+    })
+}
+
+pub(crate) fn dead_letters(
+    db: &Connection,
+    replica: ReplicaId,
+) -> Result<Vec<DeadLetter>, DbError> {
+    let mut statement = db.prepare(
+        "SELECT seq, docs, reject_code, reject_detail FROM ops WHERE status = 'rejected' ORDER BY seq",
+    )?;
+    let letters = statement
+        .query_map([], |row| {
+            Ok(DeadLetter {
+                op: OpId {
+                    replica,
+                    seq: row.get::<_, i64>(0)? as u64,
+                },
+                docs: row
+                    .get::<_, String>(1)?
+                    .split(' ')
+                    .map(str::to_owned)
+                    .collect(),
+                code: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                detail: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(letters)
+}

@@ -1,0 +1,63 @@
+//! The retail data model: typed documents, one merge rule per domain, and
+//! the query tables (projections) that apps read instead of documents.
+//!
+//! | domain | document | merge rule |
+//! |---|---|---|
+//! | product metadata | `store.S/catalog/bNNN` | multi-value register per field; conflicts surfaced, resolvable |
+//! | price | `store.S/prices/bNNN` | last-writer-wins by hybrid logical clock, ties by writer, per channel and effective-from time |
+//! | stock level (read side) | `store.S/stock/bNNN` | last-writer-wins level per SKU, published by the authority (decisions belong to the hub) |
+//! | cart | `customer.C/cart` | lines keyed by unique line id; quantity is a counter; remove wins over a concurrent edit |
+//! | wishlist | `customer.C/wishlist` | add-wins set (a unique tag per add) |
+//! | customer profile | `customer.C/profile` | last-writer-wins per field |
+//! | browsing history | `customer.C/history` | bounded, best effort |
+//! | order | `store.S/orders/DEVICE` | immutable once confirmed; status changes carry a version |
+//!
+//! Keys inside a document are flat (`sku/field`), never nested maps: two
+//! replicas creating the same nested map concurrently would hide one of
+//! them, while flat keys merge field by field.
+
+pub mod api;
+pub mod catalog;
+pub mod customer;
+pub mod hooks;
+pub mod hub_records;
+pub mod orders;
+pub mod prices;
+pub(crate) mod project;
+pub(crate) mod register;
+pub mod stock;
+
+#[cfg(test)]
+mod tests;
+
+use crate::vocab::ids::IdError;
+
+/// Why a domain operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetailError {
+    /// Input that breaks a rule of the domain.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// An identifier failed to parse.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// The thing to change does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An optimistic-concurrency check failed.
+    #[error("version conflict: expected {expected}, found {found}")]
+    VersionConflict {
+        /// The version the caller based its change on.
+        expected: u64,
+        /// The version the store holds.
+        found: u64,
+    },
+    /// A sale the till may not make now (offline and the SKU's policy is
+    /// `block`); nothing was written.
+    #[error("blocked: {0}")]
+    Blocked(String),
+    /// The store failed.
+    #[error(transparent)]
+    Replica(#[from] crate::db::DbError),
+}
