@@ -16,6 +16,7 @@
 //! `omnisync-core`.
 
 pub mod authz;
+pub mod error;
 pub mod hub_session;
 pub mod ledger;
 pub mod log;

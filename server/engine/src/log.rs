@@ -19,14 +19,7 @@ use omnisync_core::vocab::ids::{DocSetId, OpId, ReplicaId, StoreId};
 use omnisync_core::vocab::intent::{Decision, Intent};
 use omnisync_core::vocab::record::OrderRecord;
 
-/// Why storage failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HubLogError {
-    /// The database failed.
-    #[error("hub storage: {0}")]
-    Storage(String),
-}
+pub use crate::error::HubLogError;
 
 /// What one group commit produced.
 #[derive(Debug, Default)]
@@ -512,7 +505,7 @@ impl HubLogRead for MemoryHubLog {
 
 /// One test suite for every [`HubLog`] backend. Each function takes a fresh,
 /// empty log and panics on a violated property.
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance {
     use super::*;
     use crate::hub_session::Verdict;
