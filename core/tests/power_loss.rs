@@ -45,7 +45,7 @@ use omnisync_core::{
 use power_loss_vfs::{Disk, Keep, Rng, SyncModel, VFS_NAME};
 
 /// Seed of the main scenario.
-const SEED: u64 = 0x5a1e_0f_f0_2c_7e57;
+const SEED: u64 = 0x5a1e_5eed_2026_1202;
 /// Calls (sales and edits) per scenario.
 const STEPS: usize = 150;
 /// One step in this many is a cart-like edit (`Durability::AppCrash`).
