@@ -189,15 +189,16 @@ impl Replica {
         store: StoreId,
         hooks: Box<dyn Hooks>,
     ) -> Result<Self, DbError> {
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
         // On Apple platforms fsync() only hands the data to the drive, whose
-        // cache a power cut empties; F_FULLFSYNC (these pragmas) flushes it.
+        // cache a power cut empties; F_FULLFSYNC (these pragmas) flushes it. Set
+        // first, so that creating the file and switching to WAL use it too.
         #[cfg(target_vendor = "apple")]
         {
             db.pragma_update(None, "fullfsync", "ON")?;
             db.pragma_update(None, "checkpoint_fullfsync", "ON")?;
         }
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         // 16 MiB of page cache: a first sync writes large transactions, and a
         // cache that spills to the file mid-transaction doubles the writes.
