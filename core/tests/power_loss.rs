@@ -26,7 +26,10 @@
 //! `synchronous=OFF` amounts to), and on an Apple-like disk where only
 //! `F_FULLFSYNC` reaches stable storage unless the build sets `fullfsync`.
 //!
-//! Everything is seeded; the whole file runs in a few seconds in debug.
+//! A last test checks the model itself on plain SQLite: commits made with
+//! `synchronous=FULL` survive a cut, those made with `NORMAL` or `OFF` do not.
+//!
+//! Everything is seeded; the whole file runs in under ten seconds in debug.
 
 // Shared with the hub's power-loss test, which uses other parts of it.
 #[allow(dead_code)]
@@ -420,4 +423,43 @@ fn sales_survive_a_full_fsync_disk_only_with_fullfsync() {
         cfg!(target_vendor = "apple"),
         "sales survive a full-fsync disk iff fullfsync is set: {outcome:?}"
     );
+}
+
+/// The model itself, on plain SQLite with the device's pragmas: rows
+/// committed with `synchronous=FULL` survive a cut, rows committed with
+/// `NORMAL` or `OFF` (never synced) do not.
+#[test]
+fn the_shim_keeps_synced_commits_and_drops_the_rest() {
+    /// Rows committed (one transaction each) before the cut.
+    const ROWS: i64 = 20;
+    power_loss_vfs::install(false);
+    for (level, survivors) in [("FULL", ROWS), ("NORMAL", 0), ("OFF", 0)] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let disk = Disk::attach(dir.path(), SyncModel::Honest);
+        let path = dir.path().join("plain.db");
+        let open = || {
+            rusqlite::Connection::open_with_flags_and_vfs(
+                &path,
+                rusqlite::OpenFlags::default(),
+                VFS_NAME,
+            )
+            .expect("open")
+        };
+        let db = open();
+        db.pragma_update(None, "journal_mode", "WAL").expect("WAL");
+        db.execute_batch("CREATE TABLE sales (id INTEGER PRIMARY KEY)")
+            .expect("schema");
+        db.pragma_update(None, "synchronous", level)
+            .expect("synchronous");
+        for id in 0..ROWS {
+            db.execute("INSERT INTO sales (id) VALUES (?1)", [id])
+                .expect("insert");
+        }
+        let report = disk.cut_power(db, Keep::Nothing);
+        let count: i64 = open()
+            .query_row("SELECT COUNT(*) FROM sales", [], |row| row.get(0))
+            .expect("count");
+        println!("plain SQLite, synchronous={level}: {count} of {ROWS} rows survive, {report:?}");
+        assert_eq!(count, survivors, "synchronous={level}");
+    }
 }
