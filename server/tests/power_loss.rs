@@ -15,7 +15,8 @@
 //!   to two ops, across cuts.
 //!
 //! The same checker must find lost acknowledgements on a disk that ignores
-//! syncs (what `synchronous=OFF` amounts to). Everything is seeded.
+//! syncs (what `synchronous=OFF` amounts to). Everything is seeded
+//! (`POWER_LOSS_SEED=<n>` explores another schedule).
 
 // Shared with the device's power-loss test, which uses other parts of it.
 #[allow(dead_code)]
@@ -97,7 +98,7 @@ fn run(model: SyncModel, mid_batch_cuts: bool) -> Outcome {
     power_loss_vfs::install(true);
     let dir = tempfile::tempdir().expect("temporary directory");
     let disk = Disk::attach(dir.path(), model);
-    let mut rng = Rng::new(SEED);
+    let mut rng = Rng::new(power_loss_vfs::seed(SEED));
     let mut log = open(dir.path());
     let mut acked: Vec<(IncomingOp, AckOutcome)> = Vec::new();
     let mut next_seq = [1u64; DEVICES as usize];

@@ -102,6 +102,22 @@ pub struct CutReport {
     pub vanished: usize,
 }
 
+/// Environment variable that replaces the tests' fixed seeds, to explore
+/// other schedules (decimal, or hexadecimal with `0x`).
+pub const SEED_ENV: &str = "POWER_LOSS_SEED";
+
+/// The seed to use: [`SEED_ENV`] if set, else `fixed`.
+pub fn seed(fixed: u64) -> u64 {
+    let Ok(text) = std::env::var(SEED_ENV) else {
+        return fixed;
+    };
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.unwrap_or_else(|error| panic!("{SEED_ENV}={text:?}: {error}"))
+}
+
 /// A small deterministic generator (SplitMix64) for seeded tests.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
