@@ -683,6 +683,14 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_price_book_forgets_a_failed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        omnisync_hub_engine::log::conformance::price_book_forgets_a_failed_commit(
+            SqliteBackend::open(dir.path()).unwrap(),
+        );
+    }
+
+    #[test]
     fn the_head_survives_reopening() {
         let both = fresh();
         let mut writer = both.writer;

@@ -22,7 +22,7 @@ pub mod read;
 pub mod shared;
 pub mod store;
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 pub use contract::{Backend, LogRows, PageCut, ReadBackend, WriteTxn};

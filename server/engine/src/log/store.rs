@@ -83,6 +83,11 @@ impl<B: Backend> HubStore<B> {
         &self.backend
     }
 
+    /// The backend, to switch backend-specific behaviour (test failpoints).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Runs `work` in one write transaction and commits it if it succeeded;
     /// the head moves only then. On failure the price book may hold changes
     /// that rolled back: it is dropped and rebuilt from storage on demand.

@@ -3,6 +3,8 @@
 //! backend's tests call [`run_all`] (see [`super::contract`] for how to add
 //! a backend).
 
+pub mod failing;
+
 use super::contract::Backend;
 use super::memory::MemoryBackend;
 use super::store::HubStore;
@@ -384,4 +386,109 @@ fn saved_doc(n: i64) -> Vec<u8> {
         .expect("put into a fresh document");
     tx.commit();
     doc.save()
+}
+
+/// A price the shared writer learned inside a transaction that then failed
+/// to commit is forgotten: the next checkout is checked against the stored
+/// price. For backends that roll back (every one but memory).
+pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
+    use failing::FailingCommits;
+    use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+    use omnisync_core::vocab::intent::{
+        CheckoutIntent, Decision, Intent, IntentLine, LineSource, Refusal, StockCommand,
+    };
+    use omnisync_core::vocab::layout;
+    let mut log = HubStore::open(FailingCommits::new(backend)).unwrap();
+    let store = StoreId::new("a").unwrap();
+    let sku = Sku::new("tea").unwrap();
+    let prices = layout::prices_doc(&store, &sku);
+    let mut doc = automerge::Automerge::new();
+    let first = price_change(&mut doc, &sku, 100, 1);
+    log.append_hub_changes(vec![(prices.clone(), first)])
+        .unwrap();
+    let receive = Intent::Stock(StockCommand::Receive {
+        key: "delivery-1".into(),
+        sku: sku.clone(),
+        quantity: 10,
+    });
+    let checkout = |order: &str| {
+        Intent::Checkout(CheckoutIntent {
+            order_id: order.into(),
+            idempotency_key: order.into(),
+            lines: vec![IntentLine {
+                sku: sku.clone(),
+                quantity: 1,
+                unit_price_minor: 100,
+                source: LineSource::Hub,
+            }],
+            currency: Currency::new("EUR").expect("currency"),
+            payment_ref: "card".into(),
+            channel: Channel::Pos,
+        })
+    };
+    let before = log
+        .apply(vec![intent(8, 1, receive), intent(8, 2, checkout("o-1"))])
+        .unwrap();
+    assert!(
+        matches!(
+            before.acks[1].outcome,
+            AckOutcome::Decided(Decision::Confirmed { .. })
+        ),
+        "{:?}",
+        before.acks[1]
+    );
+    // A price change the book learns, in a batch whose commit fails.
+    let raised = price_change(&mut doc, &sku, 500, 2);
+    let head = log.head_seq().unwrap();
+    log.backend_mut().fail_next = true;
+    let mut change = op(8, 3, prices.as_str(), &raised);
+    change.store = store.clone();
+    assert!(log.apply(vec![change]).is_err());
+    assert_eq!(log.head_seq().unwrap(), head, "nothing was committed");
+    let after = log.apply(vec![intent(8, 4, checkout("o-2"))]).unwrap();
+    assert!(
+        !matches!(
+            after.acks[0].outcome,
+            AckOutcome::Decided(Decision::Refused(Refusal::PriceChanged { .. }))
+        ),
+        "the stored price is 100, not the rolled-back 500: {:?}",
+        after.acks[0]
+    );
+}
+
+/// The change that sets the till price of `sku` to `amount_minor` in the
+/// prices document `doc` (a later `counter` wins).
+fn price_change(
+    doc: &mut automerge::Automerge,
+    sku: &omnisync_core::vocab::goods::Sku,
+    amount_minor: i64,
+    counter: u32,
+) -> Vec<u8> {
+    use automerge::transaction::Transactable as _;
+    use omnisync_core::retail::prices::{PriceValue, price_key};
+    use omnisync_core::vocab::goods::Channel;
+    use omnisync_core::vocab::hlc::{Hlc, Stamped};
+    let stamped = Stamped {
+        hlc: Hlc {
+            wall_ms: 1,
+            counter,
+        },
+        writer: [0xff; 16],
+        value: PriceValue {
+            amount_minor,
+            currency: "EUR".into(),
+        },
+    };
+    let mut tx = doc.transaction();
+    tx.put(
+        automerge::ROOT,
+        price_key(sku, Channel::Pos, 0),
+        automerge::ScalarValue::Bytes(stamped.encode()),
+    )
+    .expect("put into a prices document");
+    tx.commit();
+    doc.get_last_local_change()
+        .expect("a change was made")
+        .raw_bytes()
+        .to_vec()
 }
