@@ -61,8 +61,14 @@
 //!   as given and never renumbers.
 //! - A backend that cannot fail (memory) may write in place: it has no
 //!   rollback, which is correct only because it never returns an error.
-//! - Every primitive is one query (or one row visit): the commit path makes
-//!   no query the SQLite backend did not make before the split.
+//! - Keep each primitive to one query (or one row visit), with prepared
+//!   statements cached: the shared code calls them per op, and the group
+//!   commit runs tens of thousands of decided checkouts a second.
+//! - Row encodings are the backend's own: the contract passes typed values
+//!   (`AckOutcome`, `SkuLedger`, `OrderRecord`, ...) and the backend encodes
+//!   them (SQLite: postcard blobs through its `encode`/`decode` helpers).
+//! - Sequence numbers fit in a signed 64-bit column; `u64::MAX` as an upper
+//!   bound (`doc_changes` for admin reads) means "no bound".
 //!
 //! ## Conformance
 //!
@@ -71,8 +77,10 @@
 //! `conformance::Conformant` (the writer and a reader of the same store). It
 //! covers exactly-once outcomes, rejections, intents, page limits by count
 //! and by bytes, import writes, snapshots for a far-behind cursor, and the
-//! hub's replica. `conformance::price_book_forgets_a_failed_commit` is for
-//! backends that roll back (all but memory).
+//! hub's replica. `conformance::price_book_forgets_a_failed_commit(backend)`
+//! is for backends that roll back (all but memory): it wraps the backend in
+//! `conformance::failing::FailingCommits`. The SQLite backend's tests
+//! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
 
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use omnisync_core::vocab::goods::Sku;
