@@ -22,6 +22,7 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 use omnisync_hub_engine::ledger::authority::Reservation;
 use omnisync_hub_engine::ledger::sku_ledger::SkuLedger;
+use omnisync_hub_engine::log::shared::storage_error;
 use omnisync_hub_engine::log::{
     Backend, HubLogError, HubStore, LogRows, PageCut, ReadBackend, WriteTxn,
 };
@@ -44,10 +45,6 @@ pub const DB_FILE_NAME: &str = "hub.db";
 /// The hub log's single writer over SQLite: the shared writer on the
 /// SQLite backend.
 pub type SqliteHubLog = HubStore<SqliteBackend>;
-
-fn storage_error(error: impl std::fmt::Display) -> HubLogError {
-    HubLogError::Storage(error.to_string())
-}
 
 fn open_connection(path: &Path) -> Result<Connection, HubLogError> {
     let db = Connection::open(path).map_err(storage_error)?;
