@@ -3,7 +3,7 @@
 //!
 //! This binary registers the VFS shim of `core/tests/support/power_loss_vfs.rs`
 //! (whose header says what it models and what it does not) as the process's
-//! default VFS, so [`SqliteHubLog::open`] goes through it unchanged. Ops are
+//! default VFS, so [`storage::open`] goes through it unchanged. Ops are
 //! applied in batches; the power is cut right after a batch was acknowledged
 //! or at a random write, truncate, sync or delete in the middle of one; the
 //! log is reopened from what had reached stable storage and checked:
@@ -28,7 +28,7 @@ use std::path::Path;
 use omnisync_core::OpId;
 use omnisync_core::protocol::message::{AckOutcome, DocChange, Op, OpBody};
 use omnisync_core::vocab::ids::{DeviceId, DocId, ReplicaId, StoreId};
-use omnisync_hub::storage::{DB_FILE_NAME, SqliteHubLog};
+use omnisync_hub::storage::{self, DB_FILE_NAME, SqliteHubLog};
 use omnisync_hub_engine::hub_session::{IncomingOp, Verdict};
 use omnisync_hub_engine::log::HubLog;
 use power_loss_vfs::{Disk, Keep, Rng, SyncModel};
@@ -91,7 +91,7 @@ fn hub_seq(outcome: &AckOutcome) -> u64 {
 }
 
 fn open(dir: &Path) -> SqliteHubLog {
-    SqliteHubLog::open(dir).expect("the hub log opens after a power cut")
+    storage::open(dir).expect("the hub log opens after a power cut")
 }
 
 fn run(model: SyncModel, mid_batch_cuts: bool) -> Outcome {
