@@ -12,7 +12,10 @@
 //!   it calls the rules through [`db::Hooks`] inside its transactions;
 //! - [`retail`]: the retail data model, its merge rules and query tables, the
 //!   typed API, and the [`db::Hooks`] implementation;
-//! - `client` (feature `client`): the tokio/WebSocket client runtime.
+//! - `client` (feature `client`): the tokio/WebSocket client runtime;
+//! - `ffi` (feature `ffi`): UniFFI derives on the value types the bindings
+//!   (`omnisync-ffi`) pass to Kotlin, Swift and Python, and the identifiers
+//!   that cross as custom types.
 //!
 //! The hub's side (its log contract, the ledger authority, the hub session)
 //! is the crate `omnisync-hub-engine`; devices never compile it.
@@ -24,6 +27,13 @@ pub mod vocab;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "ffi")]
+pub mod ffi;
+
+// The core is a UniFFI component of its own: the records, enums and custom
+// types that cross the bindings' FFI are defined (and derived) here once.
+#[cfg(feature = "ffi")]
+uniffi::setup_scaffolding!();
 
 pub use db::{DbError, DocEdit, Durability, Replica};
 pub use vocab::edit::{Edit, Value};
