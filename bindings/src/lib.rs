@@ -16,7 +16,7 @@
 //! as custom types) carry UniFFI derives behind `omnisync-core`'s feature
 //! `ffi` and cross as they are. The core is its own UniFFI component, so the
 //! generated code has two modules: `dev.omnisync.core` (Kotlin),
-//! `omnisync_core` (Python), `OmnisyncCore` (Swift) for those, and this
+//! `omnisync_core` (Python), `OmnisyncCore.swift` (Swift) for those, and this
 //! crate's for the store, its events and inputs, and the few types that
 //! stand for a core type UniFFI cannot carry (each says why).
 

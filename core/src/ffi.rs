@@ -5,8 +5,9 @@
 //! derive(uniffi::Record))]` (or `uniffi::Enum`) where they are defined; the
 //! core is its own UniFFI component (`uniffi::setup_scaffolding!` in the
 //! crate root), so generated code puts them in their own module (Kotlin
-//! package `dev.omnisync.core`, Python module `omnisync_core`, Swift module
-//! `OmnisyncCore`; see `core/uniffi.toml`).
+//! package `dev.omnisync.core`, Python module `omnisync_core`, Swift file
+//! `OmnisyncCore.swift` in the bindings' one Swift module; see
+//! `core/uniffi.toml`).
 //!
 //! A custom type is its text form on the foreign side. Lowering never fails;
 //! lifting parses, and a malformed value fails the call with UniFFI's
