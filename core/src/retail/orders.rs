@@ -47,6 +47,7 @@ pub enum Connectivity {
 
 /// One line of a checkout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct OrderLine {
     /// The product.
     pub sku: Sku,
@@ -93,6 +94,7 @@ pub struct CheckoutReceipt {
 
 /// An order as the query tables show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct OrderSummary {
     /// The order id.
     pub order_id: String,
@@ -116,6 +118,7 @@ pub struct OrderSummary {
 
 /// A provisional sale the hub could not cover, for the app to resolve.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Compensation {
     /// The checkout op.
     pub op: OpId,
