@@ -93,6 +93,9 @@ pub struct ClientSession {
     last_ping_ms: u64,
     /// Sets the hub said this device may not read (from `Welcome`).
     refused: std::collections::BTreeSet<DocSetId>,
+    /// The protocol version frames are sent in: this build's newest until
+    /// the hub's `Welcome` arrives in the version it chose.
+    version: u8,
 }
 
 impl ClientSession {
@@ -120,6 +123,7 @@ impl ClientSession {
             ping_nonce: 0,
             last_ping_ms: now_ms,
             refused: std::collections::BTreeSet::new(),
+            version: message::PROTOCOL_VERSION,
         };
         session
             .transmit
@@ -129,6 +133,7 @@ impl ClientSession {
                 replica: identity.replica,
                 credentials: identity.credentials,
                 agent: identity.agent,
+                versions: Some(message::VersionRange::SUPPORTED),
             })));
         session
     }
@@ -154,6 +159,18 @@ impl ClientSession {
         self.in_flight.len()
     }
 
+    /// The protocol version the session speaks (settled by the `Welcome`).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Encodes a message in the session's protocol version.
+    fn frame(&self, message: &ClientMessage) -> Vec<u8> {
+        // Everything a device sends exists in every version; an unknown op
+        // kind (never read from the local log) would go out in the newest.
+        message::encode_version(message, self.version).unwrap_or_else(|_| message::encode(message))
+    }
+
     /// Frames and sends ops read from the local log (in sequence order).
     pub fn handle_local_ops(&mut self, ops: Vec<Op>) {
         if ops.is_empty() || self.state != State::Ready {
@@ -170,9 +187,7 @@ impl ClientSession {
                     || push_bytes + op_bytes > PUSH_BYTES_TARGET)
             {
                 self.transmit
-                    .push_back(message::encode(&ClientMessage::Push(std::mem::take(
-                        &mut push,
-                    ))));
+                    .push_back(self.frame(&ClientMessage::Push(std::mem::take(&mut push))));
                 push_bytes = 0;
             }
             self.in_flight.insert(op.id, ());
@@ -182,7 +197,7 @@ impl ClientSession {
         }
         if !push.is_empty() {
             self.transmit
-                .push_back(message::encode(&ClientMessage::Push(push)));
+                .push_back(self.frame(&ClientMessage::Push(push)));
         }
     }
 
@@ -199,7 +214,7 @@ impl ClientSession {
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
             self.transmit
-                .push_back(message::encode(&ClientMessage::Subscribe(vec![
+                .push_back(self.frame(&ClientMessage::Subscribe(vec![
                     SubscriptionRequest { set, cursor },
                 ])));
         }
@@ -207,11 +222,13 @@ impl ClientSession {
 
     /// Feeds one frame received from the hub.
     pub fn handle_frame(&mut self, frame: &[u8], now_ms: u64) -> Result<(), ClientSessionError> {
-        let message: HubMessage = message::decode(frame)?;
+        let (version, message): (u8, HubMessage) = message::decode_versioned(frame)?;
         self.last_heard_ms = now_ms;
         match (message, &self.state) {
             (HubMessage::Welcome(welcome), State::AwaitingWelcome) => {
                 self.state = State::Ready;
+                // The hub answers in the version it chose from our range.
+                self.version = version;
                 if self.known_log_id.as_deref() != Some(welcome.log_id.as_str()) {
                     if self.known_log_id.is_some() {
                         for cursor in self.subscriptions.values_mut() {
@@ -254,7 +271,7 @@ impl ClientSession {
                     .collect();
                 if !requests.is_empty() {
                     self.transmit
-                        .push_back(message::encode(&ClientMessage::Subscribe(requests)));
+                        .push_back(self.frame(&ClientMessage::Subscribe(requests)));
                 }
                 self.events.push_back(ClientEvent::Ready(welcome));
             }
@@ -294,7 +311,7 @@ impl ClientSession {
             self.ping_nonce += 1;
             self.last_ping_ms = now_ms;
             self.transmit
-                .push_back(message::encode(&ClientMessage::Ping(self.ping_nonce)));
+                .push_back(self.frame(&ClientMessage::Ping(self.ping_nonce)));
         }
         Ok(())
     }
