@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::authz::{self, AuditEvent, AuditKind, Role};
 use omnisync_core::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, ErrorCode, Hello, HubMessage, Op, OpBody,
-    ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, Welcome,
+    PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, VersionRange,
+    Welcome,
 };
 use omnisync_core::vocab::ids::{CustomerId, DeviceId, DocSetId, ReplicaId, StoreId, TenantId};
 
@@ -185,6 +186,10 @@ pub struct HubSession {
     events: VecDeque<HubEvent>,
     limits: SessionLimits,
     audit: VecDeque<AuditEvent>,
+    /// The protocol version frames are sent in: the oldest this build
+    /// speaks until the handshake settles on one (so that a refusal before
+    /// it reaches a device of any release readably).
+    version: u8,
 }
 
 impl Default for HubSession {
@@ -208,6 +213,7 @@ impl HubSession {
             events: VecDeque::new(),
             limits,
             audit: VecDeque::new(),
+            version: message::PROTOCOL_VERSION_MIN,
         }
     }
 
@@ -230,12 +236,28 @@ impl HubSession {
         if self.is_closed() {
             return;
         }
-        let message: ClientMessage = match message::decode(frame) {
-            Ok(message) => message,
+        let (version, message): (u8, ClientMessage) = match message::decode_versioned(frame) {
+            Ok(decoded) => decoded,
             Err(error) => return self.fail(error.code(), error.to_string()),
         };
         match (message, &self.state) {
             (ClientMessage::Hello(hello), State::AwaitingHello) => {
+                // A Hello without a range (version 1) speaks its frame's version.
+                let theirs = hello.versions.unwrap_or(VersionRange {
+                    min: version,
+                    max: version,
+                });
+                let Some(chosen) = VersionRange::SUPPORTED.highest_common(&theirs) else {
+                    return self.fail(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "the device speaks protocol {theirs}, this hub speaks {}: update the {}",
+                            VersionRange::SUPPORTED,
+                            if theirs.max < PROTOCOL_VERSION_MIN { "device" } else { "hub" }
+                        ),
+                    );
+                };
+                self.version = chosen;
                 self.state = State::Authenticating;
                 self.events.push_back(HubEvent::Authenticate(hello));
             }
@@ -592,9 +614,17 @@ impl HubSession {
         }
     }
 
+    /// The protocol version the session speaks (settled by the Hello).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     fn send(&mut self, message: &HubMessage) {
-        self.transmit
-            .push_back(Outbound::Frame(message::encode(message)));
+        // The hub sends no unknown variants, so every message has a form in
+        // every version; should one not, the device hears it in the newest.
+        let frame = message::encode_version(message, self.version)
+            .unwrap_or_else(|_| message::encode(message));
+        self.transmit.push_back(Outbound::Frame(frame));
     }
 
     fn fail(&mut self, code: ErrorCode, detail: String) {
@@ -706,6 +736,15 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     }
     let changes = match &op.body {
         OpBody::Changes(changes) => changes,
+        OpBody::Unknown(unknown) => {
+            return reject(
+                RejectCode::Invalid,
+                format!(
+                    "this hub does not know ops of kind `{}` (or the intent inside): update the hub",
+                    unknown.kind
+                ),
+            );
+        }
         OpBody::Intent(intent) => {
             if let Err((code, detail)) = authz::authorize_intent(peer, intent) {
                 return reject(code, detail);
@@ -778,6 +817,7 @@ mod tests {
             replica: peer().replica,
             credentials: Credentials::default(),
             agent: "test".into(),
+            versions: None,
         })));
         assert!(matches!(
             session.poll_event(),
