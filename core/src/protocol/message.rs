@@ -625,7 +625,7 @@ mod tests {
     fn frames_round_trip() {
         let message = sample_push();
         let frame = encode(&message);
-        assert_eq!(&frame[..3], b"OS\x01");
+        assert_eq!(&frame[..3], b"OS\x02");
         assert_eq!(decode::<ClientMessage>(&frame).unwrap(), message);
     }
 
