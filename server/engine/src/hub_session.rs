@@ -791,7 +791,7 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnisync_core::protocol::message::{Credentials, decode, encode};
+    use omnisync_core::protocol::message::{Credentials, PROTOCOL_VERSION, decode, encode};
     use omnisync_core::vocab::ids::{DocId, OpId};
 
     fn peer() -> Peer {
@@ -826,6 +826,61 @@ mod tests {
         session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
         assert!(matches!(session.poll_transmit(), Some(Outbound::Frame(_))));
         session
+    }
+
+    fn hello(versions: Option<VersionRange>) -> ClientMessage {
+        ClientMessage::Hello(Hello {
+            device: peer().device,
+            store: peer().store,
+            replica: peer().replica,
+            credentials: Credentials::default(),
+            agent: "test".into(),
+            versions,
+        })
+    }
+
+    #[test]
+    fn a_previous_release_device_is_answered_in_version_1() {
+        let mut session = HubSession::new();
+        session.handle_frame(&message::encode_version(&hello(None), 1).unwrap());
+        assert!(matches!(
+            session.poll_event(),
+            Some(HubEvent::Authenticate(_))
+        ));
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        let Some(Outbound::Frame(welcome)) = session.poll_transmit() else {
+            panic!("no welcome");
+        };
+        assert_eq!(&welcome[..3], b"OS\x01");
+        assert!(matches!(decode(&welcome), Ok(HubMessage::Welcome(_))));
+        session.handle_frame(&message::encode_version(&ClientMessage::Ping(4), 1).unwrap());
+        let Some(Outbound::Frame(pong)) = session.poll_transmit() else {
+            panic!("no pong");
+        };
+        assert_eq!(&pong[..3], b"OS\x01");
+        assert_eq!(session.version(), 1);
+    }
+
+    #[test]
+    fn the_highest_common_version_is_chosen_and_none_is_a_typed_refusal() {
+        let mut session = HubSession::new();
+        session.handle_frame(&encode(&hello(Some(VersionRange { min: 1, max: 7 }))));
+        assert_eq!(session.version(), PROTOCOL_VERSION);
+
+        let mut session = HubSession::new();
+        session.handle_frame(&encode(&hello(Some(VersionRange { min: 3, max: 7 }))));
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else {
+            panic!("no refusal");
+        };
+        let Ok(HubMessage::Error(error)) = decode::<HubMessage>(&frame) else {
+            panic!("not an error");
+        };
+        assert_eq!(error.code, ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            error.detail,
+            "the device speaks protocol versions 3 to 7, this hub speaks versions 1 to 2: update the hub"
+        );
+        assert!(session.is_closed());
     }
 
     fn change(seq: u64, origin: u8) -> RemoteChange {
