@@ -665,8 +665,14 @@ fn previous_release_frames_and_blobs_still_decode() {
 #[test]
 fn versions_are_negotiated_to_the_highest_common() {
     let ours = VersionRange::SUPPORTED;
-    assert_eq!(ours.highest_common(&VersionRange { min: 1, max: 1 }), Some(1));
-    assert_eq!(ours.highest_common(&VersionRange { min: 1, max: 9 }), Some(2));
+    assert_eq!(
+        ours.highest_common(&VersionRange { min: 1, max: 1 }),
+        Some(1)
+    );
+    assert_eq!(
+        ours.highest_common(&VersionRange { min: 1, max: 9 }),
+        Some(2)
+    );
     assert_eq!(ours.highest_common(&VersionRange { min: 3, max: 9 }), None);
     let frame = b"OS\x03\x00".to_vec();
     assert_eq!(

@@ -21,7 +21,8 @@ fn a_till_database_of_the_previous_release_opens_and_reads_back() {
     let path = dir.path().join("till-1.db");
     std::fs::copy(FIXTURE, &path).unwrap();
     let store = StoreId::new("berlin-01").unwrap();
-    let mut replica = Replica::open(&path, DeviceId::new("till-1").unwrap(), store.clone()).unwrap();
+    let mut replica =
+        Replica::open(&path, DeviceId::new("till-1").unwrap(), store.clone()).unwrap();
 
     // The op log: four checkouts, each confirmed with its stored decision.
     let ops = replica.op_ids().unwrap();
@@ -49,13 +50,23 @@ fn a_till_database_of_the_previous_release_opens_and_reads_back() {
         assert_eq!(order.status, "confirmed");
     }
     assert_eq!(
-        replica.order("till-1-0001").unwrap().unwrap().total.amount_minor,
+        replica
+            .order("till-1-0001")
+            .unwrap()
+            .unwrap()
+            .total
+            .amount_minor,
         2397
     );
     assert_eq!(replica.product_count(&store).unwrap(), 10);
     let subscriptions = replica.subscriptions().unwrap();
     assert!(subscriptions.contains(&(DocSetId::store(&store), 97)));
-    assert!(replica.stock(&store, &Sku::new("sku-001").unwrap()).unwrap().is_some());
+    assert!(
+        replica
+            .stock(&store, &Sku::new("sku-001").unwrap())
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(
         replica.hub_log_id().unwrap().as_deref(),
         Some("13936a8b0806c3fcab209ce3d1eae382")
@@ -68,7 +79,10 @@ fn a_till_database_of_the_previous_release_opens_and_reads_back() {
     let pending = replica.pending_ops(0, 10).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, op);
-    assert!(matches!(pending[0].body, OpBody::Intent(Intent::OrderStatus(_))));
+    assert!(matches!(
+        pending[0].body,
+        OpBody::Intent(Intent::OrderStatus(_))
+    ));
     drop(replica);
     let db = rusqlite_blob(&path, op.seq);
     assert_eq!(db[..2], STORED_MAGIC, "new ops use the evolvable format");

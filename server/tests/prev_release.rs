@@ -11,7 +11,10 @@ use omnisync_hub::storage::{SqliteHubLog, SqliteReader};
 use omnisync_hub_engine::hub_session::{IncomingOp, Verdict};
 use omnisync_hub_engine::log::{HubLog, HubLogRead};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/prev-release/hub");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/prev-release/hub"
+);
 
 fn till_1(seq: u64) -> OpId {
     let mut replica = [0; 16];

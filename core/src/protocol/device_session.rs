@@ -214,9 +214,12 @@ impl ClientSession {
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
             self.transmit
-                .push_back(self.frame(&ClientMessage::Subscribe(vec![
-                    SubscriptionRequest { set, cursor },
-                ])));
+                .push_back(
+                    self.frame(&ClientMessage::Subscribe(vec![SubscriptionRequest {
+                        set,
+                        cursor,
+                    }])),
+                );
         }
     }
 

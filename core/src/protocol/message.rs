@@ -470,10 +470,12 @@ pub fn decode_versioned<M: WireMessage>(frame: &[u8]) -> Result<(u8, M), DecodeE
     }
     let body = &frame[3..];
     let message = match frame[2] {
-        PROTOCOL_VERSION => codec::from_named::<M>(body, M::KINDS).map_err(|error| match error {
-            CodecError::UnknownKind { kind } => DecodeError::UnknownKind { kind },
-            other => DecodeError::Malformed(other.to_string()),
-        })?,
+        PROTOCOL_VERSION => {
+            codec::from_named::<M>(body, M::KINDS).map_err(|error| match error {
+                CodecError::UnknownKind { kind } => DecodeError::UnknownKind { kind },
+                other => DecodeError::Malformed(other.to_string()),
+            })?
+        }
         1 => M::decode_v1(body)?,
         got => return Err(DecodeError::UnsupportedVersion { got }),
     };

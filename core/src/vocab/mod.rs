@@ -3,11 +3,11 @@
 //! layout), typed document edits, and what the hub decides (intents,
 //! decisions, hub records). It imports nothing from the rest of the crate.
 
+pub mod codec;
 pub mod edit;
 pub mod goods;
 pub mod hlc;
 pub mod ids;
 pub mod intent;
-pub mod codec;
 pub mod layout;
 pub mod record;

@@ -152,10 +152,21 @@ pub(crate) enum Intent {
     Checkout(CheckoutIntent),
     Stock(StockCommand),
     OrderStatus(OrderStatusChange),
-    Reserve { key: String, sku: String, quantity: u64 },
-    CommitReservation { key: String },
-    CancelReservation { key: String },
-    ReleaseAllowance { sku: String, quantity: u64 },
+    Reserve {
+        key: String,
+        sku: String,
+        quantity: u64,
+    },
+    CommitReservation {
+        key: String,
+    },
+    CancelReservation {
+        key: String,
+    },
+    ReleaseAllowance {
+        sku: String,
+        quantity: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -192,10 +203,26 @@ pub(crate) enum LineSource {
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum StockCommand {
-    Receive { key: String, sku: String, quantity: u64 },
-    StockTake { key: String, sku: String, counted: u64 },
-    Adjust { key: String, sku: String, delta: i64, reason: String },
-    SetPolicy { sku: String, policy: StockPolicy },
+    Receive {
+        key: String,
+        sku: String,
+        quantity: u64,
+    },
+    StockTake {
+        key: String,
+        sku: String,
+        counted: u64,
+    },
+    Adjust {
+        key: String,
+        sku: String,
+        delta: i64,
+        reason: String,
+    },
+    SetPolicy {
+        sku: String,
+        policy: StockPolicy,
+    },
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -225,9 +252,16 @@ pub(crate) struct OrderStatusChange {
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Decision {
-    Confirmed { order_no: u64 },
-    Short { order_no: u64, lines: Vec<ShortLine> },
-    Applied { version: u64 },
+    Confirmed {
+        order_no: u64,
+    },
+    Short {
+        order_no: u64,
+        lines: Vec<ShortLine>,
+    },
+    Applied {
+        version: u64,
+    },
     Refused(Refusal),
 }
 
@@ -309,7 +343,9 @@ mod serde_bytes {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Vec<u8>;

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::authz::{self, AuditEvent, AuditKind, Role};
 use omnisync_core::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, ErrorCode, Hello, HubMessage, Op, OpBody,
-    PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, VersionRange,
-    Welcome,
+    PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest,
+    VersionRange, Welcome,
 };
 use omnisync_core::vocab::ids::{CustomerId, DeviceId, DocSetId, ReplicaId, StoreId, TenantId};
 
