@@ -680,3 +680,28 @@ fn versions_are_negotiated_to_the_highest_common() {
         Err(DecodeError::UnsupportedVersion { got: 3 })
     );
 }
+
+#[test]
+fn a_version_1_device_gets_hub_records_in_the_previous_format() {
+    let (_, record) = records().remove(0);
+    let batch = HubMessage::Changes(ChangeBatch {
+        set: DocSetId::new("store.berlin-01").unwrap(),
+        changes: vec![RemoteChange {
+            hub_seq: 5,
+            doc: DocId::new("store.berlin-01/rec/stock/tea").unwrap(),
+            origin: ReplicaId([1; 16]),
+            bytes: record.encode(),
+        }],
+        cursor: 5,
+        caught_up: true,
+    });
+    let frame = message::encode_version(&batch, 1).unwrap();
+    let HubMessage::Changes(sent) = message::decode::<HubMessage>(&frame).unwrap() else {
+        panic!("not Changes");
+    };
+    let bytes = &sent.changes[0].bytes;
+    assert_eq!(&bytes[..2], b"R1");
+    let mut v1 = b"R1".to_vec();
+    v1.extend(postcard::to_stdvec(&record).unwrap());
+    assert_eq!(bytes, &v1);
+}

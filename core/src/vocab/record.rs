@@ -155,6 +155,15 @@ impl Record {
         bytes
     }
 
+    /// Encodes the record in the previous release's format (`R1`, postcard),
+    /// for devices that speak only protocol version 1.
+    pub fn encode_v1(&self) -> Vec<u8> {
+        let mut bytes = RECORD_MAGIC_V1.to_vec();
+        // Plain data into a Vec: postcard cannot fail here.
+        bytes.extend(postcard::to_stdvec(self).expect("records encode"));
+        bytes
+    }
+
     /// Decodes record bytes strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         if bytes.len() > RECORD_BYTES_MAX {

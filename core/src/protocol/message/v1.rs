@@ -13,6 +13,7 @@ use super::{
 };
 use crate::vocab::ids::{DeviceId, OpId, ReplicaId, StoreId};
 use crate::vocab::intent::{Decision, Intent};
+use crate::vocab::record::{RECORD_MAGIC, Record, is_record_doc};
 
 /// Version 1 `ClientMessage`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -243,9 +244,24 @@ impl TryFrom<super::HubMessage> for HubMessage {
                     })
                     .collect::<Result<_, EncodeError>>()?,
             ),
-            super::HubMessage::Changes(batch) => HubMessage::Changes(batch),
+            super::HubMessage::Changes(batch) => HubMessage::Changes(records_as_v1(batch)),
             super::HubMessage::Pong(nonce) => HubMessage::Pong(nonce),
             super::HubMessage::Error(error) => HubMessage::Error(error),
         })
     }
+}
+
+/// A batch with its hub records in the previous release's format (`R1`):
+/// a version 1 device reads only those. Bytes that are not a record of this
+/// release are left as they are.
+fn records_as_v1(mut batch: ChangeBatch) -> ChangeBatch {
+    for change in &mut batch.changes {
+        if change.bytes.starts_with(&RECORD_MAGIC)
+            && is_record_doc(&change.doc)
+            && let Ok(record) = Record::decode(&change.bytes)
+        {
+            change.bytes = record.encode_v1();
+        }
+    }
+    batch
 }
