@@ -93,13 +93,16 @@ pub struct ClientSession {
     last_ping_ms: u64,
     /// Sets the hub said this device may not read (from `Welcome`).
     refused: std::collections::BTreeSet<DocSetId>,
-    /// The protocol version frames are sent in: this build's newest until
+    /// The protocol version frames are sent in: the newest offered until
     /// the hub's `Welcome` arrives in the version it chose.
     version: u8,
+    /// Set when a hub refused the offered versions in an older one.
+    fallback: Option<u8>,
 }
 
 impl ClientSession {
-    /// Starts a session on a freshly opened connection: queues the `Hello`.
+    /// Starts a session on a freshly opened connection: queues the `Hello`,
+    /// offering every protocol version this build speaks.
     ///
     /// `subscriptions` are the sets to follow with the cursors persisted in
     /// the local store. Every op still pending in the store is (re)sent once
@@ -111,6 +114,28 @@ impl ClientSession {
         known_log_id: Option<String>,
         now_ms: u64,
     ) -> Self {
+        Self::speaking(
+            identity,
+            subscriptions,
+            known_log_id,
+            now_ms,
+            message::VersionRange::SUPPORTED,
+        )
+    }
+
+    /// Like [`ClientSession::new`], offering the protocol versions `versions`
+    /// (within what this build speaks); the `Hello` goes out in the newest.
+    /// A range of version 1 only sends the previous release's `Hello`.
+    pub fn speaking(
+        identity: ClientIdentity,
+        subscriptions: Vec<(DocSetId, u64)>,
+        known_log_id: Option<String>,
+        now_ms: u64,
+        versions: message::VersionRange,
+    ) -> Self {
+        let max = versions
+            .max
+            .clamp(message::PROTOCOL_VERSION_MIN, message::PROTOCOL_VERSION);
         let mut session = Self {
             state: State::AwaitingWelcome,
             known_log_id,
@@ -123,18 +148,22 @@ impl ClientSession {
             ping_nonce: 0,
             last_ping_ms: now_ms,
             refused: std::collections::BTreeSet::new(),
-            version: message::PROTOCOL_VERSION,
+            version: max,
+            fallback: None,
         };
-        session
-            .transmit
-            .push_back(message::encode(&ClientMessage::Hello(Hello {
-                device: identity.device,
-                store: identity.store,
-                replica: identity.replica,
-                credentials: identity.credentials,
-                agent: identity.agent,
-                versions: Some(message::VersionRange::SUPPORTED),
-            })));
+        let hello = ClientMessage::Hello(Hello {
+            device: identity.device,
+            store: identity.store,
+            replica: identity.replica,
+            credentials: identity.credentials,
+            agent: identity.agent,
+            versions: Some(message::VersionRange {
+                min: versions.min.min(max),
+                max,
+            }),
+        });
+        let frame = session.frame(&hello);
+        session.transmit.push_back(frame);
         session
     }
 
@@ -157,6 +186,12 @@ impl ClientSession {
     /// Number of ops sent and not yet acknowledged on this connection.
     pub fn in_flight_len(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The older protocol version a hub refused this session's `Hello` in,
+    /// if it did: the version to offer at most on the next connection.
+    pub fn fallback_version(&self) -> Option<u8> {
+        self.fallback
     }
 
     /// The protocol version the session speaks (settled by the `Welcome`).
@@ -278,7 +313,17 @@ impl ClientSession {
                 }
                 self.events.push_back(ClientEvent::Ready(welcome));
             }
-            (HubMessage::Error(error), _) => self.events.push_back(ClientEvent::Failed(error)),
+            (HubMessage::Error(error), state) => {
+                // A hub of an older release refuses our Hello in the version
+                // it speaks: offer that one next time.
+                if *state == State::AwaitingWelcome
+                    && error.code == message::ErrorCode::UnsupportedVersion
+                    && version < self.version
+                {
+                    self.fallback = Some(version);
+                }
+                self.events.push_back(ClientEvent::Failed(error));
+            }
             (_, State::AwaitingWelcome) => return Err(ClientSessionError::Unexpected("data")),
             (HubMessage::Welcome(_), State::Ready) => {
                 return Err(ClientSessionError::Unexpected("a second welcome"));
@@ -344,6 +389,38 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
         }
+    }
+
+    #[test]
+    fn a_hub_of_the_previous_release_is_offered_version_1_next_time() {
+        let mut session = ClientSession::new(identity(), Vec::new(), None, 0);
+        let hello = session.poll_transmit().unwrap();
+        assert_eq!(&hello[..3], b"OS\x02");
+        // The previous release's hub refuses in version 1.
+        let refusal = message::encode_version(
+            &HubMessage::Error(message::ProtocolError {
+                code: message::ErrorCode::UnsupportedVersion,
+                detail: "protocol version 2 is not supported; this side speaks version 1".into(),
+            }),
+            1,
+        )
+        .unwrap();
+        session.handle_frame(&refusal, 1).unwrap();
+        assert!(matches!(session.poll_event(), Some(ClientEvent::Failed(_))));
+        assert_eq!(session.fallback_version(), Some(1));
+
+        let versions = message::VersionRange { min: 1, max: 1 };
+        let mut session = ClientSession::speaking(identity(), Vec::new(), None, 0, versions);
+        let hello = session.poll_transmit().unwrap();
+        assert_eq!(&hello[..3], b"OS\x01");
+        assert!(matches!(
+            decode::<ClientMessage>(&hello),
+            Ok(ClientMessage::Hello(Hello { versions: None, .. }))
+        ));
+        let mut welcome = welcome(&["store.s1"], "log-1");
+        welcome = message::encode_version(&decode::<HubMessage>(&welcome).unwrap(), 1).unwrap();
+        session.handle_frame(&welcome, 1).unwrap();
+        assert_eq!(session.version(), 1);
     }
 
     fn welcome(allowed: &[&str], log_id: &str) -> Vec<u8> {
