@@ -669,10 +669,12 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<ClientMessage>(&bytes);
             let _ = decode::<HubMessage>(&bytes);
-            let mut framed = b"OS\x01".to_vec();
-            framed.extend_from_slice(&bytes);
-            let _ = decode::<ClientMessage>(&framed);
-            let _ = decode::<HubMessage>(&framed);
+            for version in [1, 2] {
+                let mut framed = vec![b'O', b'S', version];
+                framed.extend_from_slice(&bytes);
+                let _ = decode::<ClientMessage>(&framed);
+                let _ = decode::<HubMessage>(&framed);
+            }
         }
 
         #[test]
