@@ -506,6 +506,10 @@ impl Client {
                 .inner
                 .credentials_generation
                 .load(std::sync::atomic::Ordering::Acquire);
+            let offered = self
+                .inner
+                .version_max
+                .load(std::sync::atomic::Ordering::Relaxed);
             let mut was_ready = false;
             let reason = self
                 .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
@@ -529,7 +533,13 @@ impl Client {
                     .inner
                     .credentials_generation
                     .load(std::sync::atomic::Ordering::Acquire);
-            if credentials_changed {
+            // An older hub's version refusal: retry at once in its version.
+            let version_lowered = self
+                .inner
+                .version_max
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < offered;
+            if credentials_changed || version_lowered {
                 backoff_ms = BACKOFF_MIN_MS;
             } else if [
                 "unauthenticated",
