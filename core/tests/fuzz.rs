@@ -20,9 +20,14 @@ use omnisync_core::protocol::message::{
 };
 use omnisync_core::{CustomerId, DeviceId, DocId, DocSetId, Replica, ReplicaId, StoreId};
 
-/// A frame body after the magic and version, so the fuzzer reaches postcard.
+/// A frame body after the magic and a version (the first byte's low bit
+/// picks 1, postcard, or 2, MessagePack), so the fuzzer reaches the decoders.
 fn framed(body: &[u8]) -> Vec<u8> {
-    let mut frame = b"OS\x01".to_vec();
+    let (version, body) = match body.split_first() {
+        Some((first, rest)) => (1 + (first & 1), rest),
+        None => (2, body),
+    };
+    let mut frame = vec![b'O', b'S', version];
     frame.extend_from_slice(body);
     frame
 }

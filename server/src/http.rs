@@ -178,6 +178,9 @@ async fn admin_op(
             "decision": omnisync_core::vocab::record::describe_decision(&decision),
             "detail": serde_json::to_value(&decision).unwrap_or_default(),
         }),
+        Some(AckOutcome::Unknown(unknown)) => {
+            serde_json::json!({ "outcome": "unknown", "kind": unknown.kind })
+        }
     };
     Ok(axum::Json(body).into_response())
 }

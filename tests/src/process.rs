@@ -334,6 +334,7 @@ impl HubProcess {
             replica: omnisync_core::ReplicaId::random(),
             credentials: Credentials::default(),
             agent: "omnisync-tests protocol check".into(),
+            versions: None,
         });
         let handshake = async {
             let (mut socket, _) = tokio_tungstenite::connect_async(self.sync_url()).await?;

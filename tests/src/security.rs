@@ -217,6 +217,7 @@ impl RawClient {
                     token: token.map(str::to_owned),
                 },
                 agent: "omnisync-tests hostile client".into(),
+                versions: None,
             }))
             .await?;
         match client.next_message().await? {

@@ -165,6 +165,7 @@ fn hello(device: &str) -> anyhow::Result<Message> {
         replica: ReplicaId::random(),
         credentials: Credentials::default(),
         agent: "bad-frames-test".into(),
+        versions: None,
     });
     Ok(Message::Binary(message::encode(&hello).into()))
 }

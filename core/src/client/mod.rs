@@ -186,6 +186,9 @@ struct Inner {
     refresh_failed_ms: std::sync::atomic::AtomicU64,
     /// True while a refresh is under way (one at a time).
     refreshing: std::sync::atomic::AtomicBool,
+    /// The newest protocol version offered in the next `Hello`: lowered when
+    /// a hub of an older release refuses a newer one.
+    version_max: std::sync::atomic::AtomicU8,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -225,6 +228,9 @@ impl Client {
             credentials_generation: std::sync::atomic::AtomicU64::new(0),
             refresh_failed_ms: std::sync::atomic::AtomicU64::new(0),
             refreshing: std::sync::atomic::AtomicBool::new(false),
+            version_max: std::sync::atomic::AtomicU8::new(
+                crate::protocol::message::PROTOCOL_VERSION,
+            ),
         };
         let client = Self {
             inner: Arc::new(inner),
@@ -501,6 +507,10 @@ impl Client {
                 .inner
                 .credentials_generation
                 .load(std::sync::atomic::Ordering::Acquire);
+            let offered = self
+                .inner
+                .version_max
+                .load(std::sync::atomic::Ordering::Relaxed);
             let mut was_ready = false;
             let reason = self
                 .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
@@ -524,7 +534,13 @@ impl Client {
                     .inner
                     .credentials_generation
                     .load(std::sync::atomic::Ordering::Acquire);
-            if credentials_changed {
+            // An older hub's version refusal: retry at once in its version.
+            let version_lowered = self
+                .inner
+                .version_max
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < offered;
+            if credentials_changed || version_lowered {
                 backoff_ms = BACKOFF_MIN_MS;
             } else if [
                 "unauthenticated",
@@ -608,7 +624,15 @@ impl Client {
             .iter()
             .map(|(set, _)| (set.clone(), false))
             .collect();
-        let mut session = ClientSession::new(identity, subscriptions, log_id, crate::now_ms());
+        let versions = crate::protocol::message::VersionRange {
+            min: crate::protocol::message::PROTOCOL_VERSION_MIN,
+            max: self
+                .inner
+                .version_max
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let mut session =
+            ClientSession::speaking(identity, subscriptions, log_id, crate::now_ms(), versions);
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
             while let Some(frame) = session.poll_transmit() {
@@ -758,6 +782,13 @@ impl Client {
                         }
                     }
                     ClientEvent::Failed(error) => {
+                        if let Some(version) = session.fallback_version() {
+                            // A hub of an older release: offer only what it
+                            // speaks on the next connection.
+                            self.inner
+                                .version_max
+                                .store(version, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let refusal = error.clone();
                         self.refresh_status(|status| status.refusal = Some(refusal));
                         return Err(format!(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, DecidedState, Hooks};
 use crate::protocol::message::{Ack, AckOutcome, Op, OpBody};
+use crate::vocab::codec;
 use crate::vocab::ids::{OpId, ReplicaId};
 use crate::vocab::intent::{Decision, Intent, Refusal};
 
@@ -124,7 +125,7 @@ pub(crate) fn insert(
     body: &OpBody,
     docs: &str,
 ) -> Result<(), DbError> {
-    let body = postcard::to_stdvec(body).map_err(|error| DbError::Encode(error.to_string()))?;
+    let body = body.encode_stored();
     tx.execute(
         "INSERT INTO ops (seq, created_ms, status, body, docs) VALUES (?1, ?2, 'pending', ?3, ?4)",
         params![seq as i64, created_ms as i64, body, docs],
@@ -153,7 +154,7 @@ pub(crate) fn pending(
         let seq: i64 = row.get(0)?;
         let created_ms: i64 = row.get(1)?;
         let body: Vec<u8> = row.get(2)?;
-        let body: OpBody = postcard::from_bytes(&body).map_err(|error| DbError::Corrupt {
+        let body = OpBody::decode_stored(&body).map_err(|error| DbError::Corrupt {
             doc: format!("op {seq}"),
             detail: error.to_string(),
         })?;
@@ -205,8 +206,7 @@ pub(crate) fn record_acks(
                 };
                 let state = hooks.intent_decided(tx, ack.op.seq, &intent, decision, now_ms)?;
                 let status = state.as_str();
-                let blob = postcard::to_stdvec(decision)
-                    .map_err(|error| DbError::Encode(error.to_string()))?;
+                let blob = codec::encode_stored(decision);
                 let changed = tx.execute(
                     "UPDATE ops SET status = ?2, acked_ms = ?3, decision = ?4 WHERE seq = ?1 AND status = 'pending'",
                     params![seq, status, now_ms as i64, blob],
@@ -214,6 +214,12 @@ pub(crate) fn record_acks(
                 summary.acknowledged += changed;
                 summary.decided.push((ack.op, decision.clone(), state));
                 changed
+            }
+            AckOutcome::Unknown(unknown) => {
+                // A newer hub's answer: the op stays pending (and is sent
+                // again on the next connection) until this device updates.
+                tracing::warn!(op = %ack.op, kind = %unknown.kind, "unknown outcome; op left pending");
+                continue;
             }
         };
         if changed > 0 {
@@ -238,13 +244,13 @@ fn intent_pending(tx: &Transaction<'_>, seq: u64) -> Result<Option<Intent>, DbEr
 
 fn decode_intent(seq: u64, body: Option<Vec<u8>>) -> Result<Option<Intent>, DbError> {
     let Some(body) = body else { return Ok(None) };
-    let body: OpBody = postcard::from_bytes(&body).map_err(|error| DbError::Corrupt {
+    let body = OpBody::decode_stored(&body).map_err(|error| DbError::Corrupt {
         doc: format!("op {seq}"),
         detail: error.to_string(),
     })?;
     Ok(match body {
         OpBody::Intent(intent) => Some(intent),
-        OpBody::Changes(_) => None,
+        OpBody::Changes(_) | OpBody::Unknown(_) => None,
     })
 }
 
@@ -279,7 +285,7 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, DbEr
     let decision = match decision {
         Some(blob) => {
             Some(
-                postcard::from_bytes::<Decision>(&blob).map_err(|error| DbError::Corrupt {
+                codec::decode_stored::<Decision>(&blob).map_err(|error| DbError::Corrupt {
                     doc: format!("op {seq}"),
                     detail: format!("stored decision: {error}"),
                 })?,

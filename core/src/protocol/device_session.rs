@@ -93,10 +93,16 @@ pub struct ClientSession {
     last_ping_ms: u64,
     /// Sets the hub said this device may not read (from `Welcome`).
     refused: std::collections::BTreeSet<DocSetId>,
+    /// The protocol version frames are sent in: the newest offered until
+    /// the hub's `Welcome` arrives in the version it chose.
+    version: u8,
+    /// Set when a hub refused the offered versions in an older one.
+    fallback: Option<u8>,
 }
 
 impl ClientSession {
-    /// Starts a session on a freshly opened connection: queues the `Hello`.
+    /// Starts a session on a freshly opened connection: queues the `Hello`,
+    /// offering every protocol version this build speaks.
     ///
     /// `subscriptions` are the sets to follow with the cursors persisted in
     /// the local store. Every op still pending in the store is (re)sent once
@@ -108,6 +114,28 @@ impl ClientSession {
         known_log_id: Option<String>,
         now_ms: u64,
     ) -> Self {
+        Self::speaking(
+            identity,
+            subscriptions,
+            known_log_id,
+            now_ms,
+            message::VersionRange::SUPPORTED,
+        )
+    }
+
+    /// Like [`ClientSession::new`], offering the protocol versions `versions`
+    /// (within what this build speaks); the `Hello` goes out in the newest.
+    /// A range of version 1 only sends the previous release's `Hello`.
+    pub fn speaking(
+        identity: ClientIdentity,
+        subscriptions: Vec<(DocSetId, u64)>,
+        known_log_id: Option<String>,
+        now_ms: u64,
+        versions: message::VersionRange,
+    ) -> Self {
+        let max = versions
+            .max
+            .clamp(message::PROTOCOL_VERSION_MIN, message::PROTOCOL_VERSION);
         let mut session = Self {
             state: State::AwaitingWelcome,
             known_log_id,
@@ -120,16 +148,22 @@ impl ClientSession {
             ping_nonce: 0,
             last_ping_ms: now_ms,
             refused: std::collections::BTreeSet::new(),
+            version: max,
+            fallback: None,
         };
-        session
-            .transmit
-            .push_back(message::encode(&ClientMessage::Hello(Hello {
-                device: identity.device,
-                store: identity.store,
-                replica: identity.replica,
-                credentials: identity.credentials,
-                agent: identity.agent,
-            })));
+        let hello = ClientMessage::Hello(Hello {
+            device: identity.device,
+            store: identity.store,
+            replica: identity.replica,
+            credentials: identity.credentials,
+            agent: identity.agent,
+            versions: Some(message::VersionRange {
+                min: versions.min.min(max),
+                max,
+            }),
+        });
+        let frame = session.frame(&hello);
+        session.transmit.push_back(frame);
         session
     }
 
@@ -154,6 +188,24 @@ impl ClientSession {
         self.in_flight.len()
     }
 
+    /// The older protocol version a hub refused this session's `Hello` in,
+    /// if it did: the version to offer at most on the next connection.
+    pub fn fallback_version(&self) -> Option<u8> {
+        self.fallback
+    }
+
+    /// The protocol version the session speaks (settled by the `Welcome`).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Encodes a message in the session's protocol version.
+    fn frame(&self, message: &ClientMessage) -> Vec<u8> {
+        // Everything a device sends exists in every version; an unknown op
+        // kind (never read from the local log) would go out in the newest.
+        message::encode_version(message, self.version).unwrap_or_else(|_| message::encode(message))
+    }
+
     /// Frames and sends ops read from the local log (in sequence order).
     pub fn handle_local_ops(&mut self, ops: Vec<Op>) {
         if ops.is_empty() || self.state != State::Ready {
@@ -170,9 +222,7 @@ impl ClientSession {
                     || push_bytes + op_bytes > PUSH_BYTES_TARGET)
             {
                 self.transmit
-                    .push_back(message::encode(&ClientMessage::Push(std::mem::take(
-                        &mut push,
-                    ))));
+                    .push_back(self.frame(&ClientMessage::Push(std::mem::take(&mut push))));
                 push_bytes = 0;
             }
             self.in_flight.insert(op.id, ());
@@ -182,7 +232,7 @@ impl ClientSession {
         }
         if !push.is_empty() {
             self.transmit
-                .push_back(message::encode(&ClientMessage::Push(push)));
+                .push_back(self.frame(&ClientMessage::Push(push)));
         }
     }
 
@@ -199,19 +249,24 @@ impl ClientSession {
         let is_new = self.subscriptions.insert(set.clone(), cursor).is_none();
         if is_new && self.state == State::Ready {
             self.transmit
-                .push_back(message::encode(&ClientMessage::Subscribe(vec![
-                    SubscriptionRequest { set, cursor },
-                ])));
+                .push_back(
+                    self.frame(&ClientMessage::Subscribe(vec![SubscriptionRequest {
+                        set,
+                        cursor,
+                    }])),
+                );
         }
     }
 
     /// Feeds one frame received from the hub.
     pub fn handle_frame(&mut self, frame: &[u8], now_ms: u64) -> Result<(), ClientSessionError> {
-        let message: HubMessage = message::decode(frame)?;
+        let (version, message): (u8, HubMessage) = message::decode_versioned(frame)?;
         self.last_heard_ms = now_ms;
         match (message, &self.state) {
             (HubMessage::Welcome(welcome), State::AwaitingWelcome) => {
                 self.state = State::Ready;
+                // The hub answers in the version it chose from our range.
+                self.version = version;
                 if self.known_log_id.as_deref() != Some(welcome.log_id.as_str()) {
                     if self.known_log_id.is_some() {
                         for cursor in self.subscriptions.values_mut() {
@@ -254,11 +309,21 @@ impl ClientSession {
                     .collect();
                 if !requests.is_empty() {
                     self.transmit
-                        .push_back(message::encode(&ClientMessage::Subscribe(requests)));
+                        .push_back(self.frame(&ClientMessage::Subscribe(requests)));
                 }
                 self.events.push_back(ClientEvent::Ready(welcome));
             }
-            (HubMessage::Error(error), _) => self.events.push_back(ClientEvent::Failed(error)),
+            (HubMessage::Error(error), state) => {
+                // A hub of an older release refuses our Hello in the version
+                // it speaks: offer that one next time.
+                if *state == State::AwaitingWelcome
+                    && error.code == message::ErrorCode::UnsupportedVersion
+                    && version < self.version
+                {
+                    self.fallback = Some(version);
+                }
+                self.events.push_back(ClientEvent::Failed(error));
+            }
             (_, State::AwaitingWelcome) => return Err(ClientSessionError::Unexpected("data")),
             (HubMessage::Welcome(_), State::Ready) => {
                 return Err(ClientSessionError::Unexpected("a second welcome"));
@@ -294,7 +359,7 @@ impl ClientSession {
             self.ping_nonce += 1;
             self.last_ping_ms = now_ms;
             self.transmit
-                .push_back(message::encode(&ClientMessage::Ping(self.ping_nonce)));
+                .push_back(self.frame(&ClientMessage::Ping(self.ping_nonce)));
         }
         Ok(())
     }
@@ -324,6 +389,38 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
         }
+    }
+
+    #[test]
+    fn a_hub_of_the_previous_release_is_offered_version_1_next_time() {
+        let mut session = ClientSession::new(identity(), Vec::new(), None, 0);
+        let hello = session.poll_transmit().unwrap();
+        assert_eq!(&hello[..3], b"OS\x02");
+        // The previous release's hub refuses in version 1.
+        let refusal = message::encode_version(
+            &HubMessage::Error(message::ProtocolError {
+                code: message::ErrorCode::UnsupportedVersion,
+                detail: "protocol version 2 is not supported; this side speaks version 1".into(),
+            }),
+            1,
+        )
+        .unwrap();
+        session.handle_frame(&refusal, 1).unwrap();
+        assert!(matches!(session.poll_event(), Some(ClientEvent::Failed(_))));
+        assert_eq!(session.fallback_version(), Some(1));
+
+        let versions = message::VersionRange { min: 1, max: 1 };
+        let mut session = ClientSession::speaking(identity(), Vec::new(), None, 0, versions);
+        let hello = session.poll_transmit().unwrap();
+        assert_eq!(&hello[..3], b"OS\x01");
+        assert!(matches!(
+            decode::<ClientMessage>(&hello),
+            Ok(ClientMessage::Hello(Hello { versions: None, .. }))
+        ));
+        let mut welcome = welcome(&["store.s1"], "log-1");
+        welcome = message::encode_version(&decode::<HubMessage>(&welcome).unwrap(), 1).unwrap();
+        session.handle_frame(&welcome, 1).unwrap();
+        assert_eq!(session.version(), 1);
     }
 
     fn welcome(allowed: &[&str], log_id: &str) -> Vec<u8> {

@@ -1,17 +1,27 @@
 //! Wire messages of the sync protocol and their binary codec.
 //!
 //! A frame is one WebSocket binary message: the two magic bytes `OS`, one
-//! protocol version byte, then the message encoded with postcard. The version
-//! byte comes before the body so that a hub can refuse a client from a future
-//! protocol with a clear reason instead of a decode error. See
-//! `docs/protocol.md` for the full description and a worked transcript.
+//! protocol version byte, then the message. Version 2 (this release) encodes
+//! the message as MessagePack with named fields (see [`crate::vocab::codec`]);
+//! version 1 (the previous release) as positional postcard, still decoded
+//! and, for a device that speaks only version 1, still sent. The version
+//! byte comes before the body so that a peer can refuse a frame from a
+//! future protocol with a clear reason instead of a decode error. The
+//! handshake negotiates the version: [`Hello::versions`] names the device's
+//! range and the hub answers in the highest version both speak. See
+//! `docs/protocol.md` ("Versioning and evolution").
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::codec::{self, CodecError, UnknownVariant};
 use crate::vocab::ids::{DeviceId, DocId, DocSetId, OpId, ReplicaId, StoreId};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this build speaks (and the one it encodes
+/// with until a handshake settles on another).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest protocol version this build still speaks (the previous
+/// release's postcard frames).
+pub const PROTOCOL_VERSION_MIN: u8 = 1;
 /// Magic bytes that open every frame.
 pub const FRAME_MAGIC: [u8; 2] = *b"OS";
 /// Hard limit on the size of one frame, in either direction.
@@ -74,6 +84,43 @@ pub struct Hello {
     pub credentials: Credentials,
     /// Free text naming the client software, for logs.
     pub agent: String,
+    /// The protocol versions the device speaks; absent (a version 1 Hello):
+    /// only the version of the frame that carried it.
+    #[serde(default)]
+    pub versions: Option<VersionRange>,
+}
+
+/// An inclusive range of protocol versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// Oldest version spoken.
+    pub min: u8,
+    /// Newest version spoken.
+    pub max: u8,
+}
+
+impl VersionRange {
+    /// The versions this build speaks.
+    pub const SUPPORTED: VersionRange = VersionRange {
+        min: PROTOCOL_VERSION_MIN,
+        max: PROTOCOL_VERSION,
+    };
+
+    /// The highest version both ranges contain, if any.
+    pub fn highest_common(&self, other: &VersionRange) -> Option<u8> {
+        let high = self.max.min(other.max);
+        (high >= self.min.max(other.min)).then_some(high)
+    }
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "version {}", self.min)
+        } else {
+            write!(f, "versions {} to {}", self.min, self.max)
+        }
+    }
 }
 
 /// Credentials presented in the handshake.
@@ -135,6 +182,10 @@ pub enum OpBody {
     /// Something only the hub decides (checkout, stock command, order
     /// status); answered with [`AckOutcome::Decided`].
     Intent(crate::vocab::intent::Intent),
+    /// A kind of op (or of intent) from a newer release. Never sent; the hub
+    /// answers it with [`RejectCode::Invalid`] instead of dropping the push.
+    #[serde(untagged)]
+    Unknown(UnknownVariant),
 }
 
 /// One automerge change to one document.
@@ -180,6 +231,11 @@ pub enum AckOutcome {
     },
     /// An intent was decided (durably, in the same commit as this answer).
     Decided(crate::vocab::intent::Decision),
+    /// An outcome (or a decision) from a newer release. Never sent; the
+    /// device leaves the op pending and says so, the other acks of the batch
+    /// still apply.
+    #[serde(untagged)]
+    Unknown(UnknownVariant),
 }
 
 /// Why the hub refused an op.
@@ -196,6 +252,9 @@ pub enum RejectCode {
     TooLarge,
     /// The op is empty or otherwise unusable.
     Invalid,
+    /// A code from a newer release. Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A page of changes of one document set.
@@ -272,6 +331,9 @@ pub enum ErrorCode {
     Timeout,
     /// The hub failed internally; reconnect later.
     Internal,
+    /// A code from a newer release. Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -288,6 +350,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
@@ -306,7 +369,9 @@ pub enum DecodeError {
     #[error("not an omnisync frame (bad magic bytes)")]
     BadMagic,
     /// Speaks another protocol version.
-    #[error("protocol version {got} is not supported; this side speaks version {PROTOCOL_VERSION}")]
+    #[error(
+        "protocol version {got} is not supported; this side speaks versions {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}"
+    )]
     UnsupportedVersion {
         /// The version in the frame.
         got: u8,
@@ -314,6 +379,31 @@ pub enum DecodeError {
     /// The body does not decode.
     #[error("malformed frame body: {0}")]
     Malformed(String),
+    /// A well-formed message of a kind this build does not know (a newer
+    /// release's).
+    #[error("unknown message kind `{kind}` (sent by a newer release?)")]
+    UnknownKind {
+        /// The message's kind (variant name).
+        kind: String,
+    },
+}
+
+/// Why a message cannot be put into a frame of the asked version.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// This build does not speak the version.
+    #[error("protocol version {0} is not spoken by this build")]
+    UnsupportedVersion(u8),
+    /// The message has no form in the version (an unknown variant, which is
+    /// never sent, in a version 1 frame).
+    #[error("this message has no protocol version {version} form: {what}")]
+    NotExpressible {
+        /// The version asked for.
+        version: u8,
+        /// What could not be expressed.
+        what: String,
+    },
 }
 
 impl DecodeError {
@@ -323,41 +413,116 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             DecodeError::BadMagic | DecodeError::Malformed(_) => ErrorCode::Malformed,
+            DecodeError::UnknownKind { .. } => ErrorCode::UnexpectedMessage,
         }
     }
 }
 
-/// Encodes a message into a frame.
-pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+/// A top-level wire message ([`ClientMessage`] or [`HubMessage`]): encodable
+/// in every protocol version this build speaks.
+pub trait WireMessage: Serialize + serde::de::DeserializeOwned + Sized {
+    /// The message kinds (variant names) this build knows.
+    const KINDS: &'static [&'static str];
+    /// Decodes a version 1 (postcard) body.
+    fn decode_v1(body: &[u8]) -> Result<Self, DecodeError>;
+    /// Encodes the message as a version 1 (postcard) body.
+    fn encode_v1(&self) -> Result<Vec<u8>, EncodeError>;
+}
+
+/// Encodes a message into a frame of this build's newest version
+/// ([`PROTOCOL_VERSION`]).
+pub fn encode<M: WireMessage>(message: &M) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&FRAME_MAGIC);
     frame.push(PROTOCOL_VERSION);
-    // Serializing plain data into a Vec cannot fail: postcard only errors on
-    // unsupported serde features, which our message types do not use.
-    postcard::to_io(message, &mut frame).expect("postcard encoding of protocol message");
+    frame.extend(codec::to_named(message));
     frame
 }
 
-/// Decodes a frame. Never panics, whatever the bytes.
-pub fn decode<M: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<M, DecodeError> {
+/// Encodes a message into a frame of protocol `version` (the one the
+/// handshake settled on).
+pub fn encode_version<M: WireMessage>(message: &M, version: u8) -> Result<Vec<u8>, EncodeError> {
+    match version {
+        PROTOCOL_VERSION => Ok(encode(message)),
+        1 => {
+            let mut frame = FRAME_MAGIC.to_vec();
+            frame.push(1);
+            frame.extend(message.encode_v1()?);
+            Ok(frame)
+        }
+        other => Err(EncodeError::UnsupportedVersion(other)),
+    }
+}
+
+/// Decodes a frame of any version this build speaks. Never panics, whatever
+/// the bytes.
+pub fn decode<M: WireMessage>(frame: &[u8]) -> Result<M, DecodeError> {
+    decode_versioned(frame).map(|(_, message)| message)
+}
+
+/// Decodes a frame and says which protocol version it was in.
+pub fn decode_versioned<M: WireMessage>(frame: &[u8]) -> Result<(u8, M), DecodeError> {
     if frame.len() > FRAME_BYTES_MAX {
         return Err(DecodeError::TooLarge { len: frame.len() });
     }
     if frame.len() < 3 || frame[..2] != FRAME_MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if frame[2] != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion { got: frame[2] });
+    let body = &frame[3..];
+    let message = match frame[2] {
+        PROTOCOL_VERSION => {
+            codec::from_named::<M>(body, M::KINDS).map_err(|error| match error {
+                CodecError::UnknownKind { kind } => DecodeError::UnknownKind { kind },
+                other => DecodeError::Malformed(other.to_string()),
+            })?
+        }
+        1 => M::decode_v1(body)?,
+        got => return Err(DecodeError::UnsupportedVersion { got }),
+    };
+    Ok((frame[2], message))
+}
+
+impl WireMessage for ClientMessage {
+    const KINDS: &'static [&'static str] = &["Hello", "Subscribe", "Push", "Ping"];
+
+    fn decode_v1(body: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_postcard::<v1::ClientMessage>(body)
+            .map(Into::into)
+            .map_err(|error| DecodeError::Malformed(error.to_string()))
     }
-    let (message, rest) = postcard::take_from_bytes::<M>(&frame[3..])
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+
+    fn encode_v1(&self) -> Result<Vec<u8>, EncodeError> {
+        let old = v1::ClientMessage::try_from(self.clone())?;
+        Ok(postcard::to_stdvec(&old).expect("postcard encoding of plain data"))
     }
-    Ok(message)
+}
+
+impl WireMessage for HubMessage {
+    const KINDS: &'static [&'static str] = &["Welcome", "Acks", "Changes", "Pong", "Error"];
+
+    fn decode_v1(body: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_postcard::<v1::HubMessage>(body)
+            .map(Into::into)
+            .map_err(|error| DecodeError::Malformed(error.to_string()))
+    }
+
+    fn encode_v1(&self) -> Result<Vec<u8>, EncodeError> {
+        let old = v1::HubMessage::try_from(self.clone())?;
+        Ok(postcard::to_stdvec(&old).expect("postcard encoding of plain data"))
+    }
+}
+
+impl AckOutcome {
+    /// Encodes the outcome for the hub's store (this release's format).
+    pub fn encode_stored(&self) -> Vec<u8> {
+        codec::encode_stored(self)
+    }
+
+    /// Decodes a stored outcome: this release's format or the previous
+    /// release's postcard.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_stored_as::<AckOutcome, v1::AckOutcome>(bytes)
+    }
 }
 
 /// Truncates free text from a peer or for a peer to [`DETAIL_BYTES_MAX`].
@@ -380,6 +545,17 @@ impl Op {
 }
 
 impl OpBody {
+    /// Encodes the body for the device's op log (this release's format).
+    pub fn encode_stored(&self) -> Vec<u8> {
+        codec::encode_stored(self)
+    }
+
+    /// Decodes a body from the op log: this release's format or the previous
+    /// release's postcard.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_stored_as::<OpBody, v1::OpBody>(bytes)
+    }
+
     /// Approximate encoded size: change bytes plus document ids. The one
     /// measure [`OP_BYTES_MAX`] is checked against, on devices and hub alike.
     pub fn payload_len(&self) -> usize {
@@ -391,13 +567,16 @@ impl OpBody {
             OpBody::Intent(intent) => {
                 postcard::to_stdvec(intent).map_or(usize::MAX, |bytes| bytes.len())
             }
+            OpBody::Unknown(_) => 0,
         }
     }
 }
 
+pub mod v1;
+
 /// Byte vectors as serde bytes (postcard writes them as length + raw bytes
 /// instead of one varint per element).
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
@@ -448,7 +627,7 @@ mod tests {
     fn frames_round_trip() {
         let message = sample_push();
         let frame = encode(&message);
-        assert_eq!(&frame[..3], b"OS\x01");
+        assert_eq!(&frame[..3], b"OS\x02");
         assert_eq!(decode::<ClientMessage>(&frame).unwrap(), message);
     }
 
@@ -490,10 +669,12 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<ClientMessage>(&bytes);
             let _ = decode::<HubMessage>(&bytes);
-            let mut framed = b"OS\x01".to_vec();
-            framed.extend_from_slice(&bytes);
-            let _ = decode::<ClientMessage>(&framed);
-            let _ = decode::<HubMessage>(&framed);
+            for version in [1, 2] {
+                let mut framed = vec![b'O', b'S', version];
+                framed.extend_from_slice(&bytes);
+                let _ = decode::<ClientMessage>(&framed);
+                let _ = decode::<HubMessage>(&framed);
+            }
         }
 
         #[test]

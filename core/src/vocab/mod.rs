@@ -3,6 +3,7 @@
 //! layout), typed document edits, and what the hub decides (intents,
 //! decisions, hub records). It imports nothing from the rest of the crate.
 
+pub mod codec;
 pub mod edit;
 pub mod goods;
 pub mod hlc;

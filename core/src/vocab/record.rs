@@ -7,17 +7,25 @@
 //! document replaces the older one: the hub is its only writer, so its
 //! sequence number orders them and nothing needs merging.
 //!
-//! Encoding: the two bytes `R1`, then the record in postcard. Decoding is
-//! strict: anything else is an error, never a guess.
+//! Encoding: the two bytes `R2`, then the record as MessagePack with named
+//! fields (see [`crate::vocab::codec`]); records of the previous release
+//! (`R1`, then postcard) still decode. A record of a kind this build does
+//! not know decodes to [`RecordError::UnknownKind`], which readers skip.
+//! Anything else that does not decode is an error, never a guess.
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::codec;
 use crate::vocab::goods::Sku;
 use crate::vocab::ids::{DeviceId, DocId, DocSetId, StoreId};
 use crate::vocab::intent::{Decision, OfflinePolicy, StockMode, StockPolicy};
 
-/// Magic prefix of an encoded record (format version 1).
-pub const RECORD_MAGIC: [u8; 2] = *b"R1";
+/// Magic prefix of an encoded record (format version 2, MessagePack).
+pub const RECORD_MAGIC: [u8; 2] = *b"R2";
+/// Magic prefix of a record of the previous release (postcard).
+pub const RECORD_MAGIC_V1: [u8; 2] = *b"R1";
+/// The record kinds this build knows.
+pub const RECORD_KINDS: &[&str] = &["Stock", "Allowance", "Order"];
 /// Largest encoded record accepted.
 pub const RECORD_BYTES_MAX: usize = 256 * 1024;
 
@@ -126,13 +134,31 @@ pub struct OrderRecord {
 
 /// Why record bytes do not decode.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("malformed hub record: {0}")]
-pub struct RecordError(pub String);
+#[non_exhaustive]
+pub enum RecordError {
+    /// Not a record.
+    #[error("malformed hub record: {0}")]
+    Malformed(String),
+    /// A record of a kind from a newer release; readers skip it.
+    #[error("hub record of unknown kind `{kind}` (from a newer release?)")]
+    UnknownKind {
+        /// The record's kind.
+        kind: String,
+    },
+}
 
 impl Record {
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = RECORD_MAGIC.to_vec();
+        bytes.extend(codec::to_named(self));
+        bytes
+    }
+
+    /// Encodes the record in the previous release's format (`R1`, postcard),
+    /// for devices that speak only protocol version 1.
+    pub fn encode_v1(&self) -> Vec<u8> {
+        let mut bytes = RECORD_MAGIC_V1.to_vec();
         // Plain data into a Vec: postcard cannot fail here.
         bytes.extend(postcard::to_stdvec(self).expect("records encode"));
         bytes
@@ -141,17 +167,22 @@ impl Record {
     /// Decodes record bytes strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         if bytes.len() > RECORD_BYTES_MAX {
-            return Err(RecordError(format!("{} bytes is too large", bytes.len())));
+            return Err(RecordError::Malformed(format!(
+                "{} bytes is too large",
+                bytes.len()
+            )));
         }
-        let body = bytes
-            .strip_prefix(&RECORD_MAGIC)
-            .ok_or_else(|| RecordError("bad magic bytes".into()))?;
-        let (record, rest) =
-            postcard::take_from_bytes(body).map_err(|error| RecordError(error.to_string()))?;
-        if !rest.is_empty() {
-            return Err(RecordError(format!("{} trailing bytes", rest.len())));
-        }
-        Ok(record)
+        let decoded = if let Some(body) = bytes.strip_prefix(&RECORD_MAGIC) {
+            codec::from_named(body, RECORD_KINDS)
+        } else if let Some(body) = bytes.strip_prefix(&RECORD_MAGIC_V1) {
+            codec::decode_postcard(body)
+        } else {
+            return Err(RecordError::Malformed("bad magic bytes".into()));
+        };
+        decoded.map_err(|error| match error {
+            codec::CodecError::UnknownKind { kind } => RecordError::UnknownKind { kind },
+            other => RecordError::Malformed(other.to_string()),
+        })
     }
 
     /// The document this record is the state of; `None` for the allowance

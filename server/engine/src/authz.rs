@@ -592,6 +592,7 @@ mod tests {
             replica: peer.replica,
             credentials: Credentials::default(),
             agent: "test".into(),
+            versions: None,
         })));
         assert!(matches!(
             session.poll_event(),

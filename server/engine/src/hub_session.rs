@@ -13,7 +13,8 @@ pub use crate::authz::Peer;
 use crate::authz::{self, AuditEvent, AuditKind};
 use omnisync_core::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, ErrorCode, Hello, HubMessage, Op, OpBody,
-    ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, Welcome,
+    PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest,
+    VersionRange, Welcome,
 };
 use omnisync_core::vocab::ids::{DeviceId, DocSetId, StoreId};
 
@@ -161,6 +162,10 @@ pub struct HubSession {
     events: VecDeque<HubEvent>,
     limits: SessionLimits,
     audit: VecDeque<AuditEvent>,
+    /// The protocol version frames are sent in: the oldest this build
+    /// speaks until the handshake settles on one (so that a refusal before
+    /// it reaches a device of any release readably).
+    version: u8,
 }
 
 impl Default for HubSession {
@@ -184,6 +189,7 @@ impl HubSession {
             events: VecDeque::new(),
             limits,
             audit: VecDeque::new(),
+            version: message::PROTOCOL_VERSION_MIN,
         }
     }
 
@@ -206,12 +212,28 @@ impl HubSession {
         if self.is_closed() {
             return;
         }
-        let message: ClientMessage = match message::decode(frame) {
-            Ok(message) => message,
+        let (version, message): (u8, ClientMessage) = match message::decode_versioned(frame) {
+            Ok(decoded) => decoded,
             Err(error) => return self.fail(error.code(), error.to_string()),
         };
         match (message, &self.state) {
             (ClientMessage::Hello(hello), State::AwaitingHello) => {
+                // A Hello without a range (version 1) speaks its frame's version.
+                let theirs = hello.versions.unwrap_or(VersionRange {
+                    min: version,
+                    max: version,
+                });
+                let Some(chosen) = VersionRange::SUPPORTED.highest_common(&theirs) else {
+                    return self.fail(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "the device speaks protocol {theirs}, this hub speaks {}: update the {}",
+                            VersionRange::SUPPORTED,
+                            if theirs.max < PROTOCOL_VERSION_MIN { "device" } else { "hub" }
+                        ),
+                    );
+                };
+                self.version = chosen;
                 self.state = State::Authenticating;
                 self.events.push_back(HubEvent::Authenticate(hello));
             }
@@ -567,9 +589,17 @@ impl HubSession {
         }
     }
 
+    /// The protocol version the session speaks (settled by the Hello).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     fn send(&mut self, message: &HubMessage) {
-        self.transmit
-            .push_back(Outbound::Frame(message::encode(message)));
+        // The hub sends no unknown variants, so every message has a form in
+        // every version; should one not, the device hears it in the newest.
+        let frame = message::encode_version(message, self.version)
+            .unwrap_or_else(|_| message::encode(message));
+        self.transmit.push_back(Outbound::Frame(frame));
     }
 
     fn fail(&mut self, code: ErrorCode, detail: String) {
@@ -681,6 +711,15 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     }
     let changes = match &op.body {
         OpBody::Changes(changes) => changes,
+        OpBody::Unknown(unknown) => {
+            return reject(
+                RejectCode::Invalid,
+                format!(
+                    "this hub does not know ops of kind `{}` (or the intent inside): update the hub",
+                    unknown.kind
+                ),
+            );
+        }
         OpBody::Intent(intent) => {
             if let Err((code, detail)) = authz::authorize_intent(peer, intent) {
                 return reject(code, detail);
@@ -750,7 +789,7 @@ pub fn op_rejections(refusals: &[Ack], judged: &[IncomingOp]) -> Vec<AuditEvent>
 mod tests {
     use super::*;
     use crate::authz::Role;
-    use omnisync_core::protocol::message::{Credentials, decode, encode};
+    use omnisync_core::protocol::message::{Credentials, PROTOCOL_VERSION, decode, encode};
     use omnisync_core::vocab::ids::{DocId, OpId};
     use omnisync_core::vocab::ids::{ReplicaId, TenantId};
 
@@ -777,6 +816,7 @@ mod tests {
             replica: peer().replica,
             credentials: Credentials::default(),
             agent: "test".into(),
+            versions: None,
         })));
         assert!(matches!(
             session.poll_event(),
@@ -785,6 +825,61 @@ mod tests {
         session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
         assert!(matches!(session.poll_transmit(), Some(Outbound::Frame(_))));
         session
+    }
+
+    fn hello(versions: Option<VersionRange>) -> ClientMessage {
+        ClientMessage::Hello(Hello {
+            device: peer().device,
+            store: peer().store,
+            replica: peer().replica,
+            credentials: Credentials::default(),
+            agent: "test".into(),
+            versions,
+        })
+    }
+
+    #[test]
+    fn a_previous_release_device_is_answered_in_version_1() {
+        let mut session = HubSession::new();
+        session.handle_frame(&message::encode_version(&hello(None), 1).unwrap());
+        assert!(matches!(
+            session.poll_event(),
+            Some(HubEvent::Authenticate(_))
+        ));
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        let Some(Outbound::Frame(welcome)) = session.poll_transmit() else {
+            panic!("no welcome");
+        };
+        assert_eq!(&welcome[..3], b"OS\x01");
+        assert!(matches!(decode(&welcome), Ok(HubMessage::Welcome(_))));
+        session.handle_frame(&message::encode_version(&ClientMessage::Ping(4), 1).unwrap());
+        let Some(Outbound::Frame(pong)) = session.poll_transmit() else {
+            panic!("no pong");
+        };
+        assert_eq!(&pong[..3], b"OS\x01");
+        assert_eq!(session.version(), 1);
+    }
+
+    #[test]
+    fn the_highest_common_version_is_chosen_and_none_is_a_typed_refusal() {
+        let mut session = HubSession::new();
+        session.handle_frame(&encode(&hello(Some(VersionRange { min: 1, max: 7 }))));
+        assert_eq!(session.version(), PROTOCOL_VERSION);
+
+        let mut session = HubSession::new();
+        session.handle_frame(&encode(&hello(Some(VersionRange { min: 3, max: 7 }))));
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else {
+            panic!("no refusal");
+        };
+        let Ok(HubMessage::Error(error)) = decode::<HubMessage>(&frame) else {
+            panic!("not an error");
+        };
+        assert_eq!(error.code, ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            error.detail,
+            "the device speaks protocol versions 3 to 7, this hub speaks versions 1 to 2: update the hub"
+        );
+        assert!(session.is_closed());
     }
 
     fn change(seq: u64, origin: u8) -> RemoteChange {

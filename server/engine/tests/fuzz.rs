@@ -36,6 +36,7 @@ fn ready_hub_session() -> HubSession {
         replica: peer.replica,
         credentials: Credentials::default(),
         agent: "fuzz".into(),
+        versions: None,
     })));
     assert!(matches!(
         session.poll_event(),

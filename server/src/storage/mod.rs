@@ -133,20 +133,24 @@ fn migrate(db: &mut Connection) -> Result<(), HubLogError> {
     Ok(())
 }
 
+// Stored blobs: this release writes the evolvable format of
+// `omnisync_core::vocab::codec` and reads the previous release's postcard too.
 fn encode_outcome(outcome: &AckOutcome) -> Result<Vec<u8>, HubLogError> {
-    postcard::to_stdvec(outcome).map_err(storage_error)
+    Ok(outcome.encode_stored())
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
-    postcard::from_bytes(bytes).map_err(|error| storage_error(format!("stored outcome: {error}")))
+    AckOutcome::decode_stored(bytes)
+        .map_err(|error| storage_error(format!("stored outcome: {error}")))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
-    postcard::to_stdvec(value).map_err(storage_error)
+    Ok(omnisync_core::vocab::codec::encode_stored(value))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HubLogError> {
-    postcard::from_bytes(bytes).map_err(|error| storage_error(format!("stored {what}: {error}")))
+    omnisync_core::vocab::codec::decode_stored(bytes)
+        .map_err(|error| storage_error(format!("stored {what}: {error}")))
 }
 
 /// A sequence number as SQLite stores it (`u64::MAX` means "no bound").

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use omnisync_core::protocol::message::{Ack, AckOutcome, OpBody, RemoteChange};
+use omnisync_core::protocol::message::{Ack, AckOutcome, OpBody, RejectCode, RemoteChange};
 use omnisync_core::vocab::goods::{Channel, Sku};
 use omnisync_core::vocab::ids::{DeviceId, DocId, OpId, ReplicaId, StoreId};
 use omnisync_core::vocab::intent::{Decision, Intent};
@@ -95,6 +95,14 @@ pub fn apply_ops(
                     let decision: Decision =
                         work.decide(txn, &incoming.store, &incoming.device, &intent, now_ms)?;
                     AckOutcome::Decided(decision)
+                }
+                // The session's verdict rejects these first; never stored as applied.
+                OpBody::Unknown(unknown) => {
+                    batch.rejected += 1;
+                    AckOutcome::Rejected {
+                        code: RejectCode::Invalid,
+                        detail: format!("unknown op kind `{}`", unknown.kind),
+                    }
                 }
             },
         };
