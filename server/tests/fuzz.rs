@@ -20,17 +20,15 @@ use omnisync_hub::tls::TlsConfig;
 use omnisync_hub::token::{Algorithm, KeySet, SigningKey, Validation};
 
 fn validation() -> Validation {
-    Validation {
-        issuer: "https://issuer.test".into(),
-        audience: "hub".into(),
-        tenant: TenantId::new("acme").unwrap(),
-        leeway_s: 60,
-    }
+    let mut validation =
+        Validation::new("https://issuer.test", "hub", TenantId::new("acme").unwrap());
+    validation.leeway_s = 60;
+    validation
 }
 
 fn keys() -> (SigningKey, SigningKey, KeySet) {
-    let ed = SigningKey::generate(Algorithm::EdDsa, "ed");
-    let es = SigningKey::generate(Algorithm::Es256, "es");
+    let ed = SigningKey::generate(Algorithm::EdDsa, "ed").unwrap();
+    let es = SigningKey::generate(Algorithm::Es256, "es").unwrap();
     let jwks = serde_json::json!({ "keys": [ed.public_jwk(), es.public_jwk()] }).to_string();
     let set = KeySet::from_jwks(jwks.as_bytes()).unwrap();
     (ed, es, set)
@@ -92,26 +90,7 @@ fn fuzz_signed_tokens_with_hostile_claims() {
 
 /// Signs `message` with `key` the way a JWT signature is made.
 fn sign_raw(key: &SigningKey, message: &[u8]) -> String {
-    // The JWK holds the private scalar; rebuild the raw signer from it.
-    let jwk = key.private_jwk();
-    let d = URL_SAFE_NO_PAD.decode(jwk.d.unwrap_or_default()).unwrap();
-    let signature = match key.algorithm() {
-        Algorithm::EdDsa => {
-            use ed25519_dalek::Signer as _;
-            let seed: [u8; 32] = d.try_into().unwrap();
-            ed25519_dalek::SigningKey::from_bytes(&seed)
-                .sign(message)
-                .to_bytes()
-                .to_vec()
-        }
-        Algorithm::Es256 => {
-            use p256::ecdsa::signature::Signer as _;
-            let signing = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
-            let signature: p256::ecdsa::Signature = signing.sign(message);
-            signature.to_bytes().to_vec()
-        }
-    };
-    URL_SAFE_NO_PAD.encode(signature)
+    key.sign_message(message).unwrap()
 }
 
 #[test]
