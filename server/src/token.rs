@@ -1240,10 +1240,16 @@ impl KeyCache {
                 fetch_blocking(url, self.issuer.as_deref())?
             }
         };
-        if !keys.skipped().is_empty() {
-            tracing::info!(skipped = ?keys.skipped(), "key set: ignoring keys this hub cannot use");
+        if keys.kids() == self.keys().kids() {
+            tracing::debug!(kids = ?keys.kids(), source = ?self.source, "key set unchanged");
+        } else {
+            tracing::info!(
+                kids = ?keys.kids(),
+                skipped = ?keys.skipped(),
+                source = ?self.source,
+                "key set changed"
+            );
         }
-        tracing::info!(kids = ?keys.kids(), source = ?self.source, "key set loaded");
         let keys = Arc::new(keys);
         *self
             .keys

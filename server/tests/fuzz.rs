@@ -17,12 +17,29 @@ use omnisync_core::{DocId, TenantId};
 use omnisync_hub::changes::ChangeIndex;
 use omnisync_hub::import::{Format, read_rows};
 use omnisync_hub::tls::TlsConfig;
-use omnisync_hub::token::{Algorithm, KeySet, SigningKey, Validation};
+use omnisync_hub::token::{Algorithm, ClaimMapping, KeySet, SigningKey, Validation};
 
 fn validation() -> Validation {
     let mut validation =
         Validation::new("https://issuer.test", "hub", TenantId::new("acme").unwrap());
     validation.leeway_s = 60;
+    validation
+}
+
+/// A provider's claim names and role values (Entra ID style).
+fn provider_validation() -> Validation {
+    let mut validation = validation();
+    validation.claims = ClaimMapping {
+        tenant: "tid".into(),
+        store: "store_id".into(),
+        role: "roles".into(),
+        device: "device_id".into(),
+        customer: "customer".into(),
+        roles: vec![
+            ClaimMapping::parse_role("POS.Terminal=terminal").unwrap(),
+            ClaimMapping::parse_role("POS.Admin=back-office").unwrap(),
+        ],
+    };
     validation
 }
 
@@ -80,10 +97,12 @@ fn fuzz_signed_tokens_with_hostile_claims() {
             // concatenation by building a token and swapping its signature.
             let signature = sign_raw(key, signed.as_bytes());
             let token = format!("{signed}.{signature}");
-            if let Ok(verified) = set.verify(&token, &validation(), 1_800_000_000) {
-                // Whatever passed names a valid identity of the hub's tenant.
-                assert_eq!(verified.identity.tenant.as_str(), "acme");
-                assert_eq!(verified.claims.iss, "https://issuer.test");
+            for validation in [validation(), provider_validation()] {
+                if let Ok(verified) = set.verify(&token, &validation, 1_800_000_000) {
+                    // Whatever passed names a valid identity of the hub's tenant.
+                    assert_eq!(verified.identity.tenant.as_str(), "acme");
+                    assert_eq!(verified.claims.iss, "https://issuer.test");
+                }
             }
         });
 }
