@@ -298,7 +298,7 @@ enum Command {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         price_tolerance_bp: u32,
         #[command(flatten)]
-        auth: AuthArgs,
+        auth: Box<AuthArgs>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]

@@ -569,9 +569,7 @@ impl KeySet {
             if jwk.kid.is_empty() {
                 return Err(TokenError::Key("every key needs a kid".into()));
             }
-            if set.keys.iter().any(|key| key.kid == jwk.kid)
-                || set.skipped.iter().any(|kid| *kid == jwk.kid)
-            {
+            if set.keys.iter().any(|key| key.kid == jwk.kid) || set.skipped.contains(&jwk.kid) {
                 return Err(TokenError::Key(format!("kid {:?} appears twice", jwk.kid)));
             }
             match public_key(&jwk)? {
