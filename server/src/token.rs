@@ -1794,4 +1794,83 @@ mod tests {
         assert!(cache.verify(&token, &validation(), NOW).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A loopback HTTP server answering every GET with the key set in
+    /// `jwks`, counting requests; stops at `stop` and one more connection.
+    fn jwks_server(
+        jwks: Arc<Mutex<String>>,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::net::SocketAddr {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = jwks.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn unknown_kids_refetch_a_remote_set_at_most_once_per_interval() {
+        let first = SigningKey::generate(Algorithm::EdDsa, "k1").unwrap();
+        let second = SigningKey::generate(Algorithm::Es256, "k2").unwrap();
+        let jwks = Arc::new(Mutex::new(first.public_jwks()));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let address = jwks_server(jwks.clone(), requests.clone(), stop.clone());
+        let fetches = || requests.load(std::sync::atomic::Ordering::SeqCst);
+        let cache = KeyCache::from_url(&format!("http://{address}/keys"), None, 300).unwrap();
+        assert_eq!(fetches(), 1);
+        assert!(
+            cache
+                .verify(&first.sign(&claims()).unwrap(), &validation(), NOW)
+                .is_ok()
+        );
+        // A flood of made-up kids right after a fetch: no request at all.
+        let forged = |kid: &str| SigningKey::generate(Algorithm::EdDsa, kid).unwrap();
+        for n in 0..20 {
+            let token = forged(&format!("made-up-{n}")).sign(&claims()).unwrap();
+            assert!(matches!(
+                cache.verify(&token, &validation(), NOW),
+                Err(TokenError::UnknownKey { .. })
+            ));
+        }
+        assert_eq!(fetches(), 1);
+        // The provider rotates; once the interval has passed, the first
+        // token of the new key fetches the set once, and it is accepted.
+        *jwks.lock().unwrap() = second.public_jwks();
+        std::thread::sleep(Duration::from_millis(350));
+        let token = second.sign(&claims()).unwrap();
+        assert!(cache.verify(&token, &validation(), NOW).is_ok());
+        assert_eq!(fetches(), 2);
+        // The old key is gone with the old set; more made-up kids wait.
+        assert!(matches!(
+            cache.verify(&first.sign(&claims()).unwrap(), &validation(), NOW),
+            Err(TokenError::UnknownKey { .. })
+        ));
+        assert_eq!(fetches(), 2);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(address);
+    }
 }
