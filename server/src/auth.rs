@@ -16,7 +16,7 @@ use omnisync_hub_engine::authz::{Identity, Role};
 use omnisync_hub_engine::hub_session::Peer;
 
 use crate::devices::DeviceRegistry;
-use crate::token::{self, KeySet, SigningKey, Validation};
+use crate::token::{self, KeyCache, SigningKey, Validation};
 
 /// Decides whether a handshake is accepted and what the peer may do.
 pub trait Authenticator: Send + Sync {
@@ -73,9 +73,10 @@ pub enum AuthConfig {
 /// Configuration of [`TokenAuthenticator`].
 #[derive(Clone, Debug)]
 pub struct TokenConfig {
-    /// Trusted public keys.
-    pub keys: KeySet,
-    /// Issuer, audience, tenant, leeway.
+    /// Trusted public keys and where they come from (a file, a provider's
+    /// `jwks_uri`); shared with whatever reloads them (SIGHUP).
+    pub keys: Arc<KeyCache>,
+    /// Issuer, audience, tenant, leeway, algorithm allow-list, claim names.
     pub validation: Validation,
     /// A private key to refresh tokens with; without it refresh is off.
     pub signing: Option<SigningKey>,
@@ -87,7 +88,7 @@ pub struct TokenConfig {
 
 impl TokenConfig {
     /// Tokens from `keys` for `validation`, no refresh.
-    pub fn new(keys: KeySet, validation: Validation) -> Self {
+    pub fn new(keys: Arc<KeyCache>, validation: Validation) -> Self {
         Self {
             keys,
             validation,
@@ -172,7 +173,9 @@ impl Authenticator for TokenAuthenticator {
             self.config.refresh_ttl_s,
             enrolled,
         );
-        Ok(signing.sign(&claims))
+        signing
+            .sign(&claims)
+            .map_err(|error| AuthError::Unsupported(format!("this hub could not sign: {error}")))
     }
 
     fn authorize_admin(

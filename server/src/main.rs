@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use omnisync_hub::auth::{AuthConfig, TokenConfig};
 use omnisync_hub::limits::{self, Limits, Rate};
 use omnisync_hub::tls::TlsConfig;
-use omnisync_hub::token::{self, Algorithm, KeySet, SigningKey, Validation};
+use std::sync::Arc;
+
+use omnisync_hub::token::{self, Algorithm, ClaimMapping, KeyCache, SigningKey, Validation};
 use omnisync_hub::{Hub, HubConfig};
 
 /// omnisync regional hub.
@@ -34,13 +36,20 @@ enum KeyAlgorithm {
     Eddsa,
 }
 
-/// How devices authenticate: exactly one of `--jwks` or `--dev-auth`.
+/// How devices authenticate: exactly one of `--jwks`, `--jwks-url` or
+/// `--dev-auth`.
 #[derive(Args)]
 #[group(skip)]
 struct AuthArgs {
-    /// Verify signed device tokens against this JSON Web Key Set.
+    /// Verify signed device tokens against this JSON Web Key Set file
+    /// (read again on SIGHUP).
     #[arg(long, group = "auth_mode", requires_all = ["issuer", "audience", "tenant"])]
     jwks: Option<PathBuf>,
+    /// Verify signed device tokens against the identity provider's keys: an
+    /// OpenID discovery URL (`https://…/.well-known/openid-configuration`)
+    /// or a direct JWKS URL (https; http only to a loopback address).
+    #[arg(long, group = "auth_mode", requires_all = ["issuer", "audience", "tenant"])]
+    jwks_url: Option<String>,
     /// Development mode: trust every device's word (no tokens). Never in production.
     #[arg(long, group = "auth_mode")]
     dev_auth: bool,
@@ -53,8 +62,9 @@ struct AuthArgs {
     /// This hub's tenant.
     #[arg(long)]
     tenant: Option<String>,
-    /// A private JWK to refresh tokens with (`POST /v1/auth/refresh`).
-    #[arg(long, requires = "jwks")]
+    /// A private JWK to refresh tokens with (`POST /v1/auth/refresh`); with
+    /// `--jwks` only.
+    #[arg(long)]
     signing_key: Option<PathBuf>,
     /// Tolerated clock skew, seconds.
     #[arg(long, default_value_t = token::CLOCK_LEEWAY_S_DEFAULT)]
@@ -62,6 +72,36 @@ struct AuthArgs {
     /// Lifetime of refreshed tokens, seconds.
     #[arg(long, default_value_t = token::TOKEN_TTL_S_DEFAULT)]
     refresh_ttl_s: u64,
+    /// Accepted token algorithms, comma-separated (of RS256, ES256, ES384,
+    /// EdDSA; `none` and HS* are always refused).
+    #[arg(long, value_delimiter = ',', default_value = "RS256,ES256,ES384,EdDSA")]
+    token_algs: Vec<Algorithm>,
+    /// Claim holding the tenant (Entra ID: `tid`).
+    #[arg(long, default_value = "tenant")]
+    claim_tenant: String,
+    /// Claim holding the store.
+    #[arg(long, default_value = "store")]
+    claim_store: String,
+    /// Claim holding the role, a string or an array (Entra ID: `roles`).
+    #[arg(long, default_value = "role")]
+    claim_role: String,
+    /// Claim holding the device id.
+    #[arg(long, default_value = "sub")]
+    claim_device: String,
+    /// Claim holding a customer app's customer.
+    #[arg(long, default_value = "customer")]
+    claim_customer: String,
+    /// A provider role value and the hub role it means, `VALUE=ROLE`
+    /// (repeatable), e.g. `POS.Terminal=terminal`. With any given, only
+    /// mapped values count; without, the hub's role names are expected.
+    #[arg(long)]
+    role_map: Vec<String>,
+    /// Shortest time between two key set fetches caused by unknown `kid`s, ms.
+    #[arg(long, default_value_t = token::JWKS_REFETCH_MIN_MS_DEFAULT)]
+    jwks_refetch_min_ms: u64,
+    /// Time between two scheduled fetches of a `--jwks-url` key set, ms.
+    #[arg(long, default_value_t = token::JWKS_REFRESH_MS_DEFAULT)]
+    jwks_refresh_ms: u64,
 }
 
 /// `wss://`: both or neither.
@@ -143,27 +183,63 @@ impl LimitArgs {
 
 impl AuthArgs {
     fn config(&self) -> anyhow::Result<AuthConfig> {
-        let Some(jwks) = &self.jwks else {
+        if self.jwks.is_none() && self.jwks_url.is_none() {
+            anyhow::ensure!(
+                self.signing_key.is_none(),
+                "--signing-key needs --jwks or --jwks-url"
+            );
             tracing::warn!(
                 "development authentication: every device is trusted on its word (--dev-auth)"
             );
             return Ok(AuthConfig::Development);
-        };
-        let bytes = std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
-        let keys =
-            KeySet::from_jwks(&bytes).with_context(|| format!("--jwks {}", jwks.display()))?;
-        // clap's `requires_all` guarantees these with --jwks.
+        }
+        // clap's `requires_all` guarantees these with --jwks and --jwks-url.
         let required = |value: &Option<String>, name: &str| {
             value
                 .clone()
-                .with_context(|| format!("--jwks needs --{name}"))
+                .with_context(|| format!("token mode needs --{name}"))
+        };
+        let issuer = required(&self.issuer, "issuer")?;
+        anyhow::ensure!(
+            self.jwks_url.is_none() || self.signing_key.is_none(),
+            "--signing-key (refresh) needs --jwks: with --jwks-url devices refresh at their identity provider"
+        );
+        let keys = match (&self.jwks, &self.jwks_url) {
+            (Some(path), _) => {
+                KeyCache::from_file(path).with_context(|| format!("--jwks {}", path.display()))?
+            }
+            (None, Some(url)) => KeyCache::from_url(url, Some(&issuer), self.jwks_refetch_min_ms)
+                .with_context(|| format!("--jwks-url {url}"))?,
+            (None, None) => anyhow::bail!("token mode needs --jwks or --jwks-url"),
+        };
+        let keys = Arc::new(keys);
+        keys.spawn_refresher(self.jwks_refresh_ms)?;
+        tracing::info!(kids = ?keys.keys().kids(), source = ?keys.source(), "trusting token keys");
+        anyhow::ensure!(
+            !self.token_algs.is_empty(),
+            "--token-algs names no algorithm"
+        );
+        let claims = ClaimMapping {
+            tenant: self.claim_tenant.clone(),
+            store: self.claim_store.clone(),
+            role: self.claim_role.clone(),
+            device: self.claim_device.clone(),
+            customer: self.claim_customer.clone(),
+            roles: self
+                .role_map
+                .iter()
+                .map(|entry| ClaimMapping::parse_role(entry))
+                .collect::<Result<_, _>>()
+                .context("--role-map")?,
         };
         let validation = Validation {
-            issuer: required(&self.issuer, "issuer")?,
+            issuer,
             audience: required(&self.audience, "audience")?,
             tenant: omnisync_core::TenantId::new(required(&self.tenant, "tenant")?)
                 .context("--tenant")?,
             leeway_s: self.token_leeway_s,
+            algorithms: self.token_algs.clone(),
+            claims,
         };
         let mut config = TokenConfig::new(keys, validation);
         config.refresh_ttl_s = self.refresh_ttl_s.min(token::TOKEN_TTL_S_MAX);
@@ -179,10 +255,30 @@ impl AuthArgs {
     }
 }
 
+/// Reloads the key set (file read again, or URL fetched again) on every
+/// SIGHUP, for key rotation without a restart.
+fn reload_keys_on_sighup(keys: Arc<KeyCache>) -> anyhow::Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let keys = keys.clone();
+            match tokio::task::spawn_blocking(move || keys.reload()).await {
+                Ok(Ok(set)) => tracing::info!(kids = ?set.kids(), "SIGHUP: key set reloaded"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "SIGHUP: key set not reloaded; keeping the keys held")
+                }
+                Err(error) => tracing::warn!(%error, "SIGHUP: the reload task failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the sync endpoint, health, metrics and admin reads. Choose how
-    /// devices authenticate: `--jwks` (signed tokens) or `--dev-auth`.
+    /// devices authenticate: `--jwks` or `--jwks-url` (signed tokens) or `--dev-auth`.
     #[command(group = clap::ArgGroup::new("auth_mode").required(true).multiple(false))]
     Serve {
         /// Address to listen on.
@@ -202,7 +298,7 @@ enum Command {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         price_tolerance_bp: u32,
         #[command(flatten)]
-        auth: AuthArgs,
+        auth: Box<AuthArgs>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -210,6 +306,8 @@ enum Command {
     },
     /// Make a signing key pair: a private JWK for `enrol` (and `serve
     /// --signing-key`), and a public JSON Web Key Set for `serve --jwks`.
+    /// The hub signs with ES256 or EdDSA; RS256 and ES384 tokens come from an
+    /// identity provider.
     Keygen {
         /// ES256 (P-256) or EdDSA (Ed25519).
         #[arg(long, value_enum, default_value_t = KeyAlgorithm::Eddsa)]
@@ -308,13 +406,17 @@ fn main() -> anyhow::Result<()> {
                     (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key)?),
                     _ => None,
                 };
+                let auth = auth.config()?;
+                if let omnisync_hub::auth::AuthConfig::Tokens(tokens) = &auth {
+                    reload_keys_on_sighup(tokens.keys.clone())?;
+                }
                 let config = HubConfig {
                     listen,
                     data_dir,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
                     price_tolerance_bp,
-                    auth: auth.config()?,
+                    auth,
                     limits: limits.limits(),
                     tls,
                 };
@@ -340,7 +442,7 @@ fn main() -> anyhow::Result<()> {
                     KeyAlgorithm::Es256 => Algorithm::Es256,
                     KeyAlgorithm::Eddsa => Algorithm::EdDsa,
                 };
-                let key = SigningKey::generate(algorithm, kid);
+                let key = SigningKey::generate(algorithm, kid).context("keygen")?;
                 write_private(&private, &serde_json::to_string_pretty(&key.private_jwk())?)?;
                 std::fs::write(&jwks, key.public_jwks())
                     .with_context(|| format!("writing {}", jwks.display()))?;
@@ -386,7 +488,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 let now_s = issued_at_s.unwrap_or_else(|| omnisync_core::now_ms() / 1000);
                 let claims = token::claims_for(&identity, &issuer, &audience, now_s, ttl_s, now_s);
-                println!("{}", key.sign(&claims));
+                println!("{}", key.sign(&claims).context("signing the token")?);
                 Ok(())
             }
             Command::ImportCatalog {

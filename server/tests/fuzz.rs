@@ -17,20 +17,35 @@ use omnisync_core::{DocId, TenantId};
 use omnisync_hub::changes::ChangeIndex;
 use omnisync_hub::import::{Format, read_rows};
 use omnisync_hub::tls::TlsConfig;
-use omnisync_hub::token::{Algorithm, KeySet, SigningKey, Validation};
+use omnisync_hub::token::{Algorithm, ClaimMapping, KeySet, SigningKey, Validation};
 
 fn validation() -> Validation {
-    Validation {
-        issuer: "https://issuer.test".into(),
-        audience: "hub".into(),
-        tenant: TenantId::new("acme").unwrap(),
-        leeway_s: 60,
-    }
+    let mut validation =
+        Validation::new("https://issuer.test", "hub", TenantId::new("acme").unwrap());
+    validation.leeway_s = 60;
+    validation
+}
+
+/// A provider's claim names and role values (Entra ID style).
+fn provider_validation() -> Validation {
+    let mut validation = validation();
+    validation.claims = ClaimMapping {
+        tenant: "tid".into(),
+        store: "store_id".into(),
+        role: "roles".into(),
+        device: "device_id".into(),
+        customer: "customer".into(),
+        roles: vec![
+            ClaimMapping::parse_role("POS.Terminal=terminal").unwrap(),
+            ClaimMapping::parse_role("POS.Admin=back-office").unwrap(),
+        ],
+    };
+    validation
 }
 
 fn keys() -> (SigningKey, SigningKey, KeySet) {
-    let ed = SigningKey::generate(Algorithm::EdDsa, "ed");
-    let es = SigningKey::generate(Algorithm::Es256, "es");
+    let ed = SigningKey::generate(Algorithm::EdDsa, "ed").unwrap();
+    let es = SigningKey::generate(Algorithm::Es256, "es").unwrap();
     let jwks = serde_json::json!({ "keys": [ed.public_jwk(), es.public_jwk()] }).to_string();
     let set = KeySet::from_jwks(jwks.as_bytes()).unwrap();
     (ed, es, set)
@@ -82,36 +97,19 @@ fn fuzz_signed_tokens_with_hostile_claims() {
             // concatenation by building a token and swapping its signature.
             let signature = sign_raw(key, signed.as_bytes());
             let token = format!("{signed}.{signature}");
-            if let Ok(verified) = set.verify(&token, &validation(), 1_800_000_000) {
-                // Whatever passed names a valid identity of the hub's tenant.
-                assert_eq!(verified.identity.tenant.as_str(), "acme");
-                assert_eq!(verified.claims.iss, "https://issuer.test");
+            for validation in [validation(), provider_validation()] {
+                if let Ok(verified) = set.verify(&token, &validation, 1_800_000_000) {
+                    // Whatever passed names a valid identity of the hub's tenant.
+                    assert_eq!(verified.identity.tenant.as_str(), "acme");
+                    assert_eq!(verified.claims.iss, "https://issuer.test");
+                }
             }
         });
 }
 
 /// Signs `message` with `key` the way a JWT signature is made.
 fn sign_raw(key: &SigningKey, message: &[u8]) -> String {
-    // The JWK holds the private scalar; rebuild the raw signer from it.
-    let jwk = key.private_jwk();
-    let d = URL_SAFE_NO_PAD.decode(jwk.d.unwrap_or_default()).unwrap();
-    let signature = match key.algorithm() {
-        Algorithm::EdDsa => {
-            use ed25519_dalek::Signer as _;
-            let seed: [u8; 32] = d.try_into().unwrap();
-            ed25519_dalek::SigningKey::from_bytes(&seed)
-                .sign(message)
-                .to_bytes()
-                .to_vec()
-        }
-        Algorithm::Es256 => {
-            use p256::ecdsa::signature::Signer as _;
-            let signing = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
-            let signature: p256::ecdsa::Signature = signing.sign(message);
-            signature.to_bytes().to_vec()
-        }
-    };
-    URL_SAFE_NO_PAD.encode(signature)
+    key.sign_message(message).unwrap()
 }
 
 #[test]
