@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
 use crate::db::{DbError, DocEdit, Durability, Replica};
 use crate::protocol::device_session::{ClientEvent, ClientIdentity, ClientSession};
-use crate::protocol::message::{self, AckOutcome, Credentials, ProtocolError, RejectCode};
+use crate::protocol::message::{
+    self, AckOutcome, Credentials, ErrorCode, ProtocolError, RejectCode,
+};
 use crate::vocab::ids::{DocId, OpId};
 
 /// First reconnect delay.
@@ -103,6 +105,9 @@ pub struct SyncStatus {
     pub caught_up: bool,
     /// The last connection error, if the link is down because of one.
     pub last_error: Option<String>,
+    /// The typed code of the hub's refusal that ended the last connection,
+    /// if it ended with one (what the reconnect backoff branches on).
+    pub last_error_code: Option<ErrorCode>,
     /// Followed sets the hub does not let this device read.
     pub refused_sets: Vec<crate::vocab::ids::DocSetId>,
     /// The hub's last refusal of the whole session, typed (`Unauthenticated`
@@ -153,6 +158,22 @@ pub struct Rejection {
     pub code: RejectCode,
     /// The hub's explanation.
     pub detail: String,
+}
+
+/// Why a connection ended: a human reason and, when the hub refused the
+/// session, its typed code.
+#[derive(Clone, Debug, PartialEq)]
+struct LinkDown {
+    /// What happened, for logs and status screens.
+    reason: String,
+    /// The hub's refusal code, if the hub ended the session with one.
+    code: Option<ErrorCode>,
+}
+
+impl From<String> for LinkDown {
+    fn from(reason: String) -> Self {
+        Self { reason, code: None }
+    }
 }
 
 /// Why the runtime failed.
@@ -507,11 +528,12 @@ impl Client {
             if *shutdown.borrow() {
                 break;
             }
-            tracing::debug!(device = %self.store().device(), %reason, "sync link down");
+            tracing::debug!(device = %self.store().device(), reason = %reason.reason, "sync link down");
             self.refresh_status(|status| {
                 status.link = Link::Offline;
                 status.caught_up = false;
-                status.last_error = Some(reason.clone());
+                status.last_error = Some(reason.reason.clone());
+                status.last_error_code = reason.code;
             });
             if was_ready {
                 backoff_ms = BACKOFF_MIN_MS;
@@ -525,15 +547,15 @@ impl Client {
                     .load(std::sync::atomic::Ordering::Acquire);
             if credentials_changed {
                 backoff_ms = BACKOFF_MIN_MS;
-            } else if [
-                "unauthenticated",
-                "unsupported-version",
-                "forbidden",
-                "limit-exceeded",
-            ]
-            .iter()
-            .any(|code| reason.contains(&format!("({code})")))
-            {
+            } else if matches!(
+                reason.code,
+                Some(
+                    ErrorCode::Unauthenticated
+                        | ErrorCode::UnsupportedVersion
+                        | ErrorCode::Forbidden
+                        | ErrorCode::LimitExceeded
+                )
+            ) {
                 backoff_ms = BACKOFF_MAX_MS;
             }
             let jitter = rand::rng().random_range(0..=backoff_ms / 2);
@@ -555,7 +577,7 @@ impl Client {
         was_ready: &mut bool,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
-    ) -> String {
+    ) -> LinkDown {
         match self.sync_once(was_ready, shutdown, online).await {
             Ok(never) => match never {},
             Err(reason) => reason,
@@ -567,7 +589,7 @@ impl Client {
         was_ready: &mut bool,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
-    ) -> Result<std::convert::Infallible, String> {
+    ) -> Result<std::convert::Infallible, LinkDown> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
         ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
@@ -584,8 +606,8 @@ impl Client {
         let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         let connected = tokio::select! {
             connected = connect => connected,
-            _ = shutdown.changed() => return Err("shut down".to_owned()),
-            _ = wait_offline(online) => return Err("switched offline".to_owned()),
+            _ = shutdown.changed() => return Err(LinkDown::from("shut down".to_owned())),
+            _ = wait_offline(online) => return Err(LinkDown::from("switched offline".to_owned())),
         };
         let (mut socket, _) = connected
             .map_err(|_| "connect timed out".to_owned())?
@@ -626,11 +648,11 @@ impl Client {
                         Some(Ok(Message::Binary(frame))) => frame,
                         Some(Ok(Message::Close(close))) => {
                             let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
-                            return Err(format!("hub closed the connection: {reason}"));
+                            return Err(LinkDown::from(format!("hub closed the connection: {reason}")));
                         }
                         Some(Ok(_)) => continue,
-                        Some(Err(error)) => return Err(format!("receive: {error}")),
-                        None => return Err("connection closed".to_owned()),
+                        Some(Err(error)) => return Err(LinkDown::from(format!("receive: {error}"))),
+                        None => return Err(LinkDown::from("connection closed".to_owned())),
                     };
                     session.handle_frame(&frame, crate::now_ms()).map_err(|error| error.to_string())?;
                 }
@@ -657,11 +679,11 @@ impl Client {
                 }
                 _ = shutdown.changed() => {
                     let _ = socket.close(None).await;
-                    return Err("shut down".to_owned());
+                    return Err(LinkDown::from("shut down".to_owned()));
                 }
                 _ = wait_offline(online) => {
                     let _ = socket.close(None).await;
-                    return Err("switched offline".to_owned());
+                    return Err(LinkDown::from("switched offline".to_owned()));
                 }
             }
             while let Some(event) = session.poll_event() {
@@ -729,9 +751,10 @@ impl Client {
                             self.blocking(apply).await?
                         }
                         .map_err(|error| format!("applying remote changes: {error}"))?;
-                        let recall_seen = docs
-                            .iter()
-                            .any(|doc| doc.as_str().contains("/rec/allowance/"));
+                        let recall_seen = docs.iter().any(|doc| {
+                            crate::vocab::layout::record_kind(doc)
+                                == Some(crate::vocab::layout::RecordKind::Allowance)
+                        });
                         if !docs.is_empty() {
                             let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
                         }
@@ -759,11 +782,14 @@ impl Client {
                     ClientEvent::Failed(error) => {
                         let refusal = error.clone();
                         self.refresh_status(|status| status.refusal = Some(refusal));
-                        return Err(format!(
-                            "hub refused: {} ({})",
-                            error.detail,
-                            error.code.as_str()
-                        ));
+                        return Err(LinkDown {
+                            reason: format!(
+                                "hub refused: {} ({})",
+                                error.detail,
+                                error.code.as_str()
+                            ),
+                            code: Some(error.code),
+                        });
                     }
                     ClientEvent::SubscriptionsRefused(sets) => {
                         tracing::warn!(
