@@ -11,10 +11,9 @@ use omnisync_core::db::OpStatus;
 use omnisync_core::retail::orders::{self, CheckoutRequest};
 use omnisync_core::retail::stock::StockView as CoreStockView;
 use omnisync_core::vocab::goods::{Currency, Sku};
-use omnisync_core::vocab::ids::check_name;
 use omnisync_core::vocab::intent::{
-    self, CHECKOUT_LINES_MAX, Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, OfflinePolicy, Refusal,
-    STOCK_QUANTITY_MAX, StockCommand, StockPolicy,
+    self, Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, OfflinePolicy, Refusal, STOCK_QUANTITY_MAX,
+    StockCommand, StockPolicy,
 };
 use omnisync_core::vocab::record::describe_decision;
 
@@ -284,9 +283,8 @@ fn parse_sku(sku: &str) -> Result<Sku> {
 
 /// A goods receipt.
 pub(crate) fn receive_command(sku: &str, quantity: i64, key: &str) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     Ok(StockCommand::Receive {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         quantity: units("quantity received", quantity, 1, STOCK_QUANTITY_MAX)?,
     })
@@ -294,9 +292,8 @@ pub(crate) fn receive_command(sku: &str, quantity: i64, key: &str) -> Result<Sto
 
 /// A stock-take.
 pub(crate) fn stock_take_command(sku: &str, counted: i64, key: &str) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     Ok(StockCommand::StockTake {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         counted: units("units counted", counted, 0, STOCK_QUANTITY_MAX)?,
     })
@@ -309,7 +306,6 @@ pub(crate) fn adjust_command(
     reason: &str,
     key: &str,
 ) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     key_text("reason", reason, false)?;
     if delta == 0 || delta.unsigned_abs() > STOCK_QUANTITY_MAX {
         return Err(OmnisyncError::InvalidInput {
@@ -319,7 +315,7 @@ pub(crate) fn adjust_command(
         });
     }
     Ok(StockCommand::Adjust {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         delta,
         reason: reason.to_owned(),
@@ -353,40 +349,26 @@ pub(crate) fn policy_command(
 impl CheckoutInput {
     /// The core's request, every field checked.
     pub(crate) fn to_core(&self) -> Result<CheckoutRequest> {
-        check_name("order id", &self.order_id)?;
-        if let Some(key) = &self.idempotency_key {
-            key_text("idempotency key", key, false)?;
-        }
-        key_text("payment reference", &self.payment_ref, true)?;
-        if self.lines.is_empty() || self.lines.len() > CHECKOUT_LINES_MAX {
-            return Err(OmnisyncError::InvalidInput {
-                detail: format!(
-                    "a checkout has 1 to {CHECKOUT_LINES_MAX} lines, not {}",
-                    self.lines.len()
-                ),
-            });
-        }
+        // Ids, keys and references are parsed here; the checkout's rules
+        // (lines, quantities, total) are checked once, by `Replica::checkout`.
+        let order_id = self.order_id.parse()?;
+        let idempotency_key = self
+            .idempotency_key
+            .as_deref()
+            .map(str::parse)
+            .transpose()?;
+        let payment_ref = self.payment_ref.parse()?;
         let lines = self
             .lines
             .iter()
             .map(OrderLineInput::to_core)
             .collect::<Result<Vec<_>>>()?;
-        lines
-            .iter()
-            .try_fold(0i64, |sum, line| {
-                line.unit_price_minor
-                    .checked_mul(line.quantity as i64)
-                    .and_then(|amount| sum.checked_add(amount))
-            })
-            .ok_or_else(|| OmnisyncError::InvalidInput {
-                detail: "the order total overflows".into(),
-            })?;
         Ok(CheckoutRequest {
-            order_id: self.order_id.clone(),
-            idempotency_key: self.idempotency_key.clone(),
+            order_id,
+            idempotency_key,
             lines,
             currency: Currency::new(&self.currency)?,
-            payment_ref: self.payment_ref.clone(),
+            payment_ref,
             channel: self.channel.to_core(),
         })
     }
@@ -448,7 +430,7 @@ impl From<orders::CheckoutReceipt> for CheckoutReceipt {
     fn from(receipt: orders::CheckoutReceipt) -> Self {
         CheckoutReceipt {
             op_id: op_id_text(&receipt.op),
-            order_id: receipt.order_id,
+            order_id: receipt.order_id.into(),
             lines: receipt
                 .lines
                 .into_iter()
@@ -468,10 +450,10 @@ impl From<orders::CheckoutReceipt> for CheckoutReceipt {
 impl From<orders::OrderSummary> for OrderSummary {
     fn from(order: orders::OrderSummary) -> Self {
         OrderSummary {
-            order_id: order.order_id,
+            order_id: order.order_id.into(),
             order_no: order.order_no,
             device: order.device,
-            status: order.status,
+            status: order.status.into(),
             version: order.version,
             total: Money::from_core(order.total),
             created_ms: order.created_ms,
@@ -493,7 +475,7 @@ impl From<orders::Compensation> for Compensation {
     fn from(task: orders::Compensation) -> Self {
         Compensation {
             op_id: op_id_text(&task.op),
-            order_id: task.order_id,
+            order_id: task.order_id.into(),
             order_no: task.order_no,
             lines: task
                 .lines
@@ -504,7 +486,7 @@ impl From<orders::Compensation> for Compensation {
                 })
                 .collect(),
             reason: task.reason,
-            open: task.state == "open",
+            open: task.state == orders::CompensationState::Open,
             resolution: task.resolution,
         }
     }
@@ -532,7 +514,10 @@ impl From<Option<OpStatus>> for OpState {
             None => OpState::Unknown,
             Some(OpStatus::Pending) => OpState::Pending,
             Some(OpStatus::Acknowledged { acked_ms }) => OpState::Acknowledged { acked_ms },
-            Some(OpStatus::Rejected { code, detail }) => OpState::Rejected { code, detail },
+            Some(OpStatus::Rejected { code, detail }) => OpState::Rejected {
+                code: code.as_str().to_owned(),
+                detail,
+            },
             Some(OpStatus::Refused { refusal }) => refused(&refusal),
             Some(OpStatus::Confirmed { decision }) => match decision {
                 Decision::Refused(refusal) => refused(&refusal),

@@ -421,6 +421,7 @@ impl OmnisyncStore {
     /// Orders with a status (`pending`, `confirmed`, `paid`, ...), newest first.
     pub async fn orders_by_status(&self, status: String, limit: u32) -> Result<Vec<OrderSummary>> {
         self.on_db(move |client, _| {
+            let status = omnisync_core::vocab::keys::OrderStatus::parse(&status)?;
             let found = client.store().orders_by_status(&status, limit as usize)?;
             Ok(found.into_iter().map(OrderSummary::from).collect())
         })
@@ -438,6 +439,8 @@ impl OmnisyncStore {
         expected_version: u64,
         status: String,
     ) -> Result<String> {
+        let order_id: omnisync_core::vocab::keys::OrderId = order_id.parse()?;
+        let status: omnisync_core::vocab::keys::OrderStatusName = status.parse()?;
         self.on_db(move |client, _| {
             let op = client.write(|db| {
                 db.update_order_status(&order_id, expected_version, &status, now_ms())

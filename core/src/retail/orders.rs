@@ -514,7 +514,10 @@ impl Replica {
              FROM orders WHERE status = ?1 ORDER BY created_ms DESC, order_id LIMIT ?2",
         )?;
         let rows = statement
-            .query_map(params![status.as_str(), limit.min(10_000) as i64], read_summary)?
+            .query_map(
+                params![status.as_str(), limit.min(10_000) as i64],
+                read_summary,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(StoredSummary::parse).collect()
     }
@@ -553,23 +556,26 @@ impl Replica {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(seq, order_id, order_no, lines, reason, state, resolution)| {
-                let corrupt = |detail: String| DbError::Corrupt {
-                    doc: format!("compensation of op {seq}"),
-                    detail,
-                };
-                Ok(Compensation {
-                    op: OpId { replica, seq },
-                    order_id: OrderId::new(order_id).map_err(|error| corrupt(error.to_string()))?,
-                    order_no: order_no.map(|no| no as u64),
-                    lines: serde_json::from_str(&lines)
-                        .map_err(|error| corrupt(format!("lines: {error}")))?,
-                    reason,
-                    state: CompensationState::parse(&state)
-                        .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
-                    resolution,
-                })
-            })
+            .map(
+                |(seq, order_id, order_no, lines, reason, state, resolution)| {
+                    let corrupt = |detail: String| DbError::Corrupt {
+                        doc: format!("compensation of op {seq}"),
+                        detail,
+                    };
+                    Ok(Compensation {
+                        op: OpId { replica, seq },
+                        order_id: OrderId::new(order_id)
+                            .map_err(|error| corrupt(error.to_string()))?,
+                        order_no: order_no.map(|no| no as u64),
+                        lines: serde_json::from_str(&lines)
+                            .map_err(|error| corrupt(format!("lines: {error}")))?,
+                        reason,
+                        state: CompensationState::parse(&state)
+                            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
+                        resolution,
+                    })
+                },
+            )
             .collect()
     }
 

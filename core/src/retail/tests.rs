@@ -794,7 +794,10 @@ fn stored_modes_policies_and_states_parse_strictly() {
         store.stock(&store_id, &sku("a")),
         Err(crate::db::DbError::Corrupt { .. })
     ));
-    assert_eq!(crate::vocab::intent::StockMode::parse("strong"), Some(crate::vocab::intent::StockMode::Strong));
+    assert_eq!(
+        crate::vocab::intent::StockMode::parse("strong"),
+        Some(crate::vocab::intent::StockMode::Strong)
+    );
     assert_eq!(crate::vocab::intent::StockMode::parse("Strong"), None);
     assert_eq!(crate::vocab::intent::StockMode::parse(""), None);
     use super::orders::CompensationState;

@@ -580,7 +580,10 @@ mod tests {
                 .is_err()
         );
         let negative = checkout(vec![line(1, -1)]).validate().unwrap_err();
-        assert!(negative.to_string().contains("negative price"), "{negative}");
+        assert!(
+            negative.to_string().contains("negative price"),
+            "{negative}"
+        );
         assert!(
             checkout(vec![line(1, 1); CHECKOUT_LINES_MAX + 1])
                 .validate()
@@ -613,7 +616,11 @@ mod tests {
         };
         assert!(adjust("damaged").validate().is_ok());
         assert!(adjust("damaged\n").validate().is_err());
-        assert!(adjust(&"x".repeat(REASON_BYTES_MAX + 1)).validate().is_err());
+        assert!(
+            adjust(&"x".repeat(REASON_BYTES_MAX + 1))
+                .validate()
+                .is_err()
+        );
         assert!(validate_reservation(1).is_ok());
         assert!(validate_reservation(0).is_err());
         assert!(validate_reservation(LINE_QUANTITY_MAX + 1).is_err());
@@ -634,7 +641,11 @@ mod tests {
             _Checkout,
             _Stock,
             _OrderStatus,
-            Reserve { key: String, sku: String, quantity: u64 },
+            Reserve {
+                key: String,
+                sku: String,
+                quantity: u64,
+            },
         }
         let raw = postcard::to_stdvec(&RawIntent::Reserve {
             key: String::new(),

@@ -228,18 +228,24 @@ mod tests {
 
     #[test]
     fn order_ids_are_name_segments() {
-        assert_eq!(OrderId::new("till-3-000042").unwrap().as_str(), "till-3-000042");
         assert_eq!(
-            OrderId::new(""),
-            Err(IdError::Empty { kind: "order id" })
+            OrderId::new("till-3-000042").unwrap().as_str(),
+            "till-3-000042"
         );
+        assert_eq!(OrderId::new(""), Err(IdError::Empty { kind: "order id" }));
         assert!(matches!(
             OrderId::new("a/b"),
-            Err(IdError::BadCharacter { kind: "order id", .. })
+            Err(IdError::BadCharacter {
+                kind: "order id",
+                ..
+            })
         ));
         assert!(matches!(
             OrderId::new("o".repeat(65)),
-            Err(IdError::TooLong { kind: "order id", max: 64 })
+            Err(IdError::TooLong {
+                kind: "order id",
+                max: 64
+            })
         ));
         let error = OrderId::new("x y").unwrap_err().to_string();
         assert!(error.contains("order id"), "{error}");
@@ -256,7 +262,10 @@ mod tests {
         );
         assert!(matches!(
             IdempotencyKey::new("k".repeat(KEY_BYTES_MAX + 1)),
-            Err(IdError::TooLong { max: KEY_BYTES_MAX, .. })
+            Err(IdError::TooLong {
+                max: KEY_BYTES_MAX,
+                ..
+            })
         ));
         assert!(IdempotencyKey::new("k".repeat(KEY_BYTES_MAX)).is_ok());
         let error = ReservationKey::new("web\n1").unwrap_err();
@@ -285,7 +294,10 @@ mod tests {
     #[test]
     fn order_statuses_parse_strictly_and_round_trip() {
         assert_eq!(OrderStatus::parse("pending").unwrap(), OrderStatus::Pending);
-        assert_eq!(OrderStatus::parse("confirmed").unwrap(), OrderStatus::Confirmed);
+        assert_eq!(
+            OrderStatus::parse("confirmed").unwrap(),
+            OrderStatus::Confirmed
+        );
         assert_eq!(OrderStatus::parse("refused").unwrap(), OrderStatus::Refused);
         let paid = OrderStatus::parse("paid").unwrap();
         assert_eq!(paid.as_str(), "paid");

@@ -184,7 +184,11 @@ mod tests {
             Some(RecordKind::Allowance)
         );
         assert_eq!(record("orders.s1/rec/order/o-1"), Some(RecordKind::Order));
-        assert_eq!(record("store.s1/rec/allowance/sku-1"), None, "wrong set kind");
+        assert_eq!(
+            record("store.s1/rec/allowance/sku-1"),
+            None,
+            "wrong set kind"
+        );
         assert_eq!(record("store.s1/notes/rec/allowance/x"), None);
         assert_eq!(record("device.s1.till-1/rec/allowance"), None);
         assert_eq!(record("store.s1/catalog/b001"), None);

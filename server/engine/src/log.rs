@@ -415,7 +415,7 @@ impl HubTxn for MemoryState {
         }
         for (store, order) in &changes.orders {
             self.orders
-                .insert((store.clone(), order.order_id.clone()), order.clone());
+                .insert((store.clone(), order.order_id.to_string()), order.clone());
         }
         for (store, key, decision) in &changes.keys {
             self.keys
@@ -564,8 +564,8 @@ pub mod conformance {
         let sku = Sku::new("tea").expect("sku");
         let checkout = |order: &str| {
             Intent::Checkout(CheckoutIntent {
-                order_id: order.into(),
-                idempotency_key: order.into(),
+                order_id: order.parse().expect("a valid order id"),
+                idempotency_key: order.parse().expect("a valid key"),
                 lines: vec![IntentLine {
                     sku: sku.clone(),
                     quantity: 2,
@@ -573,12 +573,12 @@ pub mod conformance {
                     source: LineSource::Hub,
                 }],
                 currency: Currency::new("EUR").expect("currency"),
-                payment_ref: "card".into(),
+                payment_ref: "card".parse().expect("a valid reference"),
                 channel: Channel::Pos,
             })
         };
         let receive = Intent::Stock(StockCommand::Receive {
-            key: "delivery-1".into(),
+            key: "delivery-1".parse().expect("a valid key"),
             sku: sku.clone(),
             quantity: 3,
         });

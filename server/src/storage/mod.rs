@@ -569,7 +569,7 @@ impl HubTxn for SqliteTxn<'_> {
             run(
                 "INSERT INTO ledger_orders (store_id, order_id, record) VALUES (?1, ?2, ?3)
                  ON CONFLICT (store_id, order_id) DO UPDATE SET record = ?3",
-                params![store.as_str(), order.order_id, encode(order)?],
+                params![store.as_str(), order.order_id.as_str(), encode(order)?],
             )?;
         }
         for (store, key, decision) in &changes.keys {
