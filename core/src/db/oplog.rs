@@ -326,8 +326,8 @@ pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogSta
     let (acknowledged, confirmed, refused) = if full {
         (
             count("acknowledged")?,
-            count("confirmed")?,
-            count("refused")?,
+            count(DecidedState::Confirmed.as_str())?,
+            count(DecidedState::Refused.as_str())?,
         )
     } else {
         (0, 0, 0)

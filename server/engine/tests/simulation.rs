@@ -718,7 +718,10 @@ impl Sim {
                         .or_panic(seed, &what("applying remote changes"));
                     // Like the runtime: an allowance record may be a recall,
                     // answered at once.
-                    if docs.iter().any(|d| d.as_str().contains("/rec/allowance/")) {
+                    if docs.iter().any(|d| {
+                        omnisync_core::vocab::layout::record_kind(d)
+                            == Some(omnisync_core::vocab::layout::RecordKind::Allowance)
+                    }) {
                         let ops = store.answer_recalls(now);
                         released += ops.or_panic(seed, &what("answering recalls")).len() as u64;
                     }
