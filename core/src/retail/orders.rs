@@ -439,17 +439,15 @@ impl Replica {
     }
 
     fn receipt_for_key(&self, key: &IdempotencyKey) -> Result<Option<CheckoutReceipt>, DbError> {
-        let Some((_order_id, seq)) = self
+        // The order id comes from the recorded intent, typed.
+        let Some(Some(seq)) = self
             .db
-            .prepare_cached("SELECT order_id, op_seq FROM orders WHERE idempotency_key = ?1")?
-            .query_row([key.as_str()], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
-            })
+            .prepare_cached("SELECT op_seq FROM orders WHERE idempotency_key = ?1")?
+            .query_row([key.as_str()], |row| row.get::<_, Option<i64>>(0))
             .optional()?
         else {
             return Ok(None);
         };
-        let Some(seq) = seq else { return Ok(None) };
         let op = OpId {
             replica: self.replica(),
             seq: seq as u64,

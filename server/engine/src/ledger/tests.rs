@@ -480,3 +480,52 @@ fn a_price_changed_beyond_tolerance_refuses_an_online_checkout() {
         OrderStatus::Refused
     );
 }
+
+#[test]
+fn the_hub_checks_a_checkout_from_the_wire_with_the_devices_rule() {
+    use omnisync_core::protocol::message::{AckOutcome, Op, OpBody};
+    use omnisync_core::vocab::ids::{OpId, ReplicaId};
+    use omnisync_core::vocab::intent::{CheckoutIntent, Intent, IntentLine};
+    let mut world = World::new();
+    // A device that skipped `Replica::checkout`: an empty checkout and one
+    // line with quantity 0, straight into ops.
+    let replica = ReplicaId::random();
+    let intent = |seq: u64, lines: Vec<IntentLine>| IncomingOp {
+        op: Op {
+            id: OpId { replica, seq },
+            created_ms: NOW,
+            body: OpBody::Intent(Intent::Checkout(CheckoutIntent {
+                order_id: format!("o-{seq}").parse().unwrap(),
+                idempotency_key: format!("k-{seq}").parse().unwrap(),
+                lines,
+                currency: Currency::new("EUR").unwrap(),
+                payment_ref: "card".parse().unwrap(),
+                channel: Channel::Pos,
+            })),
+        },
+        device: DeviceId::new("till-x").unwrap(),
+        store: store_id(),
+        verdict: Verdict::Accept,
+    };
+    let zero = IntentLine {
+        sku: sku("tea"),
+        quantity: 0,
+        unit_price_minor: 100,
+        source: LineSource::Hub,
+    };
+    let applied = world
+        .hub
+        .apply(vec![intent(1, Vec::new()), intent(2, vec![zero])])
+        .unwrap();
+    assert_eq!(applied.acks.len(), 2);
+    for ack in &applied.acks {
+        assert!(
+            matches!(
+                &ack.outcome,
+                AckOutcome::Decided(Decision::Refused(Refusal::Invalid { .. }))
+            ),
+            "{ack:?}"
+        );
+    }
+    world.check_ledgers();
+}
