@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, DecidedState, Hooks};
 use crate::protocol::message::{Ack, AckOutcome, Op, OpBody, RejectCode};
-use crate::vocab::ids::{OpId, ReplicaId};
+use crate::vocab::ids::{DocId, OpId, ReplicaId};
 use crate::vocab::intent::{Decision, Intent, Refusal};
 
 /// Where an op is in its life.
@@ -78,7 +78,7 @@ pub struct DeadLetter {
     /// The op.
     pub op: OpId,
     /// The documents it touched.
-    pub docs: Vec<String>,
+    pub docs: Vec<DocId>,
     /// The hub's reason code.
     pub code: RejectCode,
     /// The hub's explanation.
@@ -382,7 +382,15 @@ pub(crate) fn dead_letters(
         .map(|(seq, docs, code, detail)| {
             Ok(DeadLetter {
                 op: OpId { replica, seq },
-                docs: docs.split(' ').map(str::to_owned).collect(),
+                docs: docs
+                    .split_whitespace()
+                    .map(|doc| {
+                        DocId::new(doc).map_err(|error| DbError::Corrupt {
+                            doc: format!("op {seq}"),
+                            detail: format!("document list: {error}"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
                 code: parse_reject_code(seq, code.as_deref())?,
                 detail: detail.unwrap_or_default(),
             })

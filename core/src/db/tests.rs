@@ -201,6 +201,7 @@ fn acks_and_rejections_move_ops_through_their_lifecycle() {
     let letters = store.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].code, RejectCode::Forbidden);
+    assert_eq!(letters[0].docs, vec![doc("a")], "the documents, typed");
     // Stored as its stable text; an unknown stored code is corrupt data.
     let stored: String = store
         .db
