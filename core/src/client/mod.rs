@@ -170,6 +170,19 @@ struct LinkDown {
     code: Option<ErrorCode>,
 }
 
+/// True for a refusal of the whole session that reconnecting at once cannot
+/// fix (credentials, protocol version, permissions, a rate limit): the
+/// runtime waits the longest backoff before trying again.
+fn retrying_cannot_fix(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unauthenticated
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::Forbidden
+            | ErrorCode::LimitExceeded
+    )
+}
+
 impl From<String> for LinkDown {
     fn from(reason: String) -> Self {
         Self { reason, code: None }
@@ -547,15 +560,7 @@ impl Client {
                     .load(std::sync::atomic::Ordering::Acquire);
             if credentials_changed {
                 backoff_ms = BACKOFF_MIN_MS;
-            } else if matches!(
-                reason.code,
-                Some(
-                    ErrorCode::Unauthenticated
-                        | ErrorCode::UnsupportedVersion
-                        | ErrorCode::Forbidden
-                        | ErrorCode::LimitExceeded
-                )
-            ) {
+            } else if reason.code.is_some_and(retrying_cannot_fix) {
                 backoff_ms = BACKOFF_MAX_MS;
             }
             let jitter = rand::rng().random_range(0..=backoff_ms / 2);
@@ -915,5 +920,33 @@ async fn wait_offline(online: &mut watch::Receiver<bool>) {
         if online.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_branches_on_the_typed_refusal_not_its_text() {
+        for code in [
+            ErrorCode::Unauthenticated,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Forbidden,
+            ErrorCode::LimitExceeded,
+        ] {
+            assert!(retrying_cannot_fix(code), "{code:?}");
+        }
+        for code in [
+            ErrorCode::ShuttingDown,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+            ErrorCode::Malformed,
+        ] {
+            assert!(!retrying_cannot_fix(code), "{code:?}");
+        }
+        // A transport failure whose text merely mentions a code is no refusal.
+        let down = LinkDown::from("receive: proxy said (unauthenticated)".to_owned());
+        assert_eq!(down.code, None);
     }
 }
