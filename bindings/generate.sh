@@ -5,10 +5,14 @@
 #   bindings/generate.sh
 #
 # Output (all build output, ignored by git):
-#   bindings/generated/kotlin/dev/omnisync/omnisync_ffi.kt
-#   bindings/generated/python/omnisync_ffi.py (+ the library, which it loads from its own directory)
-#   bindings/generated/swift/{OmnisyncFFI.swift,OmnisyncFFIFFI.h,OmnisyncFFIFFI.modulemap}
-#   bindings/swift/Sources/OmnisyncFFI/OmnisyncFFI.swift and bindings/swift/Headers/ (the Swift package)
+#   bindings/generated/kotlin/dev/omnisync/omnisync_ffi.kt and dev/omnisync/core/omnisync_core.kt
+#   bindings/generated/python/omnisync_ffi.py and omnisync_core.py (+ the library, which they load from their own directory)
+#   bindings/generated/swift/{OmnisyncFFI,OmnisyncCore}.swift, {OmnisyncFFIFFI,OmnisyncCoreFFI}.{h,modulemap}
+#   bindings/swift/Sources/OmnisyncFFI/{OmnisyncFFI,OmnisyncCore}.swift and bindings/swift/Headers/ (the Swift package)
+#
+# Two UniFFI components, so two modules per language: omnisync-ffi's (the
+# store, its events and inputs) and omnisync-core's value types (feature
+# `ffi`: money, products, prices, stock views, orders, ...).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,11 +34,18 @@ for language in kotlin swift python; do
 done
 cp "$LIB" "$OUT/python/"
 
-# The Swift package: generated sources in place, headers for the XCFramework.
+# The Swift package: generated sources in place, headers for the XCFramework
+# (one module map declaring both C modules). UniFFI's Swift output expects
+# the files of all components in one Swift module: both go to OmnisyncFFI.
 SWIFT="$ROOT/bindings/swift"
+rm -rf "$SWIFT/Headers"
 mkdir -p "$SWIFT/Sources/OmnisyncFFI" "$SWIFT/Headers"
-cp "$OUT/swift/OmnisyncFFI.swift" "$SWIFT/Sources/OmnisyncFFI/OmnisyncFFI.swift"
-cp "$OUT/swift/OmnisyncFFIFFI.h" "$SWIFT/Headers/OmnisyncFFIFFI.h"
-cp "$OUT/swift/OmnisyncFFIFFI.modulemap" "$SWIFT/Headers/module.modulemap"
+: >"$SWIFT/Headers/module.modulemap"
+for module in OmnisyncFFI OmnisyncCore; do
+  cp "$OUT/swift/$module.swift" "$SWIFT/Sources/OmnisyncFFI/$module.swift"
+  cp "$OUT/swift/${module}FFI.h" "$SWIFT/Headers/${module}FFI.h"
+  cat "$OUT/swift/${module}FFI.modulemap" >>"$SWIFT/Headers/module.modulemap"
+  echo >>"$SWIFT/Headers/module.modulemap"
+done
 
 echo "bindings generated in $OUT and $SWIFT"

@@ -24,7 +24,9 @@ cargo test --manifest-path "$ROOT/Cargo.toml" -p omnisync-ffi --features cli --q
 
 step "Swift sources generated"
 for file in "$GENERATED/swift/OmnisyncFFI.swift" "$GENERATED/swift/OmnisyncFFIFFI.h" \
-  "$GENERATED/swift/OmnisyncFFIFFI.modulemap" "$ROOT/bindings/swift/Sources/OmnisyncFFI/OmnisyncFFI.swift"; do
+  "$GENERATED/swift/OmnisyncFFIFFI.modulemap" "$ROOT/bindings/swift/Sources/OmnisyncFFI/OmnisyncFFI.swift" \
+  "$GENERATED/swift/OmnisyncCore.swift" "$GENERATED/swift/OmnisyncCoreFFI.h" \
+  "$GENERATED/swift/OmnisyncCoreFFI.modulemap" "$ROOT/bindings/swift/Sources/OmnisyncFFI/OmnisyncCore.swift"; do
   if [[ ! -s "$file" ]]; then
     echo "missing Swift output: $file" >&2
     exit 1

@@ -13,14 +13,15 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, mpsc};
 
-use omnisync_core::DocId;
 use omnisync_core::client::{Client, Notice};
+use omnisync_core::db::DecidedState;
 use omnisync_core::vocab::intent::{Intent, LineSource};
 use omnisync_core::vocab::record::describe_decision;
+use omnisync_core::{DocId, OpId};
 use tokio::sync::{Notify, broadcast};
 
 use crate::ledger::order_no_of;
-use crate::types::{Collection, SyncStatus, op_id_text};
+use crate::types::{Collection, SyncStatus};
 
 /// Events kept for the pull API before the oldest are dropped.
 pub const EVENT_QUEUE_MAX: usize = 256;
@@ -68,13 +69,17 @@ pub enum StoreEvent {
 }
 
 /// The hub's decision on one of this device's intents.
+///
+/// Exists because the core's notice lists decisions as `(OpId, Decision,
+/// DecidedState)` tuples, which UniFFI cannot carry; the decision is given
+/// as text (the core's `Decision` nests its `Refusal`).
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct DecidedOp {
     /// The op (as returned by `checkout`, `receive_stock`, ...).
-    pub op_id: String,
-    /// The op's new state: `confirmed`, `refused` or `compensation`
-    /// (`op_state` has the details).
-    pub status: String,
+    pub op_id: OpId,
+    /// The op's new state: confirmed, refused or compensation (`op_state`
+    /// has the details).
+    pub status: DecidedState,
     /// The decision, for logs and staff, e.g. `confirmed as order #12`.
     pub decision: String,
     /// A checkout's order number, if the decision gave one.
@@ -288,8 +293,8 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
             decided: decided
                 .into_iter()
                 .map(|(op, decision, status)| DecidedOp {
-                    op_id: op_id_text(&op),
-                    status: status.as_str().to_owned(),
+                    op_id: op,
+                    status,
                     decision: describe_decision(&decision),
                     order_no: order_no_of(&decision),
                 })

@@ -1,71 +1,32 @@
-//! The records of what the hub decides — stock, checkout, orders,
-//! compensations and the lifecycle of an op — and their conversions from and
-//! to the core's ledger types.
+//! Checkout and stock-command input, the checkout receipt and the lifecycle
+//! of an op, and their conversions from and to the core's ledger types (in
+//! this file only). Stock views, orders, order lines, compensations, line
+//! sources, stock modes and policies cross the FFI as the core defines them
+//! (feature `ffi` of `omnisync-core`), with unsigned counts.
 //!
-//! Unit counts cross the boundary as `i64` (a Kotlin `Long`, like cart
+//! Unit counts from the app arrive as `i64` (a Kotlin `Long`, like cart
 //! quantities) and are checked here: a negative, zero or too large count is
 //! an [`OmnisyncError::InvalidInput`], never a panic or a silent clamp.
-//! Versions, order numbers and times are `u64`, as elsewhere.
 
 use omnisync_core::db::OpStatus;
 use omnisync_core::retail::orders::{self, CheckoutRequest};
-use omnisync_core::retail::stock::StockView as CoreStockView;
-use omnisync_core::vocab::goods::{Currency, Sku};
+use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+use omnisync_core::vocab::ids::OpId;
 use omnisync_core::vocab::intent::{
-    self, Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, OfflinePolicy, Refusal, STOCK_QUANTITY_MAX,
-    StockCommand, StockPolicy,
+    Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, LineSource, OfflinePolicy, Refusal,
+    STOCK_QUANTITY_MAX, StockCommand, StockPolicy,
 };
 use omnisync_core::vocab::record::describe_decision;
 
 use crate::error::{OmnisyncError, Result};
-use crate::types::{Channel, Money, op_id_text};
-
-/// Whether a SKU is sold from terminals' allowances or decided at the hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
-pub enum StockMode {
-    /// Well stocked: tills sell from their allowances, also offline.
-    Escrow,
-    /// Low stock: every sale needs the hub (offline, the SKU's policy decides).
-    Strong,
-}
-
-/// A SKU's stock as this device last heard it from the hub.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct StockView {
-    /// The product.
-    pub sku: String,
-    /// Units on hand at the hub's last word.
-    pub on_hand: i64,
-    /// Units free at the hub (neither reserved nor held by a terminal).
-    pub free: i64,
-    /// Units held by all terminals' allowances.
-    pub held: i64,
-    /// Escrow (sold from allowances) or strong (the hub decides each sale).
-    pub mode: StockMode,
-    /// At or below this many units on hand the SKU is in strong mode.
-    pub strong_at_or_below: i64,
-    /// What a till does with the SKU in strong mode while offline:
-    /// `block` or `provisional`.
-    pub offline_policy: String,
-    /// Units this device may still sell on its own (offline too).
-    pub allowance_left: i64,
-    /// The hub asked for this device's allowance back (it is returned
-    /// automatically while syncing).
-    pub recalled: bool,
-}
-
-/// How a checkout line was covered when the till recorded it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
-pub enum LineSource {
-    /// From this till's allowance: decided already, safe offline.
-    Allowance,
-    /// Sent to the hub, which decides it (online).
-    Hub,
-    /// Sold offline under a `provisional` policy: at risk until the hub decides.
-    Provisional,
-}
 
 /// One line of a checkout.
+///
+/// A separate FFI input (like [`CheckoutInput`]): the app's text and signed
+/// numbers are checked in `to_core`, so a bad SKU, a zero or negative
+/// quantity or a negative price is a typed `InvalidInput`. Crossing as the
+/// core's `OrderLine` (a `Sku` and an unsigned quantity), a malformed SKU
+/// would fail UniFFI's lift with an untyped internal error instead.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct OrderLineInput {
     /// The product.
@@ -78,6 +39,11 @@ pub struct OrderLineInput {
 }
 
 /// A sale to record at the till (see `OmnisyncStore::checkout`).
+///
+/// A separate FFI input rather than the core's `CheckoutRequest`: ids,
+/// currency and lines arrive as text and signed numbers and are parsed in
+/// `to_core` (typed `InvalidInput` errors), and the optional fields have
+/// defaults for Kotlin, Swift and Python callers.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CheckoutInput {
     /// The order id, unique in the store, e.g. `till-2-000042`
@@ -99,22 +65,28 @@ pub struct CheckoutInput {
 }
 
 /// How one checkout line was covered.
+///
+/// Exists because the core's receipt lists its lines as `(Sku, u64,
+/// LineSource)` tuples, which UniFFI cannot carry.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct ReceiptLine {
     /// The product.
-    pub sku: String,
+    pub sku: Sku,
     /// Units.
-    pub quantity: i64,
+    pub quantity: u64,
     /// Allowance, hub or provisional.
     pub source: LineSource,
 }
 
 /// What the till may tell the cashier right after checkout.
+///
+/// A separate FFI type because the core's `CheckoutReceipt` holds its lines
+/// as tuples (see [`ReceiptLine`]); converted in one place, `From` below.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CheckoutReceipt {
     /// The op carrying the sale: its `op_state` is the sale's lifecycle
     /// (pending, then confirmed with the order number, refused, or compensation).
-    pub op_id: String,
+    pub op_id: OpId,
     /// The order id.
     pub order_id: String,
     /// How each line was covered.
@@ -127,70 +99,6 @@ pub struct CheckoutReceipt {
     pub repeated: bool,
 }
 
-/// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct OrderLine {
-    /// The product.
-    pub sku: String,
-    /// Units.
-    pub quantity: i64,
-    /// Unit price charged, minor units.
-    pub unit_price_minor: i64,
-}
-
-/// An order as this device knows it: its own sales from the moment they are
-/// recorded, and every order of the store the hub has decided and published.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct OrderSummary {
-    /// The order id.
-    pub order_id: String,
-    /// The store's order number, once the hub confirmed the order.
-    pub order_no: Option<u64>,
-    /// The device that sold it.
-    pub device: String,
-    /// `pending`, `confirmed`, `refused`, then `paid`, `fulfilled`, ...
-    pub status: String,
-    /// Status version for `update_order_status` (0 while pending).
-    pub version: u64,
-    /// Order total.
-    pub total: Money,
-    /// When it was recorded, ms since the epoch.
-    pub created_ms: u64,
-    /// Some units were sold provisionally and are not (yet) covered.
-    pub at_risk: bool,
-    /// The lines.
-    pub lines: Vec<OrderLine>,
-}
-
-/// Units of a provisional sale the hub could not cover.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct ShortLine {
-    /// The product.
-    pub sku: String,
-    /// Units not covered.
-    pub quantity: i64,
-}
-
-/// A provisional sale the hub could not (fully) cover: a task for staff
-/// (refund, substitute, back-order), resolved with `resolve_compensation`.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct Compensation {
-    /// The checkout op (pass it to `resolve_compensation`).
-    pub op_id: String,
-    /// The order.
-    pub order_id: String,
-    /// The order number, if the order stands.
-    pub order_no: Option<u64>,
-    /// Units not covered.
-    pub lines: Vec<ShortLine>,
-    /// The hub's reason.
-    pub reason: String,
-    /// True until resolved.
-    pub open: bool,
-    /// How it was resolved (`refund`, `substitute`, `backorder`, ...).
-    pub resolution: Option<String>,
-}
-
 /// Where a local op is in its life.
 ///
 /// Plain writes (catalog, prices, carts) go `Pending` → `Acknowledged` (or
@@ -198,6 +106,11 @@ pub struct Compensation {
 /// status changes — go `Pending` → `Confirmed` or `Refused`; a provisional
 /// sale the hub could not cover goes to `Compensation` and, once resolved,
 /// `Compensated`.
+///
+/// A separate FFI type: a flat summary of the core's `Option<OpStatus>`
+/// (`Unknown` for `None`), which nests the hub's `Decision` and `Refusal`
+/// (enums with tuple variants and internal detail) and is `non_exhaustive`;
+/// converted in one place, `From` below.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum OpState {
     /// Durable on this device, not yet decided by the hub.
@@ -272,11 +185,6 @@ pub(crate) fn key_text(what: &str, value: &str, may_be_empty: bool) -> Result<()
     Ok(())
 }
 
-/// The count back to the app (the ledger's counts fit easily).
-fn count(units: u64) -> i64 {
-    i64::try_from(units).unwrap_or(i64::MAX)
-}
-
 fn parse_sku(sku: &str) -> Result<Sku> {
     Ok(Sku::new(sku)?)
 }
@@ -349,8 +257,8 @@ pub(crate) fn policy_command(
 impl CheckoutInput {
     /// The core's request, every field checked.
     pub(crate) fn to_core(&self) -> Result<CheckoutRequest> {
-        // Ids, keys and references are parsed here; the checkout's rules
-        // (lines, quantities, total) are checked once, by `Replica::checkout`.
+        // Ids, keys and references are parsed here; the lines are checked
+        // by the core's one checkout rule (`CheckoutRequest::to_intent`).
         let order_id = self.order_id.parse()?;
         let idempotency_key = self
             .idempotency_key
@@ -363,14 +271,28 @@ impl CheckoutInput {
             .iter()
             .map(OrderLineInput::to_core)
             .collect::<Result<Vec<_>>>()?;
-        Ok(CheckoutRequest {
+        lines
+            .iter()
+            .try_fold(0i64, |sum, line| {
+                line.unit_price_minor
+                    .checked_mul(line.quantity as i64)
+                    .and_then(|amount| sum.checked_add(amount))
+            })
+            .ok_or_else(|| OmnisyncError::InvalidInput {
+                detail: "the order total overflows".into(),
+            })?;
+        let request = CheckoutRequest {
             order_id,
             idempotency_key,
             lines,
             currency: Currency::new(&self.currency)?,
             payment_ref,
-            channel: self.channel.to_core(),
-        })
+            channel: self.channel,
+        };
+        request
+            .to_intent()
+            .map_err(|invalid| OmnisyncError::InvalidInput { detail: invalid.0 })?;
+        Ok(request)
     }
 }
 
@@ -399,95 +321,23 @@ impl OrderLineInput {
     }
 }
 
-impl From<CoreStockView> for StockView {
-    fn from(view: CoreStockView) -> Self {
-        StockView {
-            sku: view.sku.as_str().to_owned(),
-            on_hand: count(view.on_hand),
-            free: count(view.free),
-            held: count(view.held),
-            mode: match view.mode {
-                intent::StockMode::Escrow => StockMode::Escrow,
-                intent::StockMode::Strong => StockMode::Strong,
-            },
-            strong_at_or_below: count(view.policy.strong_at_or_below),
-            offline_policy: view.policy.offline.as_str().to_owned(),
-            allowance_left: count(view.allowance_left),
-            recalled: view.recalled,
-        }
-    }
-}
-
-fn line_source(source: intent::LineSource) -> LineSource {
-    match source {
-        intent::LineSource::Allowance => LineSource::Allowance,
-        intent::LineSource::Hub => LineSource::Hub,
-        intent::LineSource::Provisional => LineSource::Provisional,
-    }
-}
-
 impl From<orders::CheckoutReceipt> for CheckoutReceipt {
     fn from(receipt: orders::CheckoutReceipt) -> Self {
         CheckoutReceipt {
-            op_id: op_id_text(&receipt.op),
+            op_id: receipt.op,
             order_id: receipt.order_id.into(),
             lines: receipt
                 .lines
                 .into_iter()
                 .map(|(sku, quantity, source)| ReceiptLine {
-                    sku: sku.as_str().to_owned(),
-                    quantity: count(quantity),
-                    source: line_source(source),
+                    sku,
+                    quantity,
+                    source,
                 })
                 .collect(),
             needs_hub: receipt.needs_hub,
             at_risk: receipt.at_risk,
             repeated: receipt.repeated,
-        }
-    }
-}
-
-impl From<orders::OrderSummary> for OrderSummary {
-    fn from(order: orders::OrderSummary) -> Self {
-        OrderSummary {
-            order_id: order.order_id.into(),
-            order_no: order.order_no,
-            device: order.device,
-            status: order.status.into(),
-            version: order.version,
-            total: Money::from_core(order.total),
-            created_ms: order.created_ms,
-            at_risk: order.at_risk,
-            lines: order
-                .lines
-                .into_iter()
-                .map(|line| OrderLine {
-                    sku: line.sku.as_str().to_owned(),
-                    quantity: count(line.quantity),
-                    unit_price_minor: line.unit_price_minor,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<orders::Compensation> for Compensation {
-    fn from(task: orders::Compensation) -> Self {
-        Compensation {
-            op_id: op_id_text(&task.op),
-            order_id: task.order_id.into(),
-            order_no: task.order_no,
-            lines: task
-                .lines
-                .into_iter()
-                .map(|line| ShortLine {
-                    sku: line.sku.as_str().to_owned(),
-                    quantity: count(line.quantity),
-                })
-                .collect(),
-            reason: task.reason,
-            open: task.state == orders::CompensationState::Open,
-            resolution: task.resolution,
         }
     }
 }

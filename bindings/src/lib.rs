@@ -9,6 +9,16 @@
 //! the runtime's blocking pool, so an app's UI thread never waits on SQLite
 //! or the network. Errors are one enum, [`OmnisyncError`], translated from
 //! the core's errors in `error.rs` only.
+//!
+//! Types are defined once: the core's value types (money, channels,
+//! products, prices, cart lines, stock views, orders, compensations, modes
+//! and policies, and the identifiers `Sku`, `Currency`, `OpId`, `DocSetId`
+//! as custom types) carry UniFFI derives behind `omnisync-core`'s feature
+//! `ffi` and cross as they are. The core is its own UniFFI component, so the
+//! generated code has two modules: `dev.omnisync.core` (Kotlin),
+//! `omnisync_core` (Python), `OmnisyncCore.swift` (Swift) for those, and this
+//! crate's for the store, its events and inputs, and the few types that
+//! stand for a core type UniFFI cannot carry (each says why).
 
 #![warn(missing_docs)]
 
@@ -24,15 +34,9 @@ use std::sync::OnceLock;
 
 pub use error::OmnisyncError;
 pub use events::{ChangeOrigin, DecidedOp, EVENT_QUEUE_MAX, EventListener, StoreEvent};
-pub use ledger::{
-    CheckoutInput, CheckoutReceipt, Compensation, LineSource, OpState, OrderLine, OrderLineInput,
-    OrderSummary, ReceiptLine, ShortLine, StockMode, StockView,
-};
+pub use ledger::{CheckoutInput, CheckoutReceipt, OpState, OrderLineInput, ReceiptLine};
 pub use store::{OmnisyncStore, open_store};
-pub use types::{
-    Cart, CartLine, CartLineAdded, Channel, Collection, FieldConflict, LinkState, Money, Price,
-    Product, ProductInput, StoreConfig, SyncStatus,
-};
+pub use types::{Cart, CartLineAdded, Collection, ProductInput, StoreConfig, SyncStatus};
 
 /// Worker threads of the bindings' runtime: sync tasks are I/O-bound and a
 /// phone has few cores; SQLite work goes to the separate blocking pool.

@@ -14,23 +14,23 @@ use std::time::Duration;
 
 use omnisync_core::client::{Client, SyncConfig};
 use omnisync_core::db::encryption::EncryptionKey;
+use omnisync_core::ffi::parse_op_id;
 use omnisync_core::protocol::message::Credentials;
+use omnisync_core::retail::catalog::Product;
 use omnisync_core::retail::customer::LINE_QUANTITY_MAX;
-use omnisync_core::vocab::goods::Sku;
+use omnisync_core::retail::orders::{Compensation, OrderSummary};
+use omnisync_core::retail::prices::Price;
+use omnisync_core::retail::stock::StockView;
+use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
 use omnisync_core::vocab::ids::check_name;
 use omnisync_core::vocab::intent::StockCommand;
-use omnisync_core::{CustomerId, DeviceId, DocSetId, Replica, StoreId, now_ms};
+use omnisync_core::{CustomerId, DeviceId, DocSetId, OpId, Replica, StoreId, now_ms};
 
 use crate::error::{OmnisyncError, Result};
 use crate::events::{EventHub, EventListener, StoreEvent, start_dispatcher};
-use crate::ledger::{
-    self, CheckoutInput, CheckoutReceipt, Compensation, OpState, OrderSummary, StockView,
-};
+use crate::ledger::{self, CheckoutInput, CheckoutReceipt, OpState};
 use crate::runtime;
-use crate::types::{
-    Cart, CartLineAdded, Channel, Money, Price, Product, ProductInput, StoreConfig, SyncStatus,
-    op_id_text, parse_op_id,
-};
+use crate::types::{Cart, CartLineAdded, ProductInput, StoreConfig, SyncStatus};
 
 /// Longest wait a caller may ask for (`next_event`, `wait_for_sync`): one hour.
 pub const WAIT_MS_MAX: u64 = 3_600_000;
@@ -129,14 +129,13 @@ impl OmnisyncStore {
 #[uniffi::export]
 impl OmnisyncStore {
     /// Creates or updates products; returns the ids of the recorded ops.
-    pub async fn upsert_products(&self, products: Vec<ProductInput>) -> Result<Vec<String>> {
+    pub async fn upsert_products(&self, products: Vec<ProductInput>) -> Result<Vec<OpId>> {
         let updates = products
             .iter()
             .map(ProductInput::to_core)
             .collect::<Result<Vec<_>>>()?;
         self.on_db(move |client, store_id| {
-            let ops = client.write(|db| db.upsert_products(store_id, &updates, now_ms()))?;
-            Ok(ops.iter().map(op_id_text).collect())
+            Ok(client.write(|db| db.upsert_products(store_id, &updates, now_ms()))?)
         })
         .await
     }
@@ -144,19 +143,16 @@ impl OmnisyncStore {
     /// One product, if the store has it.
     pub async fn product(&self, sku: String) -> Result<Option<Product>> {
         let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| {
-            Ok(client.store().product(store_id, &sku)?.map(Product::from))
-        })
-        .await
+        self.on_db(move |client, store_id| Ok(client.store().product(store_id, &sku)?))
+            .await
     }
 
     /// Full-text search over name, brand and category (the last word is a prefix).
     pub async fn search_products(&self, text: String, limit: u32) -> Result<Vec<Product>> {
         self.on_db(move |client, store_id| {
-            let found = client
+            Ok(client
                 .store()
-                .search_products(store_id, &text, limit as usize)?;
-            Ok(found.into_iter().map(Product::from).collect())
+                .search_products(store_id, &text, limit as usize)?)
         })
         .await
     }
@@ -164,34 +160,32 @@ impl OmnisyncStore {
     /// Products with this barcode.
     pub async fn products_by_barcode(&self, barcode: String) -> Result<Vec<Product>> {
         self.on_db(move |client, store_id| {
-            let found = client.store().products_by_barcode(store_id, &barcode)?;
-            Ok(found.into_iter().map(Product::from).collect())
+            Ok(client.store().products_by_barcode(store_id, &barcode)?)
         })
         .await
     }
 
-    /// Sets a price on a channel from `effective_from_ms` on (0: always).
+    /// Sets a price of `amount_minor` minor units of `currency` (ISO 4217,
+    /// e.g. `EUR`) on a channel from `effective_from_ms` on (0: always). The
+    /// amount and currency arrive apart, not as a `Money`, so a malformed
+    /// currency is an `InvalidInput` rather than a failed FFI lift.
     pub async fn set_price(
         &self,
         sku: String,
         channel: Channel,
-        money: Money,
+        amount_minor: i64,
+        currency: String,
         effective_from_ms: u64,
-    ) -> Result<String> {
+    ) -> Result<OpId> {
         let sku = Sku::new(sku)?;
-        let money = money.to_core()?;
+        let money = Money {
+            amount_minor,
+            currency: Currency::new(&currency)?,
+        };
         self.on_db(move |client, store_id| {
-            let op = client.write(|db| {
-                db.set_price(
-                    store_id,
-                    &sku,
-                    channel.to_core(),
-                    effective_from_ms,
-                    &money,
-                    now_ms(),
-                )
-            })?;
-            Ok(op_id_text(&op))
+            Ok(client.write(|db| {
+                db.set_price(store_id, &sku, channel, effective_from_ms, &money, now_ms())
+            })?)
         })
         .await
     }
@@ -206,10 +200,9 @@ impl OmnisyncStore {
         let sku = Sku::new(sku)?;
         self.on_db(move |client, store_id| {
             let at_ms = at_ms.unwrap_or_else(now_ms);
-            let price = client
+            Ok(client
                 .store()
-                .price_in_force(store_id, &sku, channel.to_core(), at_ms)?;
-            Ok(price.map(Price::from))
+                .price_in_force(store_id, &sku, channel, at_ms)?)
         })
         .await
     }
@@ -226,10 +219,8 @@ impl OmnisyncStore {
     /// sell on its own. `None` until the hub has published the SKU.
     pub async fn stock(&self, sku: String) -> Result<Option<StockView>> {
         let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| {
-            Ok(client.store().stock(store_id, &sku)?.map(StockView::from))
-        })
-        .await
+        self.on_db(move |client, store_id| Ok(client.store().stock(store_id, &sku)?))
+            .await
     }
 }
 
@@ -241,13 +232,13 @@ impl OmnisyncStore {
 impl OmnisyncStore {
     /// Goods received: adds `quantity` (1 to 1,000,000,000) units. `key`
     /// (e.g. the delivery note) makes it idempotent: a repeat changes nothing.
-    pub async fn receive_stock(&self, sku: String, quantity: i64, key: String) -> Result<String> {
+    pub async fn receive_stock(&self, sku: String, quantity: i64, key: String) -> Result<OpId> {
         let command = ledger::receive_command(&sku, quantity, &key)?;
         self.stock_command(command).await
     }
 
     /// A count of the shelf: `counted` units become the on-hand count.
-    pub async fn stock_take(&self, sku: String, counted: i64, key: String) -> Result<String> {
+    pub async fn stock_take(&self, sku: String, counted: i64, key: String) -> Result<OpId> {
         let command = ledger::stock_take_command(&sku, counted, &key)?;
         self.stock_command(command).await
     }
@@ -259,7 +250,7 @@ impl OmnisyncStore {
         delta: i64,
         reason: String,
         key: String,
-    ) -> Result<String> {
+    ) -> Result<OpId> {
         let command = ledger::adjust_command(&sku, delta, &reason, &key)?;
         self.stock_command(command).await
     }
@@ -273,19 +264,16 @@ impl OmnisyncStore {
         sku: String,
         strong_at_or_below: i64,
         offline_policy: String,
-    ) -> Result<String> {
+    ) -> Result<OpId> {
         let command = ledger::policy_command(&sku, strong_at_or_below, &offline_policy)?;
         self.stock_command(command).await
     }
 }
 
 impl OmnisyncStore {
-    async fn stock_command(&self, command: StockCommand) -> Result<String> {
-        self.on_db(move |client, _| {
-            let op = client.write(|db| db.stock_command(command, now_ms()))?;
-            Ok(op_id_text(&op))
-        })
-        .await
+    async fn stock_command(&self, command: StockCommand) -> Result<OpId> {
+        self.on_db(move |client, _| Ok(client.write(|db| db.stock_command(command, now_ms()))?))
+            .await
     }
 }
 
@@ -312,10 +300,7 @@ impl OmnisyncStore {
         self.on_db(move |client, _| {
             let (op, line_id) =
                 client.write(|db| db.add_to_cart(&customer, &sku, quantity, now_ms()))?;
-            Ok(CartLineAdded {
-                op_id: op_id_text(&op),
-                line_id,
-            })
+            Ok(CartLineAdded { op_id: op, line_id })
         })
         .await
     }
@@ -326,7 +311,7 @@ impl OmnisyncStore {
         customer_id: String,
         line_id: String,
         delta: i64,
-    ) -> Result<String> {
+    ) -> Result<OpId> {
         let customer = CustomerId::new(customer_id)?;
         // The core does not bound `delta` yet, and automerge's counter panics
         // on overflow; no two valid line quantities are further apart than this.
@@ -336,19 +321,16 @@ impl OmnisyncStore {
             });
         }
         self.on_db(move |client, _| {
-            let op =
-                client.write(|db| db.change_cart_quantity(&customer, &line_id, delta, now_ms()))?;
-            Ok(op_id_text(&op))
+            Ok(client.write(|db| db.change_cart_quantity(&customer, &line_id, delta, now_ms()))?)
         })
         .await
     }
 
     /// Removes a cart line.
-    pub async fn remove_cart_line(&self, customer_id: String, line_id: String) -> Result<String> {
+    pub async fn remove_cart_line(&self, customer_id: String, line_id: String) -> Result<OpId> {
         let customer = CustomerId::new(customer_id)?;
         self.on_db(move |client, _| {
-            let op = client.write(|db| db.remove_cart_line(&customer, &line_id, now_ms()))?;
-            Ok(op_id_text(&op))
+            Ok(client.write(|db| db.remove_cart_line(&customer, &line_id, now_ms()))?)
         })
         .await
     }
@@ -359,30 +341,28 @@ impl OmnisyncStore {
         self.on_db(move |client, store_id| {
             let cart = client
                 .store()
-                .cart(&customer, store_id, channel.to_core(), now_ms())?;
+                .cart(&customer, store_id, channel, now_ms())?;
             Ok(Cart::from(cart))
         })
         .await
     }
 
     /// Adds a product to a wishlist.
-    pub async fn wishlist_add(&self, customer_id: String, sku: String) -> Result<String> {
+    pub async fn wishlist_add(&self, customer_id: String, sku: String) -> Result<OpId> {
         let customer = CustomerId::new(customer_id)?;
         let sku = Sku::new(sku)?;
         self.on_db(move |client, _| {
-            let op = client.write(|db| db.wishlist_add(&customer, &sku, now_ms()))?;
-            Ok(op_id_text(&op))
+            Ok(client.write(|db| db.wishlist_add(&customer, &sku, now_ms()))?)
         })
         .await
     }
 
     /// Removes a product from a wishlist (a concurrent add elsewhere survives).
-    pub async fn wishlist_remove(&self, customer_id: String, sku: String) -> Result<String> {
+    pub async fn wishlist_remove(&self, customer_id: String, sku: String) -> Result<OpId> {
         let customer = CustomerId::new(customer_id)?;
         let sku = Sku::new(sku)?;
         self.on_db(move |client, _| {
-            let op = client.write(|db| db.wishlist_remove(&customer, &sku, now_ms()))?;
-            Ok(op_id_text(&op))
+            Ok(client.write(|db| db.wishlist_remove(&customer, &sku, now_ms()))?)
         })
         .await
     }
@@ -414,18 +394,15 @@ impl OmnisyncStore {
     /// One order: this device's own sales from the moment they are recorded,
     /// and the store's orders the hub has decided, once synced here.
     pub async fn order(&self, order_id: String) -> Result<Option<OrderSummary>> {
-        self.on_db(move |client, _| Ok(client.store().order(&order_id)?.map(OrderSummary::from)))
+        self.on_db(move |client, _| Ok(client.store().order(&order_id)?))
             .await
     }
 
     /// Orders with a status (`pending`, `confirmed`, `paid`, ...), newest first.
     pub async fn orders_by_status(&self, status: String, limit: u32) -> Result<Vec<OrderSummary>> {
-        self.on_db(move |client, _| {
-            let status = omnisync_core::vocab::keys::OrderStatus::parse(&status)?;
-            let found = client.store().orders_by_status(&status, limit as usize)?;
-            Ok(found.into_iter().map(OrderSummary::from).collect())
-        })
-        .await
+        let status = omnisync_core::vocab::keys::OrderStatus::parse(&status)?;
+        self.on_db(move |client, _| Ok(client.store().orders_by_status(&status, limit as usize)?))
+            .await
     }
 
     /// Asks the hub to move an order to `status` if it is still at
@@ -438,14 +415,13 @@ impl OmnisyncStore {
         order_id: String,
         expected_version: u64,
         status: String,
-    ) -> Result<String> {
+    ) -> Result<OpId> {
         let order_id: omnisync_core::vocab::keys::OrderId = order_id.parse()?;
         let status: omnisync_core::vocab::keys::OrderStatusName = status.parse()?;
         self.on_db(move |client, _| {
-            let op = client.write(|db| {
+            Ok(client.write(|db| {
                 db.update_order_status(&order_id, expected_version, &status, now_ms())
-            })?;
-            Ok(op_id_text(&op))
+            })?)
         })
         .await
     }
@@ -453,11 +429,8 @@ impl OmnisyncStore {
     /// Compensation tasks — provisional sales the hub could not cover —
     /// open ones first.
     pub async fn compensations(&self) -> Result<Vec<Compensation>> {
-        self.on_db(move |client, _| {
-            let tasks = client.store().compensations()?;
-            Ok(tasks.into_iter().map(Compensation::from).collect())
-        })
-        .await
+        self.on_db(move |client, _| Ok(client.store().compensations()?))
+            .await
     }
 
     /// Resolves an open compensation task (`refund`, `substitute`,
@@ -599,6 +572,7 @@ mod tests {
     use super::*;
     use crate::events::ChangeOrigin;
     use crate::types::Collection;
+    use omnisync_core::ffi::op_id_text;
 
     fn open(dir: &tempfile::TempDir, device: &str) -> Arc<OmnisyncStore> {
         let config = StoreConfig {
@@ -621,7 +595,7 @@ mod tests {
     fn euro(amount_minor: i64) -> Money {
         Money {
             amount_minor,
-            currency: "EUR".into(),
+            currency: Currency::new("EUR").unwrap(),
         }
     }
 
@@ -630,14 +604,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir, "till-1");
         let rt = runtime().unwrap();
-        let bad_sku = rt.block_on(store.set_price("bad sku".into(), Channel::Pos, euro(100), 0));
+        let bad_sku =
+            rt.block_on(store.set_price("bad sku".into(), Channel::Pos, 100, "EUR".into(), 0));
         assert!(matches!(bad_sku, Err(OmnisyncError::InvalidInput { .. })));
-        let negative = rt.block_on(store.set_price("sku-1".into(), Channel::Pos, euro(-1), 0));
+        let negative =
+            rt.block_on(store.set_price("sku-1".into(), Channel::Pos, -1, "EUR".into(), 0));
         assert!(matches!(negative, Err(OmnisyncError::InvalidInput { .. })));
+        let currency =
+            rt.block_on(store.set_price("sku-1".into(), Channel::Pos, 100, "euro".into(), 0));
+        assert!(matches!(currency, Err(OmnisyncError::InvalidInput { .. })));
         let quantity = rt.block_on(store.add_to_cart("c-1".into(), "sku-1".into(), 0));
         assert!(matches!(quantity, Err(OmnisyncError::InvalidInput { .. })));
         let invalid =
-            |result: Result<String>| matches!(result, Err(OmnisyncError::InvalidInput { .. }));
+            |result: Result<OpId>| matches!(result, Err(OmnisyncError::InvalidInput { .. }));
         assert!(invalid(rt.block_on(store.receive_stock(
             "sku-1".into(),
             0,
@@ -759,9 +738,12 @@ mod tests {
         let store = open(&dir, "till-1");
         let rt = runtime().unwrap();
         let op = rt
-            .block_on(store.set_price("sku-1".into(), Channel::Pos, euro(250), 0))
+            .block_on(store.set_price("sku-1".into(), Channel::Pos, 250, "EUR".into(), 0))
             .unwrap();
-        assert_eq!(rt.block_on(store.op_state(op)).unwrap(), OpState::Pending);
+        assert_eq!(
+            rt.block_on(store.op_state(op_id_text(&op))).unwrap(),
+            OpState::Pending
+        );
         let price = rt
             .block_on(store.price_in_force("sku-1".into(), Channel::Pos, None))
             .unwrap()
@@ -788,7 +770,10 @@ mod tests {
         let op = rt
             .block_on(store.receive_stock("sku-1".into(), 12, "delivery-1".into()))
             .unwrap();
-        assert_eq!(rt.block_on(store.op_state(op)).unwrap(), OpState::Pending);
+        assert_eq!(
+            rt.block_on(store.op_state(op_id_text(&op))).unwrap(),
+            OpState::Pending
+        );
         let event = rt.block_on(store.next_event(5_000)).unwrap();
         assert!(
             matches!(&event, Some(StoreEvent::SyncStatusChanged { status }) if status.pending == 2),

@@ -1,18 +1,23 @@
-//! The records and enums that cross the FFI boundary, and their conversions
-//! from and to the core's types. Inputs arrive as plain strings and numbers
-//! and are parsed here into the core's newtypes, so a bad value becomes an
-//! [`OmnisyncError::InvalidInput`] instead of reaching the store.
-
-use std::str::FromStr;
+//! The records and enums of the bindings' own that are not ledger types:
+//! how a store is opened, product input, a cart, the sync status and the
+//! collections of change events. The core's value types (money, channels,
+//! products, prices, cart lines) cross the FFI as they are (derived in the
+//! core, feature `ffi`); the types here either exist only at the FFI or
+//! stand for a core type UniFFI cannot carry, with the reason next to them.
+//! Inputs arrive as plain strings and numbers and are parsed here into the
+//! core's newtypes, so a bad value becomes an
+//! [`crate::OmnisyncError::InvalidInput`] instead of reaching the store.
 
 use omnisync_core::client::{Link, SyncStatus as CoreSyncStatus};
 use omnisync_core::retail::catalog::{self, ProductField};
-use omnisync_core::retail::{customer, prices};
-use omnisync_core::vocab::goods::{Currency, Sku};
-use omnisync_core::vocab::ids::{DocId, DocSetKind, OpId, ReplicaId};
+use omnisync_core::retail::customer::{self, CartLine};
+use omnisync_core::vocab::goods::{Money, Sku};
+use omnisync_core::vocab::ids::{DocId, DocSetId, DocSetKind, OpId};
 use omnisync_core::vocab::layout::{self, DocKind};
 
-use crate::error::{OmnisyncError, Result};
+#[cfg(test)]
+use crate::error::OmnisyncError;
+use crate::error::Result;
 
 /// How to open a store on a device.
 #[derive(Clone, Debug, uniffi::Record)]
@@ -40,27 +45,11 @@ pub struct StoreConfig {
     pub hub_ca_pem: Option<String>,
 }
 
-/// An amount of money in minor units (cents) of a currency.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct Money {
-    /// Minor units: 1899 is 18.99.
-    pub amount_minor: i64,
-    /// ISO 4217 code, e.g. `EUR`.
-    pub currency: String,
-}
-
-/// Where a price applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
-pub enum Channel {
-    /// Tills in the store.
-    Pos,
-    /// The web shop.
-    Web,
-    /// The mobile app.
-    App,
-}
-
 /// A product to create or update; `None` fields are left as they are.
+///
+/// A separate FFI input because the core's `ProductUpdate` holds
+/// `(ProductField, String)` pairs, which UniFFI cannot carry, and because
+/// the SKU arrives as text and is parsed in `to_core` (a typed error).
 #[derive(Clone, Debug, Default, uniffi::Record)]
 pub struct ProductInput {
     /// The product's SKU.
@@ -85,65 +74,10 @@ pub struct ProductInput {
     pub status: Option<String>,
 }
 
-/// A product field holding concurrent values, for a conflict screen.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct FieldConflict {
-    /// The field name (`name`, `category`, ...).
-    pub field: String,
-    /// Every concurrent value, sorted.
-    pub values: Vec<String>,
-}
-
-/// A product as the local query tables show it.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct Product {
-    /// The SKU.
-    pub sku: String,
-    /// Display name.
-    pub name: Option<String>,
-    /// Category.
-    pub category: Option<String>,
-    /// Barcode.
-    pub barcode: Option<String>,
-    /// Brand.
-    pub brand: Option<String>,
-    /// Description.
-    pub description: Option<String>,
-    /// `active`, `archived`, or unset.
-    pub status: Option<String>,
-    /// Fields with concurrent values.
-    pub conflicts: Vec<FieldConflict>,
-}
-
-/// A price in force.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct Price {
-    /// The product.
-    pub sku: String,
-    /// The channel.
-    pub channel: Channel,
-    /// From when it applies, ms since the epoch.
-    pub effective_from_ms: u64,
-    /// The amount.
-    pub money: Money,
-}
-
-/// A cart line.
-#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
-pub struct CartLine {
-    /// Unique line id (use it to change or remove the line).
-    pub line_id: String,
-    /// The product.
-    pub sku: String,
-    /// How many.
-    pub quantity: i64,
-    /// Product name, if the catalog has it.
-    pub name: Option<String>,
-    /// Unit price in force on the channel, if priced.
-    pub unit_price: Option<Money>,
-}
-
 /// A cart with its total at current prices.
+///
+/// A separate FFI type because the core's `CartView` counts unpriced lines
+/// as `usize`, which UniFFI cannot carry; the lines cross as they are.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Cart {
     /// Lines, oldest first.
@@ -158,27 +92,21 @@ pub struct Cart {
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CartLineAdded {
     /// The recorded op (see [`crate::OmnisyncStore::op_state`]).
-    pub op_id: String,
+    pub op_id: OpId,
     /// The new line's id.
     pub line_id: String,
 }
 
-/// The state of the link to the hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
-pub enum LinkState {
-    /// Not connected (hub unreachable, switched offline, or sync stopped).
-    Offline,
-    /// Connecting or waiting for the handshake.
-    Connecting,
-    /// Handshake done; syncing.
-    Online,
-}
-
 /// What an app shows about sync.
+///
+/// A separate FFI type because the core's `SyncStatus` also carries the
+/// hub's typed refusal of the session, a wire-protocol error
+/// (`protocol::message::ProtocolError`) that is not part of the FFI; apps
+/// get its text in `last_error`. Converted in one place, `From` below.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct SyncStatus {
     /// Link state.
-    pub link: LinkState,
+    pub link: Link,
     /// Local ops not yet acknowledged by the hub.
     pub pending: u64,
     /// Age of the oldest pending op, ms.
@@ -196,7 +124,7 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// Followed data sets the hub does not let this device read (e.g.
     /// `orders.berlin-01`); they are not synced.
-    pub refused_sets: Vec<String>,
+    pub refused_sets: Vec<DocSetId>,
 }
 
 /// A kind of data, as reported in change events.
@@ -226,42 +154,6 @@ pub enum Collection {
     Other,
 }
 
-impl Channel {
-    /// The core's channel.
-    pub(crate) fn to_core(self) -> omnisync_core::vocab::goods::Channel {
-        match self {
-            Channel::Pos => omnisync_core::vocab::goods::Channel::Pos,
-            Channel::Web => omnisync_core::vocab::goods::Channel::Web,
-            Channel::App => omnisync_core::vocab::goods::Channel::App,
-        }
-    }
-
-    fn from_core(channel: omnisync_core::vocab::goods::Channel) -> Self {
-        match channel {
-            omnisync_core::vocab::goods::Channel::Pos => Channel::Pos,
-            omnisync_core::vocab::goods::Channel::Web => Channel::Web,
-            omnisync_core::vocab::goods::Channel::App => Channel::App,
-        }
-    }
-}
-
-impl Money {
-    /// Parses into the core's money (checks the currency code).
-    pub(crate) fn to_core(&self) -> Result<omnisync_core::vocab::goods::Money> {
-        Ok(omnisync_core::vocab::goods::Money {
-            amount_minor: self.amount_minor,
-            currency: Currency::new(&self.currency)?,
-        })
-    }
-
-    pub(crate) fn from_core(money: omnisync_core::vocab::goods::Money) -> Self {
-        Money {
-            amount_minor: money.amount_minor,
-            currency: money.currency.as_str().to_owned(),
-        }
-    }
-}
-
 impl ProductInput {
     /// The core's update: the SKU parsed, only the given fields.
     pub(crate) fn to_core(&self) -> Result<catalog::ProductUpdate> {
@@ -284,54 +176,11 @@ impl ProductInput {
     }
 }
 
-impl From<catalog::Product> for Product {
-    fn from(product: catalog::Product) -> Self {
-        Product {
-            sku: product.sku,
-            name: product.name,
-            category: product.category,
-            barcode: product.barcode,
-            brand: product.brand,
-            description: product.description,
-            status: product.status,
-            conflicts: product
-                .conflicts
-                .into_iter()
-                .map(|conflict| FieldConflict {
-                    field: conflict.field.as_str().to_owned(),
-                    values: conflict.values,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<prices::Price> for Price {
-    fn from(price: prices::Price) -> Self {
-        Price {
-            sku: price.sku,
-            channel: Channel::from_core(price.channel),
-            effective_from_ms: price.effective_from_ms,
-            money: Money::from_core(price.money),
-        }
-    }
-}
-
 impl From<customer::CartView> for Cart {
     fn from(cart: customer::CartView) -> Self {
         Cart {
-            lines: cart
-                .lines
-                .into_iter()
-                .map(|line| CartLine {
-                    line_id: line.line_id,
-                    sku: line.sku,
-                    quantity: line.quantity,
-                    name: line.name,
-                    unit_price: line.unit_price.map(Money::from_core),
-                })
-                .collect(),
-            total: cart.total.map(Money::from_core),
+            lines: cart.lines,
+            total: cart.total,
             unpriced_lines: cart.unpriced_lines as u64,
         }
     }
@@ -340,11 +189,7 @@ impl From<customer::CartView> for Cart {
 impl From<&CoreSyncStatus> for SyncStatus {
     fn from(status: &CoreSyncStatus) -> Self {
         SyncStatus {
-            link: match status.link {
-                Link::Offline => LinkState::Offline,
-                Link::Connecting => LinkState::Connecting,
-                Link::Online => LinkState::Online,
-            },
+            link: status.link,
             pending: status.pending,
             oldest_pending_age_ms: status.oldest_pending_age_ms,
             rejected: status.rejected,
@@ -352,11 +197,7 @@ impl From<&CoreSyncStatus> for SyncStatus {
             last_ack_ms: status.last_ack_ms,
             caught_up: status.caught_up,
             last_error: status.last_error.clone(),
-            refused_sets: status
-                .refused_sets
-                .iter()
-                .map(|set| set.as_str().to_owned())
-                .collect(),
+            refused_sets: status.refused_sets.clone(),
         }
     }
 }
@@ -402,48 +243,9 @@ impl Collection {
     }
 }
 
-/// The text form of an op id handed to apps: the full replica id in hex,
-/// a colon, the sequence number. (The core's `Display` abbreviates the
-/// replica, so it cannot be parsed back.)
-pub(crate) fn op_id_text(op: &OpId) -> String {
-    format!("{}:{}", op.replica, op.seq)
-}
-
-/// Parses [`op_id_text`]'s form.
-pub(crate) fn parse_op_id(text: &str) -> Result<OpId> {
-    let invalid = || OmnisyncError::InvalidInput {
-        detail: format!("op id {text:?} is not REPLICA_HEX:SEQ"),
-    };
-    let (replica, seq) = text.split_once(':').ok_or_else(invalid)?;
-    Ok(OpId {
-        replica: ReplicaId::from_str(replica)?,
-        seq: seq.parse().map_err(|_| invalid())?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn op_ids_round_trip_and_bad_ones_are_typed_errors() {
-        let op = OpId {
-            replica: ReplicaId([7; 16]),
-            seq: 42,
-        };
-        assert_eq!(parse_op_id(&op_id_text(&op)).unwrap(), op);
-        for bad in [
-            "",
-            "nohex:1",
-            "0707:1",
-            "07070707070707070707070707070707:x",
-        ] {
-            assert!(matches!(
-                parse_op_id(bad),
-                Err(OmnisyncError::InvalidInput { .. })
-            ));
-        }
-    }
 
     #[test]
     fn documents_map_to_collections_by_path() {
@@ -469,15 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_money_and_skus_are_invalid_input() {
-        let money = Money {
-            amount_minor: 100,
-            currency: "euro".into(),
-        };
-        assert!(matches!(
-            money.to_core(),
-            Err(OmnisyncError::InvalidInput { .. })
-        ));
+    fn bad_skus_are_invalid_input() {
         let product = ProductInput {
             sku: "bad sku".into(),
             ..ProductInput::default()

@@ -1,7 +1,8 @@
 // swift-tools-version:5.9
 // The Swift package of omnisync's bindings. `bindings/generate.sh` writes the
-// generated sources into Sources/OmnisyncFFI and the C header + module map
-// into Headers/; `bindings/swift/build-xcframework.sh` (macOS) builds
+// generated sources into Sources/OmnisyncFFI (OmnisyncFFI.swift, the store,
+// and OmnisyncCore.swift, the core's value types) and the C headers + one
+// module map into Headers/; `bindings/swift/build-xcframework.sh` (macOS) builds
 // OmnisyncFFIFFI.xcframework from the Rust static libraries.
 import PackageDescription
 

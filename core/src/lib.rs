@@ -14,6 +14,11 @@
 //!   typed API, and the [`db::Hooks`] implementation;
 //! - `client` (feature `client`): the tokio/WebSocket client runtime.
 //!
+//! Beside them, `ffi` (feature `ffi`, directly on `vocab`) declares how the
+//! vocabulary's identifiers cross to Kotlin, Swift and Python as custom
+//! types; the value types of every layer carry their own UniFFI derives
+//! behind the same feature, so each is defined once.
+//!
 //! The hub's side (its log contract, the ledger authority, the hub session)
 //! is the crate `omnisync-hub-engine`; devices never compile it.
 
@@ -24,6 +29,13 @@ pub mod vocab;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "ffi")]
+pub mod ffi;
+
+// The core is a UniFFI component of its own: the records, enums and custom
+// types that cross the bindings' FFI are defined (and derived) here once.
+#[cfg(feature = "ffi")]
+uniffi::setup_scaffolding!();
 
 pub use db::{DbError, DocEdit, Durability, Replica};
 pub use vocab::edit::{Edit, Value};

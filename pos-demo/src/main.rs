@@ -1,4 +1,4 @@
-//! `pos-demo`: the store demo, benchmarks and (later) the cashier terminal,
+//! `pos-demo`: the store demo, the cashier terminal and the benchmarks,
 //! written against omnisync-core's public API the way an app would be.
 
 mod bench;

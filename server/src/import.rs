@@ -22,8 +22,6 @@ use omnisync_core::vocab::layout;
 use omnisync_hub_engine::log::HubLogError;
 use serde::Deserialize;
 
-use crate::storage::SqliteHubLog;
-
 /// Rows kept in memory per import (a chain's catalog fits; larger files are
 /// split by the caller).
 pub const IMPORT_ROWS_MAX: usize = 2_000_000;
@@ -240,7 +238,7 @@ pub fn import_rows(
     default_currency: Currency,
     mut progress: impl FnMut(u64),
 ) -> Result<ImportReport, ImportError> {
-    let mut log = SqliteHubLog::open(data_dir)?;
+    let mut log = crate::storage::open(data_dir)?;
     let actor = log.hub_replica().actor(0);
     let writer = log.hub_replica().0;
     let now_ms = omnisync_core::now_ms();

@@ -139,11 +139,10 @@ pub struct Hub {
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
-        let mut writer =
-            storage::SqliteHubLog::open(&config.data_dir).map_err(|source| HubError::Storage {
-                dir: config.data_dir.clone(),
-                source,
-            })?;
+        let mut writer = storage::open(&config.data_dir).map_err(|source| HubError::Storage {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
         writer.set_authority_config(omnisync_hub_engine::ledger::authority::AuthorityConfig {
             price_tolerance_bp: config.price_tolerance_bp,
         });

@@ -12,21 +12,27 @@ import time
 
 import pytest
 
-from omnisync_ffi import (
+# The store, its events and inputs; the core's value types (money, stock
+# views, orders, ...) are a module of their own, defined once in the core.
+from omnisync_core import (
     Channel,
+    DecidedState,
+    LineSource,
+    Link,
+    Money,
+    OfflinePolicy,
+    OrderLine,
+    StockMode,
+)
+from omnisync_ffi import (
     ChangeOrigin,
     Collection,
     EventListener,
-    LinkState,
-    Money,
     OmnisyncError,
     CheckoutInput,
-    LineSource,
     OpState,
-    OrderLine,
     OrderLineInput,
     ProductInput,
-    StockMode,
     StoreConfig,
     StoreEvent,
     open_store,
@@ -104,13 +110,13 @@ async def scenario(hub, tmp_db_dir):
     await office.upsert_products(
         [ProductInput(sku=SKU, name="Espresso beans 1kg", barcode="4006381333931", brand="Roastery")]
     )
-    await office.set_price(SKU, Channel.POS, Money(amount_minor=1899, currency="EUR"), 0)
-    await office.set_price(SCARCE, Channel.POS, Money(amount_minor=4500, currency="EUR"), 0)
+    await office.set_price(SKU, Channel.POS, 1899, "EUR", 0)
+    await office.set_price(SCARCE, Channel.POS, 4500, "EUR", 0)
     delivery = await office.receive_stock(SKU, 50, "delivery-1")
     await office.receive_stock(SCARCE, 3, "delivery-2")
     await office.set_stock_policy(SCARCE, 5, "block")
     status = await office.wait_for_sync(WAIT_MS)
-    assert status.link == LinkState.ONLINE and status.pending == 0
+    assert status.link == Link.ONLINE and status.pending == 0
     received = await office.op_state(delivery)
     assert isinstance(received, OpState.CONFIRMED) and received.version is not None, received
 
@@ -126,7 +132,7 @@ async def scenario(hub, tmp_db_dir):
     assert stock.allowance_left == 0, "no allowance before the first sale"
     scarce = await eventually(
         "the scarce SKU's policy",
-        lambda: _stock(till, SCARCE, lambda view: view.offline_policy == "block" and view.on_hand == 3),
+        lambda: _stock(till, SCARCE, lambda view: view.policy.offline == OfflinePolicy.BLOCK and view.on_hand == 3),
     )
     assert scarce.mode == StockMode.STRONG
 
@@ -137,7 +143,7 @@ async def scenario(hub, tmp_db_dir):
     assert [(line.sku, line.quantity, line.source) for line in online.lines] == [(SKU, 2, LineSource.HUB)]
     assert online.needs_hub and not online.at_risk
     decided = await eventually("the verdict event", lambda: _now(_decided(recorder, online.op_id)))
-    assert decided.status == "confirmed" and decided.order_no is not None, decided
+    assert decided.status == DecidedState.CONFIRMED and decided.order_no is not None, decided
     first_no = decided.order_no
     assert await till.op_state(online.op_id) == OpState.CONFIRMED(order_no=first_no, version=None)
     assert (await till.order("till-2-0001")).order_no == first_no
@@ -148,7 +154,7 @@ async def scenario(hub, tmp_db_dir):
 
     # Offline: the till sells from its allowance; the scarce SKU is blocked.
     till.set_online(False)
-    await eventually("the till offline", lambda: _now(till.sync_status().link == LinkState.OFFLINE))
+    await eventually("the till offline", lambda: _now(till.sync_status().link == Link.OFFLINE))
     offline = await till.checkout(sale("till-2-0002", SKU, 2, price.money.amount_minor))
     assert [line.source for line in offline.lines] == [LineSource.ALLOWANCE]
     assert not offline.at_risk and not offline.needs_hub
@@ -195,7 +201,7 @@ async def scenario(hub, tmp_db_dir):
     # The till's listener saw it go offline; the office's pull API saw the
     # orders arrive.
     assert any(
-        isinstance(event, StoreEvent.SYNC_STATUS_CHANGED) and event.status.link == LinkState.OFFLINE
+        isinstance(event, StoreEvent.SYNC_STATUS_CHANGED) and event.status.link == Link.OFFLINE
         for event in recorder.snapshot()
     )
     seen = []
@@ -208,7 +214,7 @@ async def scenario(hub, tmp_db_dir):
     assert till.remove_listener(listener_id)
     assert not till.remove_listener(listener_id)
     heard = len(recorder.snapshot())
-    await till.set_price("other-sku", Channel.POS, Money(amount_minor=300, currency="EUR"), 0)
+    await till.set_price("other-sku", Channel.POS, 300, "EUR", 0)
     await asyncio.sleep(0.2)
     assert len(recorder.snapshot()) == heard
 
@@ -260,14 +266,13 @@ def test_online_and_offline_sales_reach_the_back_office(hub, tmp_db_dir):
 
 async def bad_input(hub, tmp_db_dir):
     till = await open_terminal(hub, tmp_db_dir, "till-3")
-    euro = Money(amount_minor=100, currency="EUR")
     with pytest.raises(OmnisyncError.InvalidInput) as raised:
-        await till.set_price("bad sku", Channel.POS, euro, 0)
+        await till.set_price("bad sku", Channel.POS, 100, "EUR", 0)
     assert "bad sku" in raised.value.detail
     with pytest.raises(OmnisyncError.InvalidInput):
-        await till.set_price("sku-1", Channel.POS, Money(amount_minor=-1, currency="EUR"), 0)
+        await till.set_price("sku-1", Channel.POS, -1, "EUR", 0)
     with pytest.raises(OmnisyncError.InvalidInput):
-        await till.set_price("sku-1", Channel.POS, Money(amount_minor=100, currency="euro"), 0)
+        await till.set_price("sku-1", Channel.POS, 100, "euro", 0)
     for quantity in (0, -1, 10_001):
         with pytest.raises(OmnisyncError.InvalidInput):
             await till.checkout(sale("o-1", "sku-1", quantity, 100))

@@ -76,6 +76,7 @@ impl SyncConfig {
 
 /// The state of the link to the hub.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum Link {
     /// Not connected (hub unreachable, or switched offline).
     #[default]

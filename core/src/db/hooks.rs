@@ -19,6 +19,7 @@ use crate::vocab::intent::{Decision, Intent};
 /// What the hub's decision on one of this device's intents makes of its op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum DecidedState {
     /// The hub accepted the intent (a confirmed checkout, an applied command).
     Confirmed,

@@ -159,6 +159,21 @@ impl Replica {
         Self::init(db, device, store, hooks)
     }
 
+    /// [`Replica::open_with`] through the SQLite VFS registered under the
+    /// name `vfs` instead of the platform's default one: for tests that put
+    /// a fault-injecting VFS under the store (`core/tests/power_loss.rs`).
+    /// Apps never need it.
+    pub fn open_with_vfs(
+        path: &Path,
+        vfs: &str,
+        device: DeviceId,
+        store: StoreId,
+        hooks: Box<dyn Hooks>,
+    ) -> Result<Self, DbError> {
+        let db = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)?;
+        Self::init(db, device, store, hooks)
+    }
+
     /// A database in memory, for tests and simulations.
     pub fn open_in_memory_with(
         device: DeviceId,
@@ -174,6 +189,14 @@ impl Replica {
         store: StoreId,
         hooks: Box<dyn Hooks>,
     ) -> Result<Self, DbError> {
+        // On Apple platforms fsync() only hands the data to the drive, whose
+        // cache a power cut empties; F_FULLFSYNC (these pragmas) flushes it. Set
+        // first, so that creating the file and switching to WAL use it too.
+        #[cfg(target_vendor = "apple")]
+        {
+            db.pragma_update(None, "fullfsync", "ON")?;
+            db.pragma_update(None, "checkpoint_fullfsync", "ON")?;
+        }
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;

@@ -27,6 +27,7 @@ pub const QUERY_LIMIT_MAX: usize = 1000;
 
 /// A product field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum ProductField {
     /// Display name.
     Name,
@@ -82,6 +83,7 @@ pub struct ProductUpdate {
 
 /// A field holding concurrent values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct FieldConflict {
     /// The field.
     pub field: ProductField,
@@ -91,6 +93,7 @@ pub struct FieldConflict {
 
 /// A product as the query tables show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Product {
     /// The SKU.
     pub sku: String,

@@ -37,6 +37,7 @@ pub const PROFILE_VALUE_BYTES_MAX: usize = 1024;
 
 /// A cart line as the query tables show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct CartLine {
     /// Unique line id.
     pub line_id: String,

@@ -1,16 +1,25 @@
 //! The retail data model: typed documents, one merge rule per domain, and
-//! the query tables (projections) that apps read instead of documents.
+//! the query tables (projections) that apps read instead of documents. The
+//! database below calls these rules through [`hooks::RetailHooks`].
 //!
-//! | domain | document | merge rule |
+//! | domain | document | merged how |
 //! |---|---|---|
 //! | product metadata | `store.S/catalog/bNNN` | multi-value register per field; conflicts surfaced, resolvable |
+//! | catalog manifest | `store.S/manifest` | bucket count and the size of the last import; written by the hub |
 //! | price | `store.S/prices/bNNN` | last-writer-wins by hybrid logical clock, ties by writer, per channel and effective-from time |
-//! | stock level (read side) | `store.S/stock/bNNN` | last-writer-wins level per SKU, published by the authority (decisions belong to the hub) |
 //! | cart | `customer.C/cart` | lines keyed by unique line id; quantity is a counter; remove wins over a concurrent edit |
 //! | wishlist | `customer.C/wishlist` | add-wins set (a unique tag per add) |
 //! | customer profile | `customer.C/profile` | last-writer-wins per field |
 //! | browsing history | `customer.C/history` | bounded, best effort |
-//! | order | `store.S/orders/DEVICE` | immutable once confirmed; status changes carry a version |
+//! | recommendations | `customer.C/recommendations` | last-writer-wins list |
+//! | stock level | `store.S/rec/stock/SKU` (hub record) | never merged: the hub's ledger decides, the newest version wins on the device |
+//! | a terminal's allowance | `device.S.D/rec/allowance/SKU` (hub record) | never merged: newest version wins |
+//! | order | `orders.S/rec/order/ORDER` (hub record) | never merged: decided by the hub from a checkout intent; status changes are intents with an expected version |
+//!
+//! Checkouts, stock commands, reservations and order status changes are
+//! intents ([`crate::vocab::intent`]) that the hub decides; the device keeps
+//! its side (allowance spent, pending order, compensation tasks) in query
+//! tables written in the same transaction as the intent.
 //!
 //! Keys inside a document are flat (`sku/field`), never nested maps: two
 //! replicas creating the same nested map concurrently would hide one of

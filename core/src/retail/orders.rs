@@ -28,8 +28,8 @@ use crate::retail::stock::{add_escrow_use, allowance};
 use crate::vocab::goods::{Channel, Currency, Money, Sku};
 use crate::vocab::ids::{OpId, check_name};
 use crate::vocab::intent::{
-    CHECKOUT_LINES_MAX, CheckoutIntent, Decision, Intent, IntentLine, LineSource, OfflinePolicy,
-    OrderStatusChange, ShortLine, StockMode,
+    CHECKOUT_LINES_MAX, CheckoutIntent, Decision, Intent, IntentLine, InvalidIntent, LineSource,
+    OfflinePolicy, OrderStatusChange, ShortLine, StockMode,
 };
 use crate::vocab::keys::{IdempotencyKey, OrderId, OrderStatus, OrderStatusName, PaymentRef};
 use crate::vocab::record::OrderRecord;
@@ -48,6 +48,7 @@ pub enum Connectivity {
 
 /// One line of a checkout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct OrderLine {
     /// The product.
     pub sku: Sku,
@@ -75,6 +76,37 @@ pub struct CheckoutRequest {
     pub channel: Channel,
 }
 
+impl CheckoutRequest {
+    /// The checkout intent this request asks for, every line still marked
+    /// [`LineSource::Hub`] (the device decides how each is covered when it
+    /// records the sale), checked by [`CheckoutIntent::validate`] — the one
+    /// rule the device, the hub and the bindings apply.
+    pub fn to_intent(&self) -> Result<CheckoutIntent, InvalidIntent> {
+        let checkout = CheckoutIntent {
+            order_id: self.order_id.clone(),
+            idempotency_key: self
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| IdempotencyKey::from(&self.order_id)),
+            lines: self
+                .lines
+                .iter()
+                .map(|line| IntentLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price_minor: line.unit_price_minor,
+                    source: LineSource::Hub,
+                })
+                .collect(),
+            currency: self.currency,
+            payment_ref: self.payment_ref.clone(),
+            channel: self.channel,
+        };
+        checkout.validate()?;
+        Ok(checkout)
+    }
+}
+
 /// What the till may tell the cashier right after checkout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckoutReceipt {
@@ -94,6 +126,7 @@ pub struct CheckoutReceipt {
 
 /// An order as the query tables show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct OrderSummary {
     /// The order id.
     pub order_id: OrderId,
@@ -117,6 +150,7 @@ pub struct OrderSummary {
 
 /// A provisional sale the hub could not cover, for the app to resolve.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Compensation {
     /// The checkout op.
     pub op: OpId,
@@ -136,6 +170,7 @@ pub struct Compensation {
 
 /// Where a compensation task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 #[non_exhaustive]
 pub enum CompensationState {
     /// Waiting for the app to resolve it.
@@ -316,30 +351,8 @@ impl Replica {
         connectivity: Connectivity,
         now_ms: u64,
     ) -> Result<CheckoutReceipt, RetailError> {
-        // The checkout as asked, validated once by the rule the hub applies
-        // too; how each line is covered is decided below.
-        let key = request
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| IdempotencyKey::from(&request.order_id));
-        let mut checkout = CheckoutIntent {
-            order_id: request.order_id.clone(),
-            idempotency_key: key.clone(),
-            lines: request
-                .lines
-                .iter()
-                .map(|line| IntentLine {
-                    sku: line.sku.clone(),
-                    quantity: line.quantity,
-                    unit_price_minor: line.unit_price_minor,
-                    source: LineSource::Hub,
-                })
-                .collect(),
-            currency: request.currency,
-            payment_ref: request.payment_ref.clone(),
-            channel: request.channel,
-        };
-        checkout.validate()?;
+        let mut checkout = request.to_intent()?;
+        let key = checkout.idempotency_key.clone();
         if let Some(receipt) = self.receipt_for_key(&key)? {
             return Ok(receipt);
         }

@@ -30,6 +30,7 @@ pub struct PriceValue {
 
 /// A price as the query tables show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Price {
     /// The product.
     pub sku: String,

@@ -21,6 +21,7 @@ use crate::vocab::record::{AllowanceRecord, StockRecord};
 
 /// A SKU's stock as this device sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct StockView {
     /// The product.
     pub sku: Sku,

@@ -61,6 +61,7 @@ impl std::fmt::Display for Sku {
 
 /// An amount of money in minor units (cents) of a currency.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Money {
     /// Minor units: 1899 is 18.99.
     pub amount_minor: i64,
@@ -108,6 +109,7 @@ impl From<Currency> for String {
 
 /// Where a price applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum Channel {
     /// Tills in the store.
     Pos,

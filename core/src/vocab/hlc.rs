@@ -26,6 +26,7 @@ pub const REGISTER_BYTES_MAX: usize = 16 * 1024;
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Hlc {
     /// Wall-clock part, ms since the Unix epoch.
     pub wall_ms: u64,

@@ -181,6 +181,7 @@ pub struct IntentLine {
 
 /// How a device covered a checkout line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum LineSource {
     /// From the terminal's own escrow allowance: already decided, safe offline.
     Allowance,
@@ -244,6 +245,7 @@ pub enum StockCommand {
 
 /// When sales need the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct StockPolicy {
     /// At or below this many units on hand the SKU is in strong mode.
     pub strong_at_or_below: u64,
@@ -265,6 +267,7 @@ impl Default for StockPolicy {
 
 /// What a till does with a strong-mode SKU while offline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum OfflinePolicy {
     /// Refuse the sale and say why.
     Block,
@@ -293,6 +296,7 @@ impl OfflinePolicy {
 
 /// Whether a SKU is sold from allowances or decided at the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 pub enum StockMode {
     /// Well stocked: terminals sell from their allowances.
     Escrow,
@@ -358,6 +362,7 @@ pub enum Decision {
 
 /// Units of a line the hub could not cover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct ShortLine {
     /// The product.
     pub sku: Sku,

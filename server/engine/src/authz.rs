@@ -15,8 +15,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::hub_session::{IncomingOp, Peer, Verdict};
-use omnisync_core::protocol::message::{Ack, AckOutcome, ErrorCode, RejectCode};
+use omnisync_core::protocol::message::{ErrorCode, RejectCode};
 use omnisync_core::vocab::ids::{
     CustomerId, DeviceId, DocId, DocSetId, DocSetKind, OpId, ReplicaId, StoreId, TenantId,
 };
@@ -150,6 +149,31 @@ pub struct Identity {
     pub customer: Option<CustomerId>,
     /// When the credentials stop being valid, ms since the epoch.
     pub expires_ms: Option<u64>,
+}
+
+/// Who is on the other end, as established by the authenticator from
+/// verified claims. What it may do is decided by the functions of this module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    /// The device.
+    pub device: DeviceId,
+    /// Its store.
+    pub store: StoreId,
+    /// Its tenant (retail chain).
+    pub tenant: TenantId,
+    /// What kind of client it is.
+    pub role: Role,
+    /// The shopper, for a customer app.
+    pub customer: Option<CustomerId>,
+    /// When its credentials expire (ms since the epoch); the hub closes the
+    /// session then.
+    pub expires_ms: Option<u64>,
+    /// Its local database; every op and automerge change must come from it.
+    pub replica: ReplicaId,
+    /// Sets it may subscribe to.
+    pub readable: Vec<DocSetId>,
+    /// Sets it may change (per-kind rules in `authz` narrow this further).
+    pub writable: Vec<DocSetId>,
 }
 
 impl Peer {
@@ -291,28 +315,6 @@ pub fn authorize_intent(
             ),
         ))
     }
-}
-
-/// Audit events for the rejected ops of one push: those answered at once
-/// (`refusals`) and those judged before storage (`judged`).
-pub fn op_rejections(refusals: &[Ack], judged: &[IncomingOp]) -> Vec<AuditEvent> {
-    let answered = refusals.iter().filter_map(|ack| match &ack.outcome {
-        AckOutcome::Rejected { code, detail } => Some((ack.op, *code, detail.clone())),
-        _ => None,
-    });
-    let judged = judged
-        .iter()
-        .filter_map(|incoming| match &incoming.verdict {
-            Verdict::Reject { code, detail } => Some((incoming.op.id, *code, detail.clone())),
-            Verdict::Accept => None,
-        });
-    answered
-        .chain(judged)
-        .map(|(op, code, detail)| AuditEvent {
-            kind: AuditKind::OpRejected { op, code },
-            detail,
-        })
-        .collect()
 }
 
 /// True for documents only the hub writes (`<set>/rec/...`).

@@ -9,41 +9,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::authz::{self, AuditEvent, AuditKind, Role};
+pub use crate::authz::Peer;
+use crate::authz::{self, AuditEvent, AuditKind};
 use omnisync_core::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, ErrorCode, Hello, HubMessage, Op, OpBody,
     ProtocolError, RejectCode, RemoteChange, SubscriptionRequest, Welcome,
 };
-use omnisync_core::vocab::ids::{CustomerId, DeviceId, DocSetId, ReplicaId, StoreId, TenantId};
+use omnisync_core::vocab::ids::{DeviceId, DocSetId, StoreId};
 
 /// Live changes buffered for a subscription that is still catching up; past
 /// this the buffer is dropped and the subscription reads the log once more.
 pub const CATCH_UP_BUFFER_CHANGES_MAX: usize = 4096;
-
-/// Who is on the other end, as established by the authenticator from
-/// verified claims. What it may do is decided by `protocol::authz`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Peer {
-    /// The device.
-    pub device: DeviceId,
-    /// Its store.
-    pub store: StoreId,
-    /// Its tenant (retail chain).
-    pub tenant: TenantId,
-    /// What kind of client it is.
-    pub role: Role,
-    /// The shopper, for a customer app.
-    pub customer: Option<CustomerId>,
-    /// When its credentials expire (ms since the epoch); the hub closes the
-    /// session then.
-    pub expires_ms: Option<u64>,
-    /// Its local database; every op and automerge change must come from it.
-    pub replica: ReplicaId,
-    /// Sets it may subscribe to.
-    pub readable: Vec<DocSetId>,
-    /// Sets it may change (per-kind rules in `authz` narrow this further).
-    pub writable: Vec<DocSetId>,
-}
 
 /// Per-connection limits the session enforces (configurable on the hub).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,8 +273,7 @@ impl HubSession {
                         }
                     })
                     .collect();
-                self.audit
-                    .extend(authz::op_rejections(&refusals, &incoming));
+                self.audit.extend(op_rejections(&refusals, &incoming));
                 if !incoming.is_empty() {
                     self.events.push_back(HubEvent::Apply(incoming));
                 }
@@ -749,11 +724,35 @@ pub fn judge_op(peer: &Peer, op: &Op) -> Verdict {
     Verdict::Accept
 }
 
+/// Audit events for the rejected ops of one push: those answered at once
+/// (`refusals`) and those judged before storage (`judged`).
+pub fn op_rejections(refusals: &[Ack], judged: &[IncomingOp]) -> Vec<AuditEvent> {
+    let answered = refusals.iter().filter_map(|ack| match &ack.outcome {
+        AckOutcome::Rejected { code, detail } => Some((ack.op, *code, detail.clone())),
+        _ => None,
+    });
+    let judged = judged
+        .iter()
+        .filter_map(|incoming| match &incoming.verdict {
+            Verdict::Reject { code, detail } => Some((incoming.op.id, *code, detail.clone())),
+            Verdict::Accept => None,
+        });
+    answered
+        .chain(judged)
+        .map(|(op, code, detail)| AuditEvent {
+            kind: AuditKind::OpRejected { op, code },
+            detail,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authz::Role;
     use omnisync_core::protocol::message::{Credentials, decode, encode};
     use omnisync_core::vocab::ids::{DocId, OpId};
+    use omnisync_core::vocab::ids::{ReplicaId, TenantId};
 
     fn peer() -> Peer {
         let set = DocSetId::new("store.s1").unwrap();

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::HubLogError;
 use crate::ledger::sku_ledger::SkuLedger;
-use crate::log::HubLogError;
 use omnisync_core::vocab::goods::{Channel, Sku};
 use omnisync_core::vocab::ids::{DeviceId, DocId, StoreId};
 use omnisync_core::vocab::intent::{

@@ -3,6 +3,7 @@
 // generated API.
 package dev.omnisync
 
+import dev.omnisync.core.*
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Test
@@ -28,7 +29,7 @@ suspend fun sellOneCoffee(dbPath: String, hubUrl: String) {
         println("cannot sell now: ${e.detail}") // offline, and the SKU's policy is `block`
     }
     try {
-        till.setPrice("bad sku", Channel.POS, Money(100, "EUR"), 0uL)
+        till.setPrice("bad sku", Channel.POS, 100, "EUR", 0uL)
     } catch (e: OmnisyncException.InvalidInput) {
         println("refused: ${e.detail}")
     }
@@ -48,7 +49,7 @@ class ReadmeExampleTest {
                 openStore(StoreConfig(dir.resolve("office-1.db").toString(), "office-1", "berlin-01", hub.url)).use {
                     office ->
                     office.startSync()
-                    office.setPrice("espresso-beans", Channel.POS, Money(1899, "EUR"), 0uL)
+                    office.setPrice("espresso-beans", Channel.POS, 1899, "EUR", 0uL)
                     office.receiveStock("espresso-beans", 50, "delivery-1")
                     office.waitForSync(30_000uL)
                     office.shutdown()
@@ -70,7 +71,7 @@ class ReadmeExampleTest {
                     val order = office.order("till-2-0001")
                     assertEquals(Money(3798, "EUR"), order?.total)
                     assertEquals(1uL, order?.orderNo)
-                    assertEquals(48L, office.stock("espresso-beans")?.onHand)
+                    assertEquals(48uL, office.stock("espresso-beans")?.onHand)
                     office.shutdown()
                 }
             } finally {

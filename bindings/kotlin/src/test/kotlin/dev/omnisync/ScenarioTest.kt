@@ -7,6 +7,7 @@
 // decided by the hub; bad input throws the typed exception.
 package dev.omnisync
 
+import dev.omnisync.core.*
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
@@ -84,13 +85,13 @@ class ScenarioTest {
         // The back office publishes the products and prices, receives stock
         // and keeps the scarce SKU for online sales only.
         office.upsertProducts(listOf(ProductInput(SKU, name = "Espresso beans 1kg", barcode = "4006381333931")))
-        office.setPrice(SKU, Channel.POS, Money(1899, "EUR"), 0uL)
-        office.setPrice(SCARCE, Channel.POS, Money(4500, "EUR"), 0uL)
+        office.setPrice(SKU, Channel.POS, 1899, "EUR", 0uL)
+        office.setPrice(SCARCE, Channel.POS, 4500, "EUR", 0uL)
         val delivery = office.receiveStock(SKU, 50, "delivery-1")
         office.receiveStock(SCARCE, 3, "delivery-2")
         office.setStockPolicy(SCARCE, 5, "block")
         val synced = office.waitForSync(WAIT_MS.toULong())
-        assertEquals(LinkState.ONLINE, synced.link)
+        assertEquals(Link.ONLINE, synced.link)
         assertEquals(0uL, synced.pending)
         val received = office.opState(delivery)
         assertTrue(received is OpState.Confirmed && received.version != null, "$received")
@@ -100,11 +101,11 @@ class ScenarioTest {
         val price = eventually("the price on the till") { till.priceInForce(SKU, Channel.POS, null) }
         assertEquals(Money(1899, "EUR"), price.money)
         assertEquals(listOf(SKU), till.searchProducts("espresso", 10u).map { it.sku })
-        val stock = eventually("the stock on the till") { till.stock(SKU)?.takeIf { it.onHand == 50L } }
+        val stock = eventually("the stock on the till") { till.stock(SKU)?.takeIf { it.onHand == 50uL } }
         assertEquals(StockMode.ESCROW, stock.mode)
-        assertEquals(0L, stock.allowanceLeft, "no allowance before the first sale")
+        assertEquals(0uL, stock.allowanceLeft, "no allowance before the first sale")
         val scarce = eventually("the scarce SKU's policy") {
-            till.stock(SCARCE)?.takeIf { it.offlinePolicy == "block" && it.onHand == 3L }
+            till.stock(SCARCE)?.takeIf { it.policy.offline == OfflinePolicy.BLOCK && it.onHand == 3uL }
         }
         assertEquals(StockMode.STRONG, scarce.mode)
 
@@ -112,27 +113,27 @@ class ScenarioTest {
         // reaches the till's listener.
         till.waitForSync(WAIT_MS.toULong())
         val online = till.checkout(sale("till-2-0001", SKU, 2, price.money.amountMinor))
-        assertEquals(listOf(ReceiptLine(SKU, 2, LineSource.HUB)), online.lines)
+        assertEquals(listOf(ReceiptLine(SKU, 2uL, LineSource.HUB)), online.lines)
         assertTrue(online.needsHub)
         val decided = eventually("the verdict event") {
             recorder.events.filterIsInstance<StoreEvent.OpVerdicts>().flatMap { it.decided }
                 .firstOrNull { it.opId == online.opId }
         }
-        assertEquals("confirmed", decided.status)
+        assertEquals(DecidedState.CONFIRMED, decided.status)
         val firstNo = decided.orderNo ?: fail("the verdict has no order number: $decided")
         assertEquals(OpState.Confirmed(firstNo, null), till.opState(online.opId))
         assertEquals(firstNo, till.order("till-2-0001")?.orderNo)
         // With that sale the hub granted the till an allowance of the SKU.
-        val granted = eventually("the till's allowance") { till.stock(SKU)?.takeIf { it.allowanceLeft >= 2L } }
+        val granted = eventually("the till's allowance") { till.stock(SKU)?.takeIf { it.allowanceLeft >= 2uL } }
 
         // Offline: the till sells from its allowance; the scarce SKU is blocked.
         till.setOnline(false)
-        eventually("the till offline") { till.syncStatus().takeIf { it.link == LinkState.OFFLINE } }
+        eventually("the till offline") { till.syncStatus().takeIf { it.link == Link.OFFLINE } }
         val offline = till.checkout(sale("till-2-0002", SKU, 2, price.money.amountMinor))
         assertEquals(listOf(LineSource.ALLOWANCE), offline.lines.map { it.source })
         assertFalse(offline.atRisk)
         assertEquals(OpState.Pending, till.opState(offline.opId))
-        assertEquals(granted.allowanceLeft - 2, till.stock(SKU)?.allowanceLeft)
+        assertEquals(granted.allowanceLeft - 2uL, till.stock(SKU)?.allowanceLeft)
         val pending = till.order("till-2-0002") ?: fail("the offline sale is not recorded")
         assertEquals("pending", pending.status)
         assertEquals(Money(3798, "EUR"), pending.total)
@@ -161,22 +162,22 @@ class ScenarioTest {
         assertEquals("confirmed", order.status)
         assertEquals("till-2", order.device)
         assertEquals(Money(3798, "EUR"), order.total)
-        assertEquals(listOf(OrderLine(SKU, 2, 1899)), order.lines)
+        assertEquals(listOf(OrderLine(SKU, 2uL, 1899)), order.lines)
         assertFalse(order.atRisk)
         assertEquals(
             listOf("till-2-0001", "till-2-0002"),
             office.ordersByStatus("confirmed", 10u).map { it.orderId }.sorted(),
         )
-        eventually("the stock on the office") { office.stock(SKU)?.takeIf { it.onHand == 46L } }
-        eventually("the stock on the till") { till.stock(SKU)?.takeIf { it.onHand == 46L } }
+        eventually("the stock on the office") { office.stock(SKU)?.takeIf { it.onHand == 46uL } }
+        eventually("the stock on the till") { till.stock(SKU)?.takeIf { it.onHand == 46uL } }
         assertEquals(46L, office.stockLevel(SKU))
-        assertEquals(3L, office.stock(SCARCE)?.onHand)
+        assertEquals(3uL, office.stock(SCARCE)?.onHand)
         assertEquals(1899L, office.priceInForce(SKU, Channel.POS, null)?.money?.amountMinor)
         assertEquals(0uL, till.syncStatus().compensationsOpen)
         assertTrue(till.compensations().isEmpty())
 
         // The office's pull API saw the orders arrive; the till's listener saw it go offline.
-        assertTrue(recorder.events.any { it is StoreEvent.SyncStatusChanged && it.status.link == LinkState.OFFLINE })
+        assertTrue(recorder.events.any { it is StoreEvent.SyncStatusChanged && it.status.link == Link.OFFLINE })
         val seen = mutableListOf<StoreEvent>()
         while (true) {
             val event = office.nextEvent(WAIT_MS.toULong()) ?: fail("the office heard no remote order; it heard $seen")
@@ -215,11 +216,11 @@ class ScenarioTest {
     fun `bad input throws the typed exception`() = runBlocking {
         terminal("till-3").use { till ->
             val invalid = assertThrows<OmnisyncException.InvalidInput> {
-                runBlocking { till.setPrice("bad sku", Channel.POS, Money(100, "EUR"), 0uL) }
+                runBlocking { till.setPrice("bad sku", Channel.POS, 100, "EUR", 0uL) }
             }
             assertTrue(invalid.detail.contains("bad sku"), invalid.detail)
             assertThrows<OmnisyncException.InvalidInput> {
-                runBlocking { till.setPrice("sku-1", Channel.POS, Money(-1, "EUR"), 0uL) }
+                runBlocking { till.setPrice("sku-1", Channel.POS, -1, "EUR", 0uL) }
             }
             for (quantity in listOf(0L, -1L, 10_001L)) {
                 assertThrows<OmnisyncException.InvalidInput> {

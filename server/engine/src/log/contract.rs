@@ -1,0 +1,343 @@
+//! The storage contract: the row-level primitives a hub log backend
+//! implements. Everything else (exactly-once outcomes, numbering, the
+//! authority, the price book, snapshots, page cutting, import writes, the
+//! hub's replica id) is shared code in [`super::shared`], [`super::store`]
+//! and [`super::read`], so two backends cannot disagree on it.
+//!
+//! # How to add a backend
+//!
+//! A backend (PostgreSQL next) is one module that implements three traits,
+//! plus one test that runs the shared conformance suite.
+//!
+//! 1. [`LogRows`]: reads, usable both in a read snapshot and inside a write
+//!    transaction:
+//!    - [`head_seq`](LogRows::head_seq): the highest stored sequence number
+//!      (0 when empty);
+//!    - [`meta`](LogRows::meta): a value of the small key/value table
+//!      (`log_id`);
+//!    - [`find_outcome`](LogRows::find_outcome): an op's stored answer;
+//!    - [`changes_after`](LogRows::changes_after): a set's changes above a
+//!      sequence number, in order, fed to a [`PageCut`] (ask
+//!      [`PageCut::full`] before decoding each row; fetch at most
+//!      [`PageCut::rows_max`] rows);
+//!    - [`doc_changes`](LogRows::doc_changes): one document's change bytes
+//!      in a sequence range, in order;
+//!    - [`latest_change`](LogRows::latest_change): one document's newest
+//!      change at or below a sequence number;
+//!    - [`set_docs`](LogRows::set_docs): the documents of a set that have
+//!      changes, in id order;
+//!    - [`snapshot`](LogRows::snapshot), [`set_snapshot`](LogRows::set_snapshot),
+//!      [`snapshots_after`](LogRows::snapshots_after): saved documents, the
+//!      point a set's snapshots cover, and a page of a set's snapshots in id
+//!      order (through [`PageCut::push_snapshot`]).
+//! 2. [`WriteTxn`]: one open write transaction. Rows: `put_meta`,
+//!    `put_outcome`, `append` (a numbered change), the ledger's rows
+//!    (`get_sku`/`put_sku`, `get_order`/`put_order`, `get_key`/`put_key`,
+//!    `get_reservation`/`put_reservation`, `get_last_order_no`/`put_order_no`,
+//!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`, and
+//!    [`commit`](WriteTxn::commit).
+//! 3. [`Backend`]: [`begin`](Backend::begin) opens a write transaction;
+//!    [`ReadBackend::read`] runs reads on one consistent snapshot (safe
+//!    beside the writer, from many threads).
+//!
+//! Then `HubStore::open(backend)` is the writer ([`super::HubLog`] plus the
+//! import writes) and every [`ReadBackend`] is a [`super::HubLogRead`].
+//!
+//! ## Transactional expectations
+//!
+//! - Everything written through one [`WriteTxn`] becomes durable at once in
+//!   [`WriteTxn::commit`], or not at all: dropping the transaction without
+//!   committing must roll it back. The shared writer runs one transaction per
+//!   group commit, checks and writes each op's outcome in it, and acks only
+//!   after `commit` returned. `commit` returns only once the data is durable
+//!   (SQLite: `synchronous=FULL`).
+//! - Reads inside a write transaction see the transaction's own writes of
+//!   outcomes and ledger rows; the shared code never reads a change back in
+//!   the transaction that appended it.
+//! - One writer at a time: the backend refuses a second writer on the same
+//!   store (SQLite holds a lock file), because two writers would hand out the
+//!   same sequence numbers.
+//! - Sequence numbers are given by the shared code; `append` stores them
+//!   as given and never renumbers.
+//! - A backend that cannot fail (memory) may write in place: it has no
+//!   rollback, which is correct only because it never returns an error.
+//! - Keep each primitive to one query (or one row visit), with prepared
+//!   statements cached: the shared code calls them per op, and the group
+//!   commit runs tens of thousands of decided checkouts a second.
+//! - Row encodings are the backend's own: the contract passes typed values
+//!   (`AckOutcome`, `SkuLedger`, `OrderRecord`, ...) and the backend encodes
+//!   them (SQLite: postcard blobs through its `encode`/`decode` helpers).
+//! - Sequence numbers fit in a signed 64-bit column; `u64::MAX` as an upper
+//!   bound (`doc_changes` for admin reads) means "no bound".
+//!
+//! ## Conformance
+//!
+//! With feature `conformance`, call `log::conformance::run_all(fresh)` in the
+//! backend's tests, where `fresh` makes an empty log implementing
+//! `conformance::Conformant` (the writer and a reader of the same store). It
+//! covers exactly-once outcomes, rejections, intents, page limits by count
+//! and by bytes, import writes, snapshots for a far-behind cursor, and the
+//! hub's replica. `conformance::price_book_forgets_a_failed_commit(backend)`
+//! is for backends that roll back (all but memory): it wraps the backend in
+//! `conformance::failing::FailingCommits`. The SQLite backend's tests
+//! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
+
+use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
+use omnisync_core::vocab::goods::Sku;
+use omnisync_core::vocab::ids::{DocId, DocSetId, OpId, ReplicaId, StoreId};
+use omnisync_core::vocab::intent::Decision;
+use omnisync_core::vocab::record::OrderRecord;
+
+use super::HubLogError;
+use crate::hub_session::ChangePage;
+use crate::ledger::authority::Reservation;
+use crate::ledger::sku_ledger::SkuLedger;
+
+/// Reads every backend offers, in a read snapshot or a write transaction:
+/// the shared code builds pages, documents and snapshots from these.
+pub trait LogRows {
+    /// The highest sequence number stored, 0 for an empty log.
+    fn head_seq(&mut self) -> Result<u64, HubLogError>;
+
+    /// A value of the backend's key/value metadata (`log_id`).
+    fn meta(&mut self, key: &str) -> Result<Option<String>, HubLogError>;
+
+    /// The stored answer for an op, if it was ever applied or rejected.
+    fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
+
+    /// Feeds the changes of `set` with a sequence number above `after` to
+    /// `page`, in sequence order: before decoding each row the backend asks
+    /// [`PageCut::full`] and stops when it says so. At most
+    /// [`PageCut::rows_max`] rows need be fetched.
+    fn changes_after(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        page: &mut PageCut,
+    ) -> Result<(), HubLogError>;
+
+    /// Calls `visit` with the bytes of every change of `doc` whose sequence
+    /// number is in `(after, upto]`, in order.
+    fn doc_changes(
+        &mut self,
+        doc: &DocId,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(&[u8]) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError>;
+
+    /// The newest change of `doc` at or below `upto` (a record's current
+    /// version).
+    fn latest_change(&mut self, doc: &DocId, upto: u64) -> Result<Option<Vec<u8>>, HubLogError>;
+
+    /// The documents of `set` with at least one change, in id order.
+    fn set_docs(&mut self, set: &DocSetId) -> Result<Vec<DocId>, HubLogError>;
+
+    /// A document's saved snapshot and the sequence number it covers.
+    fn snapshot(&mut self, doc: &DocId) -> Result<Option<(Vec<u8>, u64)>, HubLogError>;
+
+    /// The sequence number the snapshots of `set` cover, if it has any.
+    fn set_snapshot(&mut self, set: &DocSetId) -> Result<Option<u64>, HubLogError>;
+
+    /// Feeds the snapshots of `set` after document `after` (all when `None`)
+    /// to `page` in document id order, through [`PageCut::push_snapshot`],
+    /// asking [`PageCut::full`] before each.
+    fn snapshots_after(
+        &mut self,
+        set: &DocSetId,
+        after: Option<&DocId>,
+        page: &mut PageCut,
+    ) -> Result<(), HubLogError>;
+}
+
+/// One open write transaction: durable only at [`commit`](Self::commit),
+/// rolled back when dropped without it.
+pub trait WriteTxn: LogRows {
+    /// Sets a metadata value.
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError>;
+    /// Stores an op's answer (an op id is stored once).
+    fn put_outcome(
+        &mut self,
+        op: &OpId,
+        outcome: &AckOutcome,
+        now_ms: u64,
+    ) -> Result<(), HubLogError>;
+    /// Stores a numbered change as given.
+    fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError>;
+    /// A SKU's ledger entry.
+    fn get_sku(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<SkuLedger>, HubLogError>;
+    /// Writes a SKU's ledger entry (insert or replace).
+    fn put_sku(
+        &mut self,
+        store: &StoreId,
+        sku: &Sku,
+        ledger: &SkuLedger,
+    ) -> Result<(), HubLogError>;
+    /// An order.
+    fn get_order(
+        &mut self,
+        store: &StoreId,
+        order_id: &str,
+    ) -> Result<Option<OrderRecord>, HubLogError>;
+    /// Writes an order (insert or replace).
+    fn put_order(&mut self, store: &StoreId, order: &OrderRecord) -> Result<(), HubLogError>;
+    /// The decision an idempotency key got.
+    fn get_key(&mut self, store: &StoreId, key: &str) -> Result<Option<Decision>, HubLogError>;
+    /// Stores the decision of a first-used idempotency key.
+    fn put_key(
+        &mut self,
+        store: &StoreId,
+        key: &str,
+        decision: &Decision,
+    ) -> Result<(), HubLogError>;
+    /// A reservation.
+    fn get_reservation(
+        &mut self,
+        store: &StoreId,
+        key: &str,
+    ) -> Result<Option<Reservation>, HubLogError>;
+    /// Writes a reservation (insert or replace).
+    fn put_reservation(
+        &mut self,
+        store: &StoreId,
+        key: &str,
+        reservation: &Reservation,
+    ) -> Result<(), HubLogError>;
+    /// The last order number given in a store (0 if none).
+    fn get_last_order_no(&mut self, store: &StoreId) -> Result<u64, HubLogError>;
+    /// Writes the last order number given in a store.
+    fn put_order_no(&mut self, store: &StoreId, last: u64) -> Result<(), HubLogError>;
+    /// Every ledger entry in which some terminal holds rights
+    /// (`SkuLedger::held() > 0`), sorted.
+    fn skus_with_rights(&mut self) -> Result<Vec<(StoreId, Sku)>, HubLogError>;
+    /// Saves a document's snapshot covering `covers` (insert or replace).
+    fn put_snapshot(&mut self, doc: &DocId, covers: u64, bytes: &[u8]) -> Result<(), HubLogError>;
+    /// Records the point the snapshots of `set` cover.
+    fn put_set_snapshot(&mut self, set: &DocSetId, covers: u64) -> Result<(), HubLogError>;
+    /// Makes everything written durable, at once.
+    fn commit(self) -> Result<(), HubLogError>
+    where
+        Self: Sized;
+}
+
+/// A store the single writer opens transactions on.
+pub trait Backend {
+    /// The backend's write transaction.
+    type Txn<'t>: WriteTxn
+    where
+        Self: 't;
+    /// Opens a write transaction.
+    fn begin(&mut self) -> Result<Self::Txn<'_>, HubLogError>;
+}
+
+/// A store's readers: every reader is a [`super::HubLogRead`].
+pub trait ReadBackend {
+    /// Runs `read` on one consistent snapshot of the store (the head and a
+    /// page come from the same one).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+    ) -> Result<T, HubLogError>;
+}
+
+/// A page being cut from the rows a backend reads: at most `len_max`
+/// changes, stopping once `bytes_target` is passed (but never empty).
+#[derive(Debug)]
+pub struct PageCut {
+    len_max: usize,
+    bytes_target: usize,
+    bytes: usize,
+    more: bool,
+    changes: Vec<RemoteChange>,
+    /// Sequence number and origin given to snapshots.
+    snapshot_as: (u64, ReplicaId),
+}
+
+impl PageCut {
+    /// An empty page with the given limits.
+    pub fn new(len_max: usize, bytes_target: usize) -> Self {
+        Self {
+            len_max,
+            bytes_target,
+            bytes: 0,
+            more: false,
+            changes: Vec::new(),
+            snapshot_as: (0, ReplicaId([0; 16])),
+        }
+    }
+
+    /// An empty page of snapshots, each numbered `covers` and from `hub`.
+    pub fn snapshots(len_max: usize, bytes_target: usize, covers: u64, hub: ReplicaId) -> Self {
+        Self {
+            snapshot_as: (covers, hub),
+            ..Self::new(len_max, bytes_target)
+        }
+    }
+
+    /// Rows a backend need fetch: one past the page tells there is more.
+    pub fn rows_max(&self) -> usize {
+        self.len_max.saturating_add(1)
+    }
+
+    /// True when the page takes no more rows; the next row, which the
+    /// backend has, then marks the page as followed by more.
+    pub fn full(&mut self) -> bool {
+        let full = self.changes.len() >= self.len_max
+            || (self.bytes >= self.bytes_target && !self.changes.is_empty());
+        self.more |= full;
+        full
+    }
+
+    /// Adds a change read from the log.
+    pub fn push(&mut self, change: RemoteChange) {
+        self.bytes += change.bytes.len();
+        self.changes.push(change);
+    }
+
+    /// Adds a document's snapshot.
+    pub fn push_snapshot(&mut self, doc: DocId, bytes: Vec<u8>) {
+        let (hub_seq, origin) = self.snapshot_as;
+        self.push(RemoteChange {
+            hub_seq,
+            doc,
+            origin,
+            bytes,
+        });
+    }
+
+    /// The page of changes read after `cursor` with the log at `head`.
+    pub fn into_changes(self, cursor: u64, head: u64) -> ChangePage {
+        let cursor = if self.more {
+            self.changes.last().map_or(cursor, |change| change.hub_seq)
+        } else {
+            head.max(cursor)
+        };
+        ChangePage {
+            changes: self.changes,
+            cursor,
+            caught_up: !self.more,
+            resume: None,
+        }
+    }
+
+    /// The page of snapshots: the cursor moves to the snapshot point only
+    /// with the last snapshot; until then `resume` names the last one sent.
+    pub fn into_snapshots(self, cursor: u64) -> ChangePage {
+        let resume = if self.more {
+            self.changes.last().map(|change| change.doc.clone())
+        } else {
+            None
+        };
+        let cursor = if self.more {
+            cursor
+        } else {
+            self.snapshot_as.0
+        };
+        ChangePage {
+            changes: self.changes,
+            cursor,
+            caught_up: false,
+            resume,
+        }
+    }
+}

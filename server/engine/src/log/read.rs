@@ -1,0 +1,99 @@
+//! The shared read side: pages of changes cut by count and bytes, which
+//! catching-up cursor gets snapshots instead of history (the gap rule), and
+//! admin reads, over any [`ReadBackend`]. Every read backend is therefore a
+//! [`HubLogRead`].
+
+use omnisync_core::protocol::message::AckOutcome;
+use omnisync_core::vocab::ids::{DocId, DocSetId, OpId};
+
+use super::contract::{LogRows, PageCut, ReadBackend};
+use super::shared::{hub_replica, storage_error};
+use super::store::LOG_ID_KEY;
+use super::{HubLogError, HubLogRead};
+use crate::hub_session::ChangePage;
+
+/// A device more than this many sequence numbers behind a set's snapshot
+/// point gets the snapshots instead of the history.
+pub const SNAPSHOT_CATCH_UP_GAP_MIN: u64 = 10_000;
+
+/// Changes of `set` above `cursor`, cut by count and bytes; the cursor of a
+/// caught-up page is the head read in the same snapshot.
+pub fn changes_since(
+    rows: &mut dyn LogRows,
+    set: &DocSetId,
+    cursor: u64,
+    len_max: usize,
+    bytes_target: usize,
+) -> Result<ChangePage, HubLogError> {
+    let head = rows.head_seq()?;
+    let mut page = PageCut::new(len_max, bytes_target);
+    rows.changes_after(set, cursor, &mut page)?;
+    Ok(page.into_changes(cursor, head))
+}
+
+/// The next page for a catching-up subscription: snapshots while `resume`
+/// is set or the cursor is at least [`SNAPSHOT_CATCH_UP_GAP_MIN`] (or the
+/// whole history, when shorter) behind the set's snapshot point; changes
+/// otherwise.
+pub fn catch_up_page(
+    rows: &mut dyn LogRows,
+    set: &DocSetId,
+    cursor: u64,
+    resume: Option<&DocId>,
+    len_max: usize,
+    bytes_target: usize,
+) -> Result<ChangePage, HubLogError> {
+    match rows.set_snapshot(set)? {
+        Some(covers)
+            if resume.is_some()
+                || (covers > cursor
+                    && covers - cursor >= SNAPSHOT_CATCH_UP_GAP_MIN.min(covers)) =>
+        {
+            let log_id = rows
+                .meta(LOG_ID_KEY)?
+                .ok_or_else(|| storage_error("the log has no id"))?;
+            let mut page = PageCut::snapshots(len_max, bytes_target, covers, hub_replica(&log_id));
+            rows.snapshots_after(set, resume, &mut page)?;
+            Ok(page.into_snapshots(cursor))
+        }
+        _ => changes_since(rows, set, cursor, len_max, bytes_target),
+    }
+}
+
+impl<B: ReadBackend> HubLogRead for B {
+    fn changes_since(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        self.read(|rows| changes_since(rows, set, cursor, len_max, bytes_target))
+    }
+
+    fn catch_up_page(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        resume: Option<&DocId>,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        self.read(|rows| catch_up_page(rows, set, cursor, resume, len_max, bytes_target))
+    }
+
+    fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
+        self.read(|rows| {
+            let mut all = Vec::new();
+            rows.doc_changes(doc, 0, u64::MAX, &mut |bytes| {
+                all.push(bytes.to_vec());
+                Ok(())
+            })?;
+            Ok(all)
+        })
+    }
+
+    fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
+        self.read(|rows| rows.find_outcome(op))
+    }
+}

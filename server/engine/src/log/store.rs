@@ -1,0 +1,216 @@
+//! The single writer of a hub log over any [`Backend`]: the head, the log's
+//! identity and hub replica, the price book (dropped after a failed commit),
+//! group commits, and the import writes (hub-made changes, intents the hub
+//! issues, snapshots of a set). Backends only store rows.
+
+use omnisync_core::protocol::message::RemoteChange;
+use omnisync_core::vocab::ids::{DeviceId, DocId, DocSetId, ReplicaId, StoreId};
+use omnisync_core::vocab::intent::{Decision, Intent};
+use omnisync_core::vocab::record::is_record_doc;
+
+use super::contract::{Backend, LogRows, WriteTxn};
+use super::shared::{
+    HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at, maintain_ledger,
+    storage_error,
+};
+use super::{AppliedBatch, HubLog, HubLogError};
+use crate::hub_session::{CommittedChanges, IncomingOp};
+use crate::ledger::authority::AuthorityConfig;
+use crate::ledger::price_book::PriceBook;
+
+/// The metadata key of the log's identity.
+pub const LOG_ID_KEY: &str = "log_id";
+/// The device name the hub's own intents (import stock counts) are issued as.
+pub const HUB_ISSUER: &str = "hub";
+
+/// The writer of a hub log: owns the backend, and is the only one to number
+/// changes, so that sequence numbers are dense and never handed out twice.
+#[derive(Debug)]
+pub struct HubStore<B: Backend> {
+    backend: B,
+    head: u64,
+    log_id: String,
+    hub: ReplicaId,
+    config: AuthorityConfig,
+    prices: PriceBook,
+}
+
+impl<B: Backend> HubStore<B> {
+    /// Takes over `backend`: reads its head and its log id, making (and
+    /// storing) a random one for a new log.
+    pub fn open(mut backend: B) -> Result<Self, HubLogError> {
+        let (head, log_id) = {
+            let mut txn = backend.begin()?;
+            let head = txn.head_seq()?;
+            let log_id = match txn.meta(LOG_ID_KEY)? {
+                Some(log_id) => log_id,
+                None => {
+                    let log_id = omnisync_core::ReplicaId::random().to_string();
+                    txn.put_meta(LOG_ID_KEY, &log_id)?;
+                    log_id
+                }
+            };
+            txn.commit()?;
+            (head, log_id)
+        };
+        Ok(Self {
+            backend,
+            head,
+            hub: hub_replica(&log_id),
+            log_id,
+            config: AuthorityConfig::default(),
+            prices: PriceBook::new(),
+        })
+    }
+
+    /// Sets the authority's settings (price tolerance).
+    pub fn set_authority_config(&mut self, config: AuthorityConfig) {
+        self.config = config;
+    }
+
+    /// The identity of this change log (random, made with the log).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The replica id the hub writes its own changes (imports, records) as.
+    pub fn hub_replica(&self) -> ReplicaId {
+        self.hub
+    }
+
+    /// The backend, for backend-specific reads (tests, simulations).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, to switch backend-specific behaviour (test failpoints).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Runs `work` in one write transaction and commits it if it succeeded;
+    /// the head moves only then. On failure the price book may hold changes
+    /// that rolled back: it is dropped and rebuilt from storage on demand.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(
+            &mut dyn HubTxn,
+            &mut u64,
+            ReplicaId,
+            AuthorityConfig,
+        ) -> Result<T, HubLogError>,
+    ) -> Result<T, HubLogError> {
+        let mut head = self.head;
+        let result = {
+            let mut txn = self.backend.begin()?;
+            let result = {
+                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, self.head);
+                work(&mut shared, &mut head, self.hub, self.config)
+            };
+            result.and_then(|value| {
+                txn.commit()?;
+                Ok(value)
+            })
+        };
+        match result {
+            Ok(value) => {
+                self.head = head;
+                Ok(value)
+            }
+            Err(error) => {
+                self.prices = PriceBook::new();
+                Err(error)
+            }
+        }
+    }
+
+    /// Decides intents the hub issues itself (import stock counts) in one
+    /// durable transaction; returns the decisions.
+    pub fn apply_hub_intents(
+        &mut self,
+        store: &StoreId,
+        intents: &[Intent],
+    ) -> Result<Vec<Decision>, HubLogError> {
+        let now_ms = omnisync_core::now_ms();
+        let issuer = DeviceId::new(HUB_ISSUER).map_err(storage_error)?;
+        self.write(|txn, head, hub, config| {
+            apply_hub_intents(txn, head, hub, config, store, &issuer, intents, now_ms)
+        })
+        .map(|(decisions, _)| decisions)
+    }
+
+    /// Appends changes made by the hub itself (catalog imports) in one
+    /// durable transaction; returns the sequence number of the last one.
+    pub fn append_hub_changes(
+        &mut self,
+        changes: Vec<(DocId, Vec<u8>)>,
+    ) -> Result<u64, HubLogError> {
+        let origin = self.hub;
+        let mut head = self.head;
+        let mut touches_prices = false;
+        let mut txn = self.backend.begin()?;
+        for (doc, bytes) in changes {
+            head += 1;
+            touches_prices |= PriceBook::follows(&doc);
+            txn.append(&RemoteChange {
+                hub_seq: head,
+                doc,
+                origin,
+                bytes,
+            })?;
+        }
+        txn.commit()?;
+        self.head = head;
+        if touches_prices {
+            // Cheaper than loading every imported prices document into it.
+            self.prices = PriceBook::new();
+        }
+        Ok(head)
+    }
+
+    /// A document as the hub has it now, or `None` if it has no changes.
+    pub fn load_doc(&mut self, doc: &DocId) -> Result<Option<automerge::Automerge>, HubLogError> {
+        let head = self.head;
+        let mut txn = self.backend.begin()?;
+        let loaded = load_doc_at(&mut txn, doc, head)?;
+        // Dropped without a commit: a read-only transaction.
+        drop(txn);
+        Ok((!loaded.get_heads().is_empty()).then_some(loaded))
+    }
+
+    /// Saves every document of `set` as a snapshot covering the current head,
+    /// and records that point for the set. Returns the number of documents.
+    pub fn snapshot_set(&mut self, set: &DocSetId) -> Result<usize, HubLogError> {
+        let covers = self.head;
+        let mut txn = self.backend.begin()?;
+        let docs = txn.set_docs(set)?;
+        for doc in &docs {
+            // A record's snapshot is its newest version; a document's is its save.
+            let bytes = if is_record_doc(doc) {
+                txn.latest_change(doc, covers)?
+                    .ok_or_else(|| storage_error(format!("record {doc} has no change")))?
+            } else {
+                load_doc_at(&mut txn, doc, covers)?.save()
+            };
+            txn.put_snapshot(doc, covers, &bytes)?;
+        }
+        txn.put_set_snapshot(set, covers)?;
+        txn.commit()?;
+        Ok(docs.len())
+    }
+}
+
+impl<B: Backend> HubLog for HubStore<B> {
+    fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
+        let now_ms = omnisync_core::now_ms();
+        self.write(|txn, head, hub, config| apply_ops(txn, head, hub, config, ops, now_ms))
+    }
+
+    fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
+        self.write(|txn, head, hub, config| maintain_ledger(txn, head, hub, config, now_ms))
+    }
+
+    fn head_seq(&self) -> Result<u64, HubLogError> {
+        Ok(self.head)
+    }
+}
