@@ -11,10 +11,10 @@
 use omnisync_core::db::OpStatus;
 use omnisync_core::retail::orders::{self, CheckoutRequest};
 use omnisync_core::vocab::goods::{Channel, Currency, Sku};
-use omnisync_core::vocab::ids::{OpId, check_name};
+use omnisync_core::vocab::ids::OpId;
 use omnisync_core::vocab::intent::{
-    CHECKOUT_LINES_MAX, Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, LineSource, OfflinePolicy,
-    Refusal, STOCK_QUANTITY_MAX, StockCommand, StockPolicy,
+    Decision, KEY_BYTES_MAX, LINE_QUANTITY_MAX, LineSource, OfflinePolicy, Refusal,
+    STOCK_QUANTITY_MAX, StockCommand, StockPolicy,
 };
 use omnisync_core::vocab::record::describe_decision;
 
@@ -191,9 +191,8 @@ fn parse_sku(sku: &str) -> Result<Sku> {
 
 /// A goods receipt.
 pub(crate) fn receive_command(sku: &str, quantity: i64, key: &str) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     Ok(StockCommand::Receive {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         quantity: units("quantity received", quantity, 1, STOCK_QUANTITY_MAX)?,
     })
@@ -201,9 +200,8 @@ pub(crate) fn receive_command(sku: &str, quantity: i64, key: &str) -> Result<Sto
 
 /// A stock-take.
 pub(crate) fn stock_take_command(sku: &str, counted: i64, key: &str) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     Ok(StockCommand::StockTake {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         counted: units("units counted", counted, 0, STOCK_QUANTITY_MAX)?,
     })
@@ -216,7 +214,6 @@ pub(crate) fn adjust_command(
     reason: &str,
     key: &str,
 ) -> Result<StockCommand> {
-    key_text("idempotency key", key, false)?;
     key_text("reason", reason, false)?;
     if delta == 0 || delta.unsigned_abs() > STOCK_QUANTITY_MAX {
         return Err(OmnisyncError::InvalidInput {
@@ -226,7 +223,7 @@ pub(crate) fn adjust_command(
         });
     }
     Ok(StockCommand::Adjust {
-        key: key.to_owned(),
+        key: key.parse()?,
         sku: parse_sku(sku)?,
         delta,
         reason: reason.to_owned(),
@@ -260,19 +257,15 @@ pub(crate) fn policy_command(
 impl CheckoutInput {
     /// The core's request, every field checked.
     pub(crate) fn to_core(&self) -> Result<CheckoutRequest> {
-        check_name("order id", &self.order_id)?;
-        if let Some(key) = &self.idempotency_key {
-            key_text("idempotency key", key, false)?;
-        }
-        key_text("payment reference", &self.payment_ref, true)?;
-        if self.lines.is_empty() || self.lines.len() > CHECKOUT_LINES_MAX {
-            return Err(OmnisyncError::InvalidInput {
-                detail: format!(
-                    "a checkout has 1 to {CHECKOUT_LINES_MAX} lines, not {}",
-                    self.lines.len()
-                ),
-            });
-        }
+        // Ids, keys and references are parsed here; the lines are checked
+        // by the core's one checkout rule (`CheckoutRequest::to_intent`).
+        let order_id = self.order_id.parse()?;
+        let idempotency_key = self
+            .idempotency_key
+            .as_deref()
+            .map(str::parse)
+            .transpose()?;
+        let payment_ref = self.payment_ref.parse()?;
         let lines = self
             .lines
             .iter()
@@ -288,14 +281,18 @@ impl CheckoutInput {
             .ok_or_else(|| OmnisyncError::InvalidInput {
                 detail: "the order total overflows".into(),
             })?;
-        Ok(CheckoutRequest {
-            order_id: self.order_id.clone(),
-            idempotency_key: self.idempotency_key.clone(),
+        let request = CheckoutRequest {
+            order_id,
+            idempotency_key,
             lines,
             currency: Currency::new(&self.currency)?,
-            payment_ref: self.payment_ref.clone(),
+            payment_ref,
             channel: self.channel,
-        })
+        };
+        request
+            .to_intent()
+            .map_err(|invalid| OmnisyncError::InvalidInput { detail: invalid.0 })?;
+        Ok(request)
     }
 }
 
@@ -328,7 +325,7 @@ impl From<orders::CheckoutReceipt> for CheckoutReceipt {
     fn from(receipt: orders::CheckoutReceipt) -> Self {
         CheckoutReceipt {
             op_id: receipt.op,
-            order_id: receipt.order_id,
+            order_id: receipt.order_id.into(),
             lines: receipt
                 .lines
                 .into_iter()
@@ -367,7 +364,10 @@ impl From<Option<OpStatus>> for OpState {
             None => OpState::Unknown,
             Some(OpStatus::Pending) => OpState::Pending,
             Some(OpStatus::Acknowledged { acked_ms }) => OpState::Acknowledged { acked_ms },
-            Some(OpStatus::Rejected { code, detail }) => OpState::Rejected { code, detail },
+            Some(OpStatus::Rejected { code, detail }) => OpState::Rejected {
+                code: code.as_str().to_owned(),
+                detail,
+            },
             Some(OpStatus::Refused { refusal }) => refused(&refusal),
             Some(OpStatus::Confirmed { decision }) => match decision {
                 Decision::Refused(refusal) => refused(&refusal),

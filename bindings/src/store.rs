@@ -400,6 +400,7 @@ impl OmnisyncStore {
 
     /// Orders with a status (`pending`, `confirmed`, `paid`, ...), newest first.
     pub async fn orders_by_status(&self, status: String, limit: u32) -> Result<Vec<OrderSummary>> {
+        let status = omnisync_core::vocab::keys::OrderStatus::parse(&status)?;
         self.on_db(move |client, _| Ok(client.store().orders_by_status(&status, limit as usize)?))
             .await
     }
@@ -415,6 +416,8 @@ impl OmnisyncStore {
         expected_version: u64,
         status: String,
     ) -> Result<OpId> {
+        let order_id: omnisync_core::vocab::keys::OrderId = order_id.parse()?;
+        let status: omnisync_core::vocab::keys::OrderStatusName = status.parse()?;
         self.on_db(move |client, _| {
             Ok(client.write(|db| {
                 db.update_order_status(&order_id, expected_version, &status, now_ms())

@@ -18,6 +18,9 @@ use std::str::FromStr;
 
 use crate::vocab::goods::{Currency, Sku};
 use crate::vocab::ids::{DocSetId, IdError, OpId, ReplicaId};
+use crate::vocab::keys::{
+    IdempotencyKey, OrderId, OrderStatus, OrderStatusName, PaymentRef, ReservationKey,
+};
 
 uniffi::custom_type!(Sku, String, {
     lower: |sku| String::from(sku),
@@ -32,6 +35,36 @@ uniffi::custom_type!(Currency, String, {
 uniffi::custom_type!(DocSetId, String, {
     lower: |set| set.as_str().to_owned(),
     try_lift: |text| Ok(DocSetId::new(text)?),
+});
+
+uniffi::custom_type!(OrderId, String, {
+    lower: |id| String::from(id),
+    try_lift: |text| Ok(OrderId::new(text)?),
+});
+
+uniffi::custom_type!(IdempotencyKey, String, {
+    lower: |key| String::from(key),
+    try_lift: |text| Ok(IdempotencyKey::new(text)?),
+});
+
+uniffi::custom_type!(ReservationKey, String, {
+    lower: |key| String::from(key),
+    try_lift: |text| Ok(ReservationKey::new(text)?),
+});
+
+uniffi::custom_type!(PaymentRef, String, {
+    lower: |reference| String::from(reference),
+    try_lift: |text| Ok(PaymentRef::new(text)?),
+});
+
+uniffi::custom_type!(OrderStatusName, String, {
+    lower: |status| String::from(status),
+    try_lift: |text| Ok(OrderStatusName::new(text)?),
+});
+
+uniffi::custom_type!(OrderStatus, String, {
+    lower: |status| String::from(status),
+    try_lift: |text| Ok(OrderStatus::parse(&text)?),
 });
 
 uniffi::custom_type!(OpId, String, {

@@ -107,8 +107,8 @@ fn intents() -> Vec<(&'static str, Intent)> {
         (
             "checkout",
             Intent::Checkout(CheckoutIntent {
-                order_id: "till-1-0001".into(),
-                idempotency_key: "k-1".into(),
+                order_id: "till-1-0001".parse().unwrap(),
+                idempotency_key: "k-1".parse().unwrap(),
                 lines: vec![IntentLine {
                     sku: sku("tea"),
                     quantity: 2,
@@ -116,14 +116,14 @@ fn intents() -> Vec<(&'static str, Intent)> {
                     source: LineSource::Allowance,
                 }],
                 currency: Currency::new("EUR").unwrap(),
-                payment_ref: "card-9".into(),
+                payment_ref: "card-9".parse().unwrap(),
                 channel: Channel::Pos,
             }),
         ),
         (
             "stock-receive",
             Intent::Stock(StockCommand::Receive {
-                key: "dn-1".into(),
+                key: "dn-1".parse().unwrap(),
                 sku: sku("tea"),
                 quantity: 40,
             }),
@@ -131,7 +131,7 @@ fn intents() -> Vec<(&'static str, Intent)> {
         (
             "stock-take",
             Intent::Stock(StockCommand::StockTake {
-                key: "st-1".into(),
+                key: "st-1".parse().unwrap(),
                 sku: sku("tea"),
                 counted: 38,
             }),
@@ -139,7 +139,7 @@ fn intents() -> Vec<(&'static str, Intent)> {
         (
             "stock-adjust",
             Intent::Stock(StockCommand::Adjust {
-                key: "adj-1".into(),
+                key: "adj-1".parse().unwrap(),
                 sku: sku("tea"),
                 delta: -2,
                 reason: "damaged".into(),
@@ -158,15 +158,15 @@ fn intents() -> Vec<(&'static str, Intent)> {
         (
             "order-status",
             Intent::OrderStatus(OrderStatusChange {
-                order_id: "till-1-0001".into(),
+                order_id: "till-1-0001".parse().unwrap(),
                 expected_version: 1,
-                status: "paid".into(),
+                status: "paid".parse().unwrap(),
             }),
         ),
         (
             "reserve",
             Intent::Reserve {
-                key: "web-7".into(),
+                key: "web-7".parse().unwrap(),
                 sku: sku("tea"),
                 quantity: 1,
             },
@@ -174,13 +174,13 @@ fn intents() -> Vec<(&'static str, Intent)> {
         (
             "commit-reservation",
             Intent::CommitReservation {
-                key: "web-7".into(),
+                key: "web-7".parse().unwrap(),
             },
         ),
         (
             "cancel-reservation",
             Intent::CancelReservation {
-                key: "web-7".into(),
+                key: "web-7".parse().unwrap(),
             },
         ),
         (
@@ -289,10 +289,10 @@ fn records() -> Vec<(&'static str, Record)> {
         (
             "order",
             Record::Order(OrderRecord {
-                order_id: "till-1-0001".into(),
+                order_id: "till-1-0001".parse().unwrap(),
                 order_no: 12,
                 device: DeviceId::new("till-1").unwrap(),
-                status: "confirmed".into(),
+                status: "confirmed".parse().unwrap(),
                 version: 1,
                 lines: vec![OrderLineRecord {
                     sku: sku("tea"),
@@ -302,7 +302,7 @@ fn records() -> Vec<(&'static str, Record)> {
                 }],
                 currency: "EUR".into(),
                 total_minor: 900,
-                payment_ref: "card-9".into(),
+                payment_ref: "card-9".parse().unwrap(),
                 decided_ms: 1_700_000_000_123,
                 at_risk: false,
             }),
@@ -613,7 +613,7 @@ fn unknown_fields_are_ignored_and_unknown_variants_are_typed() {
     assert_eq!(
         ops[1].body,
         OpBody::Intent(Intent::CancelReservation {
-            key: "web-7".into()
+            key: "web-7".parse().unwrap()
         })
     );
 

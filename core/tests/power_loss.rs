@@ -43,6 +43,7 @@ use std::path::Path;
 use omnisync_core::retail::hooks::RetailHooks;
 use omnisync_core::retail::orders::{CheckoutRequest, Connectivity, OrderLine};
 use omnisync_core::vocab::intent::Intent;
+use omnisync_core::vocab::keys::{OrderId, OrderStatus};
 use omnisync_core::{
     Channel, Currency, DeviceId, DocEdit, DocId, Durability, Edit, Replica, Sku, StoreId, Value,
 };
@@ -95,7 +96,7 @@ fn open(path: &Path) -> Replica {
 /// What a call that returned promised.
 #[derive(Debug)]
 enum Made {
-    Sale { order_id: String },
+    Sale { order_id: OrderId },
     Edit { key: String, value: i64 },
 }
 
@@ -143,11 +144,11 @@ fn sale(rng: &mut Rng, step: usize) -> CheckoutRequest {
         })
         .collect();
     CheckoutRequest {
-        order_id: format!("till-1-{step:06}"),
+        order_id: format!("till-1-{step:06}").parse().unwrap(),
         idempotency_key: None,
         lines,
         currency: Currency::new("EUR").expect("currency"),
-        payment_ref: format!("card-{step}"),
+        payment_ref: format!("card-{step}").parse().unwrap(),
         channel: Channel::Pos,
     }
 }
@@ -278,8 +279,8 @@ fn check(
             sold_by_ops.insert(checkout.order_id);
         }
     }
-    let orders: BTreeSet<String> = replica
-        .orders_by_status("pending", ORDERS_READ_MAX)
+    let orders: BTreeSet<OrderId> = replica
+        .orders_by_status(&OrderStatus::Pending, ORDERS_READ_MAX)
         .expect("orders")
         .into_iter()
         .map(|order| order.order_id)

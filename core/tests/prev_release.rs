@@ -8,6 +8,7 @@ use omnisync_core::db::oplog::OpStatus;
 use omnisync_core::protocol::message::OpBody;
 use omnisync_core::vocab::codec::STORED_MAGIC;
 use omnisync_core::vocab::intent::{Decision, Intent};
+use omnisync_core::vocab::keys::{OrderId, OrderStatus, OrderStatusName};
 use omnisync_core::{DeviceId, DocSetId, Replica, Sku, StoreId};
 
 const FIXTURE: &str = concat!(
@@ -41,13 +42,13 @@ fn a_till_database_of_the_previous_release_opens_and_reads_back() {
             other => panic!("op {op}: {other:?}"),
         }
         match replica.op_intent(op.seq).unwrap() {
-            Some(Intent::Checkout(checkout)) => assert_eq!(checkout.order_id, order_id),
+            Some(Intent::Checkout(checkout)) => assert_eq!(checkout.order_id.as_str(), order_id),
             other => panic!("op {op}: {other:?}"),
         }
         // Query tables of that release.
         let order = replica.order(order_id).unwrap().expect("order row");
         assert_eq!(order.order_no, Some(order_no));
-        assert_eq!(order.status, "confirmed");
+        assert_eq!(order.status, OrderStatus::Confirmed);
     }
     assert_eq!(
         replica
@@ -74,7 +75,12 @@ fn a_till_database_of_the_previous_release_opens_and_reads_back() {
 
     // A new op is written in this release's format, next to the old ones.
     let op = replica
-        .update_order_status("till-1-0001", 1, "paid", 1_796_212_400_000)
+        .update_order_status(
+            &OrderId::new("till-1-0001").unwrap(),
+            1,
+            &OrderStatusName::new("paid").unwrap(),
+            1_796_212_400_000,
+        )
         .unwrap();
     let pending = replica.pending_ops(0, 10).unwrap();
     assert_eq!(pending.len(), 1);

@@ -61,7 +61,7 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
         // lines the till's allowance covers) the allowance spent, in one
         // transaction with synchronous=FULL.
         let request = CheckoutRequest {
-            order_id: format!("o-{n}"),
+            order_id: format!("o-{n}").parse()?,
             idempotency_key: None,
             lines: vec![OrderLine {
                 sku: Sku::new(format!("sku-{}", n % skus))?,
@@ -69,7 +69,7 @@ pub async fn local_writes(args: LocalWritesArgs) -> anyhow::Result<bool> {
                 unit_price_minor: 499,
             }],
             currency,
-            payment_ref: format!("card-{n}"),
+            payment_ref: format!("card-{n}").parse()?,
             channel: Channel::Pos,
         };
         let started = Instant::now();

@@ -317,7 +317,7 @@ pub(crate) fn stock_the_store(back_office: &Client, store: &StoreId) -> anyhow::
         ops.push(back_office.write(|db| {
             db.stock_command(
                 StockCommand::Receive {
-                    key: format!("delivery-1-{sku}"),
+                    key: format!("delivery-1-{sku}").parse()?,
                     sku: sku.clone(),
                     quantity: item.received,
                 },
@@ -415,11 +415,11 @@ fn checkout(till: &Device, order_id: &str, picks: &[(usize, u64)]) -> Result<Sal
         }
     }
     let receipt = till.client.checkout(&CheckoutRequest {
-        order_id: order_id.to_owned(),
+        order_id: order_id.to_owned().parse()?,
         idempotency_key: None,
         lines,
         currency: eur(),
-        payment_ref: format!("card-{order_id}"),
+        payment_ref: format!("card-{order_id}").parse()?,
         channel: Channel::Pos,
     })?;
     let described: Vec<String> = receipt
@@ -810,7 +810,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .store()
         .compensations()?
         .into_iter()
-        .find(|task| task.op == provisional.receipt.op && task.state == "open");
+        .find(|task| {
+            task.op == provisional.receipt.op
+                && task.state == omnisync_core::retail::orders::CompensationState::Open
+        });
     match task {
         None => day.problems.push(format!(
             "no compensation task for {} ({})",
@@ -850,9 +853,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 ),
             );
             if task.order_no.is_some() {
-                let order =
-                    wait_for_order_status(&back_office, &task.order_id, "compensated-refund")
-                        .await?;
+                let order = wait_for_order_status(
+                    &back_office,
+                    task.order_id.as_str(),
+                    "compensated-refund",
+                )
+                .await?;
                 timeline.say(
                     "back-office",
                     format!(
@@ -1003,9 +1009,9 @@ async fn wait_for_order_status(
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         if let Some(order) = device.client.store().order(order_id)?
-            && order.status == status
+            && order.status.as_str() == status
         {
-            return Ok((order.status, order.version));
+            return Ok((order.status.into(), order.version));
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -1148,7 +1154,8 @@ fn sold_per_item(back_office: &Device) -> anyhow::Result<Vec<u64>> {
     let mut sold = vec![0u64; CATALOG.len()];
     let store = back_office.client.store();
     for status in ["confirmed", "compensated-refund"] {
-        for order in store.orders_by_status(status, 10_000)? {
+        let status = omnisync_core::vocab::keys::OrderStatus::parse(status)?;
+        for order in store.orders_by_status(&status, 10_000)? {
             for line in order.lines {
                 if let Some(index) = CATALOG
                     .iter()

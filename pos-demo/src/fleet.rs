@@ -105,7 +105,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
             for sku in chunk {
                 db.stock_command(
                     StockCommand::Receive {
-                        key: format!("opening-{sku}"),
+                        key: format!("opening-{sku}").parse()?,
                         sku: sku.clone(),
                         quantity: initial[sku],
                     },
@@ -235,7 +235,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
                 for (op, request) in sales {
                     if matches!(till_store.op_status(op)?, Some(OpStatus::Confirmed { .. }))
                         && store
-                            .order(&request.order_id)?
+                            .order(request.order_id.as_str())?
                             .is_none_or(|order| order.order_no.is_none())
                     {
                         missing += 1;
@@ -372,7 +372,7 @@ fn sell(
         let count = rng.random_range(1..=3);
         let picked: Vec<&Sku> = skus.choose_multiple(&mut rng, count).collect();
         let request = CheckoutRequest {
-            order_id: format!("{device}-{n:06}"),
+            order_id: format!("{device}-{n:06}").parse()?,
             idempotency_key: None,
             lines: picked
                 .into_iter()
@@ -383,7 +383,7 @@ fn sell(
                 })
                 .collect(),
             currency,
-            payment_ref: format!("card-{device}-{n}"),
+            payment_ref: format!("card-{device}-{n}").parse()?,
             channel: Channel::Pos,
         };
         match till.checkout(&request) {
@@ -391,7 +391,7 @@ fn sell(
                 committed
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(request.order_id.clone(), Instant::now());
+                    .insert(request.order_id.to_string(), Instant::now());
                 recorded.push((receipt.op, request));
                 bar.inc(1);
             }

@@ -273,7 +273,7 @@ async fn back_office(
             )?;
             db.stock_command(
                 StockCommand::Receive {
-                    key: format!("delivery-{sku}"),
+                    key: format!("delivery-{sku}").parse()?,
                     sku: sku.clone(),
                     quantity: u64::from(stock),
                 },
@@ -385,8 +385,8 @@ async fn checkout_client(
                     },
                     created_ms: now_ms(),
                     body: OpBody::Intent(Intent::Checkout(CheckoutIntent {
-                        order_id: order_id.clone(),
-                        idempotency_key: order_id,
+                        order_id: order_id.parse()?,
+                        idempotency_key: order_id.parse()?,
                         lines: vec![IntentLine {
                             sku: sku.clone(),
                             quantity: 1,
@@ -394,7 +394,7 @@ async fn checkout_client(
                             source: LineSource::Hub,
                         }],
                         currency,
-                        payment_ref: format!("psp-{number}-{next_seq}"),
+                        payment_ref: format!("psp-{number}-{next_seq}").parse()?,
                         channel: Channel::Web,
                     })),
                 });

@@ -293,7 +293,10 @@ pub fn import_rows(
             // Stock is the ledger's: the import's count is a stock-take (it
             // sets the on-hand count; running an import again is a new count).
             stock_takes.push(Intent::Stock(StockCommand::StockTake {
-                key: format!("import-{now_ms}-{}", checked.sku),
+                // A SKU (at most 64 bytes) and a number: a valid key.
+                key: format!("import-{now_ms}-{}", checked.sku)
+                    .parse()
+                    .expect("an import's stock-take key is valid by construction"),
                 sku: checked.sku.clone(),
                 counted: on_hand.max(0) as u64,
             }));

@@ -68,9 +68,9 @@ fn a_hub_of_the_previous_release_serves_the_same_documents_and_outcomes() {
         id: till_1(5),
         created_ms: 1_796_212_400_000,
         body: OpBody::Intent(Intent::OrderStatus(OrderStatusChange {
-            order_id: "till-1-0001".into(),
+            order_id: "till-1-0001".parse().unwrap(),
             expected_version: 1,
-            status: "paid".into(),
+            status: "paid".parse().unwrap(),
         })),
     };
     let retried = Op {

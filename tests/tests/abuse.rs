@@ -82,7 +82,7 @@ impl Honest {
         .await
         .with_context(|| format!("honest devices stopped syncing after: {case}"))?;
         let request = omnisync_core::retail::orders::CheckoutRequest {
-            order_id: format!("order-{}", self.orders),
+            order_id: format!("order-{}", self.orders).parse().unwrap(),
             idempotency_key: None,
             lines: vec![OrderLine {
                 sku: sku.clone(),
@@ -90,7 +90,7 @@ impl Honest {
                 unit_price_minor: price.amount_minor,
             }],
             currency: price.currency,
-            payment_ref: format!("card-{}", self.orders),
+            payment_ref: format!("card-{}", self.orders).parse().unwrap(),
             channel: Channel::Pos,
         };
         let op = self.tills[0].client.checkout(&request)?.op;

@@ -56,7 +56,7 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
     let office = device(&hub.sync_url(), "office", STORE)?;
     let till = device(&hub.sync_url(), "till-1", STORE)?;
     let delivery = StockCommand::Receive {
-        key: "delivery-1".into(),
+        key: "delivery-1".parse().unwrap(),
         sku: Sku::new(SKU)?,
         quantity: STOCK,
     };
@@ -91,7 +91,7 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
         })
         .await?;
     let sale = CheckoutRequest {
-        order_id: "till-1-0001".into(),
+        order_id: "till-1-0001".parse().unwrap(),
         idempotency_key: None,
         lines: vec![OrderLine {
             sku: Sku::new(SKU)?,
@@ -99,7 +99,7 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
             unit_price_minor: 250,
         }],
         currency: Currency::new("EUR")?,
-        payment_ref: "card-0001".into(),
+        payment_ref: "card-0001".parse().unwrap(),
         channel: Channel::Pos,
     };
     let receipt = till.client.checkout(&sale)?;

@@ -49,7 +49,7 @@ fn store_id() -> StoreId {
 
 fn sale(till: &str, item: &str) -> CheckoutRequest {
     CheckoutRequest {
-        order_id: format!("{till}-last-{item}"),
+        order_id: format!("{till}-last-{item}").parse().unwrap(),
         idempotency_key: None,
         lines: vec![OrderLine {
             sku: sku(item),
@@ -57,7 +57,7 @@ fn sale(till: &str, item: &str) -> CheckoutRequest {
             unit_price_minor: 4_900,
         }],
         currency: Currency::new("EUR").expect("valid currency"),
-        payment_ref: format!("card-{till}"),
+        payment_ref: format!("card-{till}").parse().unwrap(),
         channel: Channel::Pos,
     }
 }
@@ -83,7 +83,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
                 policy,
             },
             StockCommand::Receive {
-                key: format!("delivery-{item}"),
+                key: format!("delivery-{item}").parse().unwrap(),
                 sku: sku(item),
                 quantity: 1,
             },

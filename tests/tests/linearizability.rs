@@ -514,17 +514,21 @@ fn intent_of(planned: &Planned, index: usize) -> anyhow::Result<Intent> {
     let sku = Sku::new(SKUS[planned.sku])?;
     Ok(match &planned.op {
         LedgerOp::Receive { quantity } => Intent::Stock(StockCommand::Receive {
-            key: format!("receipt-{index}"),
+            key: format!("receipt-{index}").parse().unwrap(),
             sku,
             quantity: *quantity,
         }),
         LedgerOp::Reserve { key, quantity } => Intent::Reserve {
-            key: key.clone(),
+            key: key.parse().unwrap(),
             sku,
             quantity: *quantity,
         },
-        LedgerOp::Commit { key } => Intent::CommitReservation { key: key.clone() },
-        LedgerOp::Cancel { key } => Intent::CancelReservation { key: key.clone() },
+        LedgerOp::Commit { key } => Intent::CommitReservation {
+            key: key.parse().unwrap(),
+        },
+        LedgerOp::Cancel { key } => Intent::CancelReservation {
+            key: key.parse().unwrap(),
+        },
         LedgerOp::Sell { .. } | LedgerOp::SellProvisional { .. } => {
             anyhow::bail!("#{index}: web shops do not check out")
         }
@@ -595,7 +599,7 @@ async fn run_till(
             };
             anyhow::ensure!(planned.client == planned_for, "#{index} is not {name}'s");
             let request = CheckoutRequest {
-                order_id: format!("{name}-{round}-{index}"),
+                order_id: format!("{name}-{round}-{index}").parse().unwrap(),
                 idempotency_key: None,
                 lines: vec![OrderLine {
                     sku: Sku::new(SKUS[plan[index].sku])?,
@@ -603,7 +607,7 @@ async fn run_till(
                     unit_price_minor: 990,
                 }],
                 currency: Currency::new("EUR")?,
-                payment_ref: format!("card-{index}"),
+                payment_ref: format!("card-{index}").parse().unwrap(),
                 channel: Channel::Pos,
             };
             history.push(Event::Invoke(index));
@@ -689,7 +693,7 @@ async fn one_history(seed: u64) -> anyhow::Result<()> {
                 policy,
             },
             StockCommand::Receive {
-                key: format!("delivery-{item}"),
+                key: format!("delivery-{item}").parse().unwrap(),
                 sku,
                 quantity: STOCK_START,
             },

@@ -35,7 +35,7 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
 
     let expected_price = price.as_ref().map(|price| price.money.clone());
     let delivery = StockCommand::Receive {
-        key: "delivery-1".into(),
+        key: "delivery-1".parse().unwrap(),
         sku: espresso.clone(),
         quantity: 50,
     };
@@ -50,11 +50,11 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
         unit_price_minor: price.map_or(0, |p| p.money.amount_minor),
     };
     let sale = CheckoutRequest {
-        order_id: "till-1-0001".into(),
+        order_id: "till-1-0001".parse().unwrap(),
         idempotency_key: None,
         lines: vec![line],
         currency: Currency::new("EUR")?,
-        payment_ref: "card-7731".into(),
+        payment_ref: "card-7731".parse().unwrap(),
         channel: Channel::Pos,
     };
     let receipt = client.checkout(&sale)?;

@@ -51,7 +51,7 @@ fn store_pki(name: &str) -> anyhow::Result<Pki> {
 /// of stock): the intent goes up and the decision comes back through wss://.
 async fn sell(till: &TestDevice, order: &str) -> anyhow::Result<()> {
     let request = CheckoutRequest {
-        order_id: order.into(),
+        order_id: order.parse().unwrap(),
         idempotency_key: None,
         lines: vec![OrderLine {
             sku: Sku::new("sku-1")?,
@@ -59,7 +59,7 @@ async fn sell(till: &TestDevice, order: &str) -> anyhow::Result<()> {
             unit_price_minor: 100,
         }],
         currency: Currency::new("EUR")?,
-        payment_ref: format!("card-{order}"),
+        payment_ref: format!("card-{order}").parse().unwrap(),
         channel: Channel::Pos,
     };
     let op = till.client.checkout(&request)?.op;

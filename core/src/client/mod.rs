@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
 use crate::db::{DbError, DocEdit, Durability, Replica};
 use crate::protocol::device_session::{ClientEvent, ClientIdentity, ClientSession};
-use crate::protocol::message::{self, AckOutcome, Credentials, ProtocolError, RejectCode};
+use crate::protocol::message::{
+    self, AckOutcome, Credentials, ErrorCode, ProtocolError, RejectCode,
+};
 use crate::vocab::ids::{DocId, OpId};
 
 /// First reconnect delay.
@@ -104,6 +106,9 @@ pub struct SyncStatus {
     pub caught_up: bool,
     /// The last connection error, if the link is down because of one.
     pub last_error: Option<String>,
+    /// The typed code of the hub's refusal that ended the last connection,
+    /// if it ended with one (what the reconnect backoff branches on).
+    pub last_error_code: Option<ErrorCode>,
     /// Followed sets the hub does not let this device read.
     pub refused_sets: Vec<crate::vocab::ids::DocSetId>,
     /// The hub's last refusal of the whole session, typed (`Unauthenticated`
@@ -154,6 +159,35 @@ pub struct Rejection {
     pub code: RejectCode,
     /// The hub's explanation.
     pub detail: String,
+}
+
+/// Why a connection ended: a human reason and, when the hub refused the
+/// session, its typed code.
+#[derive(Clone, Debug, PartialEq)]
+struct LinkDown {
+    /// What happened, for logs and status screens.
+    reason: String,
+    /// The hub's refusal code, if the hub ended the session with one.
+    code: Option<ErrorCode>,
+}
+
+/// True for a refusal of the whole session that reconnecting at once cannot
+/// fix (credentials, protocol version, permissions, a rate limit): the
+/// runtime waits the longest backoff before trying again.
+fn retrying_cannot_fix(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unauthenticated
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::Forbidden
+            | ErrorCode::LimitExceeded
+    )
+}
+
+impl From<String> for LinkDown {
+    fn from(reason: String) -> Self {
+        Self { reason, code: None }
+    }
 }
 
 /// Why the runtime failed.
@@ -518,11 +552,12 @@ impl Client {
             if *shutdown.borrow() {
                 break;
             }
-            tracing::debug!(device = %self.store().device(), %reason, "sync link down");
+            tracing::debug!(device = %self.store().device(), reason = %reason.reason, "sync link down");
             self.refresh_status(|status| {
                 status.link = Link::Offline;
                 status.caught_up = false;
-                status.last_error = Some(reason.clone());
+                status.last_error = Some(reason.reason.clone());
+                status.last_error_code = reason.code;
             });
             if was_ready {
                 backoff_ms = BACKOFF_MIN_MS;
@@ -542,15 +577,7 @@ impl Client {
                 < offered;
             if credentials_changed || version_lowered {
                 backoff_ms = BACKOFF_MIN_MS;
-            } else if [
-                "unauthenticated",
-                "unsupported-version",
-                "forbidden",
-                "limit-exceeded",
-            ]
-            .iter()
-            .any(|code| reason.contains(&format!("({code})")))
-            {
+            } else if reason.code.is_some_and(retrying_cannot_fix) {
                 backoff_ms = BACKOFF_MAX_MS;
             }
             let jitter = rand::rng().random_range(0..=backoff_ms / 2);
@@ -572,7 +599,7 @@ impl Client {
         was_ready: &mut bool,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
-    ) -> String {
+    ) -> LinkDown {
         match self.sync_once(was_ready, shutdown, online).await {
             Ok(never) => match never {},
             Err(reason) => reason,
@@ -584,7 +611,7 @@ impl Client {
         was_ready: &mut bool,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
-    ) -> Result<std::convert::Infallible, String> {
+    ) -> Result<std::convert::Infallible, LinkDown> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
         ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
@@ -601,8 +628,8 @@ impl Client {
         let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         let connected = tokio::select! {
             connected = connect => connected,
-            _ = shutdown.changed() => return Err("shut down".to_owned()),
-            _ = wait_offline(online) => return Err("switched offline".to_owned()),
+            _ = shutdown.changed() => return Err(LinkDown::from("shut down".to_owned())),
+            _ = wait_offline(online) => return Err(LinkDown::from("switched offline".to_owned())),
         };
         let (mut socket, _) = connected
             .map_err(|_| "connect timed out".to_owned())?
@@ -651,11 +678,11 @@ impl Client {
                         Some(Ok(Message::Binary(frame))) => frame,
                         Some(Ok(Message::Close(close))) => {
                             let reason = close.map(|close| close.reason.to_string()).unwrap_or_default();
-                            return Err(format!("hub closed the connection: {reason}"));
+                            return Err(LinkDown::from(format!("hub closed the connection: {reason}")));
                         }
                         Some(Ok(_)) => continue,
-                        Some(Err(error)) => return Err(format!("receive: {error}")),
-                        None => return Err("connection closed".to_owned()),
+                        Some(Err(error)) => return Err(LinkDown::from(format!("receive: {error}"))),
+                        None => return Err(LinkDown::from("connection closed".to_owned())),
                     };
                     session.handle_frame(&frame, crate::now_ms()).map_err(|error| error.to_string())?;
                 }
@@ -682,11 +709,11 @@ impl Client {
                 }
                 _ = shutdown.changed() => {
                     let _ = socket.close(None).await;
-                    return Err("shut down".to_owned());
+                    return Err(LinkDown::from("shut down".to_owned()));
                 }
                 _ = wait_offline(online) => {
                     let _ = socket.close(None).await;
-                    return Err("switched offline".to_owned());
+                    return Err(LinkDown::from("switched offline".to_owned()));
                 }
             }
             while let Some(event) = session.poll_event() {
@@ -754,9 +781,10 @@ impl Client {
                             self.blocking(apply).await?
                         }
                         .map_err(|error| format!("applying remote changes: {error}"))?;
-                        let recall_seen = docs
-                            .iter()
-                            .any(|doc| doc.as_str().contains("/rec/allowance/"));
+                        let recall_seen = docs.iter().any(|doc| {
+                            crate::vocab::layout::record_kind(doc)
+                                == Some(crate::vocab::layout::RecordKind::Allowance)
+                        });
                         if !docs.is_empty() {
                             let _ = self.inner.notices.send(Notice::RemoteChanges { docs });
                         }
@@ -791,11 +819,14 @@ impl Client {
                         }
                         let refusal = error.clone();
                         self.refresh_status(|status| status.refusal = Some(refusal));
-                        return Err(format!(
-                            "hub refused: {} ({})",
-                            error.detail,
-                            error.code.as_str()
-                        ));
+                        return Err(LinkDown {
+                            reason: format!(
+                                "hub refused: {} ({})",
+                                error.detail,
+                                error.code.as_str()
+                            ),
+                            code: Some(error.code),
+                        });
                     }
                     ClientEvent::SubscriptionsRefused(sets) => {
                         tracing::warn!(
@@ -921,5 +952,33 @@ async fn wait_offline(online: &mut watch::Receiver<bool>) {
         if online.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_branches_on_the_typed_refusal_not_its_text() {
+        for code in [
+            ErrorCode::Unauthenticated,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Forbidden,
+            ErrorCode::LimitExceeded,
+        ] {
+            assert!(retrying_cannot_fix(code), "{code:?}");
+        }
+        for code in [
+            ErrorCode::ShuttingDown,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+            ErrorCode::Malformed,
+        ] {
+            assert!(!retrying_cannot_fix(code), "{code:?}");
+        }
+        // A transport failure whose text merely mentions a code is no refusal.
+        let down = LinkDown::from("receive: proxy said (unauthenticated)".to_owned());
+        assert_eq!(down.code, None);
     }
 }

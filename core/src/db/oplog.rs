@@ -9,9 +9,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, DecidedState, Hooks};
-use crate::protocol::message::{Ack, AckOutcome, Op, OpBody};
+use crate::protocol::message::{Ack, AckOutcome, Op, OpBody, RejectCode};
 use crate::vocab::codec;
-use crate::vocab::ids::{OpId, ReplicaId};
+use crate::vocab::ids::{DocId, OpId, ReplicaId};
 use crate::vocab::intent::{Decision, Intent, Refusal};
 
 /// Where an op is in its life.
@@ -28,7 +28,7 @@ pub enum OpStatus {
     /// Refused by the hub; kept in the dead-letter lane.
     Rejected {
         /// The hub's reason code.
-        code: String,
+        code: RejectCode,
         /// The hub's explanation.
         detail: String,
     },
@@ -79,9 +79,9 @@ pub struct DeadLetter {
     /// The op.
     pub op: OpId,
     /// The documents it touched.
-    pub docs: Vec<String>,
+    pub docs: Vec<DocId>,
     /// The hub's reason code.
-    pub code: String,
+    pub code: RejectCode,
     /// The hub's explanation.
     pub detail: String,
 }
@@ -195,7 +195,7 @@ pub(crate) fn record_acks(
                 let changed = tx.execute(
                     "UPDATE ops SET status = 'rejected', acked_ms = ?2, reject_code = ?3, reject_detail = ?4
                      WHERE seq = ?1 AND status = 'pending'",
-                    params![seq, now_ms as i64, format!("{code:?}"), detail],
+                    params![seq, now_ms as i64, code.as_str(), detail],
                 )?;
                 summary.rejected += changed;
                 changed
@@ -298,7 +298,7 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, DbEr
             acked_ms: acked_ms.unwrap_or(0) as u64,
         },
         ("rejected", _) => OpStatus::Rejected {
-            code: code.unwrap_or_default(),
+            code: parse_reject_code(seq, code.as_deref())?,
             detail: detail.unwrap_or_default(),
         },
         ("refused", Some(Decision::Refused(refusal))) => OpStatus::Refused { refusal },
@@ -332,8 +332,8 @@ pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogSta
     let (acknowledged, confirmed, refused) = if full {
         (
             count("acknowledged")?,
-            count("confirmed")?,
-            count("refused")?,
+            count(DecidedState::Confirmed.as_str())?,
+            count(DecidedState::Refused.as_str())?,
         )
     } else {
         (0, 0, 0)
@@ -357,6 +357,16 @@ pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogSta
     })
 }
 
+/// The stored reject code of a rejected op; a missing or unknown code is
+/// corrupt data, never a default.
+fn parse_reject_code(seq: u64, text: Option<&str>) -> Result<RejectCode, DbError> {
+    text.and_then(RejectCode::parse)
+        .ok_or_else(|| DbError::Corrupt {
+            doc: format!("op {seq}"),
+            detail: format!("reject code {text:?} is not one this device knows"),
+        })
+}
+
 pub(crate) fn dead_letters(
     db: &Connection,
     replica: ReplicaId,
@@ -364,22 +374,32 @@ pub(crate) fn dead_letters(
     let mut statement = db.prepare(
         "SELECT seq, docs, reject_code, reject_detail FROM ops WHERE status = 'rejected' ORDER BY seq",
     )?;
-    let letters = statement
+    let rows = statement
         .query_map([], |row| {
-            Ok(DeadLetter {
-                op: OpId {
-                    replica,
-                    seq: row.get::<_, i64>(0)? as u64,
-                },
-                docs: row
-                    .get::<_, String>(1)?
-                    .split(' ')
-                    .map(str::to_owned)
-                    .collect(),
-                code: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                detail: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
-            })
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(letters)
+    rows.into_iter()
+        .map(|(seq, docs, code, detail)| {
+            Ok(DeadLetter {
+                op: OpId { replica, seq },
+                docs: docs
+                    .split_whitespace()
+                    .map(|doc| {
+                        DocId::new(doc).map_err(|error| DbError::Corrupt {
+                            doc: format!("op {seq}"),
+                            detail: format!("document list: {error}"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                code: parse_reject_code(seq, code.as_deref())?,
+                detail: detail.unwrap_or_default(),
+            })
+        })
+        .collect()
 }

@@ -200,7 +200,37 @@ fn acks_and_rejections_move_ops_through_their_lifecycle() {
     ));
     let letters = store.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].code, "Forbidden");
+    assert_eq!(letters[0].code, RejectCode::Forbidden);
+    assert_eq!(letters[0].docs, vec![doc("a")], "the documents, typed");
+    // Stored as its stable text; an unknown stored code is corrupt data.
+    let stored: String = store
+        .db
+        .query_row(
+            "SELECT reject_code FROM ops WHERE seq = ?1",
+            [second.seq as i64],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, "Forbidden");
+    store
+        .db
+        .execute(
+            "UPDATE ops SET reject_code = 'NoSuchCode' WHERE seq = ?1",
+            [second.seq as i64],
+        )
+        .unwrap();
+    assert!(matches!(
+        store.op_status(&second),
+        Err(DbError::Corrupt { .. })
+    ));
+    assert!(matches!(store.dead_letters(), Err(DbError::Corrupt { .. })));
+    store
+        .db
+        .execute(
+            "UPDATE ops SET reject_code = 'Forbidden' WHERE seq = ?1",
+            [second.seq as i64],
+        )
+        .unwrap();
     // The dead letter does not block the op behind it.
     let pending = store.pending_ops(0, 10).unwrap();
     assert_eq!(

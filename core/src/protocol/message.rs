@@ -257,6 +257,40 @@ pub enum RejectCode {
     Unknown,
 }
 
+impl RejectCode {
+    /// Stable text form, as the device's op log stores it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectCode::MalformedChange => "MalformedChange",
+            RejectCode::WrongAuthor => "WrongAuthor",
+            RejectCode::Forbidden => "Forbidden",
+            RejectCode::TooLarge => "TooLarge",
+            RejectCode::Invalid => "Invalid",
+            RejectCode::Unknown => "Unknown",
+        }
+    }
+
+    /// Parses the text form; anything else is `None`, never a guess.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            RejectCode::MalformedChange,
+            RejectCode::WrongAuthor,
+            RejectCode::Forbidden,
+            RejectCode::TooLarge,
+            RejectCode::Invalid,
+            RejectCode::Unknown,
+        ]
+        .into_iter()
+        .find(|code| code.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A page of changes of one document set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChangeBatch {

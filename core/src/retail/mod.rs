@@ -70,3 +70,10 @@ pub enum RetailError {
     #[error(transparent)]
     Replica(#[from] crate::db::DbError),
 }
+
+impl From<crate::vocab::intent::InvalidIntent> for RetailError {
+    /// An intent that breaks a rule is invalid input like any other.
+    fn from(invalid: crate::vocab::intent::InvalidIntent) -> Self {
+        RetailError::Invalid(invalid.0)
+    }
+}

@@ -28,9 +28,10 @@ use crate::retail::stock::{add_escrow_use, allowance};
 use crate::vocab::goods::{Channel, Currency, Money, Sku};
 use crate::vocab::ids::{OpId, check_name};
 use crate::vocab::intent::{
-    CHECKOUT_LINES_MAX, CheckoutIntent, Decision, Intent, IntentLine, LINE_QUANTITY_MAX,
-    LineSource, OfflinePolicy, OrderStatusChange, ShortLine, StockMode,
+    CHECKOUT_LINES_MAX, CheckoutIntent, Decision, Intent, IntentLine, InvalidIntent, LineSource,
+    OfflinePolicy, OrderStatusChange, ShortLine, StockMode,
 };
+use crate::vocab::keys::{IdempotencyKey, OrderId, OrderStatus, OrderStatusName, PaymentRef};
 use crate::vocab::record::OrderRecord;
 
 /// Most lines in one order.
@@ -61,18 +62,49 @@ pub struct OrderLine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckoutRequest {
     /// The order id (unique in the store), e.g. `till-3-000042`.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The app's idempotency key; defaults to the order id. Checking out
     /// again with a used key returns the first checkout's receipt.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     /// What is sold.
     pub lines: Vec<OrderLine>,
     /// Currency of the prices.
     pub currency: Currency,
     /// The payment's reference.
-    pub payment_ref: String,
+    pub payment_ref: PaymentRef,
     /// Where the sale happens.
     pub channel: Channel,
+}
+
+impl CheckoutRequest {
+    /// The checkout intent this request asks for, every line still marked
+    /// [`LineSource::Hub`] (the device decides how each is covered when it
+    /// records the sale), checked by [`CheckoutIntent::validate`] — the one
+    /// rule the device, the hub and the bindings apply.
+    pub fn to_intent(&self) -> Result<CheckoutIntent, InvalidIntent> {
+        let checkout = CheckoutIntent {
+            order_id: self.order_id.clone(),
+            idempotency_key: self
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| IdempotencyKey::from(&self.order_id)),
+            lines: self
+                .lines
+                .iter()
+                .map(|line| IntentLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price_minor: line.unit_price_minor,
+                    source: LineSource::Hub,
+                })
+                .collect(),
+            currency: self.currency,
+            payment_ref: self.payment_ref.clone(),
+            channel: self.channel,
+        };
+        checkout.validate()?;
+        Ok(checkout)
+    }
 }
 
 /// What the till may tell the cashier right after checkout.
@@ -81,7 +113,7 @@ pub struct CheckoutReceipt {
     /// The op carrying the intent (its status is the sale's lifecycle).
     pub op: OpId,
     /// The order id.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// How each line was covered.
     pub lines: Vec<(Sku, u64, LineSource)>,
     /// True when some line waits for the hub's decision (online strong mode).
@@ -97,13 +129,13 @@ pub struct CheckoutReceipt {
 #[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct OrderSummary {
     /// The order id.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The store's order number, once the hub confirmed it.
     pub order_no: Option<u64>,
     /// The device that sold it.
     pub device: String,
     /// `pending`, `confirmed`, `refused`, then `paid`, `fulfilled`, ...
-    pub status: String,
+    pub status: OrderStatus,
     /// Status version (optimistic concurrency), 0 while pending.
     pub version: u64,
     /// Order total.
@@ -123,17 +155,48 @@ pub struct Compensation {
     /// The checkout op.
     pub op: OpId,
     /// The order.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The order number, if the order stands.
     pub order_no: Option<u64>,
     /// Units not covered.
     pub lines: Vec<ShortLine>,
     /// Why.
     pub reason: String,
-    /// `open` or `resolved`.
-    pub state: String,
+    /// Open, or resolved.
+    pub state: CompensationState,
     /// How it was resolved (`refund`, `substitute`, `backorder`).
     pub resolution: Option<String>,
+}
+
+/// Where a compensation task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
+#[non_exhaustive]
+pub enum CompensationState {
+    /// Waiting for the app to resolve it.
+    Open,
+    /// Resolved (see [`Compensation::resolution`]).
+    Resolved,
+}
+
+impl CompensationState {
+    /// Stable text form, as the query table stores it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CompensationState::Open => "open",
+            CompensationState::Resolved => "resolved",
+        }
+    }
+
+    /// Parses the text form strictly: anything but `open` or `resolved` is
+    /// `None`, never a guess.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(CompensationState::Open),
+            "resolved" => Some(CompensationState::Resolved),
+            _ => None,
+        }
+    }
 }
 
 fn lines_json(lines: &[OrderLine]) -> String {
@@ -164,10 +227,10 @@ pub(crate) fn apply_order_record(
          WHERE excluded.version >= orders.version",
     )?
     .execute(params![
-        record.order_id,
+        record.order_id.as_str(),
         record.order_no as i64,
         record.device.as_str(),
-        record.status,
+        record.status.as_str(),
         record.version as i64,
         record.total_minor,
         record.currency,
@@ -242,33 +305,35 @@ pub(crate) fn on_decision(
         Decision::Applied { .. } => (DecidedState::Confirmed, None, Vec::new(), None),
     };
     let order_status = match decision {
-        Decision::Refused(_) => "refused",
-        _ => "confirmed",
+        Decision::Refused(_) => OrderStatus::Refused,
+        _ => OrderStatus::Confirmed,
     };
     tx.prepare_cached(
         "UPDATE orders SET status = ?2, order_no = COALESCE(?3, order_no), version = MAX(version, ?4),
              at_risk = ?5
-         WHERE order_id = ?1 AND status = 'pending'",
+         WHERE order_id = ?1 AND status = ?6",
     )?
     .execute(params![
-        checkout.order_id,
-        order_status,
+        checkout.order_id.as_str(),
+        order_status.as_str(),
         order_no.map(|no| no as i64),
-        i64::from(order_status == "confirmed"),
+        i64::from(order_status == OrderStatus::Confirmed),
         i64::from(!short.is_empty()),
+        OrderStatus::Pending.as_str(),
     ])?;
     if status == DecidedState::Compensation {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO compensations (op_seq, order_id, order_no, lines, reason, state, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6)",
         )?
         .execute(params![
             op_seq as i64,
-            checkout.order_id,
+            checkout.order_id.as_str(),
             order_no.map(|no| no as i64),
             serde_json::to_string(&short).unwrap_or_else(|_| "[]".into()),
             reason.unwrap_or_default(),
             now_ms as i64,
+            CompensationState::Open.as_str(),
         ])?;
     }
     Ok(status)
@@ -286,35 +351,12 @@ impl Replica {
         connectivity: Connectivity,
         now_ms: u64,
     ) -> Result<CheckoutReceipt, RetailError> {
-        check_name("order id", &request.order_id)?;
-        let key = request
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| request.order_id.clone());
-        if key.is_empty() || key.len() > crate::vocab::intent::KEY_BYTES_MAX {
-            return Err(RetailError::Invalid(format!(
-                "idempotency key must be 1 to {} bytes",
-                crate::vocab::intent::KEY_BYTES_MAX
-            )));
-        }
-        if request.lines.is_empty() || request.lines.len() > ORDER_LINES_MAX {
-            return Err(RetailError::Invalid(format!(
-                "an order has 1 to {ORDER_LINES_MAX} lines"
-            )));
-        }
-        for line in &request.lines {
-            if line.quantity == 0 || line.quantity > LINE_QUANTITY_MAX || line.unit_price_minor < 0
-            {
-                return Err(RetailError::Invalid(format!(
-                    "line for {} has a bad quantity or price",
-                    line.sku
-                )));
-            }
-        }
+        let mut checkout = request.to_intent()?;
+        let key = checkout.idempotency_key.clone();
         if let Some(receipt) = self.receipt_for_key(&key)? {
             return Ok(receipt);
         }
-        if self.order(&request.order_id)?.is_some() {
+        if self.order(request.order_id.as_str())?.is_some() {
             return Err(RetailError::Invalid(format!(
                 "order id {} is taken",
                 request.order_id
@@ -323,8 +365,7 @@ impl Replica {
         // Decide each line's source; allowance is counted per SKU.
         let store = self.store_id().clone();
         let mut left: std::collections::HashMap<Sku, u64> = std::collections::HashMap::new();
-        let mut lines = Vec::with_capacity(request.lines.len());
-        for line in &request.lines {
+        for line in &mut checkout.lines {
             if !left.contains_key(&line.sku) {
                 let allowance = allowance(&self.db, self.device(), &line.sku)?;
                 left.insert(line.sku.clone(), allowance.left());
@@ -357,12 +398,7 @@ impl Replica {
                 }
                 LineSource::Provisional
             };
-            lines.push(IntentLine {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-                unit_price_minor: line.unit_price_minor,
-                source,
-            });
+            line.source = source;
         }
         let total = request
             .lines
@@ -373,17 +409,8 @@ impl Replica {
                     .and_then(|amount| sum.checked_add(amount))
             })
             .ok_or_else(|| RetailError::Invalid("order total overflows".into()))?;
-        let intent = Intent::Checkout(CheckoutIntent {
-            order_id: request.order_id.clone(),
-            idempotency_key: key.clone(),
-            lines: lines.clone(),
-            currency: request.currency,
-            payment_ref: request.payment_ref.clone(),
-            channel: request.channel,
-        });
-        if let Intent::Checkout(checkout) = &intent {
-            crate::vocab::intent::validate_checkout(checkout).map_err(RetailError::Invalid)?;
-        }
+        let lines = checkout.lines.clone();
+        let intent = Intent::Checkout(checkout);
         let at_risk = lines
             .iter()
             .any(|line| line.source == LineSource::Provisional);
@@ -399,7 +426,7 @@ impl Replica {
                  VALUES (?1, NULL, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
-                request.order_id,
+                request.order_id.as_str(),
                 device.as_str(),
                 total,
                 request.currency.as_str(),
@@ -407,7 +434,7 @@ impl Replica {
                 at_risk as i64,
                 lines_json(&request.lines),
                 seq as i64,
-                key,
+                key.as_str(),
             ])?;
             Ok(())
         })?;
@@ -424,18 +451,16 @@ impl Replica {
         })
     }
 
-    fn receipt_for_key(&self, key: &str) -> Result<Option<CheckoutReceipt>, DbError> {
-        let Some((order_id, seq)) = self
+    fn receipt_for_key(&self, key: &IdempotencyKey) -> Result<Option<CheckoutReceipt>, DbError> {
+        // The order id comes from the recorded intent, typed.
+        let Some(Some(seq)) = self
             .db
-            .prepare_cached("SELECT order_id, op_seq FROM orders WHERE idempotency_key = ?1")?
-            .query_row([key], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
-            })
+            .prepare_cached("SELECT op_seq FROM orders WHERE idempotency_key = ?1")?
+            .query_row([key.as_str()], |row| row.get::<_, Option<i64>>(0))
             .optional()?
         else {
             return Ok(None);
         };
-        let Some(seq) = seq else { return Ok(None) };
         let op = OpId {
             replica: self.replica(),
             seq: seq as u64,
@@ -445,7 +470,7 @@ impl Replica {
         };
         Ok(Some(CheckoutReceipt {
             op,
-            order_id,
+            order_id: intent.order_id.clone(),
             lines: intent
                 .lines
                 .iter()
@@ -467,14 +492,13 @@ impl Replica {
     /// the hub decides (a conflict comes back as a refused op).
     pub fn update_order_status(
         &mut self,
-        order_id: &str,
+        order_id: &OrderId,
         expected_version: u64,
-        status: &str,
+        status: &OrderStatusName,
         now_ms: u64,
     ) -> Result<OpId, RetailError> {
-        check_name("order status", status)?;
         let order = self
-            .order(order_id)?
+            .order(order_id.as_str())?
             .ok_or_else(|| RetailError::NotFound(format!("order {order_id}")))?;
         if order.version != expected_version {
             return Err(RetailError::VersionConflict {
@@ -483,9 +507,9 @@ impl Replica {
             });
         }
         let intent = Intent::OrderStatus(OrderStatusChange {
-            order_id: order_id.to_owned(),
+            order_id: order_id.clone(),
             expected_version,
-            status: status.to_owned(),
+            status: status.clone(),
         });
         Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
     }
@@ -493,7 +517,7 @@ impl Replica {
     /// Orders with a status, newest first.
     pub fn orders_by_status(
         &self,
-        status: &str,
+        status: &OrderStatus,
         limit: usize,
     ) -> Result<Vec<OrderSummary>, DbError> {
         let mut statement = self.db.prepare_cached(
@@ -501,9 +525,12 @@ impl Replica {
              FROM orders WHERE status = ?1 ORDER BY created_ms DESC, order_id LIMIT ?2",
         )?;
         let rows = statement
-            .query_map(params![status, limit.min(10_000) as i64], read_summary)?
+            .query_map(
+                params![status.as_str(), limit.min(10_000) as i64],
+                read_summary,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows.into_iter().flatten().collect())
+        rows.into_iter().map(StoredSummary::parse).collect()
     }
 
     /// One order.
@@ -516,7 +543,7 @@ impl Replica {
             )?
             .query_row([order_id], read_summary)
             .optional()?;
-        Ok(row.flatten())
+        row.map(StoredSummary::parse).transpose()
     }
 
     /// Compensation tasks, open ones first.
@@ -524,25 +551,43 @@ impl Replica {
         let replica = self.replica();
         let mut statement = self.db.prepare_cached(
             "SELECT op_seq, order_id, order_no, lines, reason, state, resolution FROM compensations
-             ORDER BY state = 'resolved', op_seq",
+             ORDER BY state <> 'open', op_seq",
         )?;
         let rows = statement
             .query_map([], |row| {
-                Ok(Compensation {
-                    op: OpId {
-                        replica,
-                        seq: row.get::<_, i64>(0)? as u64,
-                    },
-                    order_id: row.get(1)?,
-                    order_no: row.get::<_, Option<i64>>(2)?.map(|no| no as u64),
-                    lines: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
-                    reason: row.get(4)?,
-                    state: row.get(5)?,
-                    resolution: row.get(6)?,
-                })
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        rows.into_iter()
+            .map(
+                |(seq, order_id, order_no, lines, reason, state, resolution)| {
+                    let corrupt = |detail: String| DbError::Corrupt {
+                        doc: format!("compensation of op {seq}"),
+                        detail,
+                    };
+                    Ok(Compensation {
+                        op: OpId { replica, seq },
+                        order_id: OrderId::new(order_id)
+                            .map_err(|error| corrupt(error.to_string()))?,
+                        order_no: order_no.map(|no| no as u64),
+                        lines: serde_json::from_str(&lines)
+                            .map_err(|error| corrupt(format!("lines: {error}")))?,
+                        reason,
+                        state: CompensationState::parse(&state)
+                            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
+                        resolution,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// Resolves an open compensation task (`refund`, `substitute`,
@@ -555,17 +600,23 @@ impl Replica {
         now_ms: u64,
     ) -> Result<(), RetailError> {
         check_name("resolution", resolution)?;
+        let status = OrderStatusName::new(format!("compensated-{resolution}"))?;
         let task = self
             .compensations()?
             .into_iter()
-            .find(|task| task.op == *op && task.state == "open")
+            .find(|task| task.op == *op && task.state == CompensationState::Open)
             .ok_or_else(|| RetailError::NotFound(format!("open compensation for op {op}")))?;
-        let order = self.order(&task.order_id)?;
+        let order = self.order(task.order_id.as_str())?;
         let resolution = resolution.to_owned();
         let mark = |tx: &Transaction<'_>| -> Result<(), DbError> {
             tx.execute(
-                "UPDATE compensations SET state = 'resolved', resolution = ?2, resolved_ms = ?3 WHERE op_seq = ?1",
-                params![op.seq as i64, resolution, now_ms as i64],
+                "UPDATE compensations SET state = ?4, resolution = ?2, resolved_ms = ?3 WHERE op_seq = ?1",
+                params![
+                    op.seq as i64,
+                    resolution,
+                    now_ms as i64,
+                    CompensationState::Resolved.as_str()
+                ],
             )?;
             tx.execute(
                 "UPDATE ops SET status = 'compensated' WHERE seq = ?1",
@@ -578,7 +629,7 @@ impl Replica {
                 let intent = Intent::OrderStatus(OrderStatusChange {
                     order_id: order.order_id.clone(),
                     expected_version: order.version,
-                    status: format!("compensated-{resolution}"),
+                    status,
                 });
                 self.commit_intent(&intent, now_ms, |tx, _| mark(tx))?;
             }
@@ -588,23 +639,58 @@ impl Replica {
     }
 }
 
-fn read_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<OrderSummary>> {
-    let currency: String = row.get(6)?;
-    let Ok(currency) = Currency::new(&currency) else {
-        return Ok(None);
-    };
-    Ok(Some(OrderSummary {
+/// An order row as stored, parsed into an [`OrderSummary`] outside the
+/// row callback so a value that does not parse is a [`DbError::Corrupt`].
+struct StoredSummary {
+    order_id: String,
+    order_no: Option<i64>,
+    device: String,
+    status: String,
+    version: i64,
+    total_minor: i64,
+    currency: String,
+    created_ms: i64,
+    at_risk: i64,
+    lines: String,
+}
+
+impl StoredSummary {
+    fn parse(self) -> Result<OrderSummary, DbError> {
+        let corrupt = |detail: String| DbError::Corrupt {
+            doc: format!("order {}", self.order_id),
+            detail,
+        };
+        Ok(OrderSummary {
+            order_id: OrderId::new(self.order_id.as_str())
+                .map_err(|error| corrupt(error.to_string()))?,
+            order_no: self.order_no.map(|no| no as u64),
+            device: self.device.clone(),
+            status: OrderStatus::parse(&self.status).map_err(|error| corrupt(error.to_string()))?,
+            version: self.version as u64,
+            total: Money {
+                amount_minor: self.total_minor,
+                currency: Currency::new(&self.currency)
+                    .map_err(|error| corrupt(format!("currency: {error}")))?,
+            },
+            created_ms: self.created_ms as u64,
+            at_risk: self.at_risk != 0,
+            lines: serde_json::from_str(&self.lines)
+                .map_err(|error| corrupt(format!("lines: {error}")))?,
+        })
+    }
+}
+
+fn read_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSummary> {
+    Ok(StoredSummary {
         order_id: row.get(0)?,
-        order_no: row.get::<_, Option<i64>>(1)?.map(|no| no as u64),
+        order_no: row.get(1)?,
         device: row.get(2)?,
         status: row.get(3)?,
-        version: row.get::<_, i64>(4)? as u64,
-        total: Money {
-            amount_minor: row.get(5)?,
-            currency,
-        },
-        created_ms: row.get::<_, i64>(7)? as u64,
-        at_risk: row.get::<_, i64>(8)? != 0,
-        lines: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
-    }))
+        version: row.get(4)?,
+        total_minor: row.get(5)?,
+        currency: row.get(6)?,
+        created_ms: row.get(7)?,
+        at_risk: row.get(8)?,
+        lines: row.get(9)?,
+    })
 }

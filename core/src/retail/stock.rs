@@ -13,7 +13,10 @@ use crate::db::{DbError, Replica};
 use crate::retail::RetailError;
 use crate::vocab::goods::Sku;
 use crate::vocab::ids::{DeviceId, DocSetId, OpId, StoreId};
-use crate::vocab::intent::{Intent, OfflinePolicy, StockCommand, StockMode, StockPolicy};
+use crate::vocab::intent::{
+    Intent, OfflinePolicy, StockCommand, StockMode, StockPolicy, validate_reservation,
+};
+use crate::vocab::keys::ReservationKey;
 use crate::vocab::record::{AllowanceRecord, StockRecord};
 
 /// A SKU's stock as this device sees it.
@@ -159,12 +162,21 @@ pub(crate) fn apply_allowance_record(
     Ok(changed > 0)
 }
 
-fn parse_mode(text: &str) -> StockMode {
-    if text == "escrow" {
-        StockMode::Escrow
-    } else {
-        StockMode::Strong
-    }
+/// A stored stock mode; text that is neither `escrow` nor `strong` is
+/// corrupt data, never a guess.
+fn parse_mode(set: &DocSetId, sku: &Sku, text: &str) -> Result<StockMode, DbError> {
+    StockMode::parse(text).ok_or_else(|| DbError::Corrupt {
+        doc: format!("stock level {sku} of {set}"),
+        detail: format!("unknown stock mode {text:?}"),
+    })
+}
+
+/// A stored offline policy; unknown text is corrupt data, never a default.
+fn parse_offline_policy(set: &DocSetId, sku: &Sku, text: &str) -> Result<OfflinePolicy, DbError> {
+    OfflinePolicy::parse(text).ok_or_else(|| DbError::Corrupt {
+        doc: format!("stock level {sku} of {set}"),
+        detail: format!("unknown offline policy {text:?}"),
+    })
 }
 
 /// Stock reads and back-office stock commands.
@@ -199,10 +211,10 @@ impl Replica {
             on_hand,
             free,
             held,
-            mode: parse_mode(&mode),
+            mode: parse_mode(&set, sku, &mode)?,
             policy: StockPolicy {
                 strong_at_or_below: threshold,
-                offline: OfflinePolicy::parse(&offline).unwrap_or(OfflinePolicy::Block),
+                offline: parse_offline_policy(&set, sku, &offline)?,
             },
             allowance_left: allowance.left(),
             recalled: allowance.recall,
@@ -238,7 +250,7 @@ impl Replica {
         command: StockCommand,
         now_ms: u64,
     ) -> Result<OpId, RetailError> {
-        crate::vocab::intent::validate_stock_command(&command).map_err(RetailError::Invalid)?;
+        command.validate()?;
         Ok(self.commit_intent(&Intent::Stock(command), now_ms, |_, _| Ok(()))?)
     }
 
@@ -246,20 +258,14 @@ impl Replica {
     /// checkout, click and collect); decided like a checkout line.
     pub fn reserve(
         &mut self,
-        key: &str,
+        key: &ReservationKey,
         sku: &Sku,
         quantity: u64,
         now_ms: u64,
     ) -> Result<OpId, RetailError> {
-        crate::vocab::intent::check_key("reservation key", key).map_err(RetailError::Invalid)?;
-        if quantity == 0 || quantity > crate::vocab::intent::LINE_QUANTITY_MAX {
-            return Err(RetailError::Invalid(format!(
-                "a reservation is of 1 to {} units",
-                crate::vocab::intent::LINE_QUANTITY_MAX
-            )));
-        }
+        validate_reservation(quantity)?;
         let intent = Intent::Reserve {
-            key: key.to_owned(),
+            key: key.clone(),
             sku: sku.clone(),
             quantity,
         };
@@ -267,20 +273,22 @@ impl Replica {
     }
 
     /// Sells the units of the open reservation `key`.
-    pub fn commit_reservation(&mut self, key: &str, now_ms: u64) -> Result<OpId, RetailError> {
-        crate::vocab::intent::check_key("reservation key", key).map_err(RetailError::Invalid)?;
-        let intent = Intent::CommitReservation {
-            key: key.to_owned(),
-        };
+    pub fn commit_reservation(
+        &mut self,
+        key: &ReservationKey,
+        now_ms: u64,
+    ) -> Result<OpId, RetailError> {
+        let intent = Intent::CommitReservation { key: key.clone() };
         Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
     }
 
     /// Gives the units of the open reservation `key` back.
-    pub fn cancel_reservation(&mut self, key: &str, now_ms: u64) -> Result<OpId, RetailError> {
-        crate::vocab::intent::check_key("reservation key", key).map_err(RetailError::Invalid)?;
-        let intent = Intent::CancelReservation {
-            key: key.to_owned(),
-        };
+    pub fn cancel_reservation(
+        &mut self,
+        key: &ReservationKey,
+        now_ms: u64,
+    ) -> Result<OpId, RetailError> {
+        let intent = Intent::CancelReservation { key: key.clone() };
         Ok(self.commit_intent(&intent, now_ms, |_, _| Ok(()))?)
     }
 

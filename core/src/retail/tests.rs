@@ -558,7 +558,7 @@ fn history_is_bounded() {
 fn an_order_total_that_overflows_is_refused() {
     let mut store = replica("till-1");
     let request = super::orders::CheckoutRequest {
-        order_id: "o-1".into(),
+        order_id: "o-1".parse().unwrap(),
         idempotency_key: None,
         lines: vec![OrderLine {
             sku: sku("a"),
@@ -566,7 +566,7 @@ fn an_order_total_that_overflows_is_refused() {
             unit_price_minor: i64::MAX / 2,
         }],
         currency: Currency::new("EUR").unwrap(),
-        payment_ref: "card-1".into(),
+        payment_ref: "card-1".parse().unwrap(),
         channel: Channel::Pos,
     };
     assert!(matches!(
@@ -675,7 +675,7 @@ fn random_op(store: &mut Replica, rng: &mut impl Rng, step: u64) {
         _ => store
             .stock_command(
                 crate::vocab::intent::StockCommand::Receive {
-                    key: format!("delivery-{step}"),
+                    key: format!("delivery-{step}").parse().expect("a valid key"),
                     sku: item.clone(),
                     quantity: rng.random_range(1..50),
                 },
@@ -722,4 +722,87 @@ proptest! {
             prop_assert_eq!(&projections(store), &expected);
         }
     }
+}
+
+#[test]
+fn a_checkout_breaking_the_shared_rules_is_refused_before_anything_is_written() {
+    let mut store = replica("till-1");
+    let request = |quantity: u64, lines: usize| super::orders::CheckoutRequest {
+        order_id: "o-1".parse().unwrap(),
+        idempotency_key: None,
+        lines: (0..lines)
+            .map(|_| OrderLine {
+                sku: sku("a"),
+                quantity,
+                unit_price_minor: 100,
+            })
+            .collect(),
+        currency: Currency::new("EUR").unwrap(),
+        payment_ref: "card-1".parse().unwrap(),
+        channel: Channel::Pos,
+    };
+    for (quantity, lines) in [
+        (0, 1),
+        (crate::vocab::intent::LINE_QUANTITY_MAX + 1, 1),
+        (1, 0),
+        (1, crate::vocab::intent::CHECKOUT_LINES_MAX + 1),
+    ] {
+        assert!(matches!(
+            store.checkout(
+                &request(quantity, lines),
+                super::orders::Connectivity::Online,
+                NOW
+            ),
+            Err(RetailError::Invalid(_))
+        ));
+    }
+    assert_eq!(store.pending_ops(0, 10).unwrap().len(), 0);
+}
+
+#[test]
+fn stored_modes_policies_and_states_parse_strictly() {
+    let store = replica("till-1");
+    let store_id = store.store_id().clone();
+    store
+        .db
+        .execute(
+            "INSERT INTO stock_levels (set_id, sku, on_hand, free, reserved, held, mode, strong_at_or_below, offline_policy, version)
+             VALUES (?1, 'a', 10, 10, 0, 0, 'escrow', 5, 'block', 1)",
+            [DocSetId::store(&store_id).as_str()],
+        )
+        .unwrap();
+    assert!(store.stock(&store_id, &sku("a")).unwrap().is_some());
+    store
+        .db
+        .execute("UPDATE stock_levels SET mode = 'Escrow'", [])
+        .unwrap();
+    assert!(
+        matches!(
+            store.stock(&store_id, &sku("a")),
+            Err(crate::db::DbError::Corrupt { .. })
+        ),
+        "a mode that is not exactly escrow or strong is corrupt, not strong"
+    );
+    store
+        .db
+        .execute(
+            "UPDATE stock_levels SET mode = 'strong', offline_policy = 'maybe'",
+            [],
+        )
+        .unwrap();
+    assert!(matches!(
+        store.stock(&store_id, &sku("a")),
+        Err(crate::db::DbError::Corrupt { .. })
+    ));
+    assert_eq!(
+        crate::vocab::intent::StockMode::parse("strong"),
+        Some(crate::vocab::intent::StockMode::Strong)
+    );
+    assert_eq!(crate::vocab::intent::StockMode::parse("Strong"), None);
+    assert_eq!(crate::vocab::intent::StockMode::parse(""), None);
+    use super::orders::CompensationState;
+    for state in [CompensationState::Open, CompensationState::Resolved] {
+        assert_eq!(CompensationState::parse(state.as_str()), Some(state));
+    }
+    assert_eq!(CompensationState::parse("closed"), None);
 }

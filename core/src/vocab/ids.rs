@@ -42,6 +42,15 @@ pub enum IdError {
         /// The refused input.
         value: String,
     },
+    /// The string held a control character (keys and references may hold
+    /// any other character).
+    #[error("{kind} {value:?} contains a control character")]
+    ControlCharacter {
+        /// Which identifier kind was being parsed.
+        kind: &'static str,
+        /// The refused input.
+        value: String,
+    },
     /// A document id or set id that does not follow `kind.name/...`.
     #[error("{kind} {value:?} is malformed: {reason}")]
     Malformed {

@@ -20,7 +20,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::vocab::goods::{Channel, Currency, Sku};
-use crate::vocab::ids::check_name;
+use crate::vocab::keys::{IdempotencyKey, OrderId, OrderStatusName, PaymentRef, ReservationKey};
+
+pub use crate::vocab::keys::KEY_BYTES_MAX;
 
 /// Most lines in one checkout.
 pub const CHECKOUT_LINES_MAX: usize = 200;
@@ -28,8 +30,8 @@ pub const CHECKOUT_LINES_MAX: usize = 200;
 pub const LINE_QUANTITY_MAX: u64 = 10_000;
 /// Largest quantity of one stock command.
 pub const STOCK_QUANTITY_MAX: u64 = 1_000_000_000;
-/// Longest idempotency key, payment reference or status name.
-pub const KEY_BYTES_MAX: usize = 128;
+/// Longest reason of a stock adjustment.
+pub const REASON_BYTES_MAX: usize = KEY_BYTES_MAX;
 
 /// Something only the hub can decide. New variants are added at the end only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,7 +46,7 @@ pub enum Intent {
     Reserve {
         /// Names the reservation; a second reservation with the same key is
         /// refused as a duplicate (a retried op gets its original answer).
-        key: String,
+        key: ReservationKey,
         /// The product.
         sku: Sku,
         /// Units.
@@ -53,12 +55,12 @@ pub enum Intent {
     /// Sell the units of an open reservation.
     CommitReservation {
         /// The reservation.
-        key: String,
+        key: ReservationKey,
     },
     /// Give the units of an open reservation back.
     CancelReservation {
         /// The reservation.
-        key: String,
+        key: ReservationKey,
     },
     /// Give unspent allowance back to the hub (answering a recall).
     ReleaseAllowance {
@@ -89,7 +91,7 @@ impl Intent {
             DocSetId::device(store, device)
                 .and_then(|set| DocId::new(format!("{}/rec/allowance/{sku}", set.as_str())).ok())
         };
-        let order = |id: &str| {
+        let order = |id: &OrderId| {
             DocId::new(format!(
                 "{}/rec/order/{id}",
                 DocSetId::orders(store).as_str()
@@ -151,15 +153,15 @@ impl Intent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckoutIntent {
     /// The order this checkout creates (unique in the store).
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The app's idempotency key: a second intent with it is a duplicate.
-    pub idempotency_key: String,
+    pub idempotency_key: IdempotencyKey,
     /// What is sold.
     pub lines: Vec<IntentLine>,
     /// Currency of the prices seen.
     pub currency: Currency,
     /// The payment's reference (card terminal, wallet).
-    pub payment_ref: String,
+    pub payment_ref: PaymentRef,
     /// Where the sale happens (selects the price list checked).
     pub channel: Channel,
 }
@@ -206,7 +208,7 @@ pub enum StockCommand {
     /// Goods received.
     Receive {
         /// Idempotency key (e.g. the delivery note).
-        key: String,
+        key: IdempotencyKey,
         /// The product.
         sku: Sku,
         /// Units received.
@@ -215,7 +217,7 @@ pub enum StockCommand {
     /// A count of the shelf: the counted units become the on-hand count.
     StockTake {
         /// Idempotency key.
-        key: String,
+        key: IdempotencyKey,
         /// The product.
         sku: Sku,
         /// Units counted.
@@ -224,7 +226,7 @@ pub enum StockCommand {
     /// A correction by `delta` units (negative: damaged, stolen).
     Adjust {
         /// Idempotency key.
-        key: String,
+        key: IdempotencyKey,
         /// The product.
         sku: Sku,
         /// Units added (positive) or written off (negative).
@@ -310,17 +312,27 @@ impl StockMode {
             StockMode::Strong => "strong",
         }
     }
+
+    /// Parses the text form strictly: anything but `escrow` or `strong` is
+    /// `None`, never a guess.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "escrow" => Some(StockMode::Escrow),
+            "strong" => Some(StockMode::Strong),
+            _ => None,
+        }
+    }
 }
 
 /// A versioned order status change (optimistic concurrency).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderStatusChange {
     /// The order.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The version the change is based on.
     pub expected_version: u64,
     /// The new status (`paid`, `fulfilled`, `returned`, ...).
-    pub status: String,
+    pub status: OrderStatusName,
 }
 
 /// The hub's decision on an intent; durable, and repeated to a retry.
@@ -458,65 +470,194 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Checks an idempotency key, reservation key or status name: 1 to
-/// [`KEY_BYTES_MAX`] bytes without control characters.
-pub fn check_key(kind: &str, key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > KEY_BYTES_MAX || key.chars().any(char::is_control) {
-        return Err(format!(
-            "{kind} must be 1 to {KEY_BYTES_MAX} bytes without control characters"
-        ));
+/// Why an intent breaks a rule no identifier type can express (an empty
+/// checkout, a quantity out of range, ...). The hub refuses such an intent
+/// as [`Refusal::Invalid`]; a device records nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidIntent(pub String);
+
+impl From<InvalidIntent> for Refusal {
+    fn from(invalid: InvalidIntent) -> Self {
+        Refusal::Invalid { detail: invalid.0 }
     }
-    Ok(())
 }
 
-/// The checks the hub makes on a checkout before deciding it; devices make
-/// the same ones before recording it.
-pub fn validate_checkout(intent: &CheckoutIntent) -> Result<(), String> {
-    check_name("order id", &intent.order_id).map_err(|error| error.to_string())?;
-    check_key("idempotency key", &intent.idempotency_key)?;
-    if intent.payment_ref.len() > KEY_BYTES_MAX {
-        return Err(format!(
-            "payment reference is longer than {KEY_BYTES_MAX} bytes"
-        ));
-    }
-    if intent.lines.is_empty() || intent.lines.len() > CHECKOUT_LINES_MAX {
-        return Err(format!("a checkout has 1 to {CHECKOUT_LINES_MAX} lines"));
-    }
-    for line in &intent.lines {
-        if line.quantity == 0 || line.quantity > LINE_QUANTITY_MAX {
-            return Err(format!(
-                "line for {} has quantity {}; 1 to {LINE_QUANTITY_MAX} allowed",
-                line.sku, line.quantity
-            ));
+impl CheckoutIntent {
+    /// The checks a checkout must pass before anyone records or decides it:
+    /// the one function the device (before recording), the hub (before
+    /// deciding bytes from the wire) and the bindings rely on. Its ids,
+    /// keys and references are typed and valid already.
+    pub fn validate(&self) -> Result<(), InvalidIntent> {
+        if self.lines.is_empty() || self.lines.len() > CHECKOUT_LINES_MAX {
+            return Err(InvalidIntent(format!(
+                "a checkout has 1 to {CHECKOUT_LINES_MAX} lines"
+            )));
         }
-        if line.unit_price_minor < 0 {
-            return Err(format!("line for {} has a negative price", line.sku));
-        }
-    }
-    Ok(())
-}
-
-/// The checks of a stock command that need no state; the hub and devices
-/// make them alike.
-pub fn validate_stock_command(command: &StockCommand) -> Result<(), String> {
-    let (key, units) = match command {
-        StockCommand::Receive { key, quantity, .. } => (key, *quantity),
-        StockCommand::StockTake { key, counted, .. } => (key, *counted),
-        StockCommand::Adjust {
-            key, delta, reason, ..
-        } => {
-            if reason.len() > KEY_BYTES_MAX || reason.chars().any(char::is_control) {
-                return Err(format!(
-                    "an adjustment's reason is at most {KEY_BYTES_MAX} bytes without control characters"
-                ));
+        for line in &self.lines {
+            if line.quantity == 0 || line.quantity > LINE_QUANTITY_MAX {
+                return Err(InvalidIntent(format!(
+                    "line for {} has quantity {}; 1 to {LINE_QUANTITY_MAX} allowed",
+                    line.sku, line.quantity
+                )));
             }
-            (key, delta.unsigned_abs())
+            if line.unit_price_minor < 0 {
+                return Err(InvalidIntent(format!(
+                    "line for {} has a negative price",
+                    line.sku
+                )));
+            }
         }
-        StockCommand::SetPolicy { .. } => return Ok(()),
-    };
-    check_key("idempotency key", key)?;
-    if units > STOCK_QUANTITY_MAX {
-        return Err(format!("{units} units is more than {STOCK_QUANTITY_MAX}"));
+        Ok(())
+    }
+}
+
+impl StockCommand {
+    /// The checks of a stock command that need no state; the device (before
+    /// recording) and the hub (before deciding) both call this one function.
+    pub fn validate(&self) -> Result<(), InvalidIntent> {
+        let units = match self {
+            StockCommand::Receive { quantity, .. } => *quantity,
+            StockCommand::StockTake { counted, .. } => *counted,
+            StockCommand::Adjust { delta, reason, .. } => {
+                if reason.len() > REASON_BYTES_MAX || reason.chars().any(char::is_control) {
+                    return Err(InvalidIntent(format!(
+                        "an adjustment's reason is at most {REASON_BYTES_MAX} bytes without control characters"
+                    )));
+                }
+                delta.unsigned_abs()
+            }
+            StockCommand::SetPolicy { .. } => return Ok(()),
+        };
+        if units > STOCK_QUANTITY_MAX {
+            return Err(InvalidIntent(format!(
+                "{units} units is more than {STOCK_QUANTITY_MAX}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a reservation's quantity; the device and the hub both call
+/// this one function.
+pub fn validate_reservation(quantity: u64) -> Result<(), InvalidIntent> {
+    if quantity == 0 || quantity > LINE_QUANTITY_MAX {
+        return Err(InvalidIntent(format!(
+            "a reservation is of 1 to {LINE_QUANTITY_MAX} units"
+        )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkout(lines: Vec<IntentLine>) -> CheckoutIntent {
+        CheckoutIntent {
+            order_id: OrderId::new("o-1").unwrap(),
+            idempotency_key: IdempotencyKey::new("o-1").unwrap(),
+            lines,
+            currency: Currency::new("EUR").unwrap(),
+            payment_ref: PaymentRef::new("card-1").unwrap(),
+            channel: Channel::Pos,
+        }
+    }
+
+    fn line(quantity: u64, unit_price_minor: i64) -> IntentLine {
+        IntentLine {
+            sku: Sku::new("tea").unwrap(),
+            quantity,
+            unit_price_minor,
+            source: LineSource::Hub,
+        }
+    }
+
+    #[test]
+    fn a_checkout_is_validated_by_one_function() {
+        assert!(checkout(vec![line(1, 100)]).validate().is_ok());
+        let empty = checkout(Vec::new()).validate().unwrap_err();
+        assert!(empty.to_string().contains("1 to 200 lines"), "{empty}");
+        assert!(checkout(vec![line(0, 100)]).validate().is_err());
+        assert!(
+            checkout(vec![line(LINE_QUANTITY_MAX + 1, 100)])
+                .validate()
+                .is_err()
+        );
+        let negative = checkout(vec![line(1, -1)]).validate().unwrap_err();
+        assert!(
+            negative.to_string().contains("negative price"),
+            "{negative}"
+        );
+        assert!(
+            checkout(vec![line(1, 1); CHECKOUT_LINES_MAX + 1])
+                .validate()
+                .is_err()
+        );
+        assert_eq!(
+            Refusal::from(InvalidIntent("why".into())),
+            Refusal::Invalid {
+                detail: "why".into()
+            }
+        );
+    }
+
+    #[test]
+    fn stock_commands_and_reservations_are_validated_by_one_function() {
+        let key = IdempotencyKey::new("delivery-1").unwrap();
+        let sku = Sku::new("tea").unwrap();
+        let receive = |quantity| StockCommand::Receive {
+            key: key.clone(),
+            sku: sku.clone(),
+            quantity,
+        };
+        assert!(receive(STOCK_QUANTITY_MAX).validate().is_ok());
+        assert!(receive(STOCK_QUANTITY_MAX + 1).validate().is_err());
+        let adjust = |reason: &str| StockCommand::Adjust {
+            key: key.clone(),
+            sku: sku.clone(),
+            delta: -1,
+            reason: reason.to_owned(),
+        };
+        assert!(adjust("damaged").validate().is_ok());
+        assert!(adjust("damaged\n").validate().is_err());
+        assert!(
+            adjust(&"x".repeat(REASON_BYTES_MAX + 1))
+                .validate()
+                .is_err()
+        );
+        assert!(validate_reservation(1).is_ok());
+        assert!(validate_reservation(0).is_err());
+        assert!(validate_reservation(LINE_QUANTITY_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn an_intent_with_a_bad_key_does_not_decode() {
+        let intent = Intent::Reserve {
+            key: ReservationKey::new("web-1").unwrap(),
+            sku: Sku::new("tea").unwrap(),
+            quantity: 1,
+        };
+        let bytes = postcard::to_stdvec(&intent).unwrap();
+        assert_eq!(postcard::from_bytes::<Intent>(&bytes).unwrap(), intent);
+        // The same intent with an empty key, as a hostile device could send it.
+        #[derive(Serialize)]
+        enum RawIntent {
+            _Checkout,
+            _Stock,
+            _OrderStatus,
+            Reserve {
+                key: String,
+                sku: String,
+                quantity: u64,
+            },
+        }
+        let raw = postcard::to_stdvec(&RawIntent::Reserve {
+            key: String::new(),
+            sku: "tea".into(),
+            quantity: 1,
+        })
+        .unwrap();
+        assert!(postcard::from_bytes::<Intent>(&raw).is_err());
+    }
 }

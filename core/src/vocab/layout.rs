@@ -54,6 +54,36 @@ pub fn kind_of(doc: &DocId) -> DocKind {
     }
 }
 
+/// Which hub record a `SET/rec/KIND/NAME` document holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// `store.S/rec/stock/SKU`: a SKU's stock.
+    Stock,
+    /// `device.S.D/rec/allowance/SKU`: one terminal's allowance of a SKU
+    /// (a recall arrives as one).
+    Allowance,
+    /// `orders.S/rec/order/ID`: a decided order.
+    Order,
+}
+
+/// The kind of hub record a document holds; `None` for any document that is
+/// not a record document of a known kind in the set kind that holds it.
+pub fn record_kind(doc: &DocId) -> Option<RecordKind> {
+    let mut parts = doc.as_str().split('/').skip(1);
+    let (Some("rec"), Some(kind), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    match (doc.set().kind(), kind) {
+        (DocSetKind::Replica, "stock") => Some(RecordKind::Stock),
+        (DocSetKind::Device, "allowance") => Some(RecordKind::Allowance),
+        (DocSetKind::Orders, "order") => Some(RecordKind::Order),
+        _ => None,
+    }
+}
+
 fn is_bucket(text: &str) -> bool {
     text.len() == 4
         && text.starts_with('b')
@@ -147,6 +177,21 @@ mod tests {
         );
         let customer = CustomerId::new("c1").unwrap();
         assert_eq!(kind_of(&cart_doc(&customer)), DocKind::Cart);
+        let record = |id: &str| record_kind(&DocId::new(id).unwrap());
+        assert_eq!(record("store.s1/rec/stock/sku-1"), Some(RecordKind::Stock));
+        assert_eq!(
+            record("device.s1.till-1/rec/allowance/sku-1"),
+            Some(RecordKind::Allowance)
+        );
+        assert_eq!(record("orders.s1/rec/order/o-1"), Some(RecordKind::Order));
+        assert_eq!(
+            record("store.s1/rec/allowance/sku-1"),
+            None,
+            "wrong set kind"
+        );
+        assert_eq!(record("store.s1/notes/rec/allowance/x"), None);
+        assert_eq!(record("device.s1.till-1/rec/allowance"), None);
+        assert_eq!(record("store.s1/catalog/b001"), None);
         assert_eq!(
             kind_of(&DocId::new("store.s1/catalog/b999").unwrap()),
             DocKind::Other

@@ -9,5 +9,6 @@ pub mod goods;
 pub mod hlc;
 pub mod ids;
 pub mod intent;
+pub mod keys;
 pub mod layout;
 pub mod record;

@@ -19,6 +19,7 @@ use crate::vocab::codec;
 use crate::vocab::goods::Sku;
 use crate::vocab::ids::{DeviceId, DocId, DocSetId, StoreId};
 use crate::vocab::intent::{Decision, OfflinePolicy, StockMode, StockPolicy};
+use crate::vocab::keys::{OrderId, OrderStatusName, PaymentRef};
 
 /// Magic prefix of an encoded record (format version 2, MessagePack).
 pub const RECORD_MAGIC: [u8; 2] = *b"R2";
@@ -109,13 +110,13 @@ pub struct OrderLineRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {
     /// The order id chosen by the device.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// The store's order number.
     pub order_no: u64,
     /// The device that sold it.
     pub device: DeviceId,
     /// `confirmed` when decided; later `paid`, `fulfilled`, `returned`, ...
-    pub status: String,
+    pub status: OrderStatusName,
     /// Starts at 1 and grows by one per status change.
     pub version: u64,
     /// The lines.
@@ -125,7 +126,7 @@ pub struct OrderRecord {
     /// Sum of the covered lines, minor units.
     pub total_minor: i64,
     /// The payment's reference.
-    pub payment_ref: String,
+    pub payment_ref: PaymentRef,
     /// When the hub decided it, ms since the epoch.
     pub decided_ms: u64,
     /// True if some units were not covered (a compensation is open).

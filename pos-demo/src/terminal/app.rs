@@ -228,7 +228,7 @@ impl App {
             };
             rows.push(CheckoutRow {
                 op: *op,
-                order_id: intent.order_id.clone(),
+                order_id: intent.order_id.to_string(),
                 total_minor: intent
                     .lines
                     .iter()
@@ -494,15 +494,19 @@ impl App {
         }
         // Sell at the prices in force now: the hub checks them.
         self.refresh_or_report(client);
-        let order_id = match next_order_id(client) {
-            Ok(order_id) => order_id,
+        let parsed = next_order_id(client).and_then(|order_id| {
+            let payment_ref = format!("card-{order_id}").parse()?;
+            Ok((order_id.parse()?, payment_ref))
+        });
+        let (order_id, payment_ref) = match parsed {
+            Ok(parsed) => parsed,
             Err(error) => {
                 self.say(Tone::Bad, format!("{error:#}"));
                 return;
             }
         };
         let request = CheckoutRequest {
-            order_id: order_id.clone(),
+            order_id,
             idempotency_key: None,
             lines: self
                 .cart
@@ -514,7 +518,7 @@ impl App {
                 })
                 .collect(),
             currency: eur(),
-            payment_ref: format!("card-{order_id}"),
+            payment_ref,
             channel: Channel::Pos,
         };
         match client.checkout(&request) {
@@ -554,7 +558,7 @@ impl App {
             0,
             CheckoutRow {
                 op: receipt.op,
-                order_id: receipt.order_id,
+                order_id: receipt.order_id.into(),
                 lines: receipt.lines,
                 total_minor: total,
                 at_risk: receipt.at_risk,
@@ -586,8 +590,12 @@ impl App {
         let chosen = self
             .tasks
             .get(self.task_selected)
-            .filter(|task| task.state == "open")
-            .or_else(|| self.tasks.iter().find(|task| task.state == "open"))
+            .filter(|task| task.state == omnisync_core::retail::orders::CompensationState::Open)
+            .or_else(|| {
+                self.tasks.iter().find(|task| {
+                    task.state == omnisync_core::retail::orders::CompensationState::Open
+                })
+            })
             .cloned();
         let Some(task) = chosen else {
             self.say(Tone::Info, "no open compensation task");

@@ -186,14 +186,14 @@ fn the_screen_shows_search_mode_a_blocked_sale_and_compensation_tasks() {
     }];
     app.tasks = vec![Compensation {
         op: op(9),
-        order_id: "till-1-0a0b0c-9".into(),
+        order_id: "till-1-0a0b0c-9".parse().unwrap(),
         order_no: Some(19),
         lines: vec![ShortLine {
             sku: Sku::new("sku-010").unwrap(),
             quantity: 1,
         }],
         reason: "out of stock at the hub".into(),
-        state: "open".into(),
+        state: omnisync_core::retail::orders::CompensationState::Open,
         resolution: None,
     }];
     app.sync.compensations_open = 1;
@@ -381,7 +381,9 @@ async fn keys_drive_a_till_through_online_offline_and_compensation_on_a_real_hub
         }
     ));
     until(&mut app, &till, "a compensation task", |app| {
-        app.tasks.iter().any(|task| task.state == "open")
+        app.tasks
+            .iter()
+            .any(|task| task.state == omnisync_core::retail::orders::CompensationState::Open)
     })
     .await;
     let text = screen(&app, 150, 36);
@@ -394,7 +396,10 @@ async fn keys_drive_a_till_through_online_offline_and_compensation_on_a_real_hub
     app.handle_key(key(KeyCode::Tab), &till);
     assert_eq!(app.focus, Focus::Tasks);
     press(&mut app, &till, "r");
-    assert_eq!(app.tasks[0].state, "resolved");
+    assert_eq!(
+        app.tasks[0].state,
+        omnisync_core::retail::orders::CompensationState::Resolved
+    );
     assert!(matches!(
         app.checkouts[0].status,
         OpStatus::Compensated { .. }

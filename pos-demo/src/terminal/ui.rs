@@ -382,7 +382,11 @@ fn render_checkouts(frame: &mut Frame, area: Rect, app: &App) {
 
 fn render_tasks(frame: &mut Frame, area: Rect, app: &App) {
     let focused = app.mode == Mode::Normal && app.focus == Focus::Tasks;
-    let open = app.tasks.iter().filter(|task| task.state == "open").count();
+    let open = app
+        .tasks
+        .iter()
+        .filter(|task| task.state == omnisync_core::retail::orders::CompensationState::Open)
+        .count();
     let block = panel(
         format!(" Compensation tasks ({open} open) · r refund "),
         focused,
@@ -404,14 +408,15 @@ fn render_tasks(frame: &mut Frame, area: Rect, app: &App) {
                 .order_no
                 .map(|no| format!(" #{no}"))
                 .unwrap_or_default();
-            let (state, color) = if task.state == "open" {
-                ("OPEN".to_owned(), Color::Yellow)
-            } else {
-                (
-                    format!("resolved ({})", task.resolution.as_deref().unwrap_or("?")),
-                    Color::Green,
-                )
-            };
+            let (state, color) =
+                if task.state == omnisync_core::retail::orders::CompensationState::Open {
+                    ("OPEN".to_owned(), Color::Yellow)
+                } else {
+                    (
+                        format!("resolved ({})", task.resolution.as_deref().unwrap_or("?")),
+                        Color::Green,
+                    )
+                };
             ListItem::new(vec![
                 Line::from(vec![
                     Span::styled(format!("{state} "), Style::default().fg(color)),

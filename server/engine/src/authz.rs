@@ -456,19 +456,19 @@ mod tests {
         use omnisync_core::vocab::goods::Sku;
         use omnisync_core::vocab::intent::{Intent, StockCommand};
         let receive = Intent::Stock(StockCommand::Receive {
-            key: "delivery-1".into(),
+            key: "delivery-1".parse().unwrap(),
             sku: Sku::new("sku-1").unwrap(),
             quantity: 5,
         });
         let reserve = Intent::Reserve {
-            key: "web-1".into(),
+            key: "web-1".parse().unwrap(),
             sku: Sku::new("sku-1").unwrap(),
             quantity: 1,
         };
         let status = Intent::OrderStatus(omnisync_core::vocab::intent::OrderStatusChange {
-            order_id: "o-1".into(),
+            order_id: "o-1".parse().unwrap(),
             expected_version: 1,
-            status: "paid".into(),
+            status: "paid".parse().unwrap(),
         });
         let rows: &[(Role, &Intent, bool)] = &[
             (Terminal, &receive, false),
@@ -622,7 +622,7 @@ mod tests {
         };
         let mut checkout = op(2, "store.s1/prices/b001");
         checkout.body = OpBody::Intent(omnisync_core::vocab::intent::Intent::CommitReservation {
-            key: "web-1".into(),
+            key: "web-1".parse().unwrap(),
         });
         session.handle_frame(&encode(&ClientMessage::Push(vec![
             op(1, "store.s1/prices/b001"),

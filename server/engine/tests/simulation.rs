@@ -396,7 +396,7 @@ impl Sim {
             sim.stock_command(
                 0,
                 StockCommand::Receive {
-                    key,
+                    key: key.parse().unwrap(),
                     sku: item,
                     quantity,
                 },
@@ -482,7 +482,7 @@ impl Sim {
                 self.stock_command(
                     index,
                     StockCommand::Receive {
-                        key,
+                        key: key.parse().unwrap(),
                         sku: item,
                         quantity,
                     },
@@ -718,7 +718,10 @@ impl Sim {
                         .or_panic(seed, &what("applying remote changes"));
                     // Like the runtime: an allowance record may be a recall,
                     // answered at once.
-                    if docs.iter().any(|d| d.as_str().contains("/rec/allowance/")) {
+                    if docs.iter().any(|d| {
+                        omnisync_core::vocab::layout::record_kind(d)
+                            == Some(omnisync_core::vocab::layout::RecordKind::Allowance)
+                    }) {
                         let ops = store.answer_recalls(now);
                         released += ops.or_panic(seed, &what("answering recalls")).len() as u64;
                     }
@@ -1064,7 +1067,7 @@ impl Sim {
         self.stock_command(
             index,
             StockCommand::StockTake {
-                key,
+                key: key.parse().unwrap(),
                 sku: item,
                 counted,
             },
@@ -1083,7 +1086,10 @@ impl Sim {
         let (seed, now) = (self.seed, self.client_now(index));
         let store = &mut self.terminals[index].store;
         let tasks = store.compensations().or_panic(seed, "compensations");
-        let Some(task) = tasks.into_iter().find(|task| task.state == "open") else {
+        let Some(task) = tasks
+            .into_iter()
+            .find(|task| task.state == omnisync_core::retail::orders::CompensationState::Open)
+        else {
             return;
         };
         let resolved = store.resolve_compensation(&task.op, "refund", now);
@@ -1126,11 +1132,11 @@ impl Sim {
             .collect();
         let last_seq = store.last_seq().or_panic(seed, "last seq");
         let request = CheckoutRequest {
-            order_id: order_id.clone(),
+            order_id: order_id.parse().unwrap(),
             idempotency_key: None,
             lines,
             currency: Currency::new("EUR").expect("valid currency"),
-            payment_ref: format!("card-{order_id}"),
+            payment_ref: format!("card-{order_id}").parse().unwrap(),
             channel: Channel::Pos,
         };
         let connectivity = match online {
@@ -1220,7 +1226,7 @@ impl Sim {
             .collect();
         let mut in_orders: BTreeMap<Sku, u64> = BTreeMap::new();
         for order in self.log.orders() {
-            let sale = self.sales.by_order.get(&order.order_id);
+            let sale = self.sales.by_order.get(order.order_id.as_str());
             let Some(sale) = sale.map(|n| &self.sales.recorded[*n]) else {
                 return Err(format!("the hub has an order nobody sold: {order:?}"));
             };
@@ -1379,7 +1385,12 @@ impl Sim {
                 (None, None) => {}
                 (Some(short), Some(task))
                     if task.lines == *short
-                        && task.state == if resolved { "resolved" } else { "open" } =>
+                        && task.state
+                            == if resolved {
+                                omnisync_core::retail::orders::CompensationState::Resolved
+                            } else {
+                                omnisync_core::retail::orders::CompensationState::Open
+                            } =>
                 {
                     tasks_expected[*index] += 1;
                 }
@@ -1399,14 +1410,18 @@ impl Sim {
                         false => "confirmed",
                     };
                     order.order_no == Some(*order_no)
-                        && order.status == status
+                        && order.status.as_str() == status
                         && at_hub.is_some_and(|hub| {
                             hub.order_no == *order_no
-                                && hub.status == status
+                                && hub.status.as_str() == status
                                 && hub.at_risk == uncovered.is_some()
                         })
                 }
-                _ => order.status == "refused" && order.order_no.is_none() && at_hub.is_none(),
+                _ => {
+                    order.status == omnisync_core::vocab::keys::OrderStatus::Refused
+                        && order.order_no.is_none()
+                        && at_hub.is_none()
+                }
             };
             if !fine {
                 return Err(what(format!(

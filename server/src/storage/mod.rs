@@ -433,7 +433,7 @@ impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
         self.run(
             "INSERT INTO ledger_orders (store_id, order_id, record) VALUES (?1, ?2, ?3)
              ON CONFLICT (store_id, order_id) DO UPDATE SET record = ?3",
-            params![store.as_str(), order.order_id, encode(order)?],
+            params![store.as_str(), order.order_id.as_str(), encode(order)?],
         )
     }
 

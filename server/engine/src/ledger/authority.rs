@@ -18,10 +18,10 @@ use crate::ledger::sku_ledger::SkuLedger;
 use omnisync_core::vocab::goods::{Channel, Sku};
 use omnisync_core::vocab::ids::{DeviceId, DocId, StoreId};
 use omnisync_core::vocab::intent::{
-    CheckoutIntent, Decision, Intent, LINE_QUANTITY_MAX, LineSource, OrderStatusChange, Refusal,
-    STOCK_QUANTITY_MAX, ShortLine, StockCommand, check_key, validate_checkout,
-    validate_stock_command,
+    CheckoutIntent, Decision, Intent, LineSource, OrderStatusChange, Refusal, ShortLine,
+    StockCommand, validate_reservation,
 };
+use omnisync_core::vocab::keys::{OrderStatusName, ReservationKey};
 use omnisync_core::vocab::record::{AllowanceRecord, OrderLineRecord, OrderRecord, Record};
 
 /// An open or finished reservation.
@@ -206,8 +206,10 @@ impl UnitOfWork {
         intent: &CheckoutIntent,
         now_ms: u64,
     ) -> Result<Decision, HubLogError> {
-        if let Err(detail) = validate_checkout(intent) {
-            return Ok(Decision::Refused(Refusal::Invalid { detail }));
+        // Bytes from the wire: the ids and keys were parsed when the op
+        // decoded; the rest is checked by the rule the device applied.
+        if let Err(invalid) = intent.validate() {
+            return Ok(Decision::Refused(invalid.into()));
         }
         let key = format!("checkout:{}", intent.idempotency_key);
         if let Some(earlier) = self.key(source, store, &key)? {
@@ -215,7 +217,7 @@ impl UnitOfWork {
                 order_no: order_no_of(&earlier),
             }));
         }
-        if let Some(order) = self.order(source, store, &intent.order_id)? {
+        if let Some(order) = self.order(source, store, intent.order_id.as_str())? {
             return Ok(Decision::Refused(Refusal::Duplicate {
                 order_no: Some(order.order_no),
             }));
@@ -315,7 +317,7 @@ impl UnitOfWork {
             order_id: intent.order_id.clone(),
             order_no,
             device: device.clone(),
-            status: "confirmed".into(),
+            status: OrderStatusName::confirmed(),
             version: 1,
             lines,
             currency: intent.currency.as_str().to_owned(),
@@ -349,8 +351,8 @@ impl UnitOfWork {
             | StockCommand::Adjust { key, sku, .. } => (Some(key), sku),
             StockCommand::SetPolicy { sku, .. } => (None, sku),
         };
-        if let Err(detail) = validate_stock_command(command) {
-            return Ok(Decision::Refused(Refusal::Invalid { detail }));
+        if let Err(invalid) = command.validate() {
+            return Ok(Decision::Refused(invalid.into()));
         }
         // Stock commands and checkouts have separate key spaces.
         let key = key.map(|key| format!("stock:{key}"));
@@ -361,17 +363,8 @@ impl UnitOfWork {
         }
         let mut ledger = self.sku(source, store, sku)?;
         let result = match command {
-            StockCommand::Receive { quantity, .. } if *quantity > STOCK_QUANTITY_MAX => {
-                Err(too_large(*quantity))
-            }
             StockCommand::Receive { quantity, .. } => ledger.receive(*quantity),
-            StockCommand::StockTake { counted, .. } if *counted > STOCK_QUANTITY_MAX => {
-                Err(too_large(*counted))
-            }
             StockCommand::StockTake { counted, .. } => ledger.stock_take(*counted),
-            StockCommand::Adjust { delta, .. } if delta.unsigned_abs() > STOCK_QUANTITY_MAX => {
-                Err(too_large(delta.unsigned_abs()))
-            }
             StockCommand::Adjust { delta, .. } if *delta >= 0 => ledger.receive(*delta as u64),
             StockCommand::Adjust { delta, .. } => ledger.write_off(delta.unsigned_abs()),
             StockCommand::SetPolicy { policy, .. } => {
@@ -401,10 +394,7 @@ impl UnitOfWork {
         store: &StoreId,
         change: &OrderStatusChange,
     ) -> Result<Decision, HubLogError> {
-        if let Err(detail) = check_key("status", &change.status) {
-            return Ok(Decision::Refused(Refusal::Invalid { detail }));
-        }
-        let Some(mut order) = self.order(source, store, &change.order_id)? else {
+        let Some(mut order) = self.order(source, store, change.order_id.as_str())? else {
             return Ok(Decision::Refused(Refusal::NotFound {
                 what: format!("order {}", change.order_id),
             }));
@@ -425,18 +415,14 @@ impl UnitOfWork {
         &mut self,
         source: &mut dyn LedgerSource,
         store: &StoreId,
-        key: &str,
+        key: &ReservationKey,
         sku: &Sku,
         quantity: u64,
     ) -> Result<Decision, HubLogError> {
-        if let Err(detail) = check_key("reservation key", key) {
-            return Ok(Decision::Refused(Refusal::Invalid { detail }));
+        if let Err(invalid) = validate_reservation(quantity) {
+            return Ok(Decision::Refused(invalid.into()));
         }
-        if quantity == 0 || quantity > LINE_QUANTITY_MAX {
-            return Ok(Decision::Refused(Refusal::Invalid {
-                detail: format!("a reservation is of 1 to {LINE_QUANTITY_MAX} units"),
-            }));
-        }
+        let key = key.as_str();
         if self.reservation(source, store, key)?.is_some() {
             return Ok(Decision::Refused(Refusal::Duplicate { order_no: None }));
         }
@@ -464,9 +450,10 @@ impl UnitOfWork {
         &mut self,
         source: &mut dyn LedgerSource,
         store: &StoreId,
-        key: &str,
+        key: &ReservationKey,
         commit: bool,
     ) -> Result<Decision, HubLogError> {
+        let key = key.as_str();
         let Some(mut reservation) = self
             .reservation(source, store, key)?
             .filter(|reservation| reservation.state == ReservationState::Open)
@@ -606,7 +593,7 @@ impl UnitOfWork {
     }
 
     fn put_order(&mut self, store: &StoreId, order: OrderRecord) {
-        let key = (store.clone(), order.order_id.clone());
+        let key = (store.clone(), order.order_id.as_str().to_owned());
         self.orders.insert(key.clone(), Some(order));
         self.dirty_orders.insert(key);
     }
@@ -675,12 +662,6 @@ fn order_no_of(decision: &Decision) -> Option<u64> {
     match decision {
         Decision::Confirmed { order_no } | Decision::Short { order_no, .. } => Some(*order_no),
         _ => None,
-    }
-}
-
-fn too_large(units: u64) -> Refusal {
-    Refusal::Invalid {
-        detail: format!("{units} units is more than {STOCK_QUANTITY_MAX}"),
     }
 }
 

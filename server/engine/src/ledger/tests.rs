@@ -7,12 +7,13 @@ use crate::log::{HubLog, HubLogRead, MemoryHubLog};
 use omnisync_core::db::{OpStatus, Replica};
 use omnisync_core::protocol::message::ChangeBatch;
 use omnisync_core::retail::RetailError;
-use omnisync_core::retail::orders::{CheckoutRequest, Connectivity, OrderLine};
+use omnisync_core::retail::orders::{CheckoutRequest, CompensationState, Connectivity, OrderLine};
 use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
 use omnisync_core::vocab::ids::{DeviceId, DocSetId, StoreId};
 use omnisync_core::vocab::intent::{
     Decision, LineSource, OfflinePolicy, Refusal, StockCommand, StockMode, StockPolicy,
 };
+use omnisync_core::vocab::keys::OrderStatus;
 
 const NOW: u64 = 1_750_000_000_000;
 
@@ -95,7 +96,7 @@ fn receive(store: &mut Replica, key: &str, item: &str, quantity: u64) {
     command(
         store,
         StockCommand::Receive {
-            key: key.into(),
+            key: key.parse().unwrap(),
             sku: sku(item),
             quantity,
         },
@@ -117,7 +118,7 @@ fn policy(store: &mut Replica, item: &str, threshold: u64, offline: OfflinePolic
 
 fn sale(order_id: &str, item: &str, quantity: u64) -> CheckoutRequest {
     CheckoutRequest {
-        order_id: order_id.into(),
+        order_id: order_id.parse().unwrap(),
         idempotency_key: None,
         lines: vec![OrderLine {
             sku: sku(item),
@@ -125,7 +126,7 @@ fn sale(order_id: &str, item: &str, quantity: u64) -> CheckoutRequest {
             unit_price_minor: 250,
         }],
         currency: Currency::new("EUR").unwrap(),
-        payment_ref: format!("card-{order_id}"),
+        payment_ref: format!("card-{order_id}").parse().unwrap(),
         channel: Channel::Pos,
     }
 }
@@ -262,7 +263,7 @@ fn the_last_unit_is_sold_once_and_a_provisional_loser_gets_a_compensation_task()
     // The loser resolves its task; the order stands as compensated.
     let till = &mut tills[3];
     let task = till.compensations().unwrap().remove(0);
-    assert_eq!(task.state, "open");
+    assert_eq!(task.state, CompensationState::Open);
     assert_eq!(task.lines[0].quantity, 1);
     world.deliver(till);
     till.resolve_compensation(&task.op, "refund", NOW).unwrap();
@@ -273,7 +274,7 @@ fn the_last_unit_is_sold_once_and_a_provisional_loser_gets_a_compensation_task()
     world.upload(till);
     world.deliver(till);
     let order = till.order("lamp-3").unwrap().unwrap();
-    assert_eq!(order.status, "compensated-refund");
+    assert_eq!(order.status.as_str(), "compensated-refund");
     world.check_ledgers();
     let sold: u64 = world.hub.ledgers().map(|(_, ledger)| ledger.sold).sum();
     assert_eq!(sold, 1);
@@ -315,7 +316,7 @@ fn retries_get_the_original_answer_and_duplicates_are_refused() {
     // Another device reusing the key is refused as a duplicate of the order.
     let mut other = device("till-2");
     let mut copy = sale("o-2", "tea", 1);
-    copy.idempotency_key = Some("o-1".into());
+    copy.idempotency_key = Some("o-1".parse().unwrap());
     let op = other.checkout(&copy, Connectivity::Online, NOW).unwrap().op;
     world.upload(&mut other);
     assert_eq!(
@@ -342,9 +343,16 @@ fn order_status_changes_use_optimistic_concurrency_at_the_hub() {
     world.deliver(&mut office);
     assert_eq!(office.order("o-1").unwrap().unwrap().version, 1);
     // Both move version 1 concurrently; the hub takes the first and refuses the second.
-    let paid = till.update_order_status("o-1", 1, "paid", NOW).unwrap();
+    let paid = till
+        .update_order_status(&"o-1".parse().unwrap(), 1, &"paid".parse().unwrap(), NOW)
+        .unwrap();
     let returned = office
-        .update_order_status("o-1", 1, "returned", NOW)
+        .update_order_status(
+            &"o-1".parse().unwrap(),
+            1,
+            &"returned".parse().unwrap(),
+            NOW,
+        )
         .unwrap();
     world.upload(&mut till);
     world.upload(&mut office);
@@ -364,7 +372,12 @@ fn order_status_changes_use_optimistic_concurrency_at_the_hub() {
     let order = office.order("o-1").unwrap().unwrap();
     assert_eq!((order.status.as_str(), order.version), ("paid", 2));
     assert!(matches!(
-        office.update_order_status("o-1", 1, "returned", NOW),
+        office.update_order_status(
+            &"o-1".parse().unwrap(),
+            1,
+            &"returned".parse().unwrap(),
+            NOW
+        ),
         Err(RetailError::VersionConflict {
             expected: 1,
             found: 2
@@ -394,7 +407,7 @@ fn falling_stock_recalls_allowances_and_released_units_return_to_the_hub() {
     command(
         &mut office,
         StockCommand::StockTake {
-            key: "count-1".into(),
+            key: "count-1".parse().unwrap(),
             sku: sku("tea"),
             counted: 4,
         },
@@ -462,5 +475,57 @@ fn a_price_changed_beyond_tolerance_refuses_an_online_checkout() {
             }
         }
     );
-    assert_eq!(till.order("o-1").unwrap().unwrap().status, "refused");
+    assert_eq!(
+        till.order("o-1").unwrap().unwrap().status,
+        OrderStatus::Refused
+    );
+}
+
+#[test]
+fn the_hub_checks_a_checkout_from_the_wire_with_the_devices_rule() {
+    use omnisync_core::protocol::message::{AckOutcome, Op, OpBody};
+    use omnisync_core::vocab::ids::{OpId, ReplicaId};
+    use omnisync_core::vocab::intent::{CheckoutIntent, Intent, IntentLine};
+    let mut world = World::new();
+    // A device that skipped `Replica::checkout`: an empty checkout and one
+    // line with quantity 0, straight into ops.
+    let replica = ReplicaId::random();
+    let intent = |seq: u64, lines: Vec<IntentLine>| IncomingOp {
+        op: Op {
+            id: OpId { replica, seq },
+            created_ms: NOW,
+            body: OpBody::Intent(Intent::Checkout(CheckoutIntent {
+                order_id: format!("o-{seq}").parse().unwrap(),
+                idempotency_key: format!("k-{seq}").parse().unwrap(),
+                lines,
+                currency: Currency::new("EUR").unwrap(),
+                payment_ref: "card".parse().unwrap(),
+                channel: Channel::Pos,
+            })),
+        },
+        device: DeviceId::new("till-x").unwrap(),
+        store: store_id(),
+        verdict: Verdict::Accept,
+    };
+    let zero = IntentLine {
+        sku: sku("tea"),
+        quantity: 0,
+        unit_price_minor: 100,
+        source: LineSource::Hub,
+    };
+    let applied = world
+        .hub
+        .apply(vec![intent(1, Vec::new()), intent(2, vec![zero])])
+        .unwrap();
+    assert_eq!(applied.acks.len(), 2);
+    for ack in &applied.acks {
+        assert!(
+            matches!(
+                &ack.outcome,
+                AckOutcome::Decided(Decision::Refused(Refusal::Invalid { .. }))
+            ),
+            "{ack:?}"
+        );
+    }
+    world.check_ledgers();
 }

@@ -260,7 +260,7 @@ impl<M: DerefMut<Target = MemoryBackend>> WriteTxn for MemoryRows<M> {
     fn put_order(&mut self, store: &StoreId, order: &OrderRecord) -> Result<(), HubLogError> {
         self.0
             .orders
-            .insert((store.clone(), order.order_id.clone()), order.clone());
+            .insert((store.clone(), order.order_id.to_string()), order.clone());
         Ok(())
     }
 

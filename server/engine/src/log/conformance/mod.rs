@@ -78,8 +78,8 @@ pub fn intents_are_decided_once_and_published<L: HubLog + HubLogRead>(mut log: L
     let sku = Sku::new("tea").expect("sku");
     let checkout = |order: &str| {
         Intent::Checkout(CheckoutIntent {
-            order_id: order.into(),
-            idempotency_key: order.into(),
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
             lines: vec![IntentLine {
                 sku: sku.clone(),
                 quantity: 2,
@@ -87,12 +87,12 @@ pub fn intents_are_decided_once_and_published<L: HubLog + HubLogRead>(mut log: L
                 source: LineSource::Hub,
             }],
             currency: Currency::new("EUR").expect("currency"),
-            payment_ref: "card".into(),
+            payment_ref: "card".parse().unwrap(),
             channel: Channel::Pos,
         })
     };
     let receive = Intent::Stock(StockCommand::Receive {
-        key: "delivery-1".into(),
+        key: "delivery-1".parse().unwrap(),
         sku: sku.clone(),
         quantity: 3,
     });
@@ -265,7 +265,7 @@ pub fn import_writes_are_the_hubs<L: Conformant>(mut log: L) {
         .apply_hub_intents(
             &store,
             &[Intent::Stock(StockCommand::StockTake {
-                key: "count-1".into(),
+                key: "count-1".parse().unwrap(),
                 sku: Sku::new("tea").unwrap(),
                 counted: 7,
             })],
@@ -309,7 +309,7 @@ pub fn a_far_behind_cursor_gets_snapshots_then_the_rest<L: Conformant>(mut log: 
             .apply_hub_intents(
                 &store,
                 &[Intent::Stock(StockCommand::StockTake {
-                    key: key.into(),
+                    key: key.parse().unwrap(),
                     sku: Sku::new("tea").unwrap(),
                     counted,
                 })],
@@ -407,14 +407,14 @@ pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
     log.append_hub_changes(vec![(prices.clone(), first)])
         .unwrap();
     let receive = Intent::Stock(StockCommand::Receive {
-        key: "delivery-1".into(),
+        key: "delivery-1".parse().unwrap(),
         sku: sku.clone(),
         quantity: 10,
     });
     let checkout = |order: &str| {
         Intent::Checkout(CheckoutIntent {
-            order_id: order.into(),
-            idempotency_key: order.into(),
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
             lines: vec![IntentLine {
                 sku: sku.clone(),
                 quantity: 1,
@@ -422,7 +422,7 @@ pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
                 source: LineSource::Hub,
             }],
             currency: Currency::new("EUR").expect("currency"),
-            payment_ref: "card".into(),
+            payment_ref: "card".parse().unwrap(),
             channel: Channel::Pos,
         })
     };
