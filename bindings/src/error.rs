@@ -113,7 +113,7 @@ impl From<RetailError> for OmnisyncError {
                 OmnisyncError::VersionConflict { expected, found }
             }
             RetailError::Blocked(detail) => OmnisyncError::Blocked { detail },
-            RetailError::Replica(error) => error.into(),
+            RetailError::Db(error) => error.into(),
             other => OmnisyncError::Internal {
                 detail: other.to_string(),
             },
@@ -124,7 +124,7 @@ impl From<RetailError> for OmnisyncError {
 impl From<ClientError> for OmnisyncError {
     fn from(error: ClientError) -> Self {
         match error {
-            ClientError::Replica(error) => error.into(),
+            ClientError::Db(error) => error.into(),
             ClientError::Timeout(..) => OmnisyncError::Timeout {
                 detail: error.to_string(),
             },

@@ -274,7 +274,7 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
             // An intent: it names only the hub records its decision will
             // change; what it changed locally follows from what it is.
             let client = client.clone();
-            let intent = tokio::task::spawn_blocking(move || client.store().op_intent(op.seq))
+            let intent = tokio::task::spawn_blocking(move || client.replica().op_intent(op.seq))
                 .await
                 .ok()?
                 .ok()?;

@@ -143,7 +143,7 @@ impl OmnisyncStore {
     /// One product, if the store has it.
     pub async fn product(&self, sku: String) -> Result<Option<Product>> {
         let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| Ok(client.store().product(store_id, &sku)?))
+        self.on_db(move |client, store_id| Ok(client.replica().product(store_id, &sku)?))
             .await
     }
 
@@ -151,7 +151,7 @@ impl OmnisyncStore {
     pub async fn search_products(&self, text: String, limit: u32) -> Result<Vec<Product>> {
         self.on_db(move |client, store_id| {
             Ok(client
-                .store()
+                .replica()
                 .search_products(store_id, &text, limit as usize)?)
         })
         .await
@@ -160,7 +160,7 @@ impl OmnisyncStore {
     /// Products with this barcode.
     pub async fn products_by_barcode(&self, barcode: String) -> Result<Vec<Product>> {
         self.on_db(move |client, store_id| {
-            Ok(client.store().products_by_barcode(store_id, &barcode)?)
+            Ok(client.replica().products_by_barcode(store_id, &barcode)?)
         })
         .await
     }
@@ -201,7 +201,7 @@ impl OmnisyncStore {
         self.on_db(move |client, store_id| {
             let at_ms = at_ms.unwrap_or_else(now_ms);
             Ok(client
-                .store()
+                .replica()
                 .price_in_force(store_id, &sku, channel, at_ms)?)
         })
         .await
@@ -210,7 +210,7 @@ impl OmnisyncStore {
     /// The on-hand count of a SKU at the hub's last word (see [`OmnisyncStore::stock`]).
     pub async fn stock_level(&self, sku: String) -> Result<Option<i64>> {
         let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| Ok(client.store().stock_level(store_id, &sku)?))
+        self.on_db(move |client, store_id| Ok(client.replica().stock_level(store_id, &sku)?))
             .await
     }
 
@@ -219,7 +219,7 @@ impl OmnisyncStore {
     /// sell on its own. `None` until the hub has published the SKU.
     pub async fn stock(&self, sku: String) -> Result<Option<StockView>> {
         let sku = Sku::new(sku)?;
-        self.on_db(move |client, store_id| Ok(client.store().stock(store_id, &sku)?))
+        self.on_db(move |client, store_id| Ok(client.replica().stock(store_id, &sku)?))
             .await
     }
 }
@@ -340,7 +340,7 @@ impl OmnisyncStore {
         let customer = CustomerId::new(customer_id)?;
         self.on_db(move |client, store_id| {
             let cart = client
-                .store()
+                .replica()
                 .cart(&customer, store_id, channel, now_ms())?;
             Ok(Cart::from(cart))
         })
@@ -370,7 +370,7 @@ impl OmnisyncStore {
     /// The SKUs on a wishlist, sorted.
     pub async fn wishlist(&self, customer_id: String) -> Result<Vec<String>> {
         let customer = CustomerId::new(customer_id)?;
-        self.on_db(move |client, _| Ok(client.store().wishlist(&customer)?))
+        self.on_db(move |client, _| Ok(client.replica().wishlist(&customer)?))
             .await
     }
 }
@@ -394,15 +394,17 @@ impl OmnisyncStore {
     /// One order: this device's own sales from the moment they are recorded,
     /// and the store's orders the hub has decided, once synced here.
     pub async fn order(&self, order_id: String) -> Result<Option<OrderSummary>> {
-        self.on_db(move |client, _| Ok(client.store().order(&order_id)?))
+        self.on_db(move |client, _| Ok(client.replica().order(&order_id)?))
             .await
     }
 
     /// Orders with a status (`pending`, `confirmed`, `paid`, ...), newest first.
     pub async fn orders_by_status(&self, status: String, limit: u32) -> Result<Vec<OrderSummary>> {
         let status = omnisync_core::vocab::keys::OrderStatus::parse(&status)?;
-        self.on_db(move |client, _| Ok(client.store().orders_by_status(&status, limit as usize)?))
-            .await
+        self.on_db(move |client, _| {
+            Ok(client.replica().orders_by_status(&status, limit as usize)?)
+        })
+        .await
     }
 
     /// Asks the hub to move an order to `status` if it is still at
@@ -429,7 +431,7 @@ impl OmnisyncStore {
     /// Compensation tasks — provisional sales the hub could not cover —
     /// open ones first.
     pub async fn compensations(&self) -> Result<Vec<Compensation>> {
-        self.on_db(move |client, _| Ok(client.store().compensations()?))
+        self.on_db(move |client, _| Ok(client.replica().compensations()?))
             .await
     }
 
@@ -449,7 +451,7 @@ impl OmnisyncStore {
     /// checkouts and commands — confirmed, refused, compensation, compensated.
     pub async fn op_state(&self, op_id: String) -> Result<OpState> {
         let op = parse_op_id(&op_id)?;
-        self.on_db(move |client, _| Ok(OpState::from(client.store().op_status(&op)?)))
+        self.on_db(move |client, _| Ok(OpState::from(client.replica().op_status(&op)?)))
             .await
     }
 }

@@ -225,10 +225,8 @@ impl Collection {
             DocKind::Record => {
                 let kind = doc.as_str().split('/').nth(2).unwrap_or("");
                 match (doc.set().kind(), kind) {
-                    (DocSetKind::Replica, "stock") => Collection::Stock,
-                    (DocSetKind::Device | DocSetKind::Replica, "allowance") => {
-                        Collection::Allowances
-                    }
+                    (DocSetKind::Store, "stock") => Collection::Stock,
+                    (DocSetKind::Device | DocSetKind::Store, "allowance") => Collection::Allowances,
                     (DocSetKind::Orders, "order") => Collection::Orders,
                     _ => Collection::Other,
                 }

@@ -176,7 +176,8 @@ pub async fn terminal(args: TerminalArgs) -> anyhow::Result<bool> {
     let deadline = started + BOOTSTRAP_TIMEOUT;
     loop {
         let status = client.status();
-        if status.caught_up && client.store().product_count(&store_id)? >= u64::from(args.products)
+        if status.caught_up
+            && client.replica().product_count(&store_id)? >= u64::from(args.products)
         {
             break;
         }
@@ -187,14 +188,14 @@ pub async fn terminal(args: TerminalArgs) -> anyhow::Result<bool> {
     }
     let seconds = started.elapsed().as_secs_f64();
     client.stop().await;
-    if let Some(manifest) = client.store().catalog_manifest(&store_id)? {
+    if let Some(manifest) = client.replica().catalog_manifest(&store_id)? {
         eprintln!(
             "manifest: {} buckets, {} products in the last import",
             manifest.buckets, manifest.products
         );
     }
-    let products = client.store().product_count(&store_id)?;
-    let mut by_kind = time_queries(&client.store(), &store_id, args.products)?;
+    let products = client.replica().product_count(&store_id)?;
+    let mut by_kind = time_queries(&client.replica(), &store_id, args.products)?;
     let mut all: Vec<f64> = by_kind.iter().flatten().copied().collect();
     let (p50, p99) = (percentile(&mut all, 0.5), percentile(&mut all, 0.99));
     let round = |ms: f64| (ms * 1000.0).round() / 1000.0;

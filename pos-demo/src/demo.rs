@@ -285,7 +285,7 @@ pub(crate) fn stock_the_store(back_office: &Client, store: &StoreId) -> anyhow::
         })
         .collect::<anyhow::Result<_>>()?;
     back_office.write(|db| match db.upsert_products(store, &updates, now) {
-        Ok(_) | Err(RetailError::Replica(omnisync_core::DbError::Unchanged)) => Ok(()),
+        Ok(_) | Err(RetailError::Db(omnisync_core::DbError::Unchanged)) => Ok(()),
         Err(error) => Err(error),
     })?;
     let mut ops = Vec::new();
@@ -298,7 +298,7 @@ pub(crate) fn stock_the_store(back_office: &Client, store: &StoreId) -> anyhow::
         for channel in [Channel::Pos, Channel::App] {
             back_office.write(
                 |db| match db.set_price(store, &sku, channel, 0, &money, now) {
-                    Ok(_) | Err(RetailError::Replica(omnisync_core::DbError::Unchanged)) => Ok(()),
+                    Ok(_) | Err(RetailError::Db(omnisync_core::DbError::Unchanged)) => Ok(()),
                     Err(error) => Err(error),
                 },
             )?;
@@ -333,7 +333,7 @@ pub(crate) async fn decided(client: &Client, op: OpId) -> anyhow::Result<OpStatu
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let status = client
-            .store()
+            .replica()
             .op_status(&op)?
             .with_context(|| format!("op {op} is not in the op log"))?;
         if !matches!(status, OpStatus::Pending) {
@@ -358,7 +358,7 @@ async fn wait_for_stock(
     let sku = Sku::new(CATALOG[item].sku)?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        let view = device.client.store().stock(store, &sku)?;
+        let view = device.client.replica().stock(store, &sku)?;
         if let Some(view) = view.filter(|view| condition(view)) {
             return Ok(view);
         }
@@ -374,7 +374,7 @@ async fn wait_for_stock(
 fn stock_of(device: &Device, store: &StoreId, item: usize) -> anyhow::Result<Option<StockView>> {
     Ok(device
         .client
-        .store()
+        .replica()
         .stock(store, &Sku::new(CATALOG[item].sku)?)?)
 }
 
@@ -398,7 +398,7 @@ fn checkout(till: &Device, order_id: &str, picks: &[(usize, u64)]) -> Result<Sal
     let mut lines = Vec::with_capacity(picks.len());
     let mut total = 0;
     {
-        let store = till.client.store();
+        let store = till.client.replica();
         let store_id = store.store_id().clone();
         for &(index, quantity) in picks {
             let sku = Sku::new(CATALOG[index].sku)
@@ -594,7 +594,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let cart =
         phone
             .client
-            .store()
+            .replica()
             .cart(&customer, store, Channel::App, omnisync_core::now_ms())?;
     let cart_total = cart.total.as_ref().map_or_else(
         || "unpriced".to_owned(),
@@ -807,7 +807,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     // The compensation task, resolved as a refund.
     let task = offline_till
         .client
-        .store()
+        .replica()
         .compensations()?
         .into_iter()
         .find(|task| {
@@ -842,7 +842,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 .client
                 .write(|db| db.resolve_compensation(&task.op, "refund", omnisync_core::now_ms()))?;
             day.resolved += 1;
-            let status = offline_till.client.store().op_status(&task.op)?;
+            let status = offline_till.client.replica().op_status(&task.op)?;
             timeline.say(
                 &offline_till.name,
                 format!(
@@ -985,7 +985,7 @@ async fn wait_for_price(client: &Client, sku: &str, price: i64) -> anyhow::Resul
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let seen = {
-            let store = client.store();
+            let store = client.replica();
             let store_id = store.store_id().clone();
             store.price_in_force(&store_id, &sku, Channel::Pos, omnisync_core::now_ms())?
         };
@@ -1008,7 +1008,7 @@ async fn wait_for_order_status(
 ) -> anyhow::Result<(String, u64)> {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        if let Some(order) = device.client.store().order(order_id)?
+        if let Some(order) = device.client.replica().order(order_id)?
             && order.status.as_str() == status
         {
             return Ok((order.status.into(), order.version));
@@ -1080,7 +1080,7 @@ fn hub_levels(
             }
             (HubRef::External { .. }, Some(auditor)) => auditor
                 .client
-                .store()
+                .replica()
                 .stock(store, &Sku::new(item.sku)?)?
                 .as_ref()
                 .map(Level::from),
@@ -1152,7 +1152,7 @@ impl Summary {
 /// order records) say.
 fn sold_per_item(back_office: &Device) -> anyhow::Result<Vec<u64>> {
     let mut sold = vec![0u64; CATALOG.len()];
-    let store = back_office.client.store();
+    let store = back_office.client.replica();
     for status in ["confirmed", "compensated-refund"] {
         let status = omnisync_core::vocab::keys::OrderStatus::parse(status)?;
         for order in store.orders_by_status(&status, 10_000)? {
@@ -1262,14 +1262,14 @@ async fn check(
         hub_levels: levels,
     };
     for (till, op) in &day.checkouts {
-        match tills[*till].client.store().op_status(op)? {
+        match tills[*till].client.replica().op_status(op)? {
             Some(OpStatus::Confirmed { .. }) => summary.confirmed += 1,
             Some(OpStatus::Compensated { .. }) => summary.compensated += 1,
             _ => {}
         }
     }
     for device in devices {
-        let ops = device.client.store().op_ids()?;
+        let ops = device.client.replica().op_ids()?;
         summary.committed += ops.len() as u64;
         for op in ops {
             let stored = match hub {
@@ -1281,9 +1281,13 @@ async fn check(
                     // The admin endpoint answers `applied` for changes; an
                     // intent's decision is what the hub acked to the device.
                     hub.has_applied(op).await?
-                        || device.client.store().op_status(&op)?.is_some_and(|status| {
-                            !matches!(status, OpStatus::Pending | OpStatus::Rejected { .. })
-                        })
+                        || device
+                            .client
+                            .replica()
+                            .op_status(&op)?
+                            .is_some_and(|status| {
+                                !matches!(status, OpStatus::Pending | OpStatus::Rejected { .. })
+                            })
                 }
             };
             if stored {
@@ -1296,7 +1300,7 @@ async fn check(
     }
     let mut docs: Vec<DocId> = Vec::new();
     for device in devices {
-        docs.extend(device.client.store().doc_ids()?);
+        docs.extend(device.client.replica().doc_ids()?);
     }
     docs.retain(|doc| !is_record_doc(doc));
     docs.sort();
@@ -1307,14 +1311,14 @@ async fn check(
         for device in devices {
             let follows = device
                 .client
-                .store()
+                .replica()
                 .subscriptions()?
                 .iter()
                 .any(|(set, _)| *set == doc.set());
             if !follows {
                 continue;
             }
-            let heads = device.client.store().doc_heads(doc)?;
+            let heads = device.client.replica().doc_heads(doc)?;
             if heads != hub_heads {
                 summary.docs_equal = false;
                 eprintln!("{}: {doc} differs from the hub", device.name);

@@ -163,7 +163,7 @@ fn watch_prices(client: &Client, store: &StoreId, sku: &Sku, seen: Sightings) {
             match notices.recv().await {
                 Ok(Notice::RemoteChanges { .. }) => {
                     let at = Instant::now();
-                    let price = client.store().price_in_force(
+                    let price = client.replica().price_in_force(
                         &store,
                         &sku,
                         Channel::Pos,

@@ -173,7 +173,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
         })
         .await
         .context("a till's sales were not all decided")?;
-        let store = till.store();
+        let store = till.replica();
         for (op, request) in sales {
             match store.op_status(op)? {
                 Some(OpStatus::Confirmed {
@@ -211,7 +211,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     loop {
         mismatches = 0usize;
         for device in recorded.iter().map(|(till, _)| till).chain([&office]) {
-            let levels = device.store().stock_levels(&store_id)?;
+            let levels = device.replica().stock_levels(&store_id)?;
             for sku in &skus {
                 if levels.get(sku.as_str()) != Some(&expected[sku]) {
                     mismatches += 1;
@@ -229,9 +229,9 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     let missing_orders = loop {
         let mut missing = 0u64;
         {
-            let store = office.store();
+            let store = office.replica();
             for (till, sales) in &recorded {
-                let till_store = till.store();
+                let till_store = till.replica();
                 for (op, request) in sales {
                     if matches!(till_store.op_status(op)?, Some(OpStatus::Confirmed { .. }))
                         && store
@@ -367,7 +367,7 @@ fn sell(
     let currency = Currency::new("EUR")?;
     let mut recorded = Vec::with_capacity(sales as usize);
     let mut refused_locally = 0;
-    let device = till.store().device().clone();
+    let device = till.replica().device().clone();
     for n in 0..sales {
         let count = rng.random_range(1..=3);
         let picked: Vec<&Sku> = skus.choose_multiple(&mut rng, count).collect();

@@ -214,7 +214,7 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
             let sold = confirmed_by_sku.get(sku).copied().unwrap_or(0);
             oversold += sold.saturating_sub(u64::from(args.stock));
             let on_hand = office
-                .store()
+                .replica()
                 .stock(&store_id, sku)?
                 .map(|view| view.on_hand);
             let expected = u64::from(args.stock).saturating_sub(sold);

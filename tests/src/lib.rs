@@ -121,7 +121,7 @@ pub async fn wait_converged(clients: &[&Client], docs: &[DocId]) -> anyhow::Resu
         let heads: Vec<Vec<Vec<String>>> = clients
             .iter()
             .map(|client| {
-                let mut store = client.store();
+                let mut store = client.replica();
                 docs.iter()
                     .map(|doc| store.doc_heads(doc).unwrap_or_default())
                     .collect()

@@ -96,7 +96,7 @@ impl Honest {
         let op = self.tills[0].client.checkout(&request)?.op;
         wait_until(SYNC_TIMEOUT, "till-1's checkout to be decided", || {
             Ok(!matches!(
-                self.tills[0].client.store().op_status(&op)?,
+                self.tills[0].client.replica().op_status(&op)?,
                 Some(omnisync_core::db::OpStatus::Pending) | None
             ))
         })
@@ -267,7 +267,7 @@ async fn abuse_table_against_a_real_hub_in_token_mode() -> anyhow::Result<()> {
         .client
         .write(|store| store.add_to_cart(&c1, &sku, 1, omnisync_core::now_ms()))?;
     honest.still_sync("start").await?;
-    let till_1_replica = honest.tills[0].client.store().replica();
+    let till_1_replica = honest.tills[0].client.replica().replica();
 
     // --- Handshakes -------------------------------------------------------
     let mallory = terminal("mallory")?;
@@ -460,7 +460,7 @@ async fn abuse_table_against_a_real_hub_in_token_mode() -> anyhow::Result<()> {
         Ok(!honest
             .app
             .client
-            .store()
+            .replica()
             .doc_heads(&layout::prices_doc(&s1, &sku))?
             .is_empty())
     })
@@ -469,7 +469,7 @@ async fn abuse_table_against_a_real_hub_in_token_mode() -> anyhow::Result<()> {
         honest
             .app
             .client
-            .store()
+            .replica()
             .doc_ids()?
             .iter()
             .all(|doc| doc.set() != omnisync_core::DocSetId::orders(&s1)

@@ -312,7 +312,7 @@ async fn round_trip(from: &TestDevice, to: &TestDevice, sale: &str) -> anyhow::R
     wait_until(
         SYNC_TIMEOUT,
         "an honest sale to reach the other till",
-        || Ok(to.client.store().get(&doc, &[sale])? == Some(Value::Int(100))),
+        || Ok(to.client.replica().get(&doc, &[sale])? == Some(Value::Int(100))),
     )
     .await
     .with_context(|| format!("honest clients stopped syncing at {sale}"))

@@ -35,7 +35,7 @@ const SIGABRT: i32 = 6;
 
 fn on_hand(device: &TestDevice) -> anyhow::Result<Option<u64>> {
     let store_id = StoreId::new(STORE)?;
-    let view = device.client.store().stock(&store_id, &Sku::new(SKU)?)?;
+    let view = device.client.replica().stock(&store_id, &Sku::new(SKU)?)?;
     Ok(view.map(|view| view.on_hand))
 }
 
@@ -68,7 +68,7 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
         .wait_for(SYNC_TIMEOUT, "the receipt's decision", |s| s.pending == 0)
         .await?;
     assert!(matches!(
-        office.client.store().op_status(&received)?,
+        office.client.replica().op_status(&received)?,
         Some(OpStatus::Confirmed {
             decision: Decision::Applied { .. }
         })
@@ -111,7 +111,7 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
         "the failpoint hub should abort after committing the sale: {exit:?}"
     );
     assert_eq!(
-        till.client.store().op_status(&receipt.op)?,
+        till.client.replica().op_status(&receipt.op)?,
         Some(OpStatus::Pending),
         "the till never heard the decision"
     );
@@ -130,13 +130,13 @@ async fn a_checkout_decided_just_before_the_hub_died_keeps_its_decision() -> any
         })
         .await?;
     assert_eq!(
-        till.client.store().op_status(&receipt.op)?,
+        till.client.replica().op_status(&receipt.op)?,
         Some(OpStatus::Confirmed {
             decision: Decision::Confirmed { order_no }
         }),
         "the retry must get the original decision"
     );
-    let order = till.client.store().order("till-1-0001")?;
+    let order = till.client.replica().order("till-1-0001")?;
     assert_eq!(order.and_then(|order| order.order_no), Some(order_no));
 
     // Sold once: the other device's view, the admin read and the metrics agree.

@@ -32,7 +32,10 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     for round in 0..20 {
         for (index, till) in tills.iter().enumerate() {
             let sku = format!("sku-{}", (round + index) % 10);
-            let order = DocId::new(format!("store.s1/orders/{}", till.client.store().device()))?;
+            let order = DocId::new(format!(
+                "store.s1/orders/{}",
+                till.client.replica().device()
+            ))?;
             till.client.commit(&[
                 DocEdit {
                     doc: stock.clone(),
@@ -59,7 +62,7 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     }
     wait_converged(&tills.iter().map(|t| &t.client).collect::<Vec<_>>(), &docs).await?;
     // 60 sales of one unit over 10 SKUs: every counter lost exactly 6.
-    let mut store = tills[1].client.store();
+    let mut store = tills[1].client.replica();
     for n in 0..10 {
         assert_eq!(
             store.get(&stock, &[&format!("sku-{n}")])?,
@@ -77,6 +80,6 @@ async fn three_terminals_converge_after_one_was_offline() -> anyhow::Result<()> 
     let at_hub = omnisync_hub::load_doc(hub.hub.reader().as_ref(), &stock)?;
     let mut at_hub_heads: Vec<String> = at_hub.get_heads().iter().map(|h| h.to_string()).collect();
     at_hub_heads.sort();
-    assert_eq!(at_hub_heads, tills[0].client.store().doc_heads(&stock)?);
+    assert_eq!(at_hub_heads, tills[0].client.replica().doc_heads(&stock)?);
     Ok(())
 }

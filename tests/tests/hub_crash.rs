@@ -108,7 +108,7 @@ impl Shop {
             for seller in &self.sellers {
                 if seller
                     .client()
-                    .store()
+                    .replica()
                     .op_stats(omnisync_core::now_ms())?
                     .acknowledged
                     < min
@@ -193,7 +193,7 @@ impl Shop {
     ) -> anyhow::Result<Vec<BTreeSet<u64>>> {
         let mut all = Vec::new();
         for seller in &self.sellers {
-            let store = seller.client().store();
+            let store = seller.client().replica();
             let mut seqs = BTreeSet::new();
             for op in store.op_ids()? {
                 if wanted(&store, op)? {
@@ -327,7 +327,7 @@ fn audit_hub_file(
         .zip(acked_before_kill)
     {
         let (replica, ops, stats) = {
-            let store = seller.client().store();
+            let store = seller.client().replica();
             (
                 store.replica(),
                 store.op_ids()?,
@@ -374,7 +374,7 @@ fn audit_hub_file(
         .collect();
     hub_heads.sort();
     for seller in &shop.sellers {
-        let mut store = seller.client().store();
+        let mut store = seller.client().replica();
         assert_eq!(
             store.doc_heads(&shop.stock)?,
             hub_heads,
@@ -416,7 +416,10 @@ async fn hub_killed_mid_stream_loses_no_acknowledged_op_and_applies_none_twice()
     // the till's socket buffer at the kill), and this is the largest such set.
     let acked_before_kill = shop.acknowledged_seqs()?;
     for seller in &shop.sellers {
-        let stats = seller.client().store().op_stats(omnisync_core::now_ms())?;
+        let stats = seller
+            .client()
+            .replica()
+            .op_stats(omnisync_core::now_ms())?;
         assert!(
             stats.pending >= SALES_PER_PHASE_MIN as u64,
             "sales while the hub is down stay pending: {stats:?}"

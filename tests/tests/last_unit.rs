@@ -115,7 +115,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
     }
     for till in &tills {
         wait_until(SYNC_TIMEOUT, "every till to see the last units", || {
-            let store = till.device.client.store();
+            let store = till.device.client.replica();
             for item in [LAMP, VASE] {
                 let view = store.stock(&store_id(), &sku(item))?;
                 if !view.is_some_and(|v| v.on_hand == 1 && v.mode == StockMode::Strong) {
@@ -145,7 +145,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
     let mut attempts = Vec::new();
     for till in &tills {
         let (client, start) = (till.device.client.clone(), start.clone());
-        let (request, last_seq) = (sale(&till.name, till.sku), client.store().last_seq()?);
+        let (request, last_seq) = (sale(&till.name, till.sku), client.replica().last_seq()?);
         attempts.push((
             tokio::task::spawn_blocking(move || {
                 start.wait();
@@ -169,7 +169,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
                 receipts.push(Some(receipt));
             }
             (false, VASE, Err(RetailError::Blocked(why))) => {
-                let store = till.device.client.store();
+                let store = till.device.client.replica();
                 assert_eq!(
                     store.last_seq()?,
                     last_seq,
@@ -210,7 +210,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
     let mut confirmed = std::collections::BTreeMap::<&str, Vec<&str>>::new();
     for (till, receipt) in tills.iter().zip(&receipts) {
         let name = till.name.as_str();
-        let store = till.device.client.store();
+        let store = till.device.client.replica();
         let Some(receipt) = receipt else {
             assert!(
                 store.op_ids()?.is_empty(),
@@ -280,7 +280,7 @@ async fn the_last_unit_is_sold_once_by_ten_terminals_some_offline() -> anyhow::R
     // Everyone converges on an empty shelf.
     for till in tills.iter().map(|till| &till.device).chain([&office]) {
         wait_until(SYNC_TIMEOUT, "every till to see no stock left", || {
-            let store = till.client.store();
+            let store = till.client.replica();
             for item in [LAMP, VASE] {
                 let view = store.stock(&store_id(), &sku(item))?;
                 if !view.is_some_and(|v| v.on_hand == 0 && v.free == 0 && v.held == 0) {

@@ -634,7 +634,7 @@ async fn run_till(
                 let Some(index) = pending.remove(&op) else {
                     continue;
                 };
-                let status = client.store().op_status(&op)?;
+                let status = client.replica().op_status(&op)?;
                 let shown = match &status {
                     Some(OpStatus::Confirmed { decision })
                     | Some(OpStatus::Compensation { decision }) => Some(decision.clone()),
@@ -717,7 +717,7 @@ async fn one_history(seed: u64) -> anyhow::Result<()> {
     for till in 0..TILLS {
         let till = device(&hub.url(), &format!("till-{till}"), STORE)?;
         wait_until(SYNC_TIMEOUT, "the till to see the stock", || {
-            let store = till.client.store();
+            let store = till.client.replica();
             let store_id = StoreId::new(STORE)?;
             for item in SKUS {
                 let view = store.stock(&store_id, &Sku::new(item)?)?;
@@ -800,7 +800,10 @@ async fn one_history(seed: u64) -> anyhow::Result<()> {
         let expected = &checked.end[n];
         let reserved: u64 = expected.open.values().sum();
         wait_until(SYNC_TIMEOUT, "the office to see the final stock", || {
-            let view = office.client.store().stock(&store_id, &Sku::new(*item)?)?;
+            let view = office
+                .client
+                .replica()
+                .stock(&store_id, &Sku::new(*item)?)?;
             Ok(view.is_some_and(|v| v.free == expected.free && v.on_hand - v.free == reserved))
         })
         .await?;

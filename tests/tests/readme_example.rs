@@ -29,9 +29,11 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
     };
     client.write(|db| db.set_price(&store_id, &espresso, Channel::Pos, 0, &money, now_ms()))?;
     let price = client
-        .store()
+        .replica()
         .price_in_force(&store_id, &espresso, Channel::Pos, now_ms())?;
-    let found = client.store().search_products(&store_id, "espresso", 20)?;
+    let found = client
+        .replica()
+        .search_products(&store_id, "espresso", 20)?;
 
     let expected_price = price.as_ref().map(|price| price.money.clone());
     let delivery = StockCommand::Receive {
@@ -69,13 +71,13 @@ async fn the_readme_example_works() -> anyhow::Result<()> {
         })
         .await?;
     assert!(matches!(
-        client.store().op_status(&op)?,
+        client.replica().op_status(&op)?,
         Some(OpStatus::Confirmed {
             decision: Decision::Confirmed { order_no: 1 }
         })
     ));
     let order = client
-        .store()
+        .replica()
         .order("till-1-0001")?
         .expect("the order is queryable");
     assert_eq!(order.total.amount_minor, 1899);

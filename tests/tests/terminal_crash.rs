@@ -203,7 +203,7 @@ async fn sync_and_audit(hub: &TestHub, reopened: Reopened) -> anyhow::Result<Cli
         .wait_synced(SYNC_TIMEOUT)
         .await
         .context("the reopened terminal syncing")?;
-    let stats = client.store().op_stats(omnisync_core::now_ms())?;
+    let stats = client.replica().op_stats(omnisync_core::now_ms())?;
     assert_eq!(
         (stats.pending, stats.acknowledged, stats.rejected),
         (0, ops.len() as u64, 0),
@@ -219,7 +219,7 @@ async fn second_device_sees_all(hub: &TestHub, sales: usize) -> anyhow::Result<(
     other.client.wait_synced(SYNC_TIMEOUT).await?;
     let doc = terminal::sales_doc(STORE, DEVICE)?;
     omnisync_tests::wait_until(SYNC_TIMEOUT, "every sale at another device", || {
-        Ok(other.client.store().keys(&doc, &[])?.len() == sales)
+        Ok(other.client.replica().keys(&doc, &[])?.len() == sales)
     })
     .await
 }

@@ -68,7 +68,7 @@ async fn sell(till: &TestDevice, order: &str) -> anyhow::Result<()> {
             status.pending == 0
         })
         .await?;
-    let status = till.client.store().op_status(&op)?;
+    let status = till.client.replica().op_status(&op)?;
     anyhow::ensure!(
         matches!(
             status,
@@ -190,7 +190,7 @@ async fn wss_with_a_store_ca_and_tokens_that_refresh_before_they_expire() -> any
     .await?;
     let refreshed = till_1.client.credentials().token.context("a token")?;
     anyhow::ensure!(
-        till_1.client.store().stored_token()?.as_deref() == Some(refreshed.as_str()),
+        till_1.client.replica().stored_token()?.as_deref() == Some(refreshed.as_str()),
         "the refreshed token is stored"
     );
     wait_until(SYNC_TIMEOUT, "the first token to expire", || {

@@ -194,16 +194,16 @@ impl From<String> for LinkDown {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The local store failed.
+    /// The device database failed.
     #[error(transparent)]
-    Replica(#[from] DbError),
+    Db(#[from] DbError),
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
 }
 
 struct Inner {
-    store: Mutex<Replica>,
+    replica: Mutex<Replica>,
     config: SyncConfig,
     wake: Notify,
     notices: broadcast::Sender<Notice>,
@@ -235,21 +235,21 @@ impl Client {
     /// Wraps a store. Nothing connects until [`Client::start`].
     ///
     /// The token to present is the newer of the configured one and the one
-    /// the store kept from an earlier run (a refresh writes it there); a
+    /// the device database kept from an earlier run (a refresh writes it there); a
     /// newer configured token replaces the stored one.
-    pub fn new(mut store: Replica, config: SyncConfig) -> Self {
+    pub fn new(mut replica: Replica, config: SyncConfig) -> Self {
         // The device's own hub records (escrow allowances) are always followed.
-        if let Some(own) = crate::vocab::ids::DocSetId::device(store.store_id(), store.device())
-            && let Err(error) = store.subscribe(&own)
+        if let Some(own) = crate::vocab::ids::DocSetId::device(replica.store_id(), replica.device())
+            && let Err(error) = replica.subscribe(&own)
         {
             tracing::warn!(%error, "could not follow the device's own records");
         }
         let (notices, _) = broadcast::channel(NOTICE_QUEUE_MAX);
         let credentials = Credentials {
-            token: choose_token(&mut store, config.credentials.token.clone()),
+            token: choose_token(&mut replica, config.credentials.token.clone()),
         };
         let inner = Inner {
-            store: Mutex::new(store),
+            replica: Mutex::new(replica),
             config,
             wake: Notify::new(),
             notices,
@@ -314,14 +314,14 @@ impl Client {
 
     /// Records an op with an explicit [`Durability`] and wakes the uploader.
     pub fn commit_with(&self, edits: &[DocEdit], durability: Durability) -> Result<OpId, DbError> {
-        self.write(|store| store.commit_with(edits, crate::now_ms(), durability))
+        self.write(|replica| replica.commit_with(edits, crate::now_ms(), durability))
     }
 
     /// Runs a write against the store (the typed retail API: `add_to_cart`,
     /// `checkout`, ...) and wakes the uploader for the ops it recorded.
     pub fn write<T, E>(&self, write: impl FnOnce(&mut Replica) -> Result<T, E>) -> Result<T, E> {
         let result = {
-            let mut store = self.store();
+            let mut store = self.replica();
             let before = store.last_seq().unwrap_or(0);
             let result = write(&mut store);
             let after = store.last_seq().unwrap_or(0);
@@ -348,22 +348,22 @@ impl Client {
         } else {
             crate::retail::orders::Connectivity::Offline
         };
-        self.write(|store| store.checkout(request, connectivity, crate::now_ms()))
+        self.write(|replica| replica.checkout(request, connectivity, crate::now_ms()))
     }
 
-    /// Locks the store for reads (and for writes that need no upload wake-up).
-    pub fn store(&self) -> MutexGuard<'_, Replica> {
+    /// Locks the device database for reads (and for writes that need no upload wake-up).
+    pub fn replica(&self) -> MutexGuard<'_, Replica> {
         // A panic while holding the lock leaves SQLite consistent (every write
         // is one transaction), so a poisoned lock is still safe to use.
         self.inner
-            .store
+            .replica
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Subscribes the device to a document set (kept across restarts).
     pub fn subscribe(&self, set: &crate::vocab::ids::DocSetId) -> Result<(), DbError> {
-        self.store().subscribe(set)?;
+        self.replica().subscribe(set)?;
         self.inner
             .subscriptions_changed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -380,9 +380,9 @@ impl Client {
     /// database, presented from the next connection on.
     pub fn set_credentials(&self, credentials: Credentials) -> Result<(), DbError> {
         if let Some(token) = &credentials.token {
-            self.store().store_token(token)?;
+            self.replica().store_token(token)?;
         } else {
-            self.store().clear_token()?;
+            self.replica().clear_token()?;
         }
         *lock(&self.inner.credentials) = credentials;
         self.inner
@@ -404,7 +404,7 @@ impl Client {
             .map_err(refresh::RefreshError::Transport)?;
         let fresh = refresh::refresh_token(&self.inner.config.hub_url, &token, tls).await?;
         let stored = fresh.clone();
-        self.blocking(move |store| store.store_token(&stored))
+        self.blocking(move |replica| replica.store_token(&stored))
             .await
             .map_err(refresh::RefreshError::Transport)?
             .map_err(|error| refresh::RefreshError::Transport(error.to_string()))?;
@@ -412,7 +412,7 @@ impl Client {
         self.inner
             .credentials_generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        tracing::info!(device = %self.store().device(), "device token refreshed");
+        tracing::info!(device = %self.replica().device(), "device token refreshed");
         Ok(())
     }
 
@@ -510,7 +510,7 @@ impl Client {
     }
 
     fn refresh_status(&self, change: impl FnOnce(&mut SyncStatus)) {
-        let stats = self.store().sync_counts(crate::now_ms());
+        let stats = self.replica().sync_counts(crate::now_ms());
         self.inner.status.send_modify(|status| {
             change(status);
             if let Ok(stats) = stats {
@@ -552,7 +552,7 @@ impl Client {
             if *shutdown.borrow() {
                 break;
             }
-            tracing::debug!(device = %self.store().device(), reason = %reason.reason, "sync link down");
+            tracing::debug!(device = %self.replica().device(), reason = %reason.reason, "sync link down");
             self.refresh_status(|status| {
                 status.link = Link::Offline;
                 status.caught_up = false;
@@ -635,7 +635,7 @@ impl Client {
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|error| format!("connect: {error}"))?;
         let (identity, subscriptions, log_id) = {
-            let store = self.store();
+            let store = self.replica();
             let identity = ClientIdentity {
                 device: store.device().clone(),
                 store: store.store_id().clone(),
@@ -688,7 +688,7 @@ impl Client {
                 }
                 _ = self.inner.wake.notified() => {
                     if self.inner.subscriptions_changed.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                        let followed = self.store().subscriptions().map_err(|error| error.to_string())?;
+                        let followed = self.replica().subscriptions().map_err(|error| error.to_string())?;
                         for (set, cursor) in followed {
                             if !caught_up.contains_key(&set) {
                                 caught_up.insert(set.clone(), false);
@@ -721,7 +721,7 @@ impl Client {
                     ClientEvent::Ready(welcome) => {
                         *was_ready = true;
                         if let Err(error) = self
-                            .store()
+                            .replica()
                             .observe_hub_time(welcome.hub_time_ms, crate::now_ms())
                         {
                             tracing::warn!(%error, "could not record the hub's clock");
@@ -729,7 +729,7 @@ impl Client {
                         tracing::debug!(hub = %welcome.hub_id, "sync session ready");
                         // A recall seen before a restart is answered now.
                         let released = self
-                            .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                            .blocking(move |replica| replica.answer_recalls(crate::now_ms()))
                             .await?
                             .map_err(|error| format!("answering a recall: {error}"))?;
                         if !released.is_empty() {
@@ -759,7 +759,7 @@ impl Client {
                             tracing::warn!(op = %rejection.op, code = ?rejection.code, detail = %rejection.detail, "the hub rejected an op");
                         }
                         let summary = self
-                            .blocking(move |store| store.record_acks(&acks, crate::now_ms()))
+                            .blocking(move |replica| replica.record_acks(&acks, crate::now_ms()))
                             .await?
                             .map_err(|error| format!("recording acks: {error}"))?;
                         let _ = self.inner.notices.send(Notice::Verdicts {
@@ -773,8 +773,9 @@ impl Client {
                     ClientEvent::Changes(batch) => {
                         let (set, batch_caught_up) = (batch.set.clone(), batch.caught_up);
                         let small = batch.changes.len() <= QUICK_APPLY_CHANGES_MAX;
-                        let apply =
-                            move |store: &mut Replica| store.apply_remote(&batch, crate::now_ms());
+                        let apply = move |replica: &mut Replica| {
+                            replica.apply_remote(&batch, crate::now_ms())
+                        };
                         let docs = if small {
                             self.quick(apply).await?
                         } else {
@@ -791,7 +792,7 @@ impl Client {
                         if recall_seen {
                             // The hub may want allowance back: answer at once.
                             let released = self
-                                .blocking(move |store| store.answer_recalls(crate::now_ms()))
+                                .blocking(move |replica| replica.answer_recalls(crate::now_ms()))
                                 .await?
                                 .map_err(|error| format!("answering a recall: {error}"))?;
                             if !released.is_empty() {
@@ -843,7 +844,7 @@ impl Client {
                         });
                     }
                     ClientEvent::HubLogChanged(log_id) => {
-                        self.store()
+                        self.replica()
                             .set_hub_log_id(&log_id)
                             .map_err(|error| error.to_string())?;
                     }
@@ -851,7 +852,7 @@ impl Client {
             }
             if let Some((after_seq, room)) = session.wants_ops() {
                 let ops = self
-                    .blocking(move |store| store.pending_ops(after_seq, room))
+                    .blocking(move |replica| replica.pending_ops(after_seq, room))
                     .await?
                     .map_err(|error| error.to_string())?;
                 session.handle_local_ops(ops);
@@ -866,7 +867,7 @@ impl Client {
         work: impl FnOnce(&mut Replica) -> T + Send + 'static,
     ) -> Result<T, String> {
         let client = self.clone();
-        tokio::task::spawn_blocking(move || work(&mut client.store()))
+        tokio::task::spawn_blocking(move || work(&mut client.replica()))
             .await
             .map_err(|error| format!("store task failed: {error}"))
     }
@@ -880,7 +881,7 @@ impl Client {
         work: impl FnOnce(&mut Replica) -> T + Send + 'static,
     ) -> Result<T, String> {
         {
-            match self.inner.store.try_lock() {
+            match self.inner.replica.try_lock() {
                 Ok(mut store) => return Ok(work(&mut store)),
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => {
                     return Ok(work(&mut poisoned.into_inner()));
@@ -910,8 +911,8 @@ impl Client {
 
 /// The token to present: the newer (later `exp`) of the configured and the
 /// stored one; a configured token that wins is stored.
-fn choose_token(store: &mut Replica, configured: Option<String>) -> Option<String> {
-    let stored = match store.stored_token() {
+fn choose_token(replica: &mut Replica, configured: Option<String>) -> Option<String> {
+    let stored = match replica.stored_token() {
         Ok(stored) => stored,
         Err(error) => {
             tracing::warn!(%error, "could not read the stored device token");
@@ -930,7 +931,7 @@ fn choose_token(store: &mut Replica, configured: Option<String>) -> Option<Strin
         }
         (Some(configured), stored) => {
             if stored.as_deref() != Some(configured.as_str())
-                && let Err(error) = store.store_token(&configured)
+                && let Err(error) = replica.store_token(&configured)
             {
                 tracing::warn!(%error, "could not store the device token");
             }

@@ -97,7 +97,7 @@ impl Replica {
     ) -> Result<OpId, RetailError> {
         let edit = customer::change_quantity_edit(customer, line_id, delta)?;
         commit(self, &[edit], now_ms, Durability::AppCrash).map_err(|error| match error {
-            RetailError::Replica(DbError::Edit { .. }) => {
+            RetailError::Db(DbError::Edit { .. }) => {
                 RetailError::NotFound(format!("cart line {line_id}"))
             }
             other => other,

@@ -66,9 +66,9 @@ pub enum RetailError {
     /// `block`); nothing was written.
     #[error("blocked: {0}")]
     Blocked(String),
-    /// The store failed.
+    /// The device database failed.
     #[error(transparent)]
-    Replica(#[from] crate::db::DbError),
+    Db(#[from] crate::db::DbError),
 }
 
 impl From<crate::vocab::intent::InvalidIntent> for RetailError {

@@ -255,7 +255,7 @@ pub struct DocSetId(String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DocSetKind {
     /// A store's shared data.
-    Replica,
+    Store,
     /// One customer's private data.
     Customer,
     /// Data shared by the whole chain.
@@ -317,7 +317,7 @@ impl DocSetId {
     /// What kind of set this is.
     pub fn kind(&self) -> DocSetKind {
         match self.0.split_once('.').map(|(kind, _)| kind) {
-            Some("store") => DocSetKind::Replica,
+            Some("store") => DocSetKind::Store,
             Some("customer") => DocSetKind::Customer,
             Some("orders") => DocSetKind::Orders,
             Some("device") => DocSetKind::Device,
@@ -433,7 +433,7 @@ mod tests {
     fn doc_ids_parse_and_name_their_set() {
         let doc = DocId::new("store.berlin-01/stock/007").unwrap();
         assert_eq!(doc.set().as_str(), "store.berlin-01");
-        assert_eq!(doc.set().kind(), DocSetKind::Replica);
+        assert_eq!(doc.set().kind(), DocSetKind::Store);
         assert!(
             DocId::new("store.berlin-01").is_err(),
             "a bare set is not a document"

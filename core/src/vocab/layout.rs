@@ -40,10 +40,8 @@ pub fn kind_of(doc: &DocId) -> DocKind {
     let second = parts.next();
     let third = parts.next();
     match (set.kind(), first, second, third) {
-        (DocSetKind::Replica, "catalog", Some(bucket), None) if is_bucket(bucket) => {
-            DocKind::Catalog
-        }
-        (DocSetKind::Replica, "prices", Some(bucket), None) if is_bucket(bucket) => DocKind::Prices,
+        (DocSetKind::Store, "catalog", Some(bucket), None) if is_bucket(bucket) => DocKind::Catalog,
+        (DocSetKind::Store, "prices", Some(bucket), None) if is_bucket(bucket) => DocKind::Prices,
         (_, "rec", Some(_), _) => DocKind::Record,
         (DocSetKind::Customer, "cart", None, None) => DocKind::Cart,
         (DocSetKind::Customer, "wishlist", None, None) => DocKind::Wishlist,
@@ -77,7 +75,7 @@ pub fn record_kind(doc: &DocId) -> Option<RecordKind> {
         return None;
     };
     match (doc.set().kind(), kind) {
-        (DocSetKind::Replica, "stock") => Some(RecordKind::Stock),
+        (DocSetKind::Store, "stock") => Some(RecordKind::Stock),
         (DocSetKind::Device, "allowance") => Some(RecordKind::Allowance),
         (DocSetKind::Orders, "order") => Some(RecordKind::Order),
         _ => None,
@@ -156,7 +154,7 @@ pub fn customer_of(doc: &DocId) -> Option<CustomerId> {
 /// The store a store-set document belongs to.
 pub fn store_of(doc: &DocId) -> Option<StoreId> {
     let set = doc.set();
-    (set.kind() == DocSetKind::Replica)
+    (set.kind() == DocSetKind::Store)
         .then(|| StoreId::new(set.name()).ok())
         .flatten()
 }

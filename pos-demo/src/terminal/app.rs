@@ -213,7 +213,7 @@ impl App {
     /// Loads the newest checkouts of earlier sessions from the till's op
     /// log, so pending sales show their lifecycle after a restart.
     pub fn load_history(&mut self, client: &Client) -> anyhow::Result<()> {
-        let store = client.store();
+        let store = client.replica();
         let ops = store.op_ids()?;
         let mut rows = Vec::new();
         for op in ops.iter().rev() {
@@ -255,7 +255,7 @@ impl App {
     pub fn refresh(&mut self, client: &Client) -> anyhow::Result<()> {
         self.now_ms = omnisync_core::now_ms();
         self.sync = client.status();
-        let store = client.store();
+        let store = client.replica();
         self.results = search(&store, &self.store, &self.query, self.now_ms)?;
         self.selected = self.selected.min(self.results.len().saturating_sub(1));
         for line in &mut self.cart {
@@ -531,7 +531,7 @@ impl App {
     fn checked_out(&mut self, client: &Client, receipt: CheckoutReceipt) {
         let total = self.cart_total();
         let status = client
-            .store()
+            .replica()
             .op_status(&receipt.op)
             .ok()
             .flatten()
@@ -663,7 +663,7 @@ pub fn search(
 /// re-installed till with the same name gets new ids) and the next op
 /// number, which never repeats on a replica.
 fn next_order_id(client: &Client) -> anyhow::Result<String> {
-    let store = client.store();
+    let store = client.replica();
     let device: String = store.device().as_str().chars().take(40).collect();
     let replica = store.replica().to_string();
     let seq = store.last_seq()? + 1;

@@ -237,7 +237,7 @@ pub fn authorize_subscribe(peer: &Peer, set: &DocSetId) -> Result<(), String> {
 /// only: orders and everything else of the store stay with the staff.
 pub fn may_read_doc(peer: &Peer, doc: &DocId) -> bool {
     match peer.role {
-        Role::CustomerApp if doc.set().kind() == DocSetKind::Replica => {
+        Role::CustomerApp if doc.set().kind() == DocSetKind::Store => {
             matches!(kind_of(doc), DocKind::Catalog | DocKind::Prices)
                 || path_of(doc).starts_with("rec/stock/")
                 || path_of(doc) == "manifest"
@@ -262,7 +262,7 @@ pub fn authorize_change(peer: &Peer, doc: &DocId) -> Result<(), (RejectCode, Str
     }
     let who = format!("device {} ({})", peer.device, peer.role);
     match set.kind() {
-        DocSetKind::Replica => {
+        DocSetKind::Store => {
             if set != DocSetId::store(&peer.store) {
                 return forbidden(format!(
                     "{who} belongs to store {} and may not write {set}",

@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         client.start();
     }
     // Sale n is the store's n-th op; this process is the store's only writer.
-    let sales_before = client.store().op_ids()?.len() as u64;
+    let sales_before = client.replica().op_ids()?.len() as u64;
     for sale in sales_before + 1..=sales_before + args.sales {
         let op = client
             .commit(&sale_edits(&args.store, &args.device, sale)?)
