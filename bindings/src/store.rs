@@ -22,7 +22,6 @@ use omnisync_core::retail::orders::{Compensation, OrderSummary};
 use omnisync_core::retail::prices::Price;
 use omnisync_core::retail::stock::StockView;
 use omnisync_core::vocab::goods::{Channel, Currency, Money, Sku};
-use omnisync_core::vocab::ids::check_name;
 use omnisync_core::vocab::intent::StockCommand;
 use omnisync_core::{CustomerId, DeviceId, DocSetId, OpId, Replica, StoreId, now_ms};
 
@@ -440,7 +439,7 @@ impl OmnisyncStore {
     /// stands gets the status `compensated-<resolution>` at the hub.
     pub async fn resolve_compensation(&self, op_id: String, resolution: String) -> Result<()> {
         let op = parse_op_id(&op_id)?;
-        check_name("resolution", &resolution)?;
+        // The resolution is checked once, by `Replica::resolve_compensation`.
         self.on_db(move |client, _| {
             Ok(client.write(|db| db.resolve_compensation(&op, &resolution, now_ms()))?)
         })
