@@ -11,7 +11,9 @@ use std::time::Instant;
 use omnisync_core::protocol::message::{Ack, OpBody};
 use omnisync_hub_engine::hub_session::{CommittedChanges, IncomingOp};
 use omnisync_hub_engine::log::HubLog;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
+
+use crate::fanout::Fanout;
 
 use crate::metrics::Metrics;
 
@@ -54,7 +56,7 @@ impl Committer {
     /// its own (the baseline the benchmarks compare group commit against).
     pub fn start(
         mut log: Box<dyn HubLog + Send>,
-        fanout: broadcast::Sender<Arc<CommittedChanges>>,
+        fanout: Arc<Fanout>,
         metrics: Arc<Metrics>,
         group_ops_max: usize,
     ) -> (Self, std::thread::JoinHandle<()>) {
@@ -89,10 +91,7 @@ impl Committer {
                     if maintained.elapsed() >= MAINTAIN_EVERY {
                         maintained = Instant::now();
                         match log.maintain(omnisync_core::now_ms()) {
-                            Ok(committed) if !committed.by_set.is_empty() => {
-                                let _ = fanout.send(Arc::new(committed));
-                            }
-                            Ok(_) => {}
+                            Ok(committed) => fanout.publish_local(committed),
                             Err(error) => {
                                 tracing::error!(%error, "ledger maintenance failed; retried later")
                             }
@@ -128,7 +127,7 @@ impl Committer {
 fn commit_group(
     log: &mut dyn HubLog,
     requests: Vec<CommitRequest>,
-    fanout: &broadcast::Sender<Arc<CommittedChanges>>,
+    fanout: &Fanout,
     metrics: &Metrics,
     group_ops_max: usize,
     crash_after_commit: bool,
@@ -191,10 +190,7 @@ fn commit_group(
             }
         }
     }
-    if !committed.by_set.is_empty() {
-        // No receivers is fine: nobody is subscribed.
-        let _ = fanout.send(Arc::new(committed));
-    }
+    fanout.publish_local(committed);
     let mut acks = acks.into_iter();
     for ((reply, received), len) in replies.into_iter().zip(lens) {
         let answer = match &failure {

@@ -11,6 +11,7 @@ pub mod changes;
 pub mod committer;
 pub mod connection;
 pub mod devices;
+pub mod fanout;
 pub mod http;
 pub mod import;
 pub mod limits;
@@ -23,9 +24,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omnisync_hub_engine::hub_session::CommittedChanges;
-use omnisync_hub_engine::log::{HubLogError, HubLogRead};
-use tokio::sync::{broadcast, watch};
+use omnisync_hub_engine::log::{HubLog, HubLogError, HubLogRead};
+use tokio::sync::watch;
 
 use crate::auth::{AuthConfig, Authenticator};
 use crate::committer::Committer;
@@ -109,8 +109,8 @@ pub struct HubState {
     pub committer: Committer,
     /// Readers of the log.
     pub reader: Arc<dyn HubLogRead + Send + Sync>,
-    /// Commits for live subscriptions.
-    pub fanout: broadcast::Sender<Arc<CommittedChanges>>,
+    /// Commits for live subscriptions, in log order.
+    pub fanout: Arc<fanout::Fanout>,
     /// Flips to true on shutdown.
     pub shutdown: watch::Sender<bool>,
     /// Metrics.
@@ -177,7 +177,19 @@ impl Hub {
             source,
         })?;
         let metrics = Arc::new(Metrics::default());
-        let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
+        let fanout = Arc::new(fanout::Fanout::new(
+            writer.head_seq().map_err(|source| HubError::Storage {
+                dir: config.data_dir.clone(),
+                source,
+            })?,
+            FANOUT_QUEUE_MAX,
+            Box::new(|after, upto| {
+                // One process writes a SQLite log: its own commits are dense.
+                Err(HubLogError::Storage(format!(
+                    "changes {after}..={upto} were not committed by this hub"
+                )))
+            }),
+        ));
         let (committer, committer_thread) = Committer::start(
             Box::new(writer),
             fanout.clone(),

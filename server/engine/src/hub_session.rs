@@ -85,6 +85,13 @@ impl IncomingOp {
 pub struct CommittedChanges {
     /// Per set, the new changes in ascending hub sequence order.
     pub by_set: BTreeMap<DocSetId, Vec<RemoteChange>>,
+    /// The part of the log this broadcast covers, `(after, upto]`, set by
+    /// the hub's fan-out (0 and 0 when unknown: not checked). A session
+    /// given a range that starts above the end of the previous one missed
+    /// a commit and reads the log instead.
+    pub after: u64,
+    /// See [`after`](Self::after).
+    pub upto: u64,
 }
 
 /// A page of a set's change log read for a catching-up subscription.
@@ -166,6 +173,8 @@ pub struct HubSession {
     /// speaks until the handshake settles on one (so that a refusal before
     /// it reaches a device of any release readably).
     version: u8,
+    /// The end of the log range of the last fan-out broadcast received.
+    fanout_upto: Option<u64>,
 }
 
 impl Default for HubSession {
@@ -190,6 +199,7 @@ impl HubSession {
             limits,
             audit: VecDeque::new(),
             version: message::PROTOCOL_VERSION_MIN,
+            fanout_upto: None,
         }
     }
 
@@ -342,6 +352,16 @@ impl HubSession {
 
     /// Changes just committed by the hub (from any connection).
     pub fn handle_committed(&mut self, committed: &CommittedChanges) {
+        if committed.upto != 0 {
+            if self
+                .fanout_upto
+                .is_some_and(|previous| committed.after > previous)
+            {
+                // A commit between the two was not broadcast to us.
+                self.handle_fanout_lagged();
+            }
+            self.fanout_upto = Some(committed.upto);
+        }
         let (own, peer) = match &self.state {
             State::Ready(peer) => (peer.replica, peer),
             _ => return,
@@ -972,6 +992,50 @@ mod tests {
             .flat_map(|b| b.changes.iter().map(|c| c.hub_seq))
             .collect();
         assert_eq!(seqs, vec![5]);
+    }
+
+    #[test]
+    fn a_fan_out_range_that_skips_a_commit_sends_the_session_back_to_the_log() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![change(1, 9)],
+                cursor: 1,
+                caught_up: true,
+                resume: None,
+            },
+        );
+        sent_batches(&mut session);
+        let broadcast = |after: u64, upto: u64| {
+            let mut committed = CommittedChanges::default();
+            committed.by_set.insert(
+                set.clone(),
+                (after + 1..=upto).map(|seq| change(seq, 9)).collect(),
+            );
+            committed.after = after;
+            committed.upto = upto;
+            committed
+        };
+        session.handle_committed(&broadcast(1, 2));
+        assert_eq!(sent_batches(&mut session).len(), 1, "live");
+        assert_eq!(session.poll_catch_up(), None);
+        // 3..=4 never reached this session: the next range starts at 4.
+        session.handle_committed(&broadcast(4, 5));
+        assert!(sent_batches(&mut session).is_empty(), "not trusted live");
+        assert_eq!(
+            session.poll_catch_up(),
+            Some((set.clone(), 2)),
+            "the log is read again from the last change given"
+        );
     }
 
     #[test]
