@@ -15,6 +15,8 @@ pub mod http;
 pub mod import;
 pub mod limits;
 pub mod metrics;
+#[cfg(any(test, feature = "pg-cluster"))]
+pub mod pg_cluster;
 pub mod storage;
 pub mod tls;
 pub mod token;
