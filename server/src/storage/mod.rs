@@ -32,6 +32,16 @@ pub use omnisync_hub_engine::log::{SNAPSHOT_CATCH_UP_GAP_MIN, hub_replica};
 
 pub mod postgres;
 
+/// Where a hub keeps its log: a SQLite file in a data directory (one
+/// process), or a PostgreSQL database (processes may share it).
+#[derive(Clone, Debug)]
+pub enum LogTarget {
+    /// `<dir>/hub.db`, locked by the one process writing it.
+    DataDir(PathBuf),
+    /// A PostgreSQL database.
+    Database(postgres::PgUrl),
+}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_snapshots.sql"),
