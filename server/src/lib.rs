@@ -364,11 +364,7 @@ pub async fn open_postgres(
             Ok(writer) => return Ok(writer),
             Err(error) if error.permanent => return Err(HubError::Database(error.message)),
             Err(error) => {
-                tracing::error!(
-                    "{}; retrying in {} s",
-                    error.message,
-                    delay.as_secs()
-                );
+                tracing::error!("{}; retrying in {} s", error.message, delay.as_secs());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(storage::postgres::RECONNECT_DELAY_MAX);
             }

@@ -47,7 +47,9 @@ impl PgCluster {
     /// The cluster of this test binary: the running one if a test holds
     /// it, else a new one.
     pub fn shared() -> Result<Arc<PgCluster>, String> {
-        let mut shared = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(cluster) = shared.upgrade() {
             return Ok(cluster);
         }
@@ -80,7 +82,8 @@ impl PgCluster {
             NEXT_DIR.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
         ));
-        std::fs::create_dir_all(&dir).map_err(|error| format!("creating {}: {error}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| format!("creating {}: {error}", dir.display()))?;
         let password = format!("pw{:016x}", rand::random::<u64>());
         let cluster = PgCluster {
             bin: bin.to_path_buf(),
@@ -191,7 +194,9 @@ impl PgCluster {
     /// Creates database `name` and returns its URL.
     pub fn create_database(&self, name: &str) -> Result<String, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("database name {name:?}: letters, digits and _ only"));
+            return Err(format!(
+                "database name {name:?}: letters, digits and _ only"
+            ));
         }
         self.execute("postgres", &format!("CREATE DATABASE {name}"))?;
         Ok(self.url_of(name))

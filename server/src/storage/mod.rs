@@ -160,7 +160,10 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogEr
     Ok(omnisync_core::vocab::codec::encode_stored(value))
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HubLogError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, HubLogError> {
     omnisync_core::vocab::codec::decode_stored(bytes)
         .map_err(|error| storage_error(format!("stored {what}: {error}")))
 }

@@ -288,7 +288,11 @@ impl PgConn {
         !self.poisoned && !self.client.is_closed()
     }
 
-    fn rows(&mut self, statement: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, HubLogError> {
+    fn rows(
+        &mut self,
+        statement: Stmt,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, HubLogError> {
         self.client
             .query(self.st.get(statement), params)
             .map_err(pg_error)
@@ -520,8 +524,11 @@ fn migrate(url: &PgUrl, client: &mut Client) -> Result<(), PgOpenError> {
         txn.batch_execute(sql).map_err(fail)?;
     }
     if version < SCHEMA_VERSION {
-        txn.execute("UPDATE omnisync_schema SET version = $1", &[&SCHEMA_VERSION])
-            .map_err(fail)?;
+        txn.execute(
+            "UPDATE omnisync_schema SET version = $1",
+            &[&SCHEMA_VERSION],
+        )
+        .map_err(fail)?;
     }
     txn.commit().map_err(fail)
 }
@@ -775,7 +782,9 @@ impl FlushColumns {
         let mut columns = Self::default();
         for change in overlay.changes.drain(..) {
             columns.change_seq.push(seq_param(change.hub_seq));
-            columns.change_set.push(change.doc.set().as_str().to_owned());
+            columns
+                .change_set
+                .push(change.doc.set().as_str().to_owned());
             columns.change_doc.push(change.doc.as_str().to_owned());
             columns.change_origin.push(change.origin.0.to_vec());
             columns.change_bytes.push(change.bytes);
@@ -980,10 +989,7 @@ fn changes_between(
     upto: u64,
     visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
 ) -> Result<(), HubLogError> {
-    let rows = conn.rows(
-        Stmt::ChangesBetween,
-        &[&seq_param(after), &seq_param(upto)],
-    )?;
+    let rows = conn.rows(Stmt::ChangesBetween, &[&seq_param(after), &seq_param(upto)])?;
     for row in &rows {
         visit(change_of(row)?)?;
     }
@@ -1301,7 +1307,8 @@ fn prefetched(
             .map_err(pg_error)?
             .ok_or_else(|| storage_error("prefetch row without its value"))
     };
-    let store = || -> Result<StoreId, HubLogError> { StoreId::new(text(2)?).map_err(storage_error) };
+    let store =
+        || -> Result<StoreId, HubLogError> { StoreId::new(text(2)?).map_err(storage_error) };
     match kind {
         0 => {
             let replica: Vec<u8> = row
@@ -1325,8 +1332,16 @@ fn prefetched(
             let ledger = decode(&value()?, "ledger entry")?;
             fill(&mut overlay.skus, key, ledger);
         }
-        2 => fill(&mut overlay.orders, (store()?, text(3)?), decode(&value()?, "order")?),
-        3 => fill(&mut overlay.keys, (store()?, text(3)?), decode(&value()?, "decision")?),
+        2 => fill(
+            &mut overlay.orders,
+            (store()?, text(3)?),
+            decode(&value()?, "order")?,
+        ),
+        3 => fill(
+            &mut overlay.keys,
+            (store()?, text(3)?),
+            decode(&value()?, "decision")?,
+        ),
         4 => fill(
             &mut overlay.reservations,
             (store()?, text(3)?),
@@ -1339,7 +1354,11 @@ fn prefetched(
                 .unwrap_or(0);
             last_order_nos.insert(store()?, last.max(0) as u64);
         }
-        other => return Err(storage_error(format!("prefetch row of unknown kind {other}"))),
+        other => {
+            return Err(storage_error(format!(
+                "prefetch row of unknown kind {other}"
+            )));
+        }
     }
     Ok(())
 }
@@ -1463,7 +1482,9 @@ impl WriteTxn for PgTxn<'_> {
         decision: &Decision,
     ) -> Result<(), HubLogError> {
         let key = (store.clone(), key.to_owned());
-        self.overlay.keys.insert(key.clone(), Some(decision.clone()));
+        self.overlay
+            .keys
+            .insert(key.clone(), Some(decision.clone()));
         self.overlay.new_keys.insert(key);
         Ok(())
     }
@@ -1863,7 +1884,12 @@ mod tests {
                 for seq in 1..=PER_WRITER {
                     let order = format!("o-{replica}-{seq}");
                     let applied = writer
-                        .apply(vec![intent_op(replica, seq, "till", checkout(&order, &sku))])
+                        .apply(vec![intent_op(
+                            replica,
+                            seq,
+                            "till",
+                            checkout(&order, &sku),
+                        )])
                         .expect("checkout");
                     if matches!(
                         applied.acks[0].outcome,
@@ -1888,8 +1914,15 @@ mod tests {
         let reader = PgReader::new(&url);
         let seqs = all_seqs(&reader);
         let head = reader.head().expect("head");
-        assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "dense, unique numbers");
-        assert!(head > 2 * PER_WRITER, "records of every decision were appended");
+        assert_eq!(
+            seqs,
+            (1..=head).collect::<Vec<_>>(),
+            "dense, unique numbers"
+        );
+        assert!(
+            head > 2 * PER_WRITER,
+            "records of every decision were appended"
+        );
         drop(first);
     }
 
@@ -1913,7 +1946,12 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let (cluster, url) = fresh_db();
         drop(open(&url).expect("first open migrates"));
-        let name = url.redacted().rsplit('/').next().expect("db name").to_owned();
+        let name = url
+            .redacted()
+            .rsplit('/')
+            .next()
+            .expect("db name")
+            .to_owned();
         cluster
             .execute(&name, "UPDATE omnisync_schema SET version = 5")
             .expect("bumping the version");
@@ -1942,7 +1980,11 @@ mod tests {
             "{}",
             error.message
         );
-        assert!(!error.message.contains("not-the-password"), "{}", error.message);
+        assert!(
+            !error.message.contains("not-the-password"),
+            "{}",
+            error.message
+        );
         assert!(!error.message.contains('\n'), "{}", error.message);
     }
 

@@ -25,9 +25,7 @@ pub mod store;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use contract::{
-    Backend, LogRows, PageCut, Prefetch, ReadBackend, WriteTxn, committed_between,
-};
+pub use contract::{Backend, LogRows, PageCut, Prefetch, ReadBackend, WriteTxn, committed_between};
 pub use memory::{MEMORY_LOG_ID, MemoryBackend, MemoryHubLog};
 pub use read::SNAPSHOT_CATCH_UP_GAP_MIN;
 pub use shared::{HubTxn, apply_hub_intents, apply_ops, hub_replica, maintain_ledger};
@@ -124,7 +122,9 @@ pub trait HubLogRead {
 
     /// The highest sequence number committed, as a reader sees it now.
     fn head(&self) -> Result<u64, HubLogError> {
-        Err(HubLogError::Storage("this reader cannot read the head".into()))
+        Err(HubLogError::Storage(
+            "this reader cannot read the head".into(),
+        ))
     }
 }
 

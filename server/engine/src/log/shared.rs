@@ -82,9 +82,7 @@ pub fn prefetch_for(ops: &[IncomingOp]) -> Prefetch {
             Intent::CommitReservation { key } | Intent::CancelReservation { key } => want
                 .reservations
                 .push((store.clone(), key.as_str().to_owned())),
-            Intent::ReleaseAllowance { sku, .. } => {
-                want.skus.push((store.clone(), sku.clone()))
-            }
+            Intent::ReleaseAllowance { sku, .. } => want.skus.push((store.clone(), sku.clone())),
         }
     }
     dedup(&mut want.ops);
