@@ -520,10 +520,10 @@ fn main() -> anyhow::Result<()> {
                 currency,
             } => {
                 let target = match database {
-                    Some(url) => omnisync_hub::storage::LogTarget::Database(
+                    Some(url) => omnisync_hub::storage::LogTarget::Database(Box::new(
                         omnisync_hub::storage::postgres::PgUrl::parse(&url)
                             .map_err(anyhow::Error::msg)?,
-                    ),
+                    )),
                     None => omnisync_hub::storage::LogTarget::DataDir(data_dir),
                 };
                 let store = omnisync_core::StoreId::new(store).context("--store")?;

@@ -39,7 +39,7 @@ pub enum LogTarget {
     /// `<dir>/hub.db`, locked by the one process writing it.
     DataDir(PathBuf),
     /// A PostgreSQL database.
-    Database(postgres::PgUrl),
+    Database(Box<postgres::PgUrl>),
 }
 
 const MIGRATIONS: &[&str] = &[
