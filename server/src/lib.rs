@@ -16,6 +16,8 @@ pub mod http;
 pub mod import;
 pub mod limits;
 pub mod metrics;
+#[cfg(any(test, feature = "pg-cluster"))]
+pub mod pg_cluster;
 pub mod storage;
 pub mod tls;
 pub mod token;
@@ -64,8 +66,13 @@ pub const FANOUT_QUEUE_MAX: usize = 1024;
 pub struct HubConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Directory for the hub database.
+    /// Directory for the hub database (`hub.db`) and the device registry
+    /// (`devices.db`); with [`database`](Self::database) set, for the
+    /// device registry only.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL: the hub log lives in that database instead of
+    /// `data_dir` (several hub processes may share it). `None`: SQLite.
+    pub database: Option<String>,
     /// Name shown to devices and in logs.
     pub hub_id: String,
     /// Most ops per durable commit (1 = one commit per op).
@@ -89,6 +96,7 @@ impl HubConfig {
         Self {
             listen,
             data_dir,
+            database: None,
             hub_id: "hub".into(),
             group_ops_max: committer::GROUP_OPS_MAX,
             price_tolerance_bp: 0,
@@ -139,14 +147,14 @@ pub struct Hub {
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
-        let mut writer = storage::open(&config.data_dir).map_err(|source| HubError::Storage {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
-        writer.set_authority_config(omnisync_hub_engine::ledger::authority::AuthorityConfig {
+        let authority = omnisync_hub_engine::ledger::authority::AuthorityConfig {
             price_tolerance_bp: config.price_tolerance_bp,
-        });
-        let log_id = writer.log_id().to_owned();
+        };
+        let OpenedLog {
+            writer,
+            reader,
+            log_id,
+        } = open_log(&config, authority).await?;
         let devices = Arc::new(DeviceRegistry::open(&config.data_dir).map_err(|source| {
             HubError::Devices {
                 dir: config.data_dir.clone(),
@@ -165,7 +173,6 @@ impl Hub {
             Some(tls) => Some(tls.server_config().map_err(HubError::Tls)?),
             None => None,
         };
-        let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| HubError::Bind {
@@ -191,7 +198,7 @@ impl Hub {
             }),
         ));
         let (committer, committer_thread) = Committer::start(
-            Box::new(writer),
+            writer,
             fanout.clone(),
             metrics.clone(),
             config.group_ops_max,
@@ -247,7 +254,12 @@ impl Hub {
                 spawn_server!(listener, app, shutdown)
             }
         };
-        tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, tls = tls.is_some(), "hub listening");
+        let database = config
+            .database
+            .as_deref()
+            .map(storage::postgres::redact)
+            .unwrap_or_default();
+        tracing::info!(%address, data_dir = %config.data_dir.display(), %database, hub_id = %config.hub_id, tls = tls.is_some(), "hub listening");
         Ok(Hub {
             address,
             tls: tls.is_some(),
@@ -307,6 +319,71 @@ impl Hub {
     }
 }
 
+/// A hub log opened for serving.
+struct OpenedLog {
+    writer: Box<dyn omnisync_hub_engine::log::HubLog + Send>,
+    reader: Arc<dyn HubLogRead + Send + Sync>,
+    log_id: String,
+}
+
+/// Opens the log `config` names: SQLite in the data directory, or the
+/// PostgreSQL database (waiting for it, see [`open_postgres`]).
+async fn open_log(
+    config: &HubConfig,
+    authority: omnisync_hub_engine::ledger::authority::AuthorityConfig,
+) -> Result<OpenedLog, HubError> {
+    match &config.database {
+        None => {
+            let mut writer =
+                storage::open(&config.data_dir).map_err(|source| HubError::Storage {
+                    dir: config.data_dir.clone(),
+                    source,
+                })?;
+            writer.set_authority_config(authority);
+            Ok(OpenedLog {
+                log_id: writer.log_id().to_owned(),
+                writer: Box::new(writer),
+                reader: Arc::new(storage::SqliteReader::new(&config.data_dir)),
+            })
+        }
+        Some(url) => {
+            let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
+            let mut writer = open_postgres(&url).await?;
+            writer.set_authority_config(authority);
+            Ok(OpenedLog {
+                log_id: writer.log_id().to_owned(),
+                writer: Box::new(writer),
+                reader: Arc::new(storage::postgres::PgReader::new(&url)),
+            })
+        }
+    }
+}
+
+/// Opens the PostgreSQL log, waiting for the server: while it is
+/// unreachable, one error line per attempt and another attempt after 1 s,
+/// doubling to 30 s. Failures that retrying cannot heal (wrong password,
+/// missing privileges, a newer schema) end it at once.
+pub async fn open_postgres(
+    url: &storage::postgres::PgUrl,
+) -> Result<storage::postgres::PgHubLog, HubError> {
+    let mut delay = storage::postgres::RECONNECT_DELAY_MIN;
+    loop {
+        let attempt = url.clone();
+        let opened = tokio::task::spawn_blocking(move || storage::postgres::open(&attempt))
+            .await
+            .map_err(|error| HubError::Task(error.to_string()))?;
+        match opened {
+            Ok(writer) => return Ok(writer),
+            Err(error) if error.permanent => return Err(HubError::Database(error.message)),
+            Err(error) => {
+                tracing::error!("{}; retrying in {} s", error.message, delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(storage::postgres::RECONNECT_DELAY_MAX);
+            }
+        }
+    }
+}
+
 /// Why the hub could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -319,6 +396,9 @@ pub enum HubError {
         /// Why.
         source: HubLogError,
     },
+    /// The PostgreSQL database refused the hub (one line, password hidden).
+    #[error("{0}")]
+    Database(String),
     /// The listen address could not be bound.
     #[error("binding {address}: {source}")]
     Bind {

@@ -284,9 +284,19 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
-        /// Directory for the hub's database.
-        #[arg(long, default_value = "./omnisync-data")]
+        /// Directory for the hub's database (SQLite, one hub process).
+        #[arg(long, default_value = "./omnisync-data", conflicts_with = "database")]
         data_dir: PathBuf,
+        /// Keep the hub log in this PostgreSQL database instead of
+        /// `--data-dir`, e.g. `postgres://hub:PASSWORD@db:5432/omnisync`.
+        /// Several hub processes may serve one database. Waits for an
+        /// unreachable server (retrying after 1 s, doubling to 30 s).
+        #[arg(long)]
+        database: Option<String>,
+        /// With `--database`: directory of this process's device registry
+        /// (`devices.db`: replica bindings, revocations).
+        #[arg(long, requires = "database", default_value = "./omnisync-data")]
+        devices_dir: PathBuf,
         /// Name of this hub in logs and handshakes.
         #[arg(long, default_value = "hub")]
         hub_id: String,
@@ -365,8 +375,12 @@ enum Command {
         #[arg(long)]
         store: String,
         /// Directory of the hub's database.
-        #[arg(long, default_value = "./omnisync-data")]
+        #[arg(long, default_value = "./omnisync-data", conflicts_with = "database")]
         data_dir: PathBuf,
+        /// Import into this PostgreSQL database instead of `--data-dir`
+        /// (hubs serving it may keep running).
+        #[arg(long)]
+        database: Option<String>,
         /// Currency for rows that name none.
         #[arg(long, default_value = "EUR")]
         currency: String,
@@ -395,6 +409,8 @@ fn main() -> anyhow::Result<()> {
             Command::Serve {
                 listen,
                 data_dir,
+                database,
+                devices_dir,
                 hub_id,
                 group_ops_max,
                 price_tolerance_bp,
@@ -412,7 +428,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 let config = HubConfig {
                     listen,
-                    data_dir,
+                    data_dir: if database.is_some() {
+                        devices_dir
+                    } else {
+                        data_dir
+                    },
+                    database,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
                     price_tolerance_bp,
@@ -495,14 +516,22 @@ fn main() -> anyhow::Result<()> {
                 file,
                 store,
                 data_dir,
+                database,
                 currency,
             } => {
+                let target = match database {
+                    Some(url) => omnisync_hub::storage::LogTarget::Database(Box::new(
+                        omnisync_hub::storage::postgres::PgUrl::parse(&url)
+                            .map_err(anyhow::Error::msg)?,
+                    )),
+                    None => omnisync_hub::storage::LogTarget::DataDir(data_dir),
+                };
                 let store = omnisync_core::StoreId::new(store).context("--store")?;
                 let currency =
                     omnisync_core::vocab::goods::Currency::new(&currency).context("--currency")?;
                 let started = std::time::Instant::now();
                 let report = tokio::task::spawn_blocking(move || {
-                    omnisync_hub::import::import_file(&data_dir, &store, &file, None, currency)
+                    omnisync_hub::import::import_file_into(&target, &store, &file, None, currency)
                 })
                 .await??;
                 println!(

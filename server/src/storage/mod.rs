@@ -30,6 +30,18 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub use omnisync_hub_engine::log::{SNAPSHOT_CATCH_UP_GAP_MIN, hub_replica};
 
+pub mod postgres;
+
+/// Where a hub keeps its log: a SQLite file in a data directory (one
+/// process), or a PostgreSQL database (processes may share it).
+#[derive(Clone, Debug)]
+pub enum LogTarget {
+    /// `<dir>/hub.db`, locked by the one process writing it.
+    DataDir(PathBuf),
+    /// A PostgreSQL database.
+    Database(Box<postgres::PgUrl>),
+}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_snapshots.sql"),
@@ -135,26 +147,29 @@ fn migrate(db: &mut Connection) -> Result<(), HubLogError> {
 
 // Stored blobs: this release writes the evolvable format of
 // `omnisync_core::vocab::codec` and reads the previous release's postcard too.
-fn encode_outcome(outcome: &AckOutcome) -> Result<Vec<u8>, HubLogError> {
+pub(crate) fn encode_outcome(outcome: &AckOutcome) -> Result<Vec<u8>, HubLogError> {
     Ok(outcome.encode_stored())
 }
 
-fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
     AckOutcome::decode_stored(bytes)
         .map_err(|error| storage_error(format!("stored outcome: {error}")))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
     Ok(omnisync_core::vocab::codec::encode_stored(value))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HubLogError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, HubLogError> {
     omnisync_core::vocab::codec::decode_stored(bytes)
         .map_err(|error| storage_error(format!("stored {what}: {error}")))
 }
 
 /// A sequence number as SQLite stores it (`u64::MAX` means "no bound").
-fn seq_param(seq: u64) -> i64 {
+pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
@@ -237,13 +252,7 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
             let doc: String = row.get(1).map_err(storage_error)?;
             let origin: Vec<u8> = row.get(2).map_err(storage_error)?;
             let bytes: Vec<u8> = row.get(3).map_err(storage_error)?;
-            page.push(RemoteChange {
-                hub_seq: hub_seq as u64,
-                doc: DocId::new(doc).map_err(storage_error)?,
-                origin: ReplicaId::from_slice(&origin)
-                    .ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
-                bytes,
-            });
+            page.push(stored_change(hub_seq, doc, &origin, bytes)?);
         }
         Ok(())
     }
@@ -346,6 +355,49 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
         }
         Ok(())
     }
+
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "SELECT hub_seq, doc_id, origin, bytes FROM changes
+                 WHERE hub_seq > ?1 AND hub_seq <= ?2 ORDER BY hub_seq",
+            )
+            .map_err(storage_error)?;
+        let mut rows = statement
+            .query(params![seq_param(after), seq_param(upto)])
+            .map_err(storage_error)?;
+        while let Some(row) = rows.next().map_err(storage_error)? {
+            let hub_seq: i64 = row.get(0).map_err(storage_error)?;
+            let doc: String = row.get(1).map_err(storage_error)?;
+            let origin: Vec<u8> = row.get(2).map_err(storage_error)?;
+            let bytes: Vec<u8> = row.get(3).map_err(storage_error)?;
+            visit(stored_change(hub_seq, doc, &origin, bytes)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A change row as the contract passes it.
+pub(crate) fn stored_change(
+    hub_seq: i64,
+    doc: String,
+    origin: &[u8],
+    bytes: Vec<u8>,
+) -> Result<RemoteChange, HubLogError> {
+    Ok(RemoteChange {
+        hub_seq: u64::try_from(hub_seq)
+            .map_err(|_| storage_error(format!("stored sequence number {hub_seq} is negative")))?,
+        doc: DocId::new(doc).map_err(storage_error)?,
+        origin: ReplicaId::from_slice(origin)
+            .ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
+        bytes,
+    })
 }
 
 impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
@@ -591,9 +643,9 @@ impl SqliteReader {
 }
 
 impl ReadBackend for SqliteReader {
-    fn read<T>(
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError> {
         self.with_connection(|db| {
             // One read transaction: the head and the page come from the same snapshot.

@@ -29,7 +29,14 @@
 //!    - [`snapshot`](LogRows::snapshot), [`set_snapshot`](LogRows::set_snapshot),
 //!      [`snapshots_after`](LogRows::snapshots_after): saved documents, the
 //!      point a set's snapshots cover, and a page of a set's snapshots in id
-//!      order (through [`PageCut::push_snapshot`]).
+//!      order (through [`PageCut::push_snapshot`]);
+//!    - [`changes_between`](LogRows::changes_between): every change of every
+//!      set in a sequence range, in order (a process catching up with what
+//!      other writers of a shared store committed);
+//!    - [`prefetch`](LogRows::prefetch) (optional, a no-op by default): a
+//!      hint naming every row a group commit is about to look up, so a
+//!      backend with costly round trips (PostgreSQL) reads them in a few
+//!      batched queries and answers the lookups from memory.
 //! 2. [`WriteTxn`]: one open write transaction. Rows: `put_meta`,
 //!    `put_outcome`, `append` (a numbered change), the ledger's rows
 //!    (`get_sku`/`put_sku`, `get_order`/`put_order`, `get_key`/`put_key`,
@@ -54,16 +61,25 @@
 //! - Reads inside a write transaction see the transaction's own writes of
 //!   outcomes and ledger rows; the shared code never reads a change back in
 //!   the transaction that appended it.
-//! - One writer at a time: the backend refuses a second writer on the same
-//!   store (SQLite holds a lock file), because two writers would hand out the
-//!   same sequence numbers.
+//! - One writer at a time: either the backend refuses a second writer on
+//!   the same store (SQLite holds a lock file), or it serializes write
+//!   transactions across writers (PostgreSQL takes one advisory lock right
+//!   after `BEGIN`), because two concurrent writers would hand out the same
+//!   sequence numbers. [`LogRows::head_seq`] read inside a write transaction
+//!   must therefore be the committed head as of that transaction: the shared
+//!   writer takes its numbering from it at the start of every transaction,
+//!   so several processes may write one store in turn.
 //! - Sequence numbers are given by the shared code; `append` stores them
 //!   as given and never renumbers.
 //! - A backend that cannot fail (memory) may write in place: it has no
 //!   rollback, which is correct only because it never returns an error.
 //! - Keep each primitive to one query (or one row visit), with prepared
 //!   statements cached: the shared code calls them per op, and the group
-//!   commit runs tens of thousands of decided checkouts a second.
+//!   commit runs tens of thousands of decided checkouts a second. A backend
+//!   whose round trips cost more than a row visit (a database server) may
+//!   instead keep the transaction's writes in memory and send them in a few
+//!   multi-row statements at `commit`, answering reads from that overlay
+//!   first; [`LogRows::prefetch`] lets it batch the reads too.
 //! - Row encodings are the backend's own: the contract passes typed values
 //!   (`AckOutcome`, `SkuLedger`, `OrderRecord`, ...) and the backend encodes
 //!   them (SQLite: postcard blobs through its `encode`/`decode` helpers).
@@ -89,9 +105,41 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::HubLogError;
-use crate::hub_session::ChangePage;
+use crate::hub_session::{ChangePage, CommittedChanges};
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
+
+/// The rows a group commit is about to look up, named before it starts so a
+/// backend can read them in a few batched queries ([`LogRows::prefetch`]).
+/// A hint only: the shared code still asks for each row, and a row left out
+/// is simply read when asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prefetch {
+    /// Op ids whose stored outcome is looked up.
+    pub ops: Vec<OpId>,
+    /// Ledger entries per (store, SKU).
+    pub skus: Vec<(StoreId, Sku)>,
+    /// Orders per (store, order id).
+    pub orders: Vec<(StoreId, String)>,
+    /// Idempotency keys per (store, key) as stored (`checkout:…`, `stock:…`).
+    pub keys: Vec<(StoreId, String)>,
+    /// Reservations per (store, reservation key).
+    pub reservations: Vec<(StoreId, String)>,
+    /// Stores whose last order number is looked up.
+    pub stores: Vec<StoreId>,
+}
+
+impl Prefetch {
+    /// True when nothing is named.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+            && self.skus.is_empty()
+            && self.orders.is_empty()
+            && self.keys.is_empty()
+            && self.reservations.is_empty()
+            && self.stores.is_empty()
+    }
+}
 
 /// Reads every backend offers, in a read snapshot or a write transaction:
 /// the shared code builds pages, documents and snapshots from these.
@@ -148,6 +196,44 @@ pub trait LogRows {
         after: Option<&DocId>,
         page: &mut PageCut,
     ) -> Result<(), HubLogError>;
+
+    /// Calls `visit` with every change of every set whose sequence number is
+    /// in `(after, upto]`, in sequence order (see [`committed_between`] for
+    /// them grouped by set, as a commit's fan-out carries them).
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError>;
+
+    /// Names the rows about to be looked up in this transaction (a hint; see
+    /// [`Prefetch`]). A backend whose reads are cheap keeps this no-op; one
+    /// that batches them must answer the later lookups exactly as the
+    /// single-row reads would, absence of a row included.
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError> {
+        let _ = want;
+        Ok(())
+    }
+}
+
+/// The changes in `(after, upto]` grouped by set, each set's in sequence
+/// order: what the commits that wrote them fanned out.
+pub fn committed_between(
+    rows: &mut (impl LogRows + ?Sized),
+    after: u64,
+    upto: u64,
+) -> Result<CommittedChanges, HubLogError> {
+    let mut committed = CommittedChanges::default();
+    rows.changes_between(after, upto, &mut |change| {
+        committed
+            .by_set
+            .entry(change.doc.set())
+            .or_default()
+            .push(change);
+        Ok(())
+    })?;
+    Ok(committed)
 }
 
 /// One open write transaction: durable only at [`commit`](Self::commit),
@@ -233,10 +319,12 @@ pub trait Backend {
 /// A store's readers: every reader is a [`super::HubLogRead`].
 pub trait ReadBackend {
     /// Runs `read` on one consistent snapshot of the store (the head and a
-    /// page come from the same one).
-    fn read<T>(
+    /// page come from the same one). `read` and its answer are `Send`: a
+    /// backend whose client must not block an async runtime's thread may
+    /// run it on another thread.
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError>;
 }
 

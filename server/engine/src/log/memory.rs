@@ -201,6 +201,26 @@ impl<M: Deref<Target = MemoryBackend>> LogRows for MemoryRows<M> {
         }
         Ok(())
     }
+
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        let mut found: Vec<&RemoteChange> = self
+            .0
+            .by_set
+            .values()
+            .flatten()
+            .filter(|change| change.hub_seq > after && change.hub_seq <= upto)
+            .collect();
+        found.sort_by_key(|change| change.hub_seq);
+        for change in found {
+            visit(change.clone())?;
+        }
+        Ok(())
+    }
 }
 
 impl<M: DerefMut<Target = MemoryBackend>> WriteTxn for MemoryRows<M> {
@@ -353,9 +373,9 @@ impl Backend for MemoryBackend {
 }
 
 impl ReadBackend for MemoryHubLog {
-    fn read<T>(
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError> {
         read(&mut MemoryRows(self.backend()))
     }

@@ -25,7 +25,7 @@ pub mod store;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use contract::{Backend, LogRows, PageCut, ReadBackend, WriteTxn};
+pub use contract::{Backend, LogRows, PageCut, Prefetch, ReadBackend, WriteTxn, committed_between};
 pub use memory::{MEMORY_LOG_ID, MemoryBackend, MemoryHubLog};
 pub use read::SNAPSHOT_CATCH_UP_GAP_MIN;
 pub use shared::{HubTxn, apply_hub_intents, apply_ops, hub_replica, maintain_ledger};
@@ -108,6 +108,24 @@ pub trait HubLogRead {
 
     /// The stored answer for an op, if it was ever applied or rejected.
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
+
+    /// Every change with a sequence number in `(after, upto]`, grouped by
+    /// set as a commit's fan-out carries them: what other writers of a
+    /// shared store committed, for this process's live subscriptions.
+    /// Readers that cannot list them say so with an error.
+    fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+        let _ = (after, upto);
+        Err(HubLogError::Storage(
+            "this reader cannot list the changes of every set".into(),
+        ))
+    }
+
+    /// The highest sequence number committed, as a reader sees it now.
+    fn head(&self) -> Result<u64, HubLogError> {
+        Err(HubLogError::Storage(
+            "this reader cannot read the head".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

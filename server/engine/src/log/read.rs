@@ -6,11 +6,11 @@
 use omnisync_core::protocol::message::AckOutcome;
 use omnisync_core::vocab::ids::{DocId, DocSetId, OpId};
 
-use super::contract::{LogRows, PageCut, ReadBackend};
+use super::contract::{LogRows, PageCut, ReadBackend, committed_between};
 use super::shared::{hub_replica, storage_error};
 use super::store::LOG_ID_KEY;
 use super::{HubLogError, HubLogRead};
-use crate::hub_session::ChangePage;
+use crate::hub_session::{ChangePage, CommittedChanges};
 
 /// A device more than this many sequence numbers behind a set's snapshot
 /// point gets the snapshots instead of the history.
@@ -95,5 +95,13 @@ impl<B: ReadBackend> HubLogRead for B {
 
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
         self.read(|rows| rows.find_outcome(op))
+    }
+
+    fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+        self.read(|rows| committed_between(rows, after, upto))
+    }
+
+    fn head(&self) -> Result<u64, HubLogError> {
+        self.read(|rows| rows.head_seq())
     }
 }

@@ -2,6 +2,16 @@
 //! identity and hub replica, the price book (dropped after a failed commit),
 //! group commits, and the import writes (hub-made changes, intents the hub
 //! issues, snapshots of a set). Backends only store rows.
+//!
+//! Several writers, one store: a backend may let several processes write
+//! one store in turn (PostgreSQL serializes their transactions with an
+//! advisory lock). So every transaction takes the head from the backend
+//! ([`LogRows::head_seq`] inside the transaction) rather than trusting the
+//! head this writer left, and numbers from there. When the two differ,
+//! another writer committed in between: its changes may have touched prices
+//! documents, so the price book (a cache of them) is dropped and rebuilt
+//! from storage on demand. With one writer (SQLite, memory) the heads always
+//! agree and the extra read is one index probe per transaction.
 
 use omnisync_core::protocol::message::RemoteChange;
 use omnisync_core::vocab::ids::{DeviceId, DocId, DocSetId, ReplicaId, StoreId};
@@ -100,20 +110,21 @@ impl<B: Backend> HubStore<B> {
             AuthorityConfig,
         ) -> Result<T, HubLogError>,
     ) -> Result<T, HubLogError> {
-        let mut head = self.head;
         let result = {
             let mut txn = self.backend.begin()?;
+            let head_before = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
+            let mut head = head_before;
             let result = {
-                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, self.head);
+                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, head_before);
                 work(&mut shared, &mut head, self.hub, self.config)
             };
             result.and_then(|value| {
                 txn.commit()?;
-                Ok(value)
+                Ok((value, head))
             })
         };
         match result {
-            Ok(value) => {
+            Ok((value, head)) => {
                 self.head = head;
                 Ok(value)
             }
@@ -146,9 +157,9 @@ impl<B: Backend> HubStore<B> {
         changes: Vec<(DocId, Vec<u8>)>,
     ) -> Result<u64, HubLogError> {
         let origin = self.hub;
-        let mut head = self.head;
         let mut touches_prices = false;
         let mut txn = self.backend.begin()?;
+        let mut head = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
         for (doc, bytes) in changes {
             head += 1;
             touches_prices |= PriceBook::follows(&doc);
@@ -170,8 +181,8 @@ impl<B: Backend> HubStore<B> {
 
     /// A document as the hub has it now, or `None` if it has no changes.
     pub fn load_doc(&mut self, doc: &DocId) -> Result<Option<automerge::Automerge>, HubLogError> {
-        let head = self.head;
         let mut txn = self.backend.begin()?;
+        let head = txn.head_seq()?;
         let loaded = load_doc_at(&mut txn, doc, head)?;
         // Dropped without a commit: a read-only transaction.
         drop(txn);
@@ -181,8 +192,8 @@ impl<B: Backend> HubStore<B> {
     /// Saves every document of `set` as a snapshot covering the current head,
     /// and records that point for the set. Returns the number of documents.
     pub fn snapshot_set(&mut self, set: &DocSetId) -> Result<usize, HubLogError> {
-        let covers = self.head;
         let mut txn = self.backend.begin()?;
+        let covers = txn.head_seq()?;
         let docs = txn.set_docs(set)?;
         for doc in &docs {
             // A record's snapshot is its newest version; a document's is its save.
@@ -198,6 +209,22 @@ impl<B: Backend> HubStore<B> {
         txn.commit()?;
         Ok(docs.len())
     }
+}
+
+/// The committed head as `txn` sees it; when another writer moved it since
+/// this one's last commit (`known`), the price book is dropped (see the
+/// module doc) and `known` follows.
+fn catch_up(
+    known: &mut u64,
+    prices: &mut PriceBook,
+    txn: &mut impl LogRows,
+) -> Result<u64, HubLogError> {
+    let head = txn.head_seq()?;
+    if head != *known {
+        *prices = PriceBook::new();
+        *known = head;
+    }
+    Ok(head)
 }
 
 impl<B: Backend> HubLog for HubStore<B> {

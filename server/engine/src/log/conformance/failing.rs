@@ -11,7 +11,7 @@ use omnisync_core::vocab::record::OrderRecord;
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
 use crate::log::HubLogError;
-use crate::log::contract::{Backend, LogRows, PageCut, WriteTxn};
+use crate::log::contract::{Backend, LogRows, PageCut, Prefetch, WriteTxn};
 
 /// `B` with a switch that makes the next transaction's commit fail.
 #[derive(Debug)]
@@ -98,6 +98,17 @@ impl<T: WriteTxn> LogRows for FailingTxn<T> {
         page: &mut PageCut,
     ) -> Result<(), HubLogError> {
         self.inner.snapshots_after(set, after, page)
+    }
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        self.inner.changes_between(after, upto, visit)
+    }
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError> {
+        self.inner.prefetch(want)
     }
 }
 
