@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod changes;
+pub mod cluster;
 pub mod committer;
 pub mod connection;
 pub mod devices;
@@ -26,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omnisync_hub_engine::log::{HubLog, HubLogError, HubLogRead};
+use omnisync_hub_engine::log::{HubLogError, HubLogRead};
 use tokio::sync::watch;
 
 use crate::auth::{AuthConfig, Authenticator};
@@ -155,12 +156,7 @@ impl Hub {
             reader,
             log_id,
         } = open_log(&config, authority).await?;
-        let devices = Arc::new(DeviceRegistry::open(&config.data_dir).map_err(|source| {
-            HubError::Devices {
-                dir: config.data_dir.clone(),
-                source,
-            }
-        })?);
+        let devices = Arc::new(open_devices(&config).await?);
         let authenticator: Arc<dyn Authenticator> = match &config.auth {
             AuthConfig::Development => Arc::new(auth::DevAuthenticator),
             AuthConfig::Tokens(tokens) => Arc::new(auth::TokenAuthenticator::new(
@@ -190,12 +186,10 @@ impl Hub {
                 source,
             })?,
             FANOUT_QUEUE_MAX,
-            Box::new(|after, upto| {
-                // One process writes a SQLite log: its own commits are dense.
-                Err(HubLogError::Storage(format!(
-                    "changes {after}..={upto} were not committed by this hub"
-                )))
-            }),
+            {
+                let reader = reader.clone();
+                Box::new(move |after, upto| reader.changes_between(after, upto))
+            },
         ));
         let (committer, committer_thread) = Committer::start(
             writer,
@@ -217,6 +211,21 @@ impl Hub {
             changes: changes::ChangeIndex::default(),
             limits,
         });
+        if let Some(url) = &config.database {
+            let devices = state.devices.clone();
+            cluster::spawn(
+                url.clone(),
+                storage::postgres::NOTIFY_CHANNEL,
+                storage::postgres::HEAD_SQL,
+                cluster::Listeners {
+                    fanout: state.fanout.clone(),
+                    on_revocation: Box::new(move |tenant, device| {
+                        devices.revoked_elsewhere(tenant, device)
+                    }),
+                },
+                state.shutdown.subscribe(),
+            );
+        }
         let ticker = state.committer.clone();
         let mut ticker_shutdown = state.shutdown.subscribe();
         tokio::spawn(async move {
@@ -317,6 +326,27 @@ impl Hub {
         }
         Ok(())
     }
+}
+
+/// Opens the device registry: `devices.db` in the data directory, or the
+/// PostgreSQL database every hub process on it shares.
+async fn open_devices(config: &HubConfig) -> Result<DeviceRegistry, HubError> {
+    let devices = match &config.database {
+        None => DeviceRegistry::open(&config.data_dir),
+        Some(url) => {
+            let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
+            tokio::task::spawn_blocking(move || {
+                storage::pg_registry::PgRegistryRows::open(&url)
+                    .and_then(|rows| DeviceRegistry::with_rows(Box::new(rows)))
+            })
+            .await
+            .map_err(|error| HubError::Task(error.to_string()))?
+        }
+    };
+    devices.map_err(|source| HubError::Devices {
+        dir: config.data_dir.clone(),
+        source,
+    })
 }
 
 /// A hub log opened for serving.

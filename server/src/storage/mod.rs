@@ -30,6 +30,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub use omnisync_hub_engine::log::{SNAPSHOT_CATCH_UP_GAP_MIN, hub_replica};
 
+pub mod pg_registry;
 pub mod postgres;
 
 /// Where a hub keeps its log: a SQLite file in a data directory (one

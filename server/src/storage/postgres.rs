@@ -75,7 +75,10 @@ use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
 use super::{decode, decode_outcome, encode, encode_outcome, seq_param, stored_change};
 
 /// The migrations, in order; the schema version is their count.
-const MIGRATIONS: &[&str] = &[include_str!("pg_migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("pg_migrations/0001_init.sql"),
+    include_str!("pg_migrations/0002_devices.sql"),
+];
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// The advisory lock every write transaction (and the migration) holds:
@@ -84,6 +87,8 @@ pub const WRITER_LOCK_KEY: i64 = 0x6f6d_6e69_7379_6e63; // "omnisync"
 /// The channel a transaction that appended changes notifies, with the new
 /// head as payload.
 pub const NOTIFY_CHANNEL: &str = "omnisync_log";
+/// Reads the committed head (for processes that listen on [`NOTIFY_CHANNEL`]).
+pub const HEAD_SQL: &str = "SELECT seq FROM log_head WHERE id = 1";
 /// Reader connections kept open for reuse.
 pub const READER_POOL_LEN_MAX: usize = 8;
 /// First wait before reconnecting after a failed connection.
@@ -136,6 +141,12 @@ impl PgUrl {
     /// The URL as logs may show it.
     pub fn redacted(&self) -> &str {
         &self.shown
+    }
+
+    /// A new blocking connection (off any async runtime's thread: see
+    /// [`off_runtime`]).
+    pub fn connect(&self) -> Result<Client, postgres::Error> {
+        self.config.connect(NoTls)
     }
 }
 
