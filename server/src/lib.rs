@@ -17,6 +17,7 @@ pub mod http;
 pub mod import;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 #[cfg(any(test, feature = "pg-cluster"))]
 pub mod pg_cluster;
 pub mod storage;

@@ -293,10 +293,6 @@ enum Command {
         /// unreachable server (retrying after 1 s, doubling to 30 s).
         #[arg(long)]
         database: Option<String>,
-        /// With `--database`: directory of this process's device registry
-        /// (`devices.db`: replica bindings, revocations).
-        #[arg(long, requires = "database", default_value = "./omnisync-data")]
-        devices_dir: PathBuf,
         /// Name of this hub in logs and handshakes.
         #[arg(long, default_value = "hub")]
         hub_id: String,
@@ -385,6 +381,18 @@ enum Command {
         #[arg(long, default_value = "EUR")]
         currency: String,
     },
+    /// Copy a hub's SQLite data directory into an empty PostgreSQL database
+    /// (change log, outcomes, ledger, snapshots, device registry), keeping
+    /// the log's identity so devices carry on where they were. Stop the hub
+    /// on the directory first; afterwards serve with `--database`.
+    Migrate {
+        /// The hub's data directory (holding hub.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, e.g. `postgres://hub:PASSWORD@db:5432/omnisync`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -410,7 +418,6 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 data_dir,
                 database,
-                devices_dir,
                 hub_id,
                 group_ops_max,
                 price_tolerance_bp,
@@ -428,11 +435,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 let config = HubConfig {
                     listen,
-                    data_dir: if database.is_some() {
-                        devices_dir
-                    } else {
-                        data_dir
-                    },
+                    data_dir,
                     database,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
@@ -510,6 +513,24 @@ fn main() -> anyhow::Result<()> {
                 let now_s = issued_at_s.unwrap_or_else(|| omnisync_core::now_ms() / 1000);
                 let claims = token::claims_for(&identity, &issuer, &audience, now_s, ttl_s, now_s);
                 println!("{}", key.sign(&claims).context("signing the token")?);
+                Ok(())
+            }
+            Command::Migrate { from, to } => {
+                let url = omnisync_hub::storage::postgres::PgUrl::parse(&to)
+                    .map_err(anyhow::Error::msg)?;
+                let migrated = tokio::task::spawn_blocking(move || {
+                    omnisync_hub::migrate::migrate(&from, &url)
+                })
+                .await??;
+                for (table, rows) in &migrated.rows {
+                    println!("{table}: {rows} rows");
+                }
+                println!(
+                    "migrated: log {} at head {} into {}",
+                    migrated.log_id,
+                    migrated.head,
+                    omnisync_hub::storage::postgres::redact(&to)
+                );
                 Ok(())
             }
             Command::ImportCatalog {

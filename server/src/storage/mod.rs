@@ -85,6 +85,20 @@ pub fn open(data_dir: &Path) -> Result<SqliteHubLog, HubLogError> {
     HubStore::open(SqliteBackend::open(data_dir)?)
 }
 
+/// Takes the data directory's lock (held by the one process writing it),
+/// refusing when another process holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, HubLogError> {
+    let lock = std::fs::File::create(data_dir.join(LOCK_FILE_NAME))
+        .map_err(|error| storage_error(format!("creating the lock file: {error}")))?;
+    lock.try_lock().map_err(|_| {
+        storage_error(format!(
+            "{} is in use by another omnisync-hub process (serve, import or migrate); stop it first",
+            data_dir.display()
+        ))
+    })?;
+    Ok(lock)
+}
+
 /// The writer's connection to the hub database, holding the directory's lock.
 pub struct SqliteBackend {
     db: Connection,
@@ -104,14 +118,7 @@ impl SqliteBackend {
     pub fn open(data_dir: &Path) -> Result<Self, HubLogError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| storage_error(format!("creating {}: {error}", data_dir.display())))?;
-        let lock = std::fs::File::create(data_dir.join(LOCK_FILE_NAME))
-            .map_err(|error| storage_error(format!("creating the lock file: {error}")))?;
-        lock.try_lock().map_err(|_| {
-            storage_error(format!(
-                "{} is in use by another omnisync-hub process (serve or import); stop it first",
-                data_dir.display()
-            ))
-        })?;
+        let lock = lock_data_dir(data_dir)?;
         let mut db = open_connection(&data_dir.join(DB_FILE_NAME))?;
         migrate(&mut db)?;
         Ok(Self { db, _lock: lock })
