@@ -79,6 +79,9 @@ pub struct HubConfig {
     pub limits: Limits,
     /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
     pub tls: Option<TlsConfig>,
+    /// When the change log is compacted into snapshots; `None` keeps every
+    /// change forever.
+    pub compaction: Option<omnisync_hub_engine::log::CompactPolicy>,
 }
 
 impl HubConfig {
@@ -95,6 +98,7 @@ impl HubConfig {
             auth: AuthConfig::Development,
             limits: Limits::default(),
             tls: None,
+            compaction: Some(omnisync_hub_engine::log::CompactPolicy::default()),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Hub {
         writer.set_authority_config(omnisync_hub_engine::ledger::authority::AuthorityConfig {
             price_tolerance_bp: config.price_tolerance_bp,
         });
+        writer.set_compaction(config.compaction);
         let log_id = writer.log_id().to_owned();
         let devices = Arc::new(DeviceRegistry::open(&config.data_dir).map_err(|source| {
             HubError::Devices {
@@ -334,7 +339,8 @@ pub enum HubError {
     Tls(tls::TlsError),
 }
 
-/// Builds an automerge document from the stored changes of `doc`.
+/// Builds an automerge document from what the log stores of `doc`: its
+/// snapshot, if any, then the changes after it.
 pub fn load_doc(
     reader: &dyn HubLogRead,
     doc: &omnisync_core::DocId,

@@ -139,6 +139,8 @@ struct Subscription {
     mode: Mode,
     /// Snapshot transfer in progress: continue after this document.
     resume: Option<omnisync_core::vocab::ids::DocId>,
+    /// The snapshot point of the transfer in progress.
+    resume_point: u64,
 }
 
 #[derive(Debug)]
@@ -463,6 +465,27 @@ impl HubSession {
         else {
             return;
         };
+        // Snapshots carry their point as sequence number; the last page of a
+        // transfer, if empty, carries it as cursor.
+        let point = page
+            .changes
+            .first()
+            .map_or(page.cursor, |change| change.hub_seq);
+        if subscription.resume.is_some() && point != subscription.resume_point {
+            // The set was compacted again between two pages of a transfer:
+            // the documents sent at the old point miss changes now deleted.
+            // Start the transfer over at the new point.
+            subscription.resume = None;
+            subscription.mode = Mode::CatchingUp {
+                reading: false,
+                buffered: Vec::new(),
+                overflowed: false,
+            };
+            return;
+        }
+        if subscription.resume.is_none() && page.resume.is_some() {
+            subscription.resume_point = point;
+        }
         let mut outgoing: Vec<RemoteChange> = page
             .changes
             .into_iter()
@@ -580,6 +603,7 @@ impl HubSession {
                 .or_insert(Subscription {
                     cursor: request.cursor,
                     resume: None,
+                    resume_point: 0,
                     mode: Mode::CatchingUp {
                         reading: false,
                         buffered: Vec::new(),

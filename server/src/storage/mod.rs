@@ -184,9 +184,13 @@ impl<C: Deref<Target = Connection>> SqliteRows<C> {
 
 impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
     fn head_seq(&mut self) -> Result<u64, HubLogError> {
+        // Compaction deletes changes, never above a set's snapshot point.
         let head: Option<i64> = self
             .0
-            .prepare_cached("SELECT MAX(hub_seq) FROM changes")
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT MAX(hub_seq) FROM changes), 0),
+                            COALESCE((SELECT MAX(covers_seq) FROM set_snapshots), 0))",
+            )
             .map_err(storage_error)?
             .query_row([], |row| row.get(0))
             .map_err(storage_error)?;
@@ -318,6 +322,76 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
             .optional()
             .map_err(storage_error)?;
         Ok(covers.map(|covers| covers as u64))
+    }
+
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        // One index probe per set rather than a walk over every change.
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "WITH RECURSIVE sets(set_id) AS (
+                     SELECT MIN(set_id) FROM changes
+                     UNION ALL
+                     SELECT (SELECT MIN(set_id) FROM changes WHERE set_id > sets.set_id)
+                     FROM sets WHERE sets.set_id IS NOT NULL)
+                 SELECT set_id FROM sets WHERE set_id IS NOT NULL",
+            )
+            .map_err(storage_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(storage_error)?;
+        let mut sets = Vec::new();
+        for row in rows {
+            sets.push(DocSetId::new(row.map_err(storage_error)?).map_err(storage_error)?);
+        }
+        Ok(sets)
+    }
+
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        let (count, bytes): (i64, i64) = self
+            .0
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM changes
+                 WHERE set_id = ?1 AND hub_seq > ?2 AND hub_seq <= ?3",
+            )
+            .map_err(storage_error)?
+            .query_row(
+                params![set.as_str(), seq_param(after), seq_param(upto)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(storage_error)?;
+        Ok((count as u64, bytes as u64))
+    }
+
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "SELECT DISTINCT doc_id FROM changes
+                 WHERE set_id = ?1 AND hub_seq > ?2 AND hub_seq <= ?3 ORDER BY doc_id",
+            )
+            .map_err(storage_error)?;
+        let rows = statement
+            .query_map(
+                params![set.as_str(), seq_param(after), seq_param(upto)],
+                |row| row.get::<_, String>(0),
+            )
+            .map_err(storage_error)?;
+        let mut docs = Vec::new();
+        for row in rows {
+            docs.push(DocId::new(row.map_err(storage_error)?).map_err(storage_error)?);
+        }
+        Ok(docs)
     }
 
     fn snapshots_after(
@@ -542,6 +616,25 @@ impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
              ON CONFLICT (set_id) DO UPDATE SET covers_seq = ?2",
             params![set.as_str(), covers as i64],
         )
+    }
+
+    fn delete_changes(
+        &mut self,
+        set: &DocSetId,
+        upto: u64,
+        limit: u64,
+    ) -> Result<u64, HubLogError> {
+        let deleted = self
+            .0
+            .prepare_cached(
+                "DELETE FROM changes WHERE hub_seq IN (
+                     SELECT hub_seq FROM changes WHERE set_id = ?1 AND hub_seq <= ?2
+                     ORDER BY hub_seq LIMIT ?3)",
+            )
+            .map_err(storage_error)?
+            .execute(params![set.as_str(), seq_param(upto), seq_param(limit)])
+            .map_err(storage_error)?;
+        Ok(deleted as u64)
     }
 
     fn commit(self) -> Result<(), HubLogError> {
