@@ -794,6 +794,63 @@ mod tests {
     }
 
     #[test]
+    fn the_head_survives_compaction_and_reopening() {
+        use omnisync_hub_engine::log::CompactPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open(dir.path()).unwrap();
+        let set = DocSetId::new("store.a").unwrap();
+        let mut doc = automerge::Automerge::new();
+        let ops = (1..=3)
+            .map(|seq| {
+                use automerge::transaction::Transactable as _;
+                let mut tx = doc.transaction();
+                tx.put(automerge::ROOT, "n", seq as i64).unwrap();
+                tx.commit();
+                let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+                incoming(seq, "store.a/x", bytes)
+            })
+            .collect();
+        writer.apply(ops).unwrap();
+        writer.set_compaction(Some(CompactPolicy {
+            after_age_ms: 0,
+            min_changes: 1,
+            min_bytes: u64::MAX,
+        }));
+        while writer.compact(1).unwrap().more {}
+        let reader = SqliteReader::new(dir.path());
+        assert!(reader.changes_since(&set, 0, 10, 1 << 20).is_err());
+        let page = reader.catch_up_page(&set, 0, None, 10, 1 << 20).unwrap();
+        assert_eq!((page.changes.len(), page.cursor), (1, 3), "one snapshot");
+        drop(writer);
+        let mut reopened = open(dir.path()).unwrap();
+        assert_eq!(reopened.head_seq().unwrap(), 3, "every change was deleted");
+        let applied = reopened
+            .apply(vec![incoming(4, "store.a/y", vec![1])])
+            .unwrap();
+        assert_eq!(applied.committed.by_set[&set][0].hub_seq, 4, "never reused");
+    }
+
+    fn incoming(seq: u64, doc: &str, bytes: Vec<u8>) -> IncomingOp {
+        use omnisync_core::protocol::message::{DocChange, Op, OpBody};
+        IncomingOp {
+            op: Op {
+                id: OpId {
+                    replica: ReplicaId([7; 16]),
+                    seq,
+                },
+                created_ms: 0,
+                body: OpBody::Changes(vec![DocChange {
+                    doc: DocId::new(doc).unwrap(),
+                    bytes,
+                }]),
+            },
+            device: omnisync_core::vocab::ids::DeviceId::new("till-1").unwrap(),
+            store: StoreId::new("a").unwrap(),
+            verdict: omnisync_hub_engine::hub_session::Verdict::Accept,
+        }
+    }
+
+    #[test]
     fn the_head_survives_reopening() {
         let both = fresh();
         let mut writer = both.writer;
