@@ -1172,6 +1172,57 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_transfer_whose_point_moves_starts_over() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        let snapshot = |doc: &str, covers: u64| RemoteChange {
+            hub_seq: covers,
+            doc: DocId::new(doc).unwrap(),
+            origin: ReplicaId([9; 16]),
+            bytes: vec![1],
+        };
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/a", 50)],
+                cursor: 0,
+                caught_up: false,
+                resume: Some(DocId::new("store.s1/a").unwrap()),
+            },
+        );
+        sent_batches(&mut session);
+        assert!(session.catch_up_resume(&set).is_some());
+        assert_eq!(session.poll_catch_up(), Some((set.clone(), 0)));
+        // Compacted again to #80 between two pages: `a` as sent misses
+        // changes up to #80 that are now deleted.
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/b", 80)],
+                cursor: 80,
+                caught_up: false,
+                resume: None,
+            },
+        );
+        assert!(
+            sent_batches(&mut session).is_empty(),
+            "nothing of the mixed transfer"
+        );
+        assert!(
+            session.catch_up_resume(&set).is_none(),
+            "from the first document"
+        );
+        assert_eq!(session.poll_catch_up(), Some((set, 0)), "the cursor stayed");
+    }
+
+    #[test]
     fn forbidden_subscription_closes() {
         let mut session = ready_session();
         session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
