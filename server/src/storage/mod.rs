@@ -105,6 +105,25 @@ impl SqliteBackend {
     }
 }
 
+impl SqliteBackend {
+    /// Moves the write-ahead log into the database file (`wal_checkpoint`);
+    /// with `vacuum`, also rebuilds the file without its free pages, which
+    /// SQLite otherwise keeps for reuse after compaction deleted rows. For
+    /// size measurements and maintenance: it holds the writer meanwhile.
+    pub fn checkpoint(&mut self, vacuum: bool) -> Result<(), HubLogError> {
+        let truncate = |db: &Connection| {
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(storage_error)
+        };
+        truncate(&self.db)?;
+        if vacuum {
+            self.db.execute_batch("VACUUM").map_err(storage_error)?;
+            truncate(&self.db)?;
+        }
+        Ok(())
+    }
+}
+
 impl Backend for SqliteBackend {
     type Txn<'t> = SqliteRows<rusqlite::Transaction<'t>>;
 
