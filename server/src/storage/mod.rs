@@ -738,6 +738,12 @@ mod tests {
         fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
             self.writer.maintain(now_ms)
         }
+        fn compact(
+            &mut self,
+            now_ms: u64,
+        ) -> Result<omnisync_hub_engine::log::CompactStep, HubLogError> {
+            self.writer.compact(now_ms)
+        }
         fn head_seq(&self) -> Result<u64, HubLogError> {
             self.writer.head_seq()
         }
@@ -802,6 +808,14 @@ mod tests {
     #[test]
     fn sqlite_log_conforms() {
         omnisync_hub_engine::log::conformance::run_all(fresh);
+    }
+
+    #[test]
+    fn sqlite_price_book_rebuilds_from_compacted_prices() {
+        let dir = tempfile::tempdir().unwrap();
+        omnisync_hub_engine::log::conformance::price_book_rebuilds_from_compacted_prices(
+            SqliteBackend::open(dir.path()).unwrap(),
+        );
     }
 
     #[test]

@@ -117,10 +117,14 @@
 //! backend's tests, where `fresh` makes an empty log implementing
 //! `conformance::Conformant` (the writer and a reader of the same store). It
 //! covers exactly-once outcomes, rejections, intents, page limits by count
-//! and by bytes, import writes, snapshots for a far-behind cursor, and the
-//! hub's replica. `conformance::price_book_forgets_a_failed_commit(backend)`
-//! is for backends that roll back (all but memory): it wraps the backend in
-//! `conformance::failing::FailingCommits`. The SQLite backend's tests
+//! and by bytes, import writes, snapshots for a far-behind cursor, the
+//! hub's replica, and compaction (devices from nothing, from the deleted
+//! range and live converge; the age and amount rules).
+//! `conformance::price_book_forgets_a_failed_commit(backend)` is for
+//! backends that roll back (all but memory): it wraps the backend in
+//! `conformance::failing::FailingCommits`; so does
+//! `conformance::price_book_rebuilds_from_compacted_prices(backend)`, which
+//! every backend runs. The SQLite backend's tests
 //! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
 
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};

@@ -133,4 +133,9 @@ mod tests {
     fn memory_log_conforms() {
         super::conformance::run_all(super::MemoryHubLog::new);
     }
+
+    #[test]
+    fn memory_price_book_rebuilds_from_compacted_prices() {
+        super::conformance::price_book_rebuilds_from_compacted_prices(super::MemoryBackend::new());
+    }
 }

@@ -458,6 +458,92 @@ pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
     );
 }
 
+/// After the prices documents were compacted (their changes deleted), a
+/// price book rebuilt from storage (dropped by a failed commit) still
+/// checks checkouts against the price in force: read from the snapshot and
+/// the changes after it.
+pub fn price_book_rebuilds_from_compacted_prices<B: Backend>(backend: B) {
+    use failing::FailingCommits;
+    use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+    use omnisync_core::vocab::intent::{
+        CheckoutIntent, Decision, Intent, IntentLine, LineSource, Refusal, StockCommand,
+    };
+    use omnisync_core::vocab::layout;
+    let mut log = HubStore::open(FailingCommits::new(backend)).unwrap();
+    let store = StoreId::new("a").unwrap();
+    let sku = Sku::new("tea").unwrap();
+    let prices = layout::prices_doc(&store, &sku);
+    let mut doc = automerge::Automerge::new();
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    for (amount, counter) in [(100, 1), (300, 2)] {
+        let mut change = op(
+            11,
+            next(),
+            prices.as_str(),
+            &price_change(&mut doc, &sku, amount, counter),
+        );
+        change.store = store.clone();
+        log.apply(vec![change]).unwrap();
+    }
+    let receive = Intent::Stock(StockCommand::Receive {
+        key: "delivery-1".parse().unwrap(),
+        sku: sku.clone(),
+        quantity: 10,
+    });
+    log.apply(vec![intent(11, next(), receive)]).unwrap();
+    log.set_compaction(Some(CompactPolicy {
+        after_age_ms: 0,
+        min_changes: 1,
+        min_bytes: u64::MAX,
+    }));
+    let compacted = compact_fully(&mut log, 1);
+    assert!(compacted.deleted >= 2, "{compacted:?}");
+    // A failed commit drops the price book: the next check rebuilds it.
+    log.backend_mut().fail_next = true;
+    assert!(log.apply(vec![]).is_err());
+    let checkout = |order: &str, unit_price_minor: i64| {
+        Intent::Checkout(CheckoutIntent {
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
+            lines: vec![IntentLine {
+                sku: sku.clone(),
+                quantity: 1,
+                unit_price_minor,
+                source: LineSource::Hub,
+            }],
+            currency: Currency::new("EUR").expect("currency"),
+            payment_ref: "card".parse().unwrap(),
+            channel: Channel::Pos,
+        })
+    };
+    let decided = log
+        .apply(vec![
+            intent(11, next(), checkout("o-old", 100)),
+            intent(11, next(), checkout("o-new", 300)),
+        ])
+        .unwrap();
+    assert!(
+        matches!(
+            decided.acks[0].outcome,
+            AckOutcome::Decided(Decision::Refused(Refusal::PriceChanged { .. }))
+        ),
+        "the old price is no longer in force: {:?}",
+        decided.acks[0]
+    );
+    assert!(
+        matches!(
+            decided.acks[1].outcome,
+            AckOutcome::Decided(Decision::Confirmed { .. })
+        ),
+        "the compacted price is: {:?}",
+        decided.acks[1]
+    );
+}
+
 /// The change that sets the till price of `sku` to `amount_minor` in the
 /// prices document `doc` (a later `counter` wins).
 fn price_change(
