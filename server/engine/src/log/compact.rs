@@ -95,7 +95,7 @@ pub struct Compaction {
     to_examine: Vec<DocSetId>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Job {
     /// Snapshot `docs[next..]` at `point`, then make `point` the set's.
     Snapshot {
@@ -128,10 +128,12 @@ impl Compaction {
 
     /// Runs one bounded step in `txn` (which the caller commits): finds a
     /// set to compact if no job is under way, then does one unit of the
-    /// job. The state moves on only through [`Self::commit_step`], after
-    /// the caller's commit.
+    /// job. The job and the sets to examine are taken out meanwhile and put
+    /// back only by [`Self::commit_step`], after the caller's commit; if the
+    /// step or the commit fails they are dropped, and the next round plans
+    /// again from what storage holds.
     pub fn step(
-        &self,
+        &mut self,
         txn: &mut dyn WriteTxn,
         head: u64,
         now_ms: u64,
@@ -139,9 +141,9 @@ impl Compaction {
         let Some(policy) = self.policy else {
             return Ok(Planned::default());
         };
+        let mut to_examine = std::mem::take(&mut self.to_examine);
+        let mut job = self.job.take();
         let point = eligible_point(txn, policy, head, now_ms)?;
-        let mut to_examine = self.to_examine.clone();
-        let mut job = self.job.clone();
         if job.is_none() {
             if to_examine.is_empty() {
                 to_examine = txn.change_sets()?;
@@ -175,10 +177,11 @@ impl Compaction {
         planned.outcome
     }
 
-    /// Forgets the job under way after a failed step, so that one bad set
-    /// does not stop the others (it is examined again next round).
+    /// After a failed step: the job under way is forgotten, so that one bad
+    /// set does not stop the others (it is examined again next round).
     pub fn fail_step(&mut self) {
         self.job = None;
+        self.to_examine.clear();
     }
 }
 
