@@ -19,7 +19,10 @@
 //!    [`COMPACT_DELETES_PER_STEP`] per transaction.
 //!
 //! Outcomes of ops (exactly-once answers), ledger rows and snapshots are
-//! never deleted. Ages are measured with marks: every step the writer notes
+//! never deleted. A set with a document holding changes that wait for a
+//! missing dependency (built on a change the hub refused) is not compacted:
+//! an automerge save leaves such changes out, so deleting them would lose
+//! them; the step fails with that reason and the other sets go on. Ages are measured with marks: every step the writer notes
 //! `(now, head)` in the metadata (`compact_marks`, at most one mark per
 //! 1/[`MARKS_PER_AGE`] of the age), so a change's age needs no column of
 //! its own; a log met for the first time starts aging then.
@@ -128,10 +131,11 @@ impl Compaction {
 
     /// Runs one bounded step in `txn` (which the caller commits): finds a
     /// set to compact if no job is under way, then does one unit of the
-    /// job. The job and the sets to examine are taken out meanwhile and put
-    /// back only by [`Self::commit_step`], after the caller's commit; if the
-    /// step or the commit fails they are dropped, and the next round plans
-    /// again from what storage holds.
+    /// job. The job is taken out meanwhile and put back only by
+    /// [`Self::commit_step`], after the caller's commit; if the step or the
+    /// commit fails it is dropped, and a later round plans again from what
+    /// storage holds. Sets examined leave this round's queue either way, so
+    /// one set that fails does not hold up the sets after it.
     pub fn step(
         &mut self,
         txn: &mut dyn WriteTxn,
@@ -141,16 +145,17 @@ impl Compaction {
         let Some(policy) = self.policy else {
             return Ok(Planned::default());
         };
-        let mut to_examine = std::mem::take(&mut self.to_examine);
         let mut job = self.job.take();
         let point = eligible_point(txn, policy, head, now_ms)?;
         if job.is_none() {
-            if to_examine.is_empty() {
-                to_examine = txn.change_sets()?;
-                to_examine.reverse();
+            if self.to_examine.is_empty() {
+                self.to_examine = txn.change_sets()?;
+                self.to_examine.reverse();
             }
             for _ in 0..COMPACT_SETS_PER_STEP {
-                let Some(set) = to_examine.pop() else { break };
+                let Some(set) = self.to_examine.pop() else {
+                    break;
+                };
                 job = plan(txn, policy, &set, point)?;
                 if job.is_some() {
                     break;
@@ -162,26 +167,20 @@ impl Compaction {
             Some(job) => run(txn, job, &mut outcome)?,
             None => None,
         };
-        outcome.more = job.is_some() || !to_examine.is_empty();
-        Ok(Planned {
-            outcome,
-            job,
-            to_examine,
-        })
+        outcome.more = job.is_some() || !self.to_examine.is_empty();
+        Ok(Planned { outcome, job })
     }
 
     /// Keeps what a committed step planned.
     pub fn commit_step(&mut self, planned: Planned) -> CompactStep {
         self.job = planned.job;
-        self.to_examine = planned.to_examine;
         planned.outcome
     }
 
-    /// After a failed step: the job under way is forgotten, so that one bad
-    /// set does not stop the others (it is examined again next round).
+    /// After a failed step or commit: the job under way is forgotten (see
+    /// [`Self::step`]).
     pub fn fail_step(&mut self) {
         self.job = None;
-        self.to_examine.clear();
     }
 }
 
@@ -190,7 +189,6 @@ impl Compaction {
 pub struct Planned {
     outcome: CompactStep,
     job: Option<Job>,
-    to_examine: Vec<DocSetId>,
 }
 
 /// The compacted point of `set`: its changes up to it may be deleted, so a
@@ -357,7 +355,15 @@ fn snapshot_doc(txn: &mut dyn WriteTxn, doc: &DocId, point: u64) -> Result<bool,
         txn.latest_change(doc, point)?
             .ok_or_else(|| storage_error(format!("record {doc} has no change up to {point}")))?
     } else {
-        load_doc_at(txn, doc, point)?.save()
+        let loaded = load_doc_at(txn, doc, point)?;
+        // A save leaves out changes still waiting for a dependency (a change
+        // the hub refused): deleting them would lose them for good.
+        if !automerge::ReadDoc::get_missing_deps(&loaded, &[]).is_empty() {
+            return Err(storage_error(format!(
+                "{doc} holds changes waiting for missing dependencies; its set is not compacted"
+            )));
+        }
+        loaded.save()
     };
     txn.put_snapshot(doc, point, &bytes)?;
     Ok(true)

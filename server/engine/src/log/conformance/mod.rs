@@ -66,6 +66,7 @@ pub fn run_all<L: Conformant>(mut fresh: impl FnMut() -> L) {
     a_far_behind_cursor_gets_snapshots_then_the_rest(fresh());
     compaction_keeps_every_document_and_record(fresh());
     compaction_waits_for_age_and_amount(fresh());
+    compaction_never_drops_changes_waiting_for_dependencies(fresh());
 }
 
 /// Intents are decided in op order, once: a retry gets the stored
@@ -738,6 +739,8 @@ pub fn compaction_keeps_every_document_and_record<L: Conformant>(mut log: L) {
     two.set_actor(automerge::ActorId::from(vec![2u8; 16]));
     let mut other = automerge::Automerge::new();
     other.set_actor(automerge::ActorId::from(vec![3u8; 16]));
+    let mut third = automerge::Automerge::new();
+    third.set_actor(automerge::ActorId::from(vec![4u8; 16]));
     let mut seq = 0;
     let mut next = || {
         seq += 1;
@@ -757,7 +760,7 @@ pub fn compaction_keeps_every_document_and_record<L: Conformant>(mut log: L) {
     early.catch_up(&log, &orders);
     let mut ops = vec![
         op(9, next(), "store.a/d0", &edit(&mut one, "one", 10)),
-        op(9, next(), "store.a/d2", &edit(&mut other, "m", 1)),
+        op(9, next(), "store.a/d2", &edit(&mut third, "m", 1)),
         intent(9, next(), receive("delivery-2")),
         intent(9, next(), status("o-1", 1, "paid")),
         intent(9, next(), checkout("o-2")),
@@ -881,4 +884,41 @@ pub fn compaction_waits_for_age_and_amount<L: Conformant>(mut log: L) {
     let mut heads = follower.docs[&DocId::new("store.a/x").unwrap()].get_heads();
     heads.sort();
     assert_eq!(heads, doc.get_heads());
+}
+
+/// A document holding a change whose dependency the log lacks (the change
+/// it builds on was refused) is never compacted: its save would leave that
+/// change out, and deleting it would lose it. The step fails, nothing is
+/// deleted, and the other sets are still compacted.
+pub fn compaction_never_drops_changes_waiting_for_dependencies<L: Conformant>(mut log: L) {
+    let set = DocSetId::new("store.a").unwrap();
+    let mut doc = automerge::Automerge::new();
+    let _refused = edit(&mut doc, "n", 1);
+    let waiting = edit(&mut doc, "n", 2);
+    let mut other = automerge::Automerge::new();
+    let mut fine = op(12, 2, "store.b/y", &edit(&mut other, "n", 1));
+    fine.store = StoreId::new("b").unwrap();
+    log.apply(vec![op(12, 1, "store.a/x", &waiting), fine])
+        .unwrap();
+    log.store().set_compaction(Some(CompactPolicy {
+        after_age_ms: 0,
+        min_changes: 1,
+        min_bytes: u64::MAX,
+    }));
+    let mut failed = false;
+    for _ in 0..100 {
+        match log.store().compact(1) {
+            Ok(step) if !step.more => break,
+            Ok(_) => {}
+            Err(_) => failed = true,
+        }
+    }
+    assert!(failed, "the step that met the waiting change failed");
+    let kept = log.changes_since(&set, 0, 10, 1 << 20).unwrap();
+    assert_eq!(kept.changes.len(), 1, "the waiting change is kept");
+    assert!(
+        log.changes_since(&DocSetId::new("store.b").unwrap(), 0, 10, 1 << 20)
+            .is_err(),
+        "the other set was compacted"
+    );
 }
