@@ -101,11 +101,12 @@ async fn devices_converge_after_the_hub_compacted_their_set() -> anyhow::Result<
     till1.client.wait_synced(SYNC_TIMEOUT).await?;
     let clients = [&till1.client, &till2.client, &till3.client];
     wait_converged(&clients, &docs).await?;
-    let mut store = till3.client.replica();
-    assert_eq!(store.get(&docs[0], &["three"])?, Some(Value::Int(1)));
-    assert_eq!(store.get(&docs[2], &["two"])?, Some(Value::Int(4)));
-    let heads = store.doc_heads(&docs[0])?;
-    drop(store);
+    let heads = {
+        let mut store = till3.client.replica();
+        assert_eq!(store.get(&docs[0], &["three"])?, Some(Value::Int(1)));
+        assert_eq!(store.get(&docs[2], &["two"])?, Some(Value::Int(4)));
+        store.doc_heads(&docs[0])?
+    };
     let at_hub = omnisync_hub::load_doc(reader.as_ref(), &docs[0])?;
     let mut at_hub: Vec<String> = at_hub.get_heads().iter().map(|h| h.to_string()).collect();
     at_hub.sort();
