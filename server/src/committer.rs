@@ -79,7 +79,7 @@ impl Committer {
                         match receiver.try_recv() {
                             Ok(request) => request,
                             Err(mpsc::error::TryRecvError::Empty) => {
-                                compacting = compact_step(log.as_mut());
+                                compacting = compact_step(log.as_mut(), &metrics);
                                 compacted = Instant::now();
                                 continue;
                             }
@@ -111,7 +111,7 @@ impl Committer {
                         crash_after_commit,
                     );
                     if compacting && compacted.elapsed() >= COMPACT_BUSY_EVERY {
-                        compacting = compact_step(log.as_mut());
+                        compacting = compact_step(log.as_mut(), &metrics);
                         compacted = Instant::now();
                     }
                     if maintained.elapsed() >= MAINTAIN_EVERY {
@@ -158,9 +158,14 @@ impl Committer {
 /// Runs one compaction step; returns whether more work waits. Compaction
 /// publishes nothing (the documents stay the same); a failure is logged and
 /// retried next round.
-fn compact_step(log: &mut dyn HubLog) -> bool {
+fn compact_step(log: &mut dyn HubLog, metrics: &Metrics) -> bool {
     match log.compact(omnisync_core::now_ms()) {
         Ok(step) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics
+                .compacted_snapshots
+                .fetch_add(step.snapshots as u64, Relaxed);
+            metrics.compacted_changes.fetch_add(step.deleted, Relaxed);
             if let Some((set, point)) = &step.compacted {
                 tracing::info!(%set, point, snapshots = step.snapshots, "set compacted into snapshots");
             }

@@ -11,7 +11,9 @@ use omnisync_core::client::{Client, SyncConfig};
 use omnisync_core::{DocEdit, DocId, DocSetId, Edit, Replica, StoreId, Value};
 use omnisync_hub::{Hub, HubConfig};
 use omnisync_hub_engine::log::{CompactPolicy, HubLogError};
-use omnisync_tests::{SYNC_TIMEOUT, TestDevice, device, init_logs, wait_converged, wait_until};
+use omnisync_tests::{
+    SYNC_TIMEOUT, TestDevice, device, http, init_logs, wait_converged, wait_until,
+};
 
 /// Reopens a stopped device's store file against another hub address.
 async fn reconnect(device: TestDevice, url: &str) -> anyhow::Result<TestDevice> {
@@ -90,6 +92,22 @@ async fn devices_converge_after_the_hub_compacted_their_set() -> anyhow::Result<
             1,
             "only the snapshot of {doc} is left"
         );
+    }
+    // The committer deletes in the steps after the snapshots, and counts it.
+    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let metrics = http::get(hub.address(), "/metrics", Duration::from_secs(5)).await?;
+        let count = |name| http::metric_value(&metrics.body, name).unwrap_or(0.0);
+        let deleted = count("omnisync_compacted_changes_total");
+        if deleted >= 30.0 {
+            assert_eq!(count("omnisync_compacted_snapshots_total"), 3.0);
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "only {deleted} changes deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let till1 = reconnect(till1, &hub.sync_url()).await?;
