@@ -24,6 +24,11 @@ pub const GROUP_OPS_MAX: usize = 2048;
 /// How often the authority's periodic work (recalling idle allowances) runs.
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// While compaction has work and ops keep coming, one compaction step runs
+/// after a group commit at most this often; an idle committer runs them
+/// back to back, each in a short transaction of its own.
+pub const COMPACT_BUSY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Failpoint for crash tests (`tests/tests/checkout_crash.rs`). When this
 /// environment variable is `crash-after-commit` as the committer starts, the
 /// hub calls `std::process::abort()` right after the first group commit that
@@ -68,7 +73,26 @@ impl Committer {
             .name("omnisync-committer".into())
             .spawn(move || {
                 let mut maintained = Instant::now();
-                while let Some(first) = receiver.blocking_recv() {
+                let mut compacted = Instant::now();
+                // True while compaction has work: look for it at start.
+                let mut compacting = true;
+                loop {
+                    let first = if compacting {
+                        match receiver.try_recv() {
+                            Ok(request) => request,
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                compacting = compact_step(log.as_mut(), &metrics);
+                                compacted = Instant::now();
+                                continue;
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match receiver.blocking_recv() {
+                            Some(request) => request,
+                            None => break,
+                        }
+                    };
                     let mut requests = vec![first];
                     let mut op_count = requests[0].ops.len();
                     while op_count < group_ops_max {
@@ -88,8 +112,14 @@ impl Committer {
                         group_ops_max,
                         crash_after_commit,
                     );
+                    if compacting && compacted.elapsed() >= COMPACT_BUSY_EVERY {
+                        compacting = compact_step(log.as_mut(), &metrics);
+                        compacted = Instant::now();
+                    }
                     if maintained.elapsed() >= MAINTAIN_EVERY {
                         maintained = Instant::now();
+                        // A new round of compaction: examine every set again.
+                        compacting = true;
                         match log.maintain(omnisync_core::now_ms()) {
                             Ok(committed) => fanout.publish_local(committed),
                             Err(error) => {
@@ -121,6 +151,29 @@ impl Committer {
             .send(request)
             .await
             .map_err(|_| "committer stopped".to_owned())
+    }
+}
+
+/// Runs one compaction step; returns whether more work waits. Compaction
+/// publishes nothing (the documents stay the same); a failure is logged and
+/// retried next round.
+fn compact_step(log: &mut dyn HubLog, metrics: &Metrics) -> bool {
+    match log.compact(omnisync_core::now_ms()) {
+        Ok(step) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics
+                .compacted_snapshots
+                .fetch_add(step.snapshots as u64, Relaxed);
+            metrics.compacted_changes.fetch_add(step.deleted, Relaxed);
+            if let Some((set, point)) = &step.compacted {
+                tracing::info!(%set, point, snapshots = step.snapshots, "set compacted into snapshots");
+            }
+            step.more
+        }
+        Err(error) => {
+            tracing::error!(%error, "compaction step failed; retried next round");
+            false
+        }
     }
 }
 

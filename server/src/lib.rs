@@ -88,6 +88,9 @@ pub struct HubConfig {
     pub limits: Limits,
     /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
     pub tls: Option<TlsConfig>,
+    /// When the change log is compacted into snapshots; `None` keeps every
+    /// change forever.
+    pub compaction: Option<omnisync_hub_engine::log::CompactPolicy>,
 }
 
 impl HubConfig {
@@ -105,6 +108,7 @@ impl HubConfig {
             auth: AuthConfig::Development,
             limits: Limits::default(),
             tls: None,
+            compaction: Some(omnisync_hub_engine::log::CompactPolicy::default()),
         }
     }
 }
@@ -371,6 +375,7 @@ async fn open_log(
                     source,
                 })?;
             writer.set_authority_config(authority);
+            writer.set_compaction(config.compaction);
             Ok(OpenedLog {
                 log_id: writer.log_id().to_owned(),
                 writer: Box::new(writer),
@@ -381,6 +386,7 @@ async fn open_log(
             let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
             let mut writer = open_postgres(&url).await?;
             writer.set_authority_config(authority);
+            writer.set_compaction(config.compaction);
             Ok(OpenedLog {
                 log_id: writer.log_id().to_owned(),
                 writer: Box::new(writer),
@@ -457,7 +463,8 @@ pub enum HubError {
     Tls(tls::TlsError),
 }
 
-/// Builds an automerge document from the stored changes of `doc`.
+/// Builds an automerge document from what the log stores of `doc`: its
+/// snapshot, if any, then the changes after it.
 pub fn load_doc(
     reader: &dyn HubLogRead,
     doc: &omnisync_core::DocId,

@@ -146,6 +146,8 @@ struct Subscription {
     mode: Mode,
     /// Snapshot transfer in progress: continue after this document.
     resume: Option<omnisync_core::vocab::ids::DocId>,
+    /// The snapshot point of the transfer in progress.
+    resume_point: u64,
 }
 
 #[derive(Debug)]
@@ -483,6 +485,27 @@ impl HubSession {
         else {
             return;
         };
+        // Snapshots carry their point as sequence number; the last page of a
+        // transfer, if empty, carries it as cursor.
+        let point = page
+            .changes
+            .first()
+            .map_or(page.cursor, |change| change.hub_seq);
+        if subscription.resume.is_some() && point != subscription.resume_point {
+            // The set was compacted again between two pages of a transfer:
+            // the documents sent at the old point miss changes now deleted.
+            // Start the transfer over at the new point.
+            subscription.resume = None;
+            subscription.mode = Mode::CatchingUp {
+                reading: false,
+                buffered: Vec::new(),
+                overflowed: false,
+            };
+            return;
+        }
+        if subscription.resume.is_none() && page.resume.is_some() {
+            subscription.resume_point = point;
+        }
         let mut outgoing: Vec<RemoteChange> = page
             .changes
             .into_iter()
@@ -600,6 +623,7 @@ impl HubSession {
                 .or_insert(Subscription {
                     cursor: request.cursor,
                     resume: None,
+                    resume_point: 0,
                     mode: Mode::CatchingUp {
                         reading: false,
                         buffered: Vec::new(),
@@ -1209,6 +1233,57 @@ mod tests {
             batches.iter().map(|b| b.cursor).collect::<Vec<_>>()
         );
         assert_eq!(batches.last().unwrap().cursor, 50);
+    }
+
+    #[test]
+    fn a_snapshot_transfer_whose_point_moves_starts_over() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        let snapshot = |doc: &str, covers: u64| RemoteChange {
+            hub_seq: covers,
+            doc: DocId::new(doc).unwrap(),
+            origin: ReplicaId([9; 16]),
+            bytes: vec![1],
+        };
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/a", 50)],
+                cursor: 0,
+                caught_up: false,
+                resume: Some(DocId::new("store.s1/a").unwrap()),
+            },
+        );
+        sent_batches(&mut session);
+        assert!(session.catch_up_resume(&set).is_some());
+        assert_eq!(session.poll_catch_up(), Some((set.clone(), 0)));
+        // Compacted again to #80 between two pages: `a` as sent misses
+        // changes up to #80 that are now deleted.
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/b", 80)],
+                cursor: 80,
+                caught_up: false,
+                resume: None,
+            },
+        );
+        assert!(
+            sent_batches(&mut session).is_empty(),
+            "nothing of the mixed transfer"
+        );
+        assert!(
+            session.catch_up_resume(&set).is_none(),
+            "from the first document"
+        );
+        assert_eq!(session.poll_catch_up(), Some((set, 0)), "the cursor stayed");
     }
 
     #[test]

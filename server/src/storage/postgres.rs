@@ -1044,6 +1044,73 @@ fn set_docs(conn: &mut PgConn, set: &DocSetId) -> Result<Vec<DocId>, HubLogError
         .collect()
 }
 
+/// Compaction's reads and delete: rare (one set per maintenance round), so
+/// plain statements rather than prepared ones.
+fn change_sets(conn: &mut PgConn) -> Result<Vec<DocSetId>, HubLogError> {
+    // One index probe per set (a loose index scan) rather than a walk over
+    // every change.
+    let rows = conn
+        .client
+        .query(
+            "WITH RECURSIVE sets(set_id) AS (
+                 (SELECT set_id FROM changes ORDER BY set_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT c.set_id FROM changes c WHERE c.set_id > sets.set_id
+                         ORDER BY c.set_id LIMIT 1)
+                 FROM sets WHERE sets.set_id IS NOT NULL)
+             SELECT set_id FROM sets WHERE set_id IS NOT NULL",
+            &[],
+        )
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|row| {
+            let set: String = row.try_get(0).map_err(pg_error)?;
+            DocSetId::new(set).map_err(storage_error)
+        })
+        .collect()
+}
+
+fn count_changes(
+    conn: &mut PgConn,
+    set: &DocSetId,
+    after: u64,
+    upto: u64,
+) -> Result<(u64, u64), HubLogError> {
+    let row = conn
+        .client
+        .query_one(
+            "SELECT count(*)::int8, COALESCE(sum(length(bytes)), 0)::int8 FROM changes
+             WHERE set_id = $1 AND hub_seq > $2 AND hub_seq <= $3",
+            &[&set.as_str(), &seq_param(after), &seq_param(upto)],
+        )
+        .map_err(pg_error)?;
+    let count: i64 = row.try_get(0).map_err(pg_error)?;
+    let bytes: i64 = row.try_get(1).map_err(pg_error)?;
+    Ok((count.max(0) as u64, bytes.max(0) as u64))
+}
+
+fn changed_docs(
+    conn: &mut PgConn,
+    set: &DocSetId,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<DocId>, HubLogError> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT DISTINCT doc_id FROM changes
+             WHERE set_id = $1 AND hub_seq > $2 AND hub_seq <= $3 ORDER BY doc_id",
+            &[&set.as_str(), &seq_param(after), &seq_param(upto)],
+        )
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|row| {
+            let doc: String = row.try_get(0).map_err(pg_error)?;
+            DocId::new(doc).map_err(storage_error)
+        })
+        .collect()
+}
+
 fn snapshot(conn: &mut PgConn, doc: &DocId) -> Result<Option<(Vec<u8>, u64)>, HubLogError> {
     let rows = conn.rows(Stmt::Snapshot, &[&doc.as_str()])?;
     let Some(row) = rows.first() else {
@@ -1118,6 +1185,25 @@ impl LogRows for PgReadRows<'_> {
     fn latest_change(&mut self, doc: &DocId, upto: u64) -> Result<Option<Vec<u8>>, HubLogError> {
         latest_change(self.0, doc, upto)
     }
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        change_sets(self.0)
+    }
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        count_changes(self.0, set, after, upto)
+    }
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        changed_docs(self.0, set, after, upto)
+    }
     fn set_docs(&mut self, set: &DocSetId) -> Result<Vec<DocId>, HubLogError> {
         set_docs(self.0, set)
     }
@@ -1185,6 +1271,28 @@ impl LogRows for PgTxn<'_> {
     fn latest_change(&mut self, doc: &DocId, upto: u64) -> Result<Option<Vec<u8>>, HubLogError> {
         self.sync()?;
         latest_change(self.conn, doc, upto)
+    }
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        self.sync()?;
+        change_sets(self.conn)
+    }
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        self.sync()?;
+        count_changes(self.conn, set, after, upto)
+    }
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        self.sync()?;
+        changed_docs(self.conn, set, after, upto)
     }
     fn set_docs(&mut self, set: &DocSetId) -> Result<Vec<DocId>, HubLogError> {
         self.sync()?;
@@ -1573,6 +1681,29 @@ impl WriteTxn for PgTxn<'_> {
     fn put_set_snapshot(&mut self, set: &DocSetId, covers: u64) -> Result<(), HubLogError> {
         self.overlay.set_snapshots.insert(set.clone(), covers);
         Ok(())
+    }
+
+    fn delete_changes(
+        &mut self,
+        set: &DocSetId,
+        upto: u64,
+        limit: u64,
+    ) -> Result<u64, HubLogError> {
+        // Pending appends go first: the delete must see them. The head is
+        // its own row (`log_head`), so deleting the newest changes never
+        // lowers it.
+        self.sync()?;
+        let deleted = self
+            .conn
+            .client
+            .execute(
+                "DELETE FROM changes WHERE hub_seq IN (
+                     SELECT hub_seq FROM changes WHERE set_id = $1 AND hub_seq <= $2
+                     ORDER BY hub_seq LIMIT $3)",
+                &[&set.as_str(), &seq_param(upto), &seq_param(limit)],
+            )
+            .map_err(pg_error)?;
+        Ok(deleted)
     }
 
     fn commit(mut self) -> Result<(), HubLogError> {

@@ -37,11 +37,15 @@
 //!      hint naming every row a group commit is about to look up, so a
 //!      backend with costly round trips (PostgreSQL) reads them in a few
 //!      batched queries and answers the lookups from memory.
+//!    - for compaction (see below): [`change_sets`](LogRows::change_sets),
+//!      [`count_changes`](LogRows::count_changes),
+//!      [`changed_docs`](LogRows::changed_docs).
 //! 2. [`WriteTxn`]: one open write transaction. Rows: `put_meta`,
 //!    `put_outcome`, `append` (a numbered change), the ledger's rows
 //!    (`get_sku`/`put_sku`, `get_order`/`put_order`, `get_key`/`put_key`,
 //!    `get_reservation`/`put_reservation`, `get_last_order_no`/`put_order_no`,
-//!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`, and
+//!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`,
+//!    [`delete_changes`](WriteTxn::delete_changes) (compaction), and
 //!    [`commit`](WriteTxn::commit).
 //! 3. [`Backend`]: [`begin`](Backend::begin) opens a write transaction;
 //!    [`ReadBackend::read`] runs reads on one consistent snapshot (safe
@@ -86,16 +90,57 @@
 //! - Sequence numbers fit in a signed 64-bit column; `u64::MAX` as an upper
 //!   bound (`doc_changes` for admin reads) means "no bound".
 //!
+//! ## Compaction: deleting changes covered by snapshots
+//!
+//! The shared writer ([`super::HubStore::compact`]) bounds the log: once a
+//! set holds enough changes older than the configured age, it saves the
+//! documents changed since the set's snapshot point as snapshots covering a
+//! new point `S` (a record's snapshot is its newest version), records `S`
+//! with [`WriteTxn::put_set_snapshot`] and the set's *compacted point* `S`
+//! in the metadata (key `compacted/<set>`), and only then, in later
+//! transactions, deletes the set's changes numbered `<= S` through
+//! [`WriteTxn::delete_changes`]. Readers send a cursor below the compacted
+//! point the snapshots first. What a backend must do:
+//!
+//! - [`delete_changes(set, upto, limit)`](WriteTxn::delete_changes): delete
+//!   at most `limit` changes of `set` numbered `<= upto`, the oldest first,
+//!   and return how many it deleted (the shared code calls it again until it
+//!   deletes fewer than `limit`). One statement, e.g. in SQL:
+//!   `DELETE FROM changes WHERE hub_seq IN (SELECT hub_seq FROM changes
+//!   WHERE set_id = $1 AND hub_seq <= $2 ORDER BY hub_seq LIMIT $3)`.
+//!   It is part of the open write transaction like every other write: the
+//!   rows vanish at `commit`, or not at all if it is dropped. Snapshots,
+//!   outcomes and ledger rows are never deleted.
+//! - [`head_seq`](LogRows::head_seq) must stay the highest number ever given
+//!   after deletions: a backend that derives it from the changes takes the
+//!   greater of the highest stored change and the highest set snapshot
+//!   point (compaction never deletes above a set's snapshot point), or keeps
+//!   it in a row of its own. Otherwise a restarted hub would number new
+//!   changes again under deleted numbers.
+//! - [`change_sets`](LogRows::change_sets): the sets that have changes, in
+//!   order (SQL: `SELECT DISTINCT set_id FROM changes ORDER BY set_id`;
+//!   SQLite walks the `(set_id, hub_seq)` index with a recursive query).
+//! - [`count_changes(set, after, upto)`](LogRows::count_changes): how many
+//!   changes of `set` are numbered in `(after, upto]` and their bytes
+//!   (`SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) ...`).
+//! - [`changed_docs(set, after, upto)`](LogRows::changed_docs): the
+//!   documents of `set` with a change numbered in `(after, upto]`, in id
+//!   order (`SELECT DISTINCT doc_id ... ORDER BY doc_id`).
+//!
 //! ## Conformance
 //!
 //! With feature `conformance`, call `log::conformance::run_all(fresh)` in the
 //! backend's tests, where `fresh` makes an empty log implementing
 //! `conformance::Conformant` (the writer and a reader of the same store). It
 //! covers exactly-once outcomes, rejections, intents, page limits by count
-//! and by bytes, import writes, snapshots for a far-behind cursor, and the
-//! hub's replica. `conformance::price_book_forgets_a_failed_commit(backend)`
-//! is for backends that roll back (all but memory): it wraps the backend in
-//! `conformance::failing::FailingCommits`. The SQLite backend's tests
+//! and by bytes, import writes, snapshots for a far-behind cursor, the
+//! hub's replica, and compaction (devices from nothing, from the deleted
+//! range and live converge; the age and amount rules).
+//! `conformance::price_book_forgets_a_failed_commit(backend)` is for
+//! backends that roll back (all but memory): it wraps the backend in
+//! `conformance::failing::FailingCommits`; so does
+//! `conformance::price_book_rebuilds_from_compacted_prices(backend)`, which
+//! every backend runs. The SQLite backend's tests
 //! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
 
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
@@ -144,7 +189,8 @@ impl Prefetch {
 /// Reads every backend offers, in a read snapshot or a write transaction:
 /// the shared code builds pages, documents and snapshots from these.
 pub trait LogRows {
-    /// The highest sequence number stored, 0 for an empty log.
+    /// The highest sequence number given, 0 for an empty log; it stays
+    /// put when compaction deletes changes (see the module doc).
     fn head_seq(&mut self) -> Result<u64, HubLogError>;
 
     /// A value of the backend's key/value metadata (`log_id`).
@@ -215,6 +261,28 @@ pub trait LogRows {
         let _ = want;
         Ok(())
     }
+
+    /// Every set with at least one stored change, in id order (compaction
+    /// visits them in turn).
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError>;
+
+    /// The number of changes of `set` numbered in `(after, upto]` and the
+    /// sum of their byte lengths (compaction's trigger).
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError>;
+
+    /// The documents of `set` with at least one change numbered in
+    /// `(after, upto]`, in id order: the ones compaction must snapshot again.
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError>;
 }
 
 /// The changes in `(after, upto]` grouped by set, each set's in sequence
@@ -300,6 +368,11 @@ pub trait WriteTxn: LogRows {
     fn put_snapshot(&mut self, doc: &DocId, covers: u64, bytes: &[u8]) -> Result<(), HubLogError>;
     /// Records the point the snapshots of `set` cover.
     fn put_set_snapshot(&mut self, set: &DocSetId, covers: u64) -> Result<(), HubLogError>;
+    /// Deletes at most `limit` changes of `set` numbered `<= upto`, oldest
+    /// first, and returns how many it deleted. Only compaction calls it, and
+    /// only below a point the set's snapshots cover (see the module doc).
+    fn delete_changes(&mut self, set: &DocSetId, upto: u64, limit: u64)
+    -> Result<u64, HubLogError>;
     /// Makes everything written durable, at once.
     fn commit(self) -> Result<(), HubLogError>
     where

@@ -18,6 +18,7 @@ use omnisync_core::vocab::ids::{DeviceId, DocId, DocSetId, ReplicaId, StoreId};
 use omnisync_core::vocab::intent::{Decision, Intent};
 use omnisync_core::vocab::record::is_record_doc;
 
+use super::compact::{CompactPolicy, CompactStep, Compaction};
 use super::contract::{Backend, LogRows, WriteTxn};
 use super::shared::{
     HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at, maintain_ledger,
@@ -43,6 +44,7 @@ pub struct HubStore<B: Backend> {
     hub: ReplicaId,
     config: AuthorityConfig,
     prices: PriceBook,
+    compaction: Compaction,
 }
 
 impl<B: Backend> HubStore<B> {
@@ -70,7 +72,18 @@ impl<B: Backend> HubStore<B> {
             log_id,
             config: AuthorityConfig::default(),
             prices: PriceBook::new(),
+            compaction: Compaction::off(),
         })
+    }
+
+    /// Turns compaction on with `policy`, or off with `None` (the default).
+    pub fn set_compaction(&mut self, policy: Option<CompactPolicy>) {
+        self.compaction.set_policy(policy);
+    }
+
+    /// The compaction policy, if compaction is on.
+    pub fn compaction(&self) -> Option<CompactPolicy> {
+        self.compaction.policy()
     }
 
     /// Sets the authority's settings (price tolerance).
@@ -239,5 +252,26 @@ impl<B: Backend> HubLog for HubStore<B> {
 
     fn head_seq(&self) -> Result<u64, HubLogError> {
         Ok(self.head)
+    }
+
+    fn compact(&mut self, now_ms: u64) -> Result<CompactStep, HubLogError> {
+        if self.compaction.policy().is_none() {
+            return Ok(CompactStep::default());
+        }
+        let planned = {
+            let mut txn = self.backend.begin()?;
+            let planned = self.compaction.step(&mut txn, self.head, now_ms);
+            planned.and_then(|planned| {
+                txn.commit()?;
+                Ok(planned)
+            })
+        };
+        match planned {
+            Ok(planned) => Ok(self.compaction.commit_step(planned)),
+            Err(error) => {
+                self.compaction.fail_step();
+                Err(error)
+            }
+        }
     }
 }
