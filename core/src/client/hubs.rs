@@ -89,8 +89,8 @@ impl HubUrl {
         if authority.contains('@') {
             return Err(malformed("user information is not allowed"));
         }
-        let (host, port) = split_authority(authority, if secure { 443 } else { 80 })
-            .map_err(|reason| malformed(reason))?;
+        let (host, port) =
+            split_authority(authority, if secure { 443 } else { 80 }).map_err(&malformed)?;
         url.into_client_request()
             .map_err(|error| malformed(&error.to_string()))?;
         Ok(Self {

@@ -1206,4 +1206,69 @@ mod tests {
         let down = LinkDown::from("receive: proxy said (unauthenticated)".to_owned());
         assert_eq!(down.code, None);
     }
+
+    fn replica(dir: &tempfile::TempDir) -> Replica {
+        Replica::open(
+            &dir.path().join("till.db"),
+            crate::DeviceId::new("till-1").unwrap(),
+            crate::StoreId::new("s1").unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_hub_address_is_reported_and_never_dialled() {
+        assert!(matches!(
+            SyncConfig::with_hubs::<&str>(&[]),
+            Err(HubUrlError::Empty)
+        ));
+        assert!(SyncConfig::with_hubs(&["ws://127.0.0.1:9/v1/sync", "tcp://x"]).is_err());
+        let config =
+            SyncConfig::with_hubs(&["ws://127.0.0.1:9/v1/sync", "ws://127.0.0.1:9/v1/sync"]);
+        assert_eq!(config.unwrap().hub_urls.len(), 1, "repeats are dropped");
+
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(replica(&dir), SyncConfig::new("http://127.0.0.1:9/v1/sync"));
+        client.start();
+        let status = client
+            .wait_for(
+                Duration::from_secs(5),
+                "the configuration error",
+                |status| status.last_error.is_some(),
+            )
+            .await
+            .unwrap();
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("ws:// or wss://"), "{error}");
+        assert_eq!((status.link, status.hub), (Link::Offline, None));
+        tokio::time::timeout(Duration::from_secs(5), client.stop())
+            .await
+            .expect("the sync task stops");
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_endpoints_that_keep_the_name() {
+        let hubs = hubs::parse_hub_urls(&["ws://localhost:7/v1/sync", "ws://127.0.0.2:8/v1/sync"])
+            .unwrap();
+        let ring = resolve(&hubs).await.unwrap();
+        let (named, literal): (Vec<_>, Vec<_>) = ring
+            .iter()
+            .partition(|endpoint| endpoint.hub.host() == "localhost");
+        assert!(!named.is_empty());
+        assert!(
+            named
+                .iter()
+                .all(|endpoint| endpoint.addr.port() == 7 && endpoint.addr.ip().is_loopback())
+        );
+        assert_eq!(literal.len(), 1);
+        assert_eq!(literal[0].addr, "127.0.0.2:8".parse().unwrap());
+        // The configured order is kept: the name's addresses come first.
+        assert_eq!(
+            ring.last().map(|endpoint| endpoint.hub.host()),
+            Some("127.0.0.2")
+        );
+        let unknown = hubs::parse_hub_urls(&["ws://no-such-hub.invalid:7/v1/sync"]).unwrap();
+        let error = resolve(&unknown).await.unwrap_err();
+        assert!(error.contains("no-such-hub.invalid"), "{error}");
+    }
 }
