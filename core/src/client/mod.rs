@@ -742,10 +742,10 @@ impl Client {
         }
     }
 
-    /// Notes a session that is up: the status names its hub, a switch to
-    /// another hub is logged, and a reconnection after a drop is announced
-    /// with how long the device was without a session.
-    fn session_up(&self, endpoint: &hubs::Endpoint, history: &mut LinkHistory) {
+    /// Notes a session that is up: a switch to another hub is logged, and a
+    /// reconnection after a drop is announced with how long the device was
+    /// without a session. Returns the hub's name for the status.
+    fn session_up(&self, endpoint: &hubs::Endpoint, history: &mut LinkHistory) -> String {
         let hub = endpoint.to_string();
         *lock(&self.inner.last_url) = Some(endpoint.hub.as_str().to_owned());
         match history.connected_to.replace(hub.clone()) {
@@ -762,9 +762,7 @@ impl Client {
                 outage_ms,
             });
         }
-        self.inner
-            .status
-            .send_modify(|status| status.hub = Some(hub));
+        hub
     }
 
     async fn sync_once(
@@ -910,8 +908,9 @@ impl Client {
                             self.inner.wake.notify_one();
                         }
                         let all_caught_up = caught_up.is_empty();
-                        self.session_up(endpoint, history);
+                        let hub = self.session_up(endpoint, history);
                         self.refresh_status(|status| {
+                            status.hub = Some(hub);
                             status.link = Link::Online;
                             status.last_error = None;
                             status.refusal = None;
