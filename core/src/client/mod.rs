@@ -611,11 +611,6 @@ impl Client {
                 return;
             }
         };
-        let connect_timeout_ms = if hubs.len() > 1 {
-            FAILOVER_CONNECT_TIMEOUT_MS
-        } else {
-            CONNECT_TIMEOUT_MS
-        };
         let mut ring: Vec<hubs::Endpoint> = Vec::new();
         let mut rotation = hubs::Rotation::new();
         let mut history = LinkHistory::default();
@@ -653,7 +648,11 @@ impl Client {
                 Some(endpoint) => {
                     let attempt = Attempt {
                         endpoint,
-                        connect_timeout_ms,
+                        connect_timeout_ms: if ring.len() > 1 {
+                            FAILOVER_CONNECT_TIMEOUT_MS
+                        } else {
+                            CONNECT_TIMEOUT_MS
+                        },
                     };
                     self.connect_and_sync(
                         &attempt,
@@ -671,8 +670,11 @@ impl Client {
             if *shutdown.borrow() {
                 break;
             }
+            // Switching offline is no outage: nothing to time.
             let deliberate = !*online.borrow();
-            if was_ready && !deliberate {
+            if deliberate {
+                history.down_since = None;
+            } else if was_ready {
                 history.down_since = Some(std::time::Instant::now());
             }
             tracing::debug!(device = %self.replica().device(), reason = %reason.reason, "sync link down");
