@@ -4,7 +4,7 @@
 //! `Throwable`'s properties).
 
 use omnisync_core::DbError;
-use omnisync_core::client::ClientError;
+use omnisync_core::client::{ClientError, HubUrlError};
 use omnisync_core::retail::RetailError;
 use omnisync_core::vocab::ids::IdError;
 
@@ -80,6 +80,14 @@ pub enum OmnisyncError {
 
 impl From<IdError> for OmnisyncError {
     fn from(error: IdError) -> Self {
+        OmnisyncError::InvalidInput {
+            detail: error.to_string(),
+        }
+    }
+}
+
+impl From<HubUrlError> for OmnisyncError {
+    fn from(error: HubUrlError) -> Self {
         OmnisyncError::InvalidInput {
             detail: error.to_string(),
         }

@@ -282,6 +282,8 @@ async fn event_of(client: &Client, notice: Notice) -> Option<StoreEvent> {
         }
         Notice::LocalCommit { docs, .. } => changed(ChangeOrigin::Local, collections(&docs)),
         Notice::RemoteChanges { docs } => changed(ChangeOrigin::Remote, collections(&docs)),
+        // The link coming back shows in the sync status (`link`, `hub`).
+        Notice::Reconnected { .. } => None,
         Notice::Verdicts {
             acknowledged,
             rejected,

@@ -61,6 +61,8 @@ pub async fn open_store(config: StoreConfig) -> Result<Arc<OmnisyncStore>> {
 
 impl OmnisyncStore {
     fn open_blocking(config: StoreConfig) -> Result<Self> {
+        // Every input is checked before the database file is created.
+        let mut sync_config = SyncConfig::with_hubs(&config.hub_addresses())?;
         let device = DeviceId::new(config.device_id)?;
         let store_id = StoreId::new(config.store_id)?;
         let store = match &config.encryption_key {
@@ -72,7 +74,6 @@ impl OmnisyncStore {
             )?,
             None => Replica::open(Path::new(&config.path), device, store_id.clone())?,
         };
-        let mut sync_config = SyncConfig::new(config.hub_url);
         sync_config.credentials = Credentials {
             token: config.credentials_token,
         };
@@ -589,6 +590,7 @@ mod tests {
             credentials_token: None,
             encryption_key: None,
             hub_ca_pem: None,
+            hub_urls: Vec::new(),
         };
         runtime().unwrap().block_on(open_store(config)).unwrap()
     }
@@ -810,10 +812,60 @@ mod tests {
             credentials_token: None,
             encryption_key: None,
             hub_ca_pem: None,
+            hub_urls: Vec::new(),
         };
         assert!(matches!(
             rt.block_on(open_store(config)),
             Err(OmnisyncError::WrongDatabase { .. })
         ));
+    }
+
+    #[test]
+    fn hub_addresses_are_checked_when_the_store_opens() {
+        let rt = runtime().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = |hub_url: &str, hub_urls: &[&str]| StoreConfig {
+            path: dir.path().join("till-1.db").display().to_string(),
+            device_id: "till-1".into(),
+            store_id: "berlin-01".into(),
+            hub_url: hub_url.into(),
+            credentials_token: None,
+            encryption_key: None,
+            hub_ca_pem: None,
+            hub_urls: hub_urls.iter().map(|url| (*url).to_owned()).collect(),
+        };
+        for (hub_url, hub_urls) in [
+            ("", &[][..]),
+            ("http://127.0.0.1:9/v1/sync", &[][..]),
+            ("ws://127.0.0.1:9/v1/sync", &["127.0.0.1:10"][..]),
+            ("", &["ws://127.0.0.1:9/v1/sync", "ws://"][..]),
+        ] {
+            let opened = rt.block_on(open_store(config(hub_url, hub_urls)));
+            assert!(
+                matches!(opened, Err(OmnisyncError::InvalidInput { .. })),
+                "{hub_url:?} {hub_urls:?}"
+            );
+        }
+        assert!(
+            !dir.path().join("till-1.db").exists(),
+            "a refused configuration creates no database"
+        );
+        // The old form, the list alone, and both together.
+        for (hub_url, hub_urls) in [
+            ("ws://127.0.0.1:9/v1/sync", &[][..]),
+            (
+                "",
+                &["ws://127.0.0.1:9/v1/sync", "ws://127.0.0.1:10/v1/sync"][..],
+            ),
+            (
+                "ws://127.0.0.1:9/v1/sync",
+                &["ws://127.0.0.1:10/v1/sync"][..],
+            ),
+        ] {
+            let store = rt
+                .block_on(open_store(config(hub_url, hub_urls)))
+                .unwrap_or_else(|error| panic!("{hub_url:?} {hub_urls:?}: {error}"));
+            rt.block_on(store.shutdown()).unwrap();
+        }
     }
 }

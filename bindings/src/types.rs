@@ -28,7 +28,8 @@ pub struct StoreConfig {
     pub device_id: String,
     /// The store this device belongs to, e.g. `berlin-01`.
     pub store_id: String,
-    /// `ws://host:port/v1/sync`, or `wss://` for a hub serving TLS.
+    /// `ws://host:port/v1/sync`, or `wss://` for a hub serving TLS: the
+    /// hub tried first. May be empty when `hub_urls` lists the addresses.
     pub hub_url: String,
     /// The device's signed token from enrolment, if any (`customer:ID` on a
     /// development hub grants that customer's data). The store keeps it and
@@ -43,6 +44,25 @@ pub struct StoreConfig {
     /// own hub); `None` trusts the public web roots.
     #[uniffi(default = None)]
     pub hub_ca_pem: Option<String>,
+    /// More hub addresses (`ws://` or `wss://`), tried after `hub_url` in
+    /// this order: when a connection drops or an attempt fails, the device
+    /// moves to the next one (and around). A host name that resolves to
+    /// several addresses stands for each of them.
+    #[uniffi(default)]
+    pub hub_urls: Vec<String>,
+}
+
+impl StoreConfig {
+    /// Every hub address, `hub_url` first (when given), then `hub_urls`;
+    /// checked by the core when the store opens (an empty list, a malformed
+    /// URL or another scheme is `InvalidInput`).
+    pub(crate) fn hub_addresses(&self) -> Vec<String> {
+        std::iter::once(&self.hub_url)
+            .filter(|url| !url.trim().is_empty())
+            .chain(&self.hub_urls)
+            .cloned()
+            .collect()
+    }
 }
 
 /// A product to create or update; `None` fields are left as they are.
@@ -125,6 +145,9 @@ pub struct SyncStatus {
     /// Followed data sets the hub does not let this device read (e.g.
     /// `orders.berlin-01`); they are not synced.
     pub refused_sets: Vec<DocSetId>,
+    /// The hub address of the session while online (the URL, with the
+    /// resolved address in parentheses when the URL names a host).
+    pub hub: Option<String>,
 }
 
 /// A kind of data, as reported in change events.
@@ -198,6 +221,7 @@ impl From<&CoreSyncStatus> for SyncStatus {
             caught_up: status.caught_up,
             last_error: status.last_error.clone(),
             refused_sets: status.refused_sets.clone(),
+            hub: status.hub.clone(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! terminal's latency is measured from the moment the back office's write
 //! returned to the moment the terminal's store announced the applied change
 //! (its `RemoteChanges` notice, sent right after the commit that made the
-//! new price readable) — not from a later poll.
+//! new price readable) — not from a later poll. With `--hub ws://A,ws://B`
+//! the terminals are spread over the hubs round-robin.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +35,8 @@ pub struct FanoutArgs {
     /// Price changes, one after the other.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     changes: u32,
-    /// A running hub (`ws://HOST:PORT`) instead of an embedded one.
+    /// Running hubs (`ws://HOST:PORT`, several separated by commas:
+    /// terminals are spread over them) instead of an embedded one.
     #[arg(long)]
     hub: Option<String>,
     /// The store to use (a fresh one per run against a long-lived hub).
@@ -55,18 +57,19 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<bool> {
     let set = DocSetId::store(&store_id);
     let sku = Sku::new("fanout-sku")?;
     let dir = tempfile::tempdir()?;
-    let open = |name: &str| -> anyhow::Result<Client> {
+    let open = |name: &str, n: usize| -> anyhow::Result<Client> {
+        let config = SyncConfig::with_hubs(&hub.sync_urls_for(n))?;
         let store = Replica::open(
             &dir.path().join(format!("{name}.db")),
             DeviceId::new(name)?,
             store_id.clone(),
         )?;
-        let client = Client::new(store, SyncConfig::new(hub.sync_url()));
+        let client = Client::new(store, config);
         client.subscribe(&set)?;
         client.start();
         Ok(client)
     };
-    let office = open("back-office")?;
+    let office = open("back-office", 0)?;
     let base = 100_000 + i64::from(rand::random::<u16>()) * 1_000;
     set_price(&office, &store_id, &sku, base)?;
     office
@@ -77,7 +80,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<bool> {
     let mut terminals = Vec::with_capacity(args.terminals as usize);
     let mut sightings: Vec<Sightings> = Vec::with_capacity(args.terminals as usize);
     for n in 0..args.terminals {
-        let client = open(&format!("till-{n:04}"))?;
+        let client = open(&format!("till-{n:04}"), n as usize)?;
         let seen: Sightings = Arc::default();
         watch_prices(&client, &store_id, &sku, seen.clone());
         terminals.push(client);
@@ -133,12 +136,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<bool> {
     for client in terminals.iter().chain([&office]) {
         client.stop().await;
     }
+    let hubs = hub.count();
     hub.stop().await?;
     if args.json {
         let round = |ms: f64| (ms * 100.0).round() / 100.0;
         println!(
             "{}",
-            json!({ "terminals": args.terminals, "changes": args.changes, "p50_ms": round(p50), "p99_ms": round(p99) })
+            json!({ "terminals": args.terminals, "hubs": hubs, "changes": args.changes, "p50_ms": round(p50), "p99_ms": round(p99) })
         );
     }
     Ok(true)

@@ -15,7 +15,13 @@
 //!   every SKU, the stock the hub holds and the hub holds initial stock minus
 //!   confirmed sales;
 //! - `oversold` and `lost`: counted from the data (confirmed units against
-//!   stock; sales without a decision or without an order at the hub).
+//!   stock; sales without a decision or without an order at the hub);
+//! - `reconnects` and `reconnect_*`: sessions that came back after a
+//!   connection dropped (a hub restarted or killed, the till failing over to
+//!   another hub), timed from the drop to the new session's answered hello.
+//!
+//! With `--hub ws://A,ws://B` the tills are spread over the hubs round-robin,
+//! each given every hub with its own first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,7 +59,9 @@ pub struct FleetArgs {
     /// SKUs on sale (10% of them start low).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
     skus: u32,
-    /// Hub to run against (ws://HOST:PORT); without it an embedded hub.
+    /// Hubs to run against (ws://HOST:PORT, several separated by commas:
+    /// tills are spread over them and fail over to the others); without it
+    /// an embedded hub.
     #[arg(long)]
     hub: Option<String>,
     /// Print one JSON object as the last line.
@@ -72,12 +80,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<bool> {
         args.skus,
         hub.describe()
     );
-    let outcome = fleet(&hub.sync_url(), &args).await;
+    let outcome = fleet(&hub, &args).await;
     hub.stop().await?;
     outcome
 }
 
-async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
+async fn fleet(hub: &HubRef, args: &FleetArgs) -> anyhow::Result<bool> {
     let store_id = StoreId::new(format!("fleet-{}-{}", std::process::id(), now_ms()))?;
     let skus: Vec<Sku> = (0..args.skus)
         .map(|n| Sku::new(format!("sku-{n:06}")))
@@ -95,7 +103,7 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     let dirs = tempfile::tempdir()?;
 
     // The back office receives the stock and follows the store's orders.
-    let office = device(sync_url, &store_id, "back-office", dirs.path())?;
+    let office = device(&hub.sync_urls_for(0), &store_id, "back-office", dirs.path())?;
     office.subscribe(&DocSetId::orders(&store_id))?;
     let committed: Sightings = Arc::new(Mutex::new(HashMap::new()));
     let propagation = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -123,8 +131,16 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
 
     // The tills come online and read the store's stock.
     let mut tills = Vec::new();
+    let outages = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let mut outage_watchers = Vec::new();
     for n in 0..args.terminals {
-        let till = device(sync_url, &store_id, &format!("till-{n:03}"), dirs.path())?;
+        let till = device(
+            &hub.sync_urls_for(n as usize),
+            &store_id,
+            &format!("till-{n:03}"),
+            dirs.path(),
+        )?;
+        outage_watchers.push(watch_reconnects(&till, outages.clone()));
         tills.push(till);
     }
     for till in &tills {
@@ -250,6 +266,9 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
     };
     lost += missing_orders;
     watcher.abort();
+    for outage_watcher in &outage_watchers {
+        outage_watcher.abort();
+    }
     for (till, _) in &recorded {
         till.stop().await;
     }
@@ -257,6 +276,10 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
 
     let sales_per_s = total_sales as f64 / selling.as_secs_f64();
     let mut propagation = propagation
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let mut outages = outages
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
@@ -278,6 +301,15 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
             "{ms} ms after the last sale"
         )),
     );
+    if !outages.is_empty() {
+        println!(
+            "{} reconnects over {} hubs: back online after p50 {:.1} ms, p99 {:.1} ms",
+            outages.len(),
+            hub.count(),
+            percentile(&mut outages.clone(), 0.5),
+            percentile(&mut outages.clone(), 0.99),
+        );
+    }
     let output = json!({
         "terminals": args.terminals,
         "sales": total_sales,
@@ -290,6 +322,11 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
         "lost": lost,
         "confirmed": confirmed,
         "refused": refused,
+        "hubs": hub.count(),
+        "reconnects": outages.len(),
+        "reconnect_p50_ms": round1(percentile(&mut outages, 0.5)),
+        "reconnect_p99_ms": round1(percentile(&mut outages, 0.99)),
+        "reconnect_samples": outages.len(),
     });
     if args.json {
         println!("{output}");
@@ -298,17 +335,18 @@ async fn fleet(sync_url: &str, args: &FleetArgs) -> anyhow::Result<bool> {
 }
 
 fn device(
-    sync_url: &str,
+    sync_urls: &[String],
     store_id: &StoreId,
     name: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Client> {
+    let config = SyncConfig::with_hubs(sync_urls)?;
     let store = Replica::open(
         &dir.join(format!("{name}.db")),
         DeviceId::new(name)?,
         store_id.clone(),
     )?;
-    let client = Client::new(store, SyncConfig::new(sync_url));
+    let client = Client::new(store, config);
     client.subscribe(&DocSetId::store(store_id))?;
     client.start();
     Ok(client)
@@ -346,6 +384,26 @@ fn watch_orders(
                         missed,
                         "back office notices lagged; those orders are not timed"
                     );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+}
+
+/// Notes how long each of a till's outages lasted (drop to answered hello).
+fn watch_reconnects(till: &Client, outages: Arc<Mutex<Vec<f64>>>) -> tokio::task::JoinHandle<()> {
+    let mut notices = till.notices();
+    tokio::spawn(async move {
+        loop {
+            match notices.recv().await {
+                Ok(Notice::Reconnected { outage_ms, .. }) => outages
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(outage_ms as f64),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "till notices lagged; a reconnect may be untimed");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }

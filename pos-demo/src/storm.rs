@@ -8,7 +8,9 @@
 //! intent is handed to the connection to the moment its decision arrives.
 //! `oversold` is counted from the data: after the storm a back-office
 //! device reads every SKU's stock as the hub published it and compares it
-//! with the confirmations the clients received.
+//! with the confirmations the clients received. With `--hub ws://A,ws://B`
+//! the clients are spread over the hubs round-robin (a client does not
+//! reconnect: a dropped connection fails the run).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -53,7 +55,8 @@ pub struct StormArgs {
     /// Units of stock per SKU.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     stock: u32,
-    /// Hub to run against (ws://HOST:PORT); without it an embedded hub.
+    /// Hubs to run against (ws://HOST:PORT, several separated by commas:
+    /// clients are spread over them); without it an embedded hub.
     #[arg(long)]
     hub: Option<String>,
     /// Skip the one-commit-per-checkout comparison run.
@@ -87,7 +90,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
         args.stock,
         hub.describe()
     );
-    let result = storm(&hub.sync_url(), &args, args.checkouts).await;
+    let result = storm(&hub, &args, args.checkouts).await;
+    let hubs = hub.count();
     hub.stop().await?;
     let mut result = result?;
     let rate = result.confirmed.saturating_add(result.rejected) as f64 / result.seconds;
@@ -105,7 +109,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
     } else {
         let checkouts = args.checkouts.min(BASELINE_CHECKOUTS_MAX);
         let hub = HubRef::open_with_group_ops_max(1).await?;
-        let outcome = storm(&hub.sync_url(), &args, checkouts).await;
+        let outcome = storm(&hub, &args, checkouts).await;
         hub.stop().await?;
         let outcome = outcome?;
         let rate = outcome.confirmed.saturating_add(outcome.rejected) as f64 / outcome.seconds;
@@ -118,6 +122,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
         result.confirmed == result.expected_confirmed && result.other == 0 && result.oversold == 0;
     let output = json!({
         "clients": args.clients,
+        "hubs": hubs,
         "attempts": result.attempts,
         "confirmed": result.confirmed,
         "rejected": result.rejected,
@@ -142,14 +147,21 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
     Ok(complete)
 }
 
-async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Result<StormResult> {
+async fn storm(hub: &HubRef, args: &StormArgs, checkouts: u32) -> anyhow::Result<StormResult> {
     // A store of its own per run, so runs against one external hub never mix.
     let store_id = StoreId::new(format!("storm-{}-{}", std::process::id(), now_ms()))?;
     let skus: Vec<Sku> = (0..args.skus)
         .map(|n| Sku::new(format!("sku-{n:05}")))
         .collect::<Result<_, _>>()?;
     let office_dir = tempfile::tempdir()?;
-    let office = back_office(sync_url, &store_id, &office_dir, &skus, args.stock).await?;
+    let office = back_office(
+        &hub.sync_urls_for(0),
+        &store_id,
+        &office_dir,
+        &skus,
+        args.stock,
+    )
+    .await?;
 
     let bar = crate::report::progress(u64::from(checkouts), "checkouts decided");
     let per_client = checkouts / args.clients;
@@ -158,7 +170,11 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let count = per_client + u32::from(client < extra);
-        let url = sync_url.to_owned();
+        let url = hub
+            .sync_urls_for(client as usize)
+            .into_iter()
+            .next()
+            .context("no hub to connect to")?;
         let store_id = store_id.clone();
         let skus = skus.clone();
         let bar = bar.clone();
@@ -245,7 +261,7 @@ async fn storm(sync_url: &str, args: &StormArgs, checkouts: u32) -> anyhow::Resu
 /// The back office: puts every SKU in strong mode, receives the stock, and
 /// follows the store's published stock.
 async fn back_office(
-    sync_url: &str,
+    sync_urls: &[String],
     store_id: &StoreId,
     dir: &tempfile::TempDir,
     skus: &[Sku],
@@ -256,7 +272,7 @@ async fn back_office(
         DeviceId::new("back-office")?,
         store_id.clone(),
     )?;
-    let office = Client::new(store, SyncConfig::new(sync_url));
+    let office = Client::new(store, SyncConfig::with_hubs(sync_urls)?);
     office.subscribe(&DocSetId::store(store_id))?;
     office.start();
     for sku in skus {

@@ -76,6 +76,21 @@ pub fn device(url: &str, device: &str, store: &str) -> anyhow::Result<TestDevice
     Ok(TestDevice { client, path, dir })
 }
 
+/// Opens a device like [`device`] that knows several hubs (`urls`, tried in
+/// this order, failing over to the next when its hub goes away).
+pub fn device_with_hubs(urls: &[String], device: &str, store: &str) -> anyhow::Result<TestDevice> {
+    let config = SyncConfig::with_hubs(urls)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(format!("{device}.db"));
+    let store_id = StoreId::new(store)?;
+    let opened = Replica::open(&path, DeviceId::new(device)?, store_id.clone())
+        .with_context(|| format!("opening {}", path.display()))?;
+    let client = Client::new(opened, config);
+    client.subscribe(&DocSetId::store(&store_id))?;
+    client.start();
+    Ok(TestDevice { client, path, dir })
+}
+
 /// How a scenario's device connects.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {

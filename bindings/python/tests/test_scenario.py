@@ -7,6 +7,7 @@ and every device sees the orders and the stock; bad input raises the typed
 error."""
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -314,6 +315,18 @@ async def bad_input(hub, tmp_db_dir):
         await open_store(
             StoreConfig(path=str(tmp_db_dir / "x.db"), device_id="bad device", store_id=STORE, hub_url=hub.url)
         )
+    # Hub addresses are checked when the store opens.
+    for hub_url, hub_urls in [("", []), ("http://127.0.0.1:9/v1/sync", []), (hub.url, ["ws://"])]:
+        with pytest.raises(OmnisyncError.InvalidInput):
+            await open_store(
+                StoreConfig(
+                    path=str(tmp_db_dir / "y.db"),
+                    device_id="till-5",
+                    store_id=STORE,
+                    hub_url=hub_url,
+                    hub_urls=hub_urls,
+                )
+            )
     # The same file opened as another device is refused, not corrupted.
     with pytest.raises(OmnisyncError.WrongDatabase):
         await open_store(
@@ -323,3 +336,31 @@ async def bad_input(hub, tmp_db_dir):
 
 def test_bad_input_raises_the_typed_error(hub, tmp_db_dir):
     asyncio.run(bad_input(hub, tmp_db_dir))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def list_of_hubs(hub, tmp_db_dir):
+    dead = f"ws://127.0.0.1:{free_port()}/v1/sync"
+    till = await open_store(
+        StoreConfig(
+            path=str(tmp_db_dir / "till-6.db"),
+            device_id="till-6",
+            store_id=STORE,
+            hub_url="",
+            hub_urls=[dead, hub.url],
+        )
+    )
+    till.start_sync()
+    status = await till.wait_for_sync(WAIT_MS)
+    assert status.link == Link.ONLINE
+    assert status.hub == hub.url
+    await till.shutdown()
+
+
+def test_a_list_of_hubs_skips_one_that_is_down(hub, tmp_db_dir):
+    asyncio.run(list_of_hubs(hub, tmp_db_dir))

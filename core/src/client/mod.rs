@@ -1,15 +1,18 @@
 //! The client runtime: the only tokio and WebSocket code in core.
 //!
 //! A [`Client`] owns a device's [`Replica`] and, once started, one background
-//! task that keeps a WebSocket to the hub: it connects (`wss://` verified
-//! against the public roots or the store's own CA, see [`tls`]), reconnects
-//! with exponential backoff and jitter, uploads pending ops, records acks,
+//! task that keeps a WebSocket to a hub: it connects (`wss://` verified
+//! against the public roots or the store's own CA, see [`tls`]) to one of
+//! the configured hub addresses, fails over to the next one when a
+//! connection drops or an attempt fails, with exponential backoff and
+//! jitter ([`hubs`]), uploads pending ops, records acks,
 //! applies remote changes, and publishes a [`SyncStatus`] and [`Notice`]s.
 //! It keeps the device token in the store and refreshes it three quarters
 //! into its life ([`refresh`]). The protocol decisions are made by the
 //! sans-I/O [`ClientSession`]; this module only moves bytes and calls the
 //! store.
 
+pub mod hubs;
 pub mod refresh;
 pub mod tls;
 
@@ -28,12 +31,15 @@ use crate::protocol::message::{
 };
 use crate::vocab::ids::{DocId, OpId};
 
-/// First reconnect delay.
-pub const BACKOFF_MIN_MS: u64 = 100;
-/// Longest reconnect delay.
-pub const BACKOFF_MAX_MS: u64 = 10_000;
-/// Give up a connection attempt after this long.
+pub use hubs::{BACKOFF_MAX_MS, BACKOFF_MIN_MS, HubUrl, HubUrlError};
+
+/// Give up a connection attempt (TCP, TLS, WebSocket upgrade) after this long
+/// when the device knows a single hub address.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Give up a connection attempt after this long when the device knows
+/// several addresses: an unreachable hub machine (no refusal, only silence)
+/// must not hold the device back from the others for long.
+pub const FAILOVER_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How often the session's clock advances (keep-alive, silence detection).
 pub const TICK_MS: u64 = 1_000;
 /// Notices buffered for slow listeners before the oldest are dropped.
@@ -47,8 +53,12 @@ pub const REFRESH_RETRY_MS: u64 = 30_000;
 /// How to reach the hub.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// `ws://host:port/v1/sync`.
-    pub hub_url: String,
+    /// The hub's addresses, `ws://host:port/v1/sync` or `wss://…`, tried in
+    /// this order: the device starts with the first and fails over to the
+    /// next when a connection drops or an attempt fails. A host name that
+    /// resolves to several addresses stands for each of them. Checked by
+    /// [`SyncConfig::hubs`]; [`SyncConfig::with_hubs`] checks when built.
+    pub hub_urls: Vec<String>,
     /// Credentials for the handshake.
     pub credentials: Credentials,
     /// Client software name for the hub's logs.
@@ -62,15 +72,32 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
-    /// A config for `hub_url` without credentials.
+    /// A config for one hub address without credentials. The address is
+    /// checked when the client starts (a bad one shows in
+    /// [`SyncStatus::last_error`]); [`SyncConfig::with_hubs`] checks at once.
     pub fn new(hub_url: impl Into<String>) -> Self {
         Self {
-            hub_url: hub_url.into(),
+            hub_urls: vec![hub_url.into()],
             credentials: Credentials::default(),
             agent: format!("omnisync-core/{}", env!("CARGO_PKG_VERSION")),
             hub_ca_pem: None,
             refresh_tokens: true,
         }
+    }
+
+    /// A config for several hub addresses (tried in this order), without
+    /// credentials; fails on an empty list, a malformed URL or a scheme other
+    /// than `ws://` and `wss://`.
+    pub fn with_hubs<S: AsRef<str>>(hub_urls: &[S]) -> Result<Self, HubUrlError> {
+        let hubs = hubs::parse_hub_urls(hub_urls)?;
+        let mut config = Self::new(String::new());
+        config.hub_urls = hubs.iter().map(|hub| hub.as_str().to_owned()).collect();
+        Ok(config)
+    }
+
+    /// The configured addresses, checked (repeats dropped, order kept).
+    pub fn hubs(&self) -> Result<Vec<HubUrl>, HubUrlError> {
+        hubs::parse_hub_urls(&self.hub_urls)
     }
 }
 
@@ -115,6 +142,10 @@ pub struct SyncStatus {
     /// for a bad, expired or revoked token, `Forbidden`, `LimitExceeded`, …);
     /// cleared by the next successful handshake.
     pub refusal: Option<ProtocolError>,
+    /// The hub address of the session while the link is online: the URL,
+    /// followed by the resolved socket address in parentheses when the URL
+    /// names a host (`ws://hub.local:7878/v1/sync (10.0.0.5:7878)`).
+    pub hub: Option<String>,
 }
 
 /// A coarse event for listeners (UI refresh, bindings).
@@ -147,6 +178,15 @@ pub enum Notice {
         )>,
         /// Each rejection of this batch with the hub's typed reason.
         rejections: Vec<Rejection>,
+    },
+    /// A session is up again after a connection that was up dropped (the
+    /// hub restarted, or the device failed over to another hub).
+    Reconnected {
+        /// The hub address now connected (as in [`SyncStatus::hub`]).
+        hub: String,
+        /// From the moment the dropped connection was noticed to the moment
+        /// the new session's hello was answered, ms.
+        outage_ms: u64,
     },
 }
 
@@ -223,6 +263,18 @@ struct Inner {
     /// The newest protocol version offered in the next `Hello`: lowered when
     /// a hub of an older release refuses a newer one.
     version_max: std::sync::atomic::AtomicU8,
+    /// The URL of the hub the last session was with (token refreshes go
+    /// there); `None` before the first session.
+    last_url: Mutex<Option<String>>,
+}
+
+/// What the sync task remembers from one connection to the next.
+#[derive(Debug, Default)]
+struct LinkHistory {
+    /// The address of the last session that was up.
+    connected_to: Option<String>,
+    /// When a session that was up dropped, until the next one is up.
+    down_since: Option<std::time::Instant>,
 }
 
 /// A device's store plus its link to the hub. Cheap to clone.
@@ -265,6 +317,7 @@ impl Client {
             version_max: std::sync::atomic::AtomicU8::new(
                 crate::protocol::message::PROTOCOL_VERSION,
             ),
+            last_url: Mutex::new(None),
         };
         let client = Self {
             inner: Arc::new(inner),
@@ -399,10 +452,11 @@ impl Client {
             .credentials()
             .token
             .ok_or_else(|| refresh::RefreshError::Transport("no token to refresh".into()))?;
+        let hub = self.refresh_hub()?;
         let tls = self
-            .tls_config()
+            .tls_config(&hub)
             .map_err(refresh::RefreshError::Transport)?;
-        let fresh = refresh::refresh_token(&self.inner.config.hub_url, &token, tls).await?;
+        let fresh = refresh::refresh_token(hub.as_str(), &token, tls).await?;
         let stored = fresh.clone();
         self.blocking(move |replica| replica.store_token(&stored))
             .await
@@ -450,9 +504,26 @@ impl Client {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
+    /// The hub a token refresh goes to: the one of the last session, else
+    /// the first configured.
+    fn refresh_hub(&self) -> Result<HubUrl, refresh::RefreshError> {
+        let last = lock(&self.inner.last_url).clone();
+        let url = match last {
+            Some(url) => url,
+            None => self
+                .inner
+                .config
+                .hub_urls
+                .first()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        HubUrl::parse(&url).map_err(|error| refresh::RefreshError::Transport(error.to_string()))
+    }
+
     /// The TLS configuration for a `wss://` hub, `None` for `ws://`.
-    fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-        if !self.inner.config.hub_url.starts_with("wss://") {
+    fn tls_config(&self, hub: &HubUrl) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        if !hub.is_secure() {
             return Ok(None);
         }
         tls::client_config(self.inner.config.hub_ca_pem.as_deref()).map(Some)
@@ -526,7 +597,23 @@ impl Client {
     async fn run(&self) {
         let mut shutdown = self.inner.shutdown.subscribe();
         let mut online = self.inner.online.subscribe();
-        let mut backoff_ms = BACKOFF_MIN_MS;
+        let hubs = match self.inner.config.hubs() {
+            Ok(hubs) => hubs,
+            Err(error) => {
+                // A configuration error: nothing to retry until the app
+                // configures the client again.
+                tracing::error!(%error, "sync not started: bad hub address");
+                self.refresh_status(|status| {
+                    status.link = Link::Offline;
+                    status.last_error = Some(error.to_string());
+                });
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                return;
+            }
+        };
+        let mut ring: Vec<hubs::Endpoint> = Vec::new();
+        let mut rotation = hubs::Rotation::new();
+        let mut history = LinkHistory::default();
         while !*shutdown.borrow() {
             if !*online.borrow_and_update() {
                 self.refresh_status(|status| status.link = Link::Offline);
@@ -545,12 +632,50 @@ impl Client {
                 .inner
                 .version_max
                 .load(std::sync::atomic::Ordering::Relaxed);
+            // Names are resolved again at the start of every round.
+            let mut unresolved = None;
+            if ring.is_empty() || rotation.position() == 0 {
+                ring = match resolve(&hubs).await {
+                    Ok(resolved) => resolved,
+                    Err(error) => {
+                        unresolved = Some(error);
+                        Vec::new()
+                    }
+                };
+            }
             let mut was_ready = false;
-            let reason = self
-                .connect_and_sync(&mut was_ready, &mut shutdown, &mut online)
-                .await;
+            let reason = match ring.get(rotation.position()) {
+                Some(endpoint) => {
+                    let attempt = Attempt {
+                        endpoint,
+                        connect_timeout_ms: if ring.len() > 1 {
+                            FAILOVER_CONNECT_TIMEOUT_MS
+                        } else {
+                            CONNECT_TIMEOUT_MS
+                        },
+                    };
+                    self.connect_and_sync(
+                        &attempt,
+                        &mut was_ready,
+                        &mut history,
+                        &mut shutdown,
+                        &mut online,
+                    )
+                    .await
+                }
+                None => LinkDown::from(
+                    unresolved.unwrap_or_else(|| "no hub address to connect to".to_owned()),
+                ),
+            };
             if *shutdown.borrow() {
                 break;
+            }
+            // Switching offline is no outage: nothing to time.
+            let deliberate = !*online.borrow();
+            if deliberate {
+                history.down_since = None;
+            } else if was_ready {
+                history.down_since = Some(std::time::Instant::now());
             }
             tracing::debug!(device = %self.replica().device(), reason = %reason.reason, "sync link down");
             self.refresh_status(|status| {
@@ -558,82 +683,131 @@ impl Client {
                 status.caught_up = false;
                 status.last_error = Some(reason.reason.clone());
                 status.last_error_code = reason.code;
+                status.hub = None;
             });
-            if was_ready {
-                backoff_ms = BACKOFF_MIN_MS;
-            }
-            // A refusal that retrying cannot fix (credentials, version, a
-            // rate limit): wait long, unless the credentials changed since.
+            // New credentials or an older hub's version refusal: retry the
+            // same hub at once. A refusal that retrying cannot fix
+            // (credentials, version, a rate limit): wait long.
             let credentials_changed = generation
                 != self
                     .inner
                     .credentials_generation
                     .load(std::sync::atomic::Ordering::Acquire);
-            // An older hub's version refusal: retry at once in its version.
             let version_lowered = self
                 .inner
                 .version_max
                 .load(std::sync::atomic::Ordering::Relaxed)
                 < offered;
-            if credentials_changed || version_lowered {
-                backoff_ms = BACKOFF_MIN_MS;
+            let end = if credentials_changed || version_lowered || deliberate {
+                hubs::AttemptEnd::RetryNow
             } else if reason.code.is_some_and(retrying_cannot_fix) {
-                backoff_ms = BACKOFF_MAX_MS;
+                hubs::AttemptEnd::Refused
+            } else if was_ready {
+                hubs::AttemptEnd::Lost
+            } else {
+                hubs::AttemptEnd::Failed
+            };
+            let retry = rotation.next(ring.len(), end, |max| rand::rng().random_range(0..=max));
+            if ring.len() > 1
+                && let Some(next) = ring.get(retry.position)
+            {
+                tracing::debug!(next = %next, delay_ms = retry.delay_ms, "next hub to try");
             }
-            let jitter = rand::rng().random_range(0..=backoff_ms / 2);
-            let delay = Duration::from_millis(backoff_ms / 2 + jitter);
-            backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(Duration::from_millis(retry.delay_ms)) => {}
                 _ = shutdown.changed() => break,
                 _ = online.changed() => {}
             }
         }
-        self.refresh_status(|status| status.link = Link::Offline);
+        self.refresh_status(|status| {
+            status.link = Link::Offline;
+            status.hub = None;
+        });
     }
 
     /// One connection's life; returns why it ended. Sets `was_ready` once
-    /// the handshake completes, so backoff restarts from the minimum.
+    /// the handshake completes, so the schedule knows a session was up.
     async fn connect_and_sync(
         &self,
+        attempt: &Attempt<'_>,
         was_ready: &mut bool,
+        history: &mut LinkHistory,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
     ) -> LinkDown {
-        match self.sync_once(was_ready, shutdown, online).await {
+        match self
+            .sync_once(attempt, was_ready, history, shutdown, online)
+            .await
+        {
             Ok(never) => match never {},
             Err(reason) => reason,
         }
     }
 
+    /// Notes a session that is up: a switch to another hub is logged, and a
+    /// reconnection after a drop is announced with how long the device was
+    /// without a session. Returns the hub's name for the status.
+    fn session_up(&self, endpoint: &hubs::Endpoint, history: &mut LinkHistory) -> String {
+        let hub = endpoint.to_string();
+        *lock(&self.inner.last_url) = Some(endpoint.hub.as_str().to_owned());
+        match history.connected_to.replace(hub.clone()) {
+            Some(previous) if previous != hub => {
+                tracing::info!(device = %self.replica().device(), from = %previous, to = %hub, "switched to another hub");
+            }
+            Some(_) => tracing::debug!(hub = %hub, "reconnected to the same hub"),
+            None => tracing::debug!(hub = %hub, "connected to the hub"),
+        }
+        if let Some(since) = history.down_since.take() {
+            let outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let _ = self.inner.notices.send(Notice::Reconnected {
+                hub: hub.clone(),
+                outage_ms,
+            });
+        }
+        hub
+    }
+
     async fn sync_once(
         &self,
+        attempt: &Attempt<'_>,
         was_ready: &mut bool,
+        history: &mut LinkHistory,
         shutdown: &mut watch::Receiver<bool>,
         online: &mut watch::Receiver<bool>,
     ) -> Result<std::convert::Infallible, LinkDown> {
+        let endpoint = attempt.endpoint;
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(message::FRAME_BYTES_MAX);
         ws_config.max_frame_size = Some(message::FRAME_BYTES_MAX);
-        let connector = match self.tls_config()? {
+        let connector = match self.tls_config(&endpoint.hub)? {
             Some(config) => tokio_tungstenite::Connector::Rustls(config),
             None => tokio_tungstenite::Connector::Plain,
         };
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            self.inner.config.hub_url.as_str(),
-            Some(ws_config),
-            true,
-            Some(connector),
-        );
-        let connect = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
+        // TCP to the resolved address; TLS (SNI) and the upgrade's `Host`
+        // header use the URL's host name.
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(endpoint.addr)
+                .await
+                .map_err(|error| format!("connect to {endpoint}: {error}"))?;
+            let _ = tcp.set_nodelay(true);
+            tokio_tungstenite::client_async_tls_with_config(
+                endpoint.hub.as_str(),
+                tcp,
+                Some(ws_config),
+                Some(connector),
+            )
+            .await
+            .map_err(|error| format!("connect to {endpoint}: {error}"))
+        };
+        let connect =
+            tokio::time::timeout(Duration::from_millis(attempt.connect_timeout_ms), connect);
         let connected = tokio::select! {
             connected = connect => connected,
             _ = shutdown.changed() => return Err(LinkDown::from("shut down".to_owned())),
             _ = wait_offline(online) => return Err(LinkDown::from("switched offline".to_owned())),
         };
-        let (mut socket, _) = connected
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|error| format!("connect: {error}"))?;
+        let (mut socket, _) =
+            connected.map_err(|_| format!("connect to {endpoint} timed out"))??;
         let (identity, subscriptions, log_id) = {
             let store = self.replica();
             let identity = ClientIdentity {
@@ -736,7 +910,9 @@ impl Client {
                             self.inner.wake.notify_one();
                         }
                         let all_caught_up = caught_up.is_empty();
+                        let hub = self.session_up(endpoint, history);
                         self.refresh_status(|status| {
+                            status.hub = Some(hub);
                             status.link = Link::Online;
                             status.last_error = None;
                             status.refusal = None;
@@ -941,6 +1117,55 @@ fn choose_token(replica: &mut Replica, configured: Option<String>) -> Option<Str
     }
 }
 
+/// One connection attempt: where to, and how long the connect may take.
+struct Attempt<'a> {
+    endpoint: &'a hubs::Endpoint,
+    connect_timeout_ms: u64,
+}
+
+/// Longest wait for one host name's addresses.
+pub const RESOLVE_TIMEOUT_MS: u64 = 2_000;
+
+/// The ring of addresses to try: every configured URL's resolved addresses,
+/// in the configured order (a name's addresses in the resolver's order).
+/// Fails only if no URL resolved; names that failed are logged.
+async fn resolve(hubs: &[HubUrl]) -> Result<Vec<hubs::Endpoint>, String> {
+    let mut ring: Vec<hubs::Endpoint> = Vec::new();
+    let mut errors = Vec::new();
+    for hub in hubs {
+        let lookup = tokio::net::lookup_host((hub.host(), hub.port()));
+        match tokio::time::timeout(Duration::from_millis(RESOLVE_TIMEOUT_MS), lookup).await {
+            Ok(Ok(addrs)) => {
+                for addr in addrs {
+                    let endpoint = hubs::Endpoint {
+                        hub: hub.clone(),
+                        addr,
+                    };
+                    if !ring.contains(&endpoint) {
+                        ring.push(endpoint);
+                    }
+                }
+            }
+            Ok(Err(error)) => errors.push(format!("resolving {}: {error}", hub.host())),
+            Err(_) => errors.push(format!(
+                "resolving {}: no answer within {RESOLVE_TIMEOUT_MS} ms",
+                hub.host()
+            )),
+        }
+    }
+    if ring.is_empty() {
+        return Err(if errors.is_empty() {
+            "no hub address resolved".to_owned()
+        } else {
+            errors.join("; ")
+        });
+    }
+    for error in &errors {
+        tracing::debug!(%error, "a hub address did not resolve; trying the others");
+    }
+    Ok(ring)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here replaces a value whole.
     mutex
@@ -981,5 +1206,70 @@ mod tests {
         // A transport failure whose text merely mentions a code is no refusal.
         let down = LinkDown::from("receive: proxy said (unauthenticated)".to_owned());
         assert_eq!(down.code, None);
+    }
+
+    fn replica(dir: &tempfile::TempDir) -> Replica {
+        Replica::open(
+            &dir.path().join("till.db"),
+            crate::DeviceId::new("till-1").unwrap(),
+            crate::StoreId::new("s1").unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_hub_address_is_reported_and_never_dialled() {
+        assert!(matches!(
+            SyncConfig::with_hubs::<&str>(&[]),
+            Err(HubUrlError::Empty)
+        ));
+        assert!(SyncConfig::with_hubs(&["ws://127.0.0.1:9/v1/sync", "tcp://x"]).is_err());
+        let config =
+            SyncConfig::with_hubs(&["ws://127.0.0.1:9/v1/sync", "ws://127.0.0.1:9/v1/sync"]);
+        assert_eq!(config.unwrap().hub_urls.len(), 1, "repeats are dropped");
+
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(replica(&dir), SyncConfig::new("http://127.0.0.1:9/v1/sync"));
+        client.start();
+        let status = client
+            .wait_for(
+                Duration::from_secs(5),
+                "the configuration error",
+                |status| status.last_error.is_some(),
+            )
+            .await
+            .unwrap();
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("ws:// or wss://"), "{error}");
+        assert_eq!((status.link, status.hub), (Link::Offline, None));
+        tokio::time::timeout(Duration::from_secs(5), client.stop())
+            .await
+            .expect("the sync task stops");
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_endpoints_that_keep_the_name() {
+        let hubs = hubs::parse_hub_urls(&["ws://localhost:7/v1/sync", "ws://127.0.0.2:8/v1/sync"])
+            .unwrap();
+        let ring = resolve(&hubs).await.unwrap();
+        let (named, literal): (Vec<_>, Vec<_>) = ring
+            .iter()
+            .partition(|endpoint| endpoint.hub.host() == "localhost");
+        assert!(!named.is_empty());
+        assert!(
+            named
+                .iter()
+                .all(|endpoint| endpoint.addr.port() == 7 && endpoint.addr.ip().is_loopback())
+        );
+        assert_eq!(literal.len(), 1);
+        assert_eq!(literal[0].addr, "127.0.0.2:8".parse().unwrap());
+        // The configured order is kept: the name's addresses come first.
+        assert_eq!(
+            ring.last().map(|endpoint| endpoint.hub.host()),
+            Some("127.0.0.2")
+        );
+        let unknown = hubs::parse_hub_urls(&["ws://no-such-hub.invalid:7/v1/sync"]).unwrap();
+        let error = resolve(&unknown).await.unwrap_err();
+        assert!(error.contains("no-such-hub.invalid"), "{error}");
     }
 }

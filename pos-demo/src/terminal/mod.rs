@@ -60,8 +60,10 @@ Burr grinder (3 on hand, refused offline) and sku-010 Vintage teapot (1 on hand,
 at risk offline: sell 2 offline, go back online, and the hub's shortfall becomes a
 compensation task to refund).")]
 pub struct TerminalArgs {
-    /// The hub to sync with: ws://HOST:PORT[/v1/sync]. Without it, an
-    /// embedded hub with demo data is started (try the terminal alone).
+    /// The hub to sync with: ws://HOST:PORT[/v1/sync]; several separated by
+    /// commas are tried in order (the till fails over to the next when its
+    /// hub goes away). Without it, an embedded hub with demo data is
+    /// started (try the terminal alone).
     #[arg(long, requires_all = ["store", "device"])]
     hub: Option<String>,
     /// The store this till belongs to (required with --hub; default
@@ -85,6 +87,20 @@ fn parse_store(text: &str) -> Result<StoreId, String> {
 
 fn parse_device(text: &str) -> Result<DeviceId, String> {
     DeviceId::new(text).map_err(|error| error.to_string())
+}
+
+/// `ws://A:PORT,ws://B:PORT/v1/sync` → the sync URLs, in order.
+pub fn sync_urls(hubs: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = hubs
+        .split(',')
+        .map(str::trim)
+        .filter(|hub| !hub.is_empty())
+        .map(sync_url)
+        .collect::<anyhow::Result<_>>()?;
+    if urls.is_empty() {
+        bail!("--hub {hubs:?}: expected ws://HOST:PORT[/v1/sync][,ws://HOST:PORT…]");
+    }
+    Ok(urls)
 }
 
 /// `ws://HOST:PORT` or `ws://HOST:PORT/v1/sync` → the sync URL.
@@ -143,18 +159,19 @@ impl DemoHub {
     }
 }
 
-/// Opens a till's store in `dir` and starts its sync task.
+/// Opens a till's store in `dir` and starts its sync task with the hubs at
+/// `urls` (tried in order).
 pub fn open_till(
     dir: &std::path::Path,
     store: &StoreId,
     device: &DeviceId,
-    url: &str,
+    urls: &[String],
 ) -> anyhow::Result<Client> {
+    let mut config = SyncConfig::with_hubs(urls).context("--hub")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("till.db");
     let local = Replica::open(&path, device.clone(), store.clone())
         .with_context(|| format!("opening the till's store {}", path.display()))?;
-    let mut config = SyncConfig::new(url);
     config.agent = format!("pos-demo-terminal/{device}");
     let client = Client::new(local, config);
     client.subscribe(&DocSetId::store(store))?;
@@ -178,15 +195,16 @@ pub async fn run(args: TerminalArgs) -> anyhow::Result<bool> {
         Some(device) => device.clone(),
         None => DeviceId::new(DEMO_DEVICE)?,
     };
-    let (demo_hub, url) = match &args.hub {
-        Some(hub) => (None, sync_url(hub)?),
+    let (demo_hub, urls) = match &args.hub {
+        Some(hub) => (None, sync_urls(hub)?),
         None => {
             eprintln!("starting an embedded hub with the demo store {store} …");
             let demo_hub = DemoHub::start(&store).await?;
             let url = demo_hub.hub.sync_url();
-            (Some(demo_hub), url)
+            (Some(demo_hub), vec![url])
         }
     };
+    let url = urls.join(", ");
     let mut scratch = None;
     let dir = match (&args.data_dir, &demo_hub) {
         (Some(dir), _) => dir.clone(),
@@ -198,7 +216,7 @@ pub async fn run(args: TerminalArgs) -> anyhow::Result<bool> {
             .join(store.as_str())
             .join(device.as_str()),
     };
-    let till = open_till(&dir, &store, &device, &url)?;
+    let till = open_till(&dir, &store, &device, &urls)?;
     if demo_hub.is_some() {
         till.wait_synced(SETUP_TIMEOUT)
             .await

@@ -17,7 +17,7 @@ use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::app::{App, CartLine, CheckoutRow, Focus, Message, Mode, ProductRow, Tone};
-use super::{DemoHub, open_till, sync_url, ui};
+use super::{DemoHub, open_till, sync_url, sync_urls, ui};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -197,9 +197,10 @@ fn the_screen_shows_search_mode_a_blocked_sale_and_compensation_tasks() {
         resolution: None,
     }];
     app.sync.compensations_open = 1;
+    app.sync.hub = Some("ws://10.0.0.7:7878/v1/sync".into());
     let text = screen(&app, 150, 36);
     for expected in [
-        "● ONLINE",
+        "● ONLINE via ws://10.0.0.7:7878/v1/sync",
         "open tasks 1",
         "Find: name, SKU or barcode",
         " grin_",
@@ -244,6 +245,12 @@ fn hub_urls_are_normalised() {
     );
     assert!(sync_url("http://127.0.0.1:7000").is_err());
     assert!(sync_url("ws://127.0.0.1").is_err());
+    assert_eq!(
+        sync_urls("ws://10.0.0.1:7000, ws://10.0.0.2:7000/v1/sync").unwrap(),
+        ["ws://10.0.0.1:7000/v1/sync", "ws://10.0.0.2:7000/v1/sync"]
+    );
+    assert!(sync_urls(" , ").is_err());
+    assert!(sync_urls("ws://10.0.0.1:7000,http://10.0.0.2:7000").is_err());
 }
 
 /// Refreshes until `condition` holds (the sync task works in the background).
@@ -276,7 +283,7 @@ async fn keys_drive_a_till_through_online_offline_and_compensation_on_a_real_hub
     let device = DeviceId::new("till-7").unwrap();
     let demo = DemoHub::start(&store).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let till = open_till(dir.path(), &store, &device, &demo.hub.sync_url()).unwrap();
+    let till = open_till(dir.path(), &store, &device, &[demo.hub.sync_url()]).unwrap();
     till.wait_synced(WAIT).await.unwrap();
     let mut app = App::new(store, device, demo.hub.sync_url());
     app.load_history(&till).unwrap();
@@ -431,7 +438,7 @@ async fn with_the_hub_down_the_till_reads_locally_sells_from_its_allowance_and_c
     let demo = DemoHub::start(&store).await.unwrap();
     let address = demo.hub.address();
     let dir = tempfile::tempdir().unwrap();
-    let till = open_till(dir.path(), &store, &device, &demo.hub.sync_url()).unwrap();
+    let till = open_till(dir.path(), &store, &device, &[demo.hub.sync_url()]).unwrap();
     till.wait_synced(WAIT).await.unwrap();
     let mut app = App::new(store, device, demo.hub.sync_url());
     app.refresh(&till).unwrap();

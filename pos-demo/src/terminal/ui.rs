@@ -82,7 +82,11 @@ pub fn format_age(ms: u64) -> String {
 /// The link as the status bar shows it.
 pub fn link_text(app: &App) -> (String, Color) {
     match app.sync.link {
-        Link::Online => ("● ONLINE".to_owned(), Color::Green),
+        Link::Online => match &app.sync.hub {
+            // The hub of the session: after a failover, the one now serving.
+            Some(hub) => (format!("● ONLINE via {}", truncate(hub, 48)), Color::Green),
+            None => ("● ONLINE".to_owned(), Color::Green),
+        },
         Link::Connecting => ("◌ CONNECTING".to_owned(), Color::Yellow),
         Link::Offline if app.switched_offline => (
             "○ OFFLINE (switched off, o to reconnect)".to_owned(),

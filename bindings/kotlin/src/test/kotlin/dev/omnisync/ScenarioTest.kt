@@ -262,6 +262,25 @@ class ScenarioTest {
         assertThrows<OmnisyncException.InvalidInput> {
             runBlocking { openStore(StoreConfig(dir.resolve("x.db").toString(), "bad device", STORE, hub.url)) }
         }
+        assertThrows<OmnisyncException.InvalidInput> {
+            runBlocking { openStore(StoreConfig(dir.resolve("y.db").toString(), "till-5", STORE, "", hubUrls = listOf())) }
+        }
+        assertThrows<OmnisyncException.InvalidInput> {
+            runBlocking {
+                openStore(StoreConfig(dir.resolve("y.db").toString(), "till-5", STORE, hub.url, hubUrls = listOf("http://127.0.0.1:9")))
+            }
+        }
         Unit
+    }
+
+    @Test
+    fun aListOfHubsSkipsOneThatIsDown() = runBlocking {
+        val dead = java.net.ServerSocket(0).use { "ws://127.0.0.1:${it.localPort}/v1/sync" }
+        val till = openStore(StoreConfig(dir.resolve("till-6.db").toString(), "till-6", STORE, "", hubUrls = listOf(dead, hub.url)))
+        till.startSync()
+        val status = till.waitForSync(WAIT_MS.toULong())
+        assertEquals(Link.ONLINE, status.link)
+        assertEquals(hub.url, status.hub)
+        till.shutdown()
     }
 }
