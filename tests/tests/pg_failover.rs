@@ -44,7 +44,7 @@ fn sku(n: usize) -> Sku {
 }
 
 fn initial(n: usize) -> u64 {
-    if n % 3 == 0 { STOCK_LOW } else { STOCK_HIGH }
+    if n.is_multiple_of(3) { STOCK_LOW } else { STOCK_HIGH }
 }
 
 /// A till's selling loop until `stop`: returns its checkouts.
@@ -115,7 +115,7 @@ async fn a_hub_process_killed_mid_run_loses_and_oversells_nothing() -> anyhow::R
     // Tills on both hubs, each given the other as its second address.
     let tills: Vec<TestDevice> = (0..TILLS)
         .map(|n| {
-            let hubs = if n % 2 == 0 {
+            let hubs = if n.is_multiple_of(2) {
                 [url_a.clone(), url_b.clone()]
             } else {
                 [url_b.clone(), url_a.clone()]
