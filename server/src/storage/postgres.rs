@@ -1927,6 +1927,52 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_connection_fails_the_commit_and_the_next_one_reconnects() {
+        let (cluster, url) = fresh_db();
+        let name = url
+            .redacted()
+            .rsplit('/')
+            .next()
+            .expect("db name")
+            .to_owned();
+        let mut log = open(&url).expect("open");
+        let sku = Sku::new("tea").expect("sku");
+        let receive = |seq: u64, key: &str| {
+            intent_op(
+                5,
+                seq,
+                "office",
+                Intent::Stock(StockCommand::Receive {
+                    key: key.parse().expect("key"),
+                    sku: sku.clone(),
+                    quantity: 1,
+                }),
+            )
+        };
+        log.apply(vec![receive(1, "d-1")]).expect("first commit");
+        cluster
+            .execute(
+                "postgres",
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ),
+            )
+            .expect("terminating the hub's connection");
+        let lost = log.apply(vec![receive(2, "d-2")]);
+        assert!(lost.is_err(), "nothing is acked on a lost connection");
+        let again = log
+            .apply(vec![receive(2, "d-2")])
+            .expect("the next commit reconnects");
+        assert_eq!(
+            (again.decided, again.duplicates),
+            (1, 0),
+            "the failed commit stored nothing"
+        );
+        assert_eq!(PgReader::new(&url).head().expect("head"), 2);
+    }
+
+    #[test]
     fn two_processes_opening_at_once_migrate_once() {
         let (_cluster, url) = fresh_db();
         let threads: Vec<_> = (0..3)
