@@ -402,30 +402,40 @@ const STATEMENTS: &[(Stmt, &str)] = &[
 ];
 
 /// Every row a group commit names, from all tables in one statement:
-/// (kind, replica, text key 1, text key 2, number, value).
+/// (kind, replica, text key 1, text key 2, number, value). Each wanted key
+/// probes its table's primary key: a lateral subquery with `LIMIT 1` cannot
+/// be flattened into a join, so the planner never trades the probes for a
+/// hash join over a whole (large) table.
 const PREFETCH_SQL: &str = "
-SELECT 0::int4, o.replica, NULL::text, NULL::text, o.seq, o.outcome
-  FROM op_outcomes o JOIN unnest($1::bytea[], $2::int8[]) AS w(replica, seq)
-    ON o.replica = w.replica AND o.seq = w.seq
+SELECT 0::int4, w.replica, NULL::text, NULL::text, w.seq, x.outcome
+  FROM unnest($1::bytea[], $2::int8[]) AS w(replica, seq)
+  CROSS JOIN LATERAL (SELECT o.outcome FROM op_outcomes o
+                      WHERE o.replica = w.replica AND o.seq = w.seq LIMIT 1) AS x
 UNION ALL
-SELECT 1, NULL, l.store_id, l.sku, NULL, l.state
-  FROM ledger_skus l JOIN unnest($3::text[], $4::text[]) AS w(a, b)
-    ON l.store_id = w.a AND l.sku = w.b
+SELECT 1, NULL, w.a, w.b, NULL, x.state
+  FROM unnest($3::text[], $4::text[]) AS w(a, b)
+  CROSS JOIN LATERAL (SELECT l.state FROM ledger_skus l
+                      WHERE l.store_id = w.a AND l.sku = w.b LIMIT 1) AS x
 UNION ALL
-SELECT 2, NULL, l.store_id, l.order_id, NULL, l.record
-  FROM ledger_orders l JOIN unnest($5::text[], $6::text[]) AS w(a, b)
-    ON l.store_id = w.a AND l.order_id = w.b
+SELECT 2, NULL, w.a, w.b, NULL, x.record
+  FROM unnest($5::text[], $6::text[]) AS w(a, b)
+  CROSS JOIN LATERAL (SELECT l.record FROM ledger_orders l
+                      WHERE l.store_id = w.a AND l.order_id = w.b LIMIT 1) AS x
 UNION ALL
-SELECT 3, NULL, l.store_id, l.key, NULL, l.decision
-  FROM ledger_keys l JOIN unnest($7::text[], $8::text[]) AS w(a, b)
-    ON l.store_id = w.a AND l.key = w.b
+SELECT 3, NULL, w.a, w.b, NULL, x.decision
+  FROM unnest($7::text[], $8::text[]) AS w(a, b)
+  CROSS JOIN LATERAL (SELECT l.decision FROM ledger_keys l
+                      WHERE l.store_id = w.a AND l.key = w.b LIMIT 1) AS x
 UNION ALL
-SELECT 4, NULL, l.store_id, l.key, NULL, l.state
-  FROM ledger_reservations l JOIN unnest($9::text[], $10::text[]) AS w(a, b)
-    ON l.store_id = w.a AND l.key = w.b
+SELECT 4, NULL, w.a, w.b, NULL, x.state
+  FROM unnest($9::text[], $10::text[]) AS w(a, b)
+  CROSS JOIN LATERAL (SELECT l.state FROM ledger_reservations l
+                      WHERE l.store_id = w.a AND l.key = w.b LIMIT 1) AS x
 UNION ALL
-SELECT 5, NULL, l.store_id, NULL, l.last_order_no, NULL
-  FROM ledger_stores l WHERE l.store_id = ANY($11::text[])";
+SELECT 5, NULL, w.a, NULL, x.last_order_no, NULL
+  FROM unnest($11::text[]) AS w(a)
+  CROSS JOIN LATERAL (SELECT l.last_order_no FROM ledger_stores l
+                      WHERE l.store_id = w.a LIMIT 1) AS x";
 
 /// Everything a transaction wrote since its last flush, in one statement:
 /// data-modifying CTEs run once each, whatever the final query reads.
