@@ -1982,6 +1982,40 @@ mod tests {
         assert_eq!(PgReader::new(&url).head().expect("head"), 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hub_serves_from_postgres_and_stops_cleanly() {
+        let (_cluster, url) = tokio::task::spawn_blocking(|| {
+            let cluster = PgCluster::shared().expect("a PostgreSQL test cluster");
+            let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+            let url = cluster.create_database(&name).expect("creating a database");
+            (cluster, url)
+        })
+        .await
+        .expect("cluster");
+        let devices = tempfile::tempdir().expect("devices dir");
+        let mut config = crate::HubConfig::new(
+            "127.0.0.1:0".parse().expect("address"),
+            devices.path().to_path_buf(),
+        );
+        config.database = Some(url);
+        let hub = crate::Hub::start(config).await.expect("hub on PostgreSQL");
+        // Reads straight from an async task: the blocking client moves off it.
+        let reader = hub.reader();
+        assert_eq!(reader.head().expect("head"), 0);
+        assert!(
+            reader
+                .outcome(&OpId {
+                    replica: ReplicaId([1; 16]),
+                    seq: 1
+                })
+                .expect("outcome")
+                .is_none()
+        );
+        drop(reader);
+        hub.stop().await.expect("stopping");
+        assert!(devices.path().join("devices.db").exists());
+    }
+
     #[test]
     fn two_processes_opening_at_once_migrate_once() {
         let (_cluster, url) = fresh_db();
