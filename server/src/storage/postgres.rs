@@ -2023,6 +2023,48 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_that_appended_notifies_its_new_head() {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let (cluster, url) = fresh_db();
+        let name = url
+            .redacted()
+            .rsplit('/')
+            .next()
+            .expect("db name")
+            .to_owned();
+        let mut log = open(&url).expect("open");
+        let mut listener =
+            postgres::Client::connect(&cluster.url_of(&name), NoTls).expect("listener connection");
+        listener
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .expect("listen");
+        log.apply(vec![]).expect("an empty group commit");
+        let sku = Sku::new("tea").expect("sku");
+        let applied = log
+            .apply(vec![intent_op(
+                6,
+                1,
+                "office",
+                Intent::Stock(StockCommand::Receive {
+                    key: "d-1".parse().expect("key"),
+                    sku,
+                    quantity: 3,
+                }),
+            )])
+            .expect("a commit that appends a record");
+        assert_eq!(applied.decided, 1);
+        let mut notifications = listener.notifications();
+        let mut heard = notifications.timeout_iter(Duration::from_secs(5));
+        let first = heard.next().expect("listening").expect("a notification");
+        assert_eq!(first.channel(), NOTIFY_CHANNEL);
+        assert_eq!(
+            first.payload(),
+            "1",
+            "the new head; nothing for the empty commit"
+        );
+    }
+
+    #[test]
     fn two_processes_opening_at_once_migrate_once() {
         let (_cluster, url) = fresh_db();
         let threads: Vec<_> = (0..3)
