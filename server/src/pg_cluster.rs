@@ -76,7 +76,14 @@ impl PgCluster {
 
     fn start_in(bin: &Path) -> Result<PgCluster, String> {
         let run_as = running_as_root().then_some(NOBODY);
-        let dir = std::env::temp_dir().join(format!(
+        // As root the server runs as `nobody`, who must reach the directory:
+        // /tmp, whatever TMPDIR says (it may lie under a private home).
+        let base = if run_as.is_some() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
             "omnisync-pg-{}-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed),

@@ -44,7 +44,11 @@ fn sku(n: usize) -> Sku {
 }
 
 fn initial(n: usize) -> u64 {
-    if n.is_multiple_of(3) { STOCK_LOW } else { STOCK_HIGH }
+    if n.is_multiple_of(3) {
+        STOCK_LOW
+    } else {
+        STOCK_HIGH
+    }
 }
 
 /// A till's selling loop until `stop`: returns its checkouts.

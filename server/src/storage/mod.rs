@@ -837,6 +837,12 @@ mod tests {
         fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
             self.reader.outcome(op)
         }
+        fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+            self.reader.changes_between(after, upto)
+        }
+        fn head(&self) -> Result<u64, HubLogError> {
+            self.reader.head()
+        }
     }
 
     impl Conformant for Both {

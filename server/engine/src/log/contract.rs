@@ -6,7 +6,7 @@
 //!
 //! # How to add a backend
 //!
-//! A backend (PostgreSQL next) is one module that implements three traits,
+//! A backend (SQLite, PostgreSQL) is one module that implements three traits,
 //! plus one test that runs the shared conformance suite.
 //!
 //! 1. [`LogRows`]: reads, usable both in a read snapshot and inside a write
@@ -141,7 +141,10 @@
 //! `conformance::failing::FailingCommits`; so does
 //! `conformance::price_book_rebuilds_from_compacted_prices(backend)`, which
 //! every backend runs. The SQLite backend's tests
-//! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
+//! (`omnisync-hub`, `storage/mod.rs`) are the example to copy; the
+//! PostgreSQL backend (`storage/postgres.rs`) is the example of a backend
+//! that batches its reads (`prefetch`) and writes (an overlay flushed at
+//! commit) and lets several writers take turns.
 
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use omnisync_core::vocab::goods::Sku;

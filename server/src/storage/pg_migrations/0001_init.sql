@@ -90,3 +90,13 @@ CREATE TABLE ledger_stores (
     store_id      text COLLATE "C" PRIMARY KEY,
     last_order_no int8 NOT NULL
 );
+
+-- Stored values are already compact encodings: spare the server compressing
+-- them (out of line, uncompressed, past 2 kB).
+ALTER TABLE changes ALTER COLUMN bytes SET STORAGE EXTERNAL;
+ALTER TABLE op_outcomes ALTER COLUMN outcome SET STORAGE EXTERNAL;
+ALTER TABLE snapshots ALTER COLUMN bytes SET STORAGE EXTERNAL;
+ALTER TABLE ledger_skus ALTER COLUMN state SET STORAGE EXTERNAL;
+ALTER TABLE ledger_orders ALTER COLUMN record SET STORAGE EXTERNAL;
+ALTER TABLE ledger_keys ALTER COLUMN decision SET STORAGE EXTERNAL;
+ALTER TABLE ledger_reservations ALTER COLUMN state SET STORAGE EXTERNAL;

@@ -67,6 +67,37 @@ pub fn run_all<L: Conformant>(mut fresh: impl FnMut() -> L) {
     compaction_keeps_every_document_and_record(fresh());
     compaction_waits_for_age_and_amount(fresh());
     compaction_never_drops_changes_waiting_for_dependencies(fresh());
+    changes_between_lists_every_set_in_order(fresh());
+}
+
+/// The changes of every set in a sequence range, grouped by set, each set's
+/// in order, and the head as readers see it.
+pub fn changes_between_lists_every_set_in_order<L: HubLog + HubLogRead>(mut log: L) {
+    let ops = (1..=6)
+        .map(|seq| {
+            let doc = if seq % 3 == 0 {
+                "store.b/y"
+            } else {
+                "store.a/x"
+            };
+            op(8, seq, doc, &[seq as u8])
+        })
+        .collect();
+    log.apply(ops).expect("apply");
+    assert_eq!(log.head().expect("head"), 6);
+    let committed = log.changes_between(1, 5).expect("changes between");
+    let seqs = |set: &str| -> Vec<u64> {
+        committed
+            .by_set
+            .get(&DocSetId::new(set).expect("set"))
+            .map(|changes| changes.iter().map(|change| change.hub_seq).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(seqs("store.a"), vec![2, 4, 5]);
+    assert_eq!(seqs("store.b"), vec![3]);
+    assert_eq!(committed.by_set.len(), 2);
+    let all = log.changes_between(0, u64::MAX).expect("everything");
+    assert_eq!(all.by_set.values().map(Vec::len).sum::<usize>(), 6);
 }
 
 /// Intents are decided in op order, once: a retry gets the stored
