@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use omnisync_core::protocol::message::{
     self, Ack, AckOutcome, ChangeBatch, ClientMessage, Credentials, DecodeError, DocChange,
-    ErrorCode, Hello, HubMessage, Op, OpBody, ProtocolError, RejectCode, RemoteChange,
+    ErrorCode, Hello, HubMessage, Op, OpBody, ProbedOp, ProtocolError, RejectCode, RemoteChange,
     SubscriptionRequest, VersionRange, Welcome,
 };
 use omnisync_core::vocab::codec::{self, STORED_MAGIC, UnknownVariant};
@@ -326,6 +326,30 @@ fn samples() -> Vec<(String, Sample)> {
                 },
                 agent: "omnisync-core/0.1.0".into(),
                 versions: Some(VersionRange::SUPPORTED),
+                probe: None,
+            })),
+        ),
+        (
+            "client-hello-probe".into(),
+            Sample::Client(ClientMessage::Hello(Hello {
+                device: DeviceId::new("till-1").unwrap(),
+                store: store.clone(),
+                replica: ReplicaId([7; 16]),
+                credentials: Credentials {
+                    token: Some("token".into()),
+                },
+                agent: "omnisync-core/0.1.0".into(),
+                versions: Some(VersionRange::SUPPORTED),
+                probe: Some(vec![
+                    ProbedOp {
+                        op: op_id(8),
+                        hub_seq: 120,
+                    },
+                    ProbedOp {
+                        op: op_id(7),
+                        hub_seq: 117,
+                    },
+                ]),
             })),
         ),
         (
@@ -354,6 +378,17 @@ fn samples() -> Vec<(String, Sample)> {
                 hub_time_ms: 1_700_000_000_456,
                 allowed_sets: vec![set.clone()],
                 log_id: "13936a8b0806c3fcab209ce3d1eae382".into(),
+                probe_known: None,
+            })),
+        ),
+        (
+            "hub-welcome-probe".into(),
+            Sample::Hub(HubMessage::Welcome(Welcome {
+                hub_id: "hub-berlin".into(),
+                hub_time_ms: 1_700_000_000_456,
+                allowed_sets: vec![set.clone()],
+                log_id: "13936a8b0806c3fcab209ce3d1eae382".into(),
+                probe_known: Some(vec![false, true]),
             })),
         ),
         (

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_projections.sql"),
     include_str!("migrations/0003_ledger.sql"),
+    include_str!("migrations/0004_reupload.sql"),
 ];
 
 /// Why a store operation failed.
@@ -444,6 +445,31 @@ impl Replica {
     /// Pending ops after `after_seq`, oldest first, at most `limit`.
     pub fn pending_ops(&self, after_seq: u64, limit: usize) -> Result<Vec<Op>, DbError> {
         oplog::pending(&self.db, self.replica, after_seq, limit)
+    }
+
+    /// The acknowledged ops to probe the hub with on a connect (see
+    /// `Hello::probe`): the newest, the 2nd, 4th, 8th, … newest answered ops,
+    /// each with its place in the hub's log.
+    pub fn restore_probe(&self) -> Result<Vec<message::ProbedOp>, DbError> {
+        oplog::probe(&self.db, self.replica)
+    }
+
+    /// Answers a hub restored from an older backup, in one transaction:
+    /// lowers every stored cursor to `behind.known_through` and flags for
+    /// upload again every answered op the hub may lack, without changing
+    /// its status, decision or local effects (the hub applies an op id once
+    /// and answers those it holds with their stored outcome). Returns how
+    /// many ops now wait to be uploaded again.
+    pub fn requeue_for_restored_hub(
+        &mut self,
+        behind: &crate::protocol::device_session::HubBehind,
+    ) -> Result<usize, DbError> {
+        self.set_sync(Durability::AppCrash)?;
+        let tx = self.db.transaction()?;
+        let flagged =
+            oplog::requeue_for_restored_hub(&tx, behind.known_through, behind.known_op_seq)?;
+        tx.commit()?;
+        Ok(flagged)
     }
 
     /// Records the hub's verdicts for ops.

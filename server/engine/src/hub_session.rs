@@ -16,7 +16,7 @@ use omnisync_core::protocol::message::{
     PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest,
     VersionRange, Welcome,
 };
-use omnisync_core::vocab::ids::{DeviceId, DocSetId, StoreId};
+use omnisync_core::vocab::ids::{DeviceId, DocSetId, OpId, StoreId};
 
 /// Live changes buffered for a subscription that is still catching up; past
 /// this the buffer is dropped and the subscription reads the log once more.
@@ -109,6 +109,22 @@ pub enum HubEvent {
     Authenticate(Hello),
     /// Store these ops in one durable commit, then pass the acks to `handle_acks`.
     Apply(Vec<IncomingOp>),
+    /// Look up whether the log holds an outcome for each of these ops (the
+    /// device's probe, all of the authenticated replica), then call
+    /// `handle_probe_answer` with one flag per op, in this order. The
+    /// `Welcome` waits for the answer.
+    Probe(Vec<OpId>),
+}
+
+/// What the probes of a session showed, for the hub's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreCounts {
+    /// Handshakes whose probe found ops the log lacks (this hub is behind
+    /// the device's acknowledgements: restored from an older backup).
+    pub behind: u64,
+    /// Ops pushed again by such a device: ops at or below the newest it
+    /// probed, which it had seen answered.
+    pub reuploaded_ops: u64,
 }
 
 /// What the runtime must send.
@@ -129,6 +145,8 @@ pub enum Outbound {
 enum State {
     AwaitingHello,
     Authenticating,
+    /// Authenticated; waiting for the probe's answer before the `Welcome`.
+    Probing(Peer),
     Ready(Peer),
     Closed,
 }
@@ -166,6 +184,15 @@ pub struct HubSession {
     /// speaks until the handshake settles on one (so that a refusal before
     /// it reaches a device of any release readably).
     version: u8,
+    /// The ops the `Hello` probed, in its order.
+    probe: Vec<OpId>,
+    /// Set once a probe found ops the log lacks: pushed ops at or below this
+    /// sequence number are uploads again.
+    reupload_through: Option<u64>,
+    /// Counts not yet taken by the runtime.
+    restore_counts: RestoreCounts,
+    /// The `Welcome` waiting for the probe's answer.
+    welcome: Option<Welcome>,
 }
 
 impl Default for HubSession {
@@ -190,6 +217,10 @@ impl HubSession {
             limits,
             audit: VecDeque::new(),
             version: message::PROTOCOL_VERSION_MIN,
+            probe: Vec::new(),
+            reupload_through: None,
+            restore_counts: RestoreCounts::default(),
+            welcome: None,
         }
     }
 
@@ -234,13 +265,25 @@ impl HubSession {
                     );
                 };
                 self.version = chosen;
+                let probe = hello.probe.as_deref().unwrap_or_default();
+                if probe.len() > message::PROBE_OPS_MAX {
+                    return self.fail(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the Hello probes {} ops; the limit is {}",
+                            probe.len(),
+                            message::PROBE_OPS_MAX
+                        ),
+                    );
+                }
+                self.probe = probe.iter().map(|probed| probed.op).collect();
                 self.state = State::Authenticating;
                 self.events.push_back(HubEvent::Authenticate(hello));
             }
             (ClientMessage::Hello(_), _) => {
                 self.fail(ErrorCode::UnexpectedMessage, "a second Hello".into());
             }
-            (_, State::AwaitingHello | State::Authenticating) => {
+            (_, State::AwaitingHello | State::Authenticating | State::Probing(_)) => {
                 self.fail(
                     ErrorCode::UnexpectedMessage,
                     "the first message must be Hello".into(),
@@ -263,6 +306,10 @@ impl HubSession {
                 }
                 if ops.is_empty() {
                     return;
+                }
+                if let Some(through) = self.reupload_through {
+                    self.restore_counts.reuploaded_ops +=
+                        ops.iter().filter(|op| op.id.seq <= through).count() as u64;
                 }
                 // An op claiming another replica's id is answered but never
                 // stored: storing the refusal would poison that id for its
@@ -320,17 +367,67 @@ impl HubSession {
         }
         match result {
             Ok(peer) => {
-                let welcome = Welcome {
+                self.welcome = Some(Welcome {
                     hub_id: hub_id.to_owned(),
                     hub_time_ms: now_ms,
                     allowed_sets: peer.readable.clone(),
                     log_id: log_id.to_owned(),
-                };
-                self.state = State::Ready(peer);
-                self.send(&HubMessage::Welcome(welcome));
+                    probe_known: None,
+                });
+                if self.probe.is_empty() {
+                    self.send_welcome(peer, None);
+                } else {
+                    // Only the connection's own ops are looked up; an op of
+                    // another replica is not this device's to ask about.
+                    let own: Vec<OpId> = self
+                        .probe
+                        .iter()
+                        .filter(|op| op.replica == peer.replica)
+                        .copied()
+                        .collect();
+                    self.state = State::Probing(peer);
+                    self.events.push_back(HubEvent::Probe(own));
+                }
             }
             Err(reason) => self.fail(ErrorCode::Unauthenticated, reason),
         }
+    }
+
+    /// The runtime's answer to `HubEvent::Probe`: for each op it named, in
+    /// order, whether the log holds its outcome. Sends the `Welcome` with
+    /// the answer to the whole probe.
+    pub fn handle_probe_answer(&mut self, known: Vec<bool>) {
+        if !matches!(self.state, State::Probing(_)) {
+            return;
+        }
+        let State::Probing(peer) = std::mem::replace(&mut self.state, State::Authenticating) else {
+            return;
+        };
+        let mut answers = known.into_iter();
+        let probe_known: Vec<bool> = self
+            .probe
+            .iter()
+            .map(|op| op.replica == peer.replica && answers.next().unwrap_or(false))
+            .collect();
+        if probe_known.iter().any(|known| !known) {
+            self.restore_counts.behind += 1;
+            self.reupload_through = self.probe.iter().map(|op| op.seq).max();
+        }
+        self.send_welcome(peer, Some(probe_known));
+    }
+
+    /// Takes the counts of what probes showed since the last call.
+    pub fn take_restore_counts(&mut self) -> RestoreCounts {
+        std::mem::take(&mut self.restore_counts)
+    }
+
+    fn send_welcome(&mut self, peer: Peer, probe_known: Option<Vec<bool>>) {
+        let Some(mut welcome) = self.welcome.take() else {
+            return;
+        };
+        welcome.probe_known = probe_known;
+        self.state = State::Ready(peer);
+        self.send(&HubMessage::Welcome(welcome));
     }
 
     /// Durable verdicts from storage for ops of this session.
@@ -817,6 +914,7 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
             versions: None,
+            probe: None,
         })));
         assert!(matches!(
             session.poll_event(),
@@ -835,6 +933,7 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
             versions,
+            probe: None,
         })
     }
 
