@@ -74,6 +74,19 @@ impl Sample {
 
     /// Decodes `bytes` with the frozen copy of this release's types and
     /// encodes the result again (must give the same body).
+    /// The sample without the optional fields added since the frozen
+    /// release (the handshake's probe and its answer): what a peer of that
+    /// release reads of it.
+    fn without_additions(&self) -> Sample {
+        let mut sample = self.clone();
+        match &mut sample {
+            Sample::Client(ClientMessage::Hello(hello)) => hello.probe = None,
+            Sample::Hub(HubMessage::Welcome(welcome)) => welcome.probe_known = None,
+            _ => {}
+        }
+        sample
+    }
+
     fn frozen_round_trip(&self, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
         fn again<T: serde::Serialize + serde::de::DeserializeOwned>(
             body: &[u8],
@@ -88,6 +101,15 @@ impl Sample {
             Sample::Decision(_) => again::<frozen::Decision>(&bytes[2..]),
             Sample::Record(_) => again::<frozen::Record>(&bytes[2..]),
         }
+    }
+}
+
+/// Where the body starts in a sample's encoding (after the frame header
+/// or the stored prefix).
+fn body_start(sample: &Sample) -> usize {
+    match sample {
+        Sample::Client(_) | Sample::Hub(_) => 3,
+        Sample::Intent(_) | Sample::Decision(_) | Sample::Record(_) => 2,
     }
 }
 
@@ -548,9 +570,11 @@ fn golden_vectors_decode_to_this_release_and_encode_the_same() {
 fn the_frozen_decoder_of_this_release_reads_what_the_current_code_sends() {
     for (name, sample) in samples() {
         let bytes = sample.encode();
-        let (body, again) = sample
+        let (_, again) = sample
             .frozen_round_trip(&bytes)
             .unwrap_or_else(|error| panic!("{name}: the frozen v2 decoder fails: {error}"));
+        // Fields added since are skipped by the frozen reader, nothing else.
+        let body = sample.without_additions().encode()[body_start(&sample)..].to_vec();
         assert_eq!(
             hex::encode(again),
             hex::encode(body),
@@ -683,7 +707,8 @@ fn previous_release_frames_and_blobs_still_decode() {
                 (bytes, sample.clone())
             }
         };
-        let mut expected = current;
+        // Version 1 carries none of the fields added since.
+        let mut expected = current.without_additions();
         // A version 1 Hello carries no range.
         if let Sample::Client(ClientMessage::Hello(hello)) = &mut expected {
             hello.versions = None;

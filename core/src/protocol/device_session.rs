@@ -596,6 +596,97 @@ mod tests {
         );
     }
 
+    fn probed(seq: u64, hub_seq: u64) -> ProbedOp {
+        ProbedOp {
+            op: OpId {
+                replica: ReplicaId([1; 16]),
+                seq,
+            },
+            hub_seq,
+        }
+    }
+
+    fn welcome_answering(log_id: &str, known: Option<Vec<bool>>) -> Vec<u8> {
+        encode(&HubMessage::Welcome(Welcome {
+            hub_id: "hub".into(),
+            hub_time_ms: 0,
+            allowed_sets: vec![DocSetId::new("store.s1").unwrap()],
+            log_id: log_id.into(),
+            probe_known: known,
+        }))
+    }
+
+    fn probing_session(log_id: &str) -> ClientSession {
+        let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 500)];
+        let probe = vec![probed(40, 400), probed(39, 390), probed(37, 370), probed(33, 330)];
+        let mut session = ClientSession::probing(
+            identity(),
+            subscriptions,
+            Some(log_id.into()),
+            0,
+            message::VersionRange::SUPPORTED,
+            probe.clone(),
+        );
+        assert!(matches!(
+            sent(&mut session).as_slice(),
+            [ClientMessage::Hello(Hello { probe: Some(sent), .. })] if *sent == probe
+        ));
+        session
+    }
+
+    #[test]
+    fn a_hub_lacking_probed_ops_lowers_the_cursors_before_subscribing() {
+        let mut session = probing_session("log");
+        let answer = welcome_answering("log", Some(vec![false, false, true, true]));
+        session.handle_frame(&answer, 0).unwrap();
+        assert_eq!(
+            sent(&mut session),
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                set: DocSetId::new("store.s1").unwrap(),
+                cursor: 370
+            }])]
+        );
+        assert_eq!(
+            session.poll_event(),
+            Some(ClientEvent::HubBehind(HubBehind {
+                known_through: 370,
+                known_op_seq: 37,
+                unknown: 2
+            }))
+        );
+        assert!(matches!(session.poll_event(), Some(ClientEvent::Ready(_))));
+    }
+
+    #[test]
+    fn a_hub_holding_every_probed_op_or_not_answering_changes_nothing() {
+        for answer in [Some(vec![true; 4]), None, Some(vec![false])] {
+            let mut session = probing_session("log");
+            session
+                .handle_frame(&welcome_answering("log", answer), 0)
+                .unwrap();
+            assert_eq!(
+                sent(&mut session),
+                vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                    set: DocSetId::new("store.s1").unwrap(),
+                    cursor: 500
+                }])]
+            );
+            assert!(matches!(session.poll_event(), Some(ClientEvent::Ready(_))));
+        }
+    }
+
+    #[test]
+    fn the_anchor_is_older_than_every_op_the_hub_lacks() {
+        let probe = [probed(40, 400), probed(39, 390), probed(37, 370), probed(33, 330)];
+        // The hub holds the newest but lacks an older one: only the op
+        // below every gap vouches for the log.
+        let behind = probe_verdict(&probe, &[true, false, true, true]).unwrap();
+        assert_eq!((behind.known_through, behind.known_op_seq), (370, 37));
+        let behind = probe_verdict(&probe, &[true, true, true, false]).unwrap();
+        assert_eq!((behind.known_through, behind.known_op_seq), (0, 0));
+        assert_eq!(probe_verdict(&probe, &[true; 4]), None);
+    }
+
     #[test]
     fn a_listening_device_pings_even_while_the_hub_talks() {
         let mut session = ClientSession::new(identity(), vec![], None, 0);
