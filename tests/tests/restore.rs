@@ -278,15 +278,16 @@ fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<
     let order_changes = audit::all_changes(&reader, &orders)?;
     let mut numbered: BTreeMap<String, u64> = BTreeMap::new();
     for change in &order_changes {
-        if let Ok(Record::Order(order)) = Record::decode(&change.bytes) {
-            if let Some(before) = numbered.insert(order.order_id.to_string(), order.order_no) {
-                anyhow::ensure!(
-                    before == order.order_no,
-                    "order {} numbered {before} and {}",
-                    order.order_id,
-                    order.order_no
-                );
-            }
+        let Ok(Record::Order(order)) = Record::decode(&change.bytes) else {
+            continue;
+        };
+        if let Some(before) = numbered.insert(order.order_id.to_string(), order.order_no) {
+            anyhow::ensure!(
+                before == order.order_no,
+                "order {} numbered {before} and {}",
+                order.order_id,
+                order.order_no
+            );
         }
     }
     Ok(())
@@ -315,8 +316,8 @@ async fn assert_converged_to_hub(data_dir: &Path, shop: &Shop) -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op()
--> anyhow::Result<()> {
+async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op() -> anyhow::Result<()>
+{
     init_logs();
     let binary = tokio::task::spawn_blocking(hub_binary).await??;
     let data_dir = tempfile::tempdir()?;
@@ -361,7 +362,12 @@ async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op()
     let compensations: usize = shop
         .tills
         .iter()
-        .map(|till| till.client().replica().compensations().map(|tasks| tasks.len()))
+        .map(|till| {
+            till.client()
+                .replica()
+                .compensations()
+                .map(|tasks| tasks.len())
+        })
         .sum::<Result<usize, _>>()?;
     tracing::info!(
         ahead,

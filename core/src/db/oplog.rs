@@ -369,10 +369,9 @@ pub(crate) fn requeue_for_restored_hub(
         "UPDATE ops SET hub_seq = ?1 WHERE status = 'pending' AND hub_seq > ?1",
         [k],
     )?;
-    let flagged: i64 =
-        tx.query_row("SELECT COUNT(*) FROM ops WHERE reupload = 1", [], |row| {
-            row.get(0)
-        })?;
+    let flagged: i64 = tx.query_row("SELECT COUNT(*) FROM ops WHERE reupload = 1", [], |row| {
+        row.get(0)
+    })?;
     Ok(flagged as usize)
 }
 

@@ -453,7 +453,14 @@ fn the_probe_holds_the_newest_answered_ops_exponentially_spaced() {
         .collect();
     assert_eq!(
         seqs,
-        vec![(40, 400), (39, 390), (37, 370), (33, 330), (25, 250), (9, 90)]
+        vec![
+            (40, 400),
+            (39, 390),
+            (37, 370),
+            (33, 330),
+            (25, 250),
+            (9, 90)
+        ]
     );
 }
 

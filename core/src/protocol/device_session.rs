@@ -618,7 +618,12 @@ mod tests {
 
     fn probing_session(log_id: &str) -> ClientSession {
         let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 500)];
-        let probe = vec![probed(40, 400), probed(39, 390), probed(37, 370), probed(33, 330)];
+        let probe = vec![
+            probed(40, 400),
+            probed(39, 390),
+            probed(37, 370),
+            probed(33, 330),
+        ];
         let mut session = ClientSession::probing(
             identity(),
             subscriptions,
@@ -677,7 +682,12 @@ mod tests {
 
     #[test]
     fn the_anchor_is_older_than_every_op_the_hub_lacks() {
-        let probe = [probed(40, 400), probed(39, 390), probed(37, 370), probed(33, 330)];
+        let probe = [
+            probed(40, 400),
+            probed(39, 390),
+            probed(37, 370),
+            probed(33, 330),
+        ];
         // The hub holds the newest but lacks an older one: only the op
         // below every gap vouches for the log.
         let behind = probe_verdict(&probe, &[true, false, true, true]).unwrap();

@@ -867,7 +867,11 @@ fn a_restored_hub_deciding_a_sale_differently_opens_a_compensation_task() {
     let tasks = store.compensations().unwrap();
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!((tasks[0].op, tasks[0].order_no), (changed, Some(2)));
-    assert!(tasks[0].reason.contains("refused this sale it had confirmed"));
+    assert!(
+        tasks[0]
+            .reason
+            .contains("refused this sale it had confirmed")
+    );
     assert!(store.pending_ops(0, 10).unwrap().is_empty());
     let order = store.order("o-2").unwrap().unwrap();
     assert_eq!(order.order_no, Some(2));
