@@ -450,8 +450,11 @@ impl Replica {
     /// The acknowledged ops to probe the hub with on a connect (see
     /// `Hello::probe`): the newest, the 2nd, 4th, 8th, … newest answered ops,
     /// each with its place in the hub's log.
+    /// Ops answered before the device last met a new hub log are left out:
+    /// that log never held them.
     pub fn restore_probe(&self) -> Result<Vec<message::ProbedOp>, DbError> {
-        oplog::probe(&self.db, self.replica)
+        let floor = read_meta_u64(&self.db, "probe_floor_seq")?;
+        oplog::probe(&self.db, self.replica, floor)
     }
 
     /// Answers a hub restored from an older backup, in one transaction:
@@ -464,10 +467,11 @@ impl Replica {
         &mut self,
         behind: &crate::protocol::device_session::HubBehind,
     ) -> Result<usize, DbError> {
+        let floor = read_meta_u64(&self.db, "probe_floor_seq")?;
         self.set_sync(Durability::AppCrash)?;
         let tx = self.db.transaction()?;
         let flagged =
-            oplog::requeue_for_restored_hub(&tx, behind.known_through, behind.known_op_seq)?;
+            oplog::requeue_for_restored_hub(&tx, behind.known_through, behind.known_op_seq, floor)?;
         tx.commit()?;
         Ok(flagged)
     }
@@ -738,6 +742,13 @@ impl Replica {
         if previous.is_some_and(|previous| previous != log_id) {
             tracing::warn!(device = %self.device, log_id, "hub change log changed; restarting every subscription from 0");
             tx.execute("UPDATE subscriptions SET cursor = 0", [])?;
+            // The new log never held the ops answered so far: they are not
+            // probed again (a replaced hub does not get them back).
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe_floor_seq', (SELECT COALESCE(MAX(seq), 0) FROM ops))
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('hub_log_id', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",

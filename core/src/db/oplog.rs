@@ -313,18 +313,22 @@ fn reupload_answered(
 /// The probe of a connect: up to [`PROBE_OPS_MAX`] answered ops, the
 /// newest, the 2nd, 4th, 8th, … newest, each with the place in the hub's log
 /// its answer put it at. Ops flagged for upload again are left out: their
-/// answer is still to come.
-pub(crate) fn probe(db: &Connection, replica: ReplicaId) -> Result<Vec<ProbedOp>, DbError> {
+/// answer is still to come, and so are ops at or below `floor`.
+pub(crate) fn probe(
+    db: &Connection,
+    replica: ReplicaId,
+    floor: u64,
+) -> Result<Vec<ProbedOp>, DbError> {
     let mut statement = db.prepare_cached(
         "SELECT seq, COALESCE(hub_seq, 0) FROM ops
-         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0
+         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0 AND seq > ?2
          ORDER BY seq DESC LIMIT 1 OFFSET ?1",
     )?;
     let mut probe = Vec::with_capacity(PROBE_OPS_MAX);
     for rank in 0..PROBE_OPS_MAX {
         let offset = (1_i64 << rank) - 1;
         let Some((seq, hub_seq)) = statement
-            .query_row([offset], |row| {
+            .query_row(params![offset, floor as i64], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
             })
             .optional()?
@@ -345,13 +349,14 @@ pub(crate) fn probe(db: &Connection, replica: ReplicaId) -> Result<Vec<ProbedOp>
 /// Answers a hub that lacks acknowledged ops of this device (see
 /// `protocol::device_session::HubBehind`): lowers every cursor to
 /// `known_through` (K) and flags for upload again every answered op the hub
-/// may lack: those above `known_op_seq` and those placed above K. Their
-/// place becomes at most K until the hub answers again. Returns how many ops
-/// are flagged.
+/// may lack: those above `known_op_seq` and those placed above K, if above
+/// `floor` (ops answered by an earlier hub log). Their place becomes at most
+/// K until the hub answers again. Returns how many ops are flagged.
 pub(crate) fn requeue_for_restored_hub(
     tx: &Transaction<'_>,
     known_through: u64,
     known_op_seq: u64,
+    floor: u64,
 ) -> Result<usize, DbError> {
     let (k, p) = (known_through as i64, known_op_seq as i64);
     tx.execute(
@@ -360,9 +365,9 @@ pub(crate) fn requeue_for_restored_hub(
     )?;
     tx.execute(
         "UPDATE ops SET reupload = 1, hub_seq = MIN(COALESCE(hub_seq, 0), ?1)
-         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0
+         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0 AND seq > ?3
            AND (seq > ?2 OR COALESCE(hub_seq, 0) > ?1)",
-        params![k, p],
+        params![k, p, floor as i64],
     )?;
     // A pending op recorded with a cursor the restored hub never reached.
     tx.execute(

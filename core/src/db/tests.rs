@@ -556,3 +556,33 @@ fn a_hub_that_holds_none_of_the_probe_gets_every_answered_op_back() {
         vec![(DocSetId::new("store.s1").unwrap(), 0)]
     );
 }
+
+#[test]
+fn ops_answered_by_an_earlier_hub_log_are_neither_probed_nor_uploaded_again() {
+    use crate::protocol::device_session::probe_verdict;
+    let mut store = acknowledged_store(10, 100);
+    store.set_hub_log_id("log-1").unwrap();
+    assert_eq!(store.restore_probe().unwrap().len(), 4);
+    // A replaced hub: a new log. The ops answered so far stay with the old one.
+    store.set_hub_log_id("log-2").unwrap();
+    assert!(store.restore_probe().unwrap().is_empty());
+    let op = store.commit(&[put("a", "k", 11)], 9_000).unwrap();
+    store
+        .record_acks(
+            &[Ack {
+                op,
+                outcome: AckOutcome::Applied { hub_seq: 3 },
+            }],
+            9_100,
+        )
+        .unwrap();
+    let probe = store.restore_probe().unwrap();
+    assert_eq!(
+        probe.iter().map(|probed| probed.op.seq).collect::<Vec<_>>(),
+        vec![op.seq]
+    );
+    // Restored from a backup of the new log that lacks the new op: only it
+    // comes back.
+    let behind = probe_verdict(&probe, &[false]).unwrap();
+    assert_eq!(store.requeue_for_restored_hub(&behind).unwrap(), 1);
+}

@@ -981,6 +981,106 @@ mod tests {
         assert!(session.is_closed());
     }
 
+    fn probing_hello(ops: &[(u8, u64)]) -> Vec<u8> {
+        let probe = ops
+            .iter()
+            .map(|(replica, seq)| message::ProbedOp {
+                op: OpId {
+                    replica: ReplicaId([*replica; 16]),
+                    seq: *seq,
+                },
+                hub_seq: 10 * seq,
+            })
+            .collect();
+        let ClientMessage::Hello(mut hello) = hello(None) else {
+            unreachable!("hello() builds a Hello");
+        };
+        hello.probe = Some(probe);
+        encode(&ClientMessage::Hello(hello))
+    }
+
+    fn welcome_of(session: &mut HubSession) -> Welcome {
+        match session.poll_transmit() {
+            Some(Outbound::Frame(frame)) => match decode::<HubMessage>(&frame) {
+                Ok(HubMessage::Welcome(welcome)) => welcome,
+                other => panic!("not a welcome: {other:?}"),
+            },
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_welcome_waits_for_the_probe_and_answers_only_for_the_own_replica() {
+        let mut session = HubSession::new();
+        // Op 9 names another replica: not looked up, answered false.
+        session.handle_frame(&probing_hello(&[(1, 40), (2, 9), (1, 33)]));
+        assert!(matches!(
+            session.poll_event(),
+            Some(HubEvent::Authenticate(_))
+        ));
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        assert_eq!(
+            session.poll_transmit(),
+            None,
+            "no welcome before the answer"
+        );
+        let Some(HubEvent::Probe(ops)) = session.poll_event() else {
+            panic!("no probe lookup");
+        };
+        assert_eq!(
+            ops.iter().map(|op| op.seq).collect::<Vec<_>>(),
+            vec![40, 33]
+        );
+        session.handle_probe_answer(vec![false, true]);
+        let welcome = welcome_of(&mut session);
+        assert_eq!(welcome.probe_known, Some(vec![false, false, true]));
+        assert_eq!(session.take_restore_counts().behind, 1);
+        // Ops up to the newest probed one are uploads again.
+        let op = |seq| Op {
+            id: OpId {
+                replica: peer().replica,
+                seq,
+            },
+            created_ms: 0,
+            body: OpBody::Changes(Vec::new()),
+        };
+        session.handle_frame(&encode(&ClientMessage::Push(vec![op(35), op(40), op(41)])));
+        assert_eq!(
+            session.take_restore_counts(),
+            RestoreCounts {
+                behind: 0,
+                reuploaded_ops: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_hub_holding_every_probed_op_counts_nothing_and_too_long_a_probe_is_refused() {
+        let mut session = HubSession::new();
+        session.handle_frame(&probing_hello(&[(1, 40), (1, 39)]));
+        session.poll_event();
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        session.poll_event();
+        session.handle_probe_answer(vec![true, true]);
+        assert_eq!(welcome_of(&mut session).probe_known, Some(vec![true, true]));
+        assert_eq!(session.take_restore_counts(), RestoreCounts::default());
+
+        let mut session = HubSession::new();
+        let too_many: Vec<(u8, u64)> = (1..=message::PROBE_OPS_MAX as u64 + 1)
+            .map(|seq| (1, seq))
+            .collect();
+        session.handle_frame(&probing_hello(&too_many));
+        assert!(session.is_closed());
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else {
+            panic!("no refusal");
+        };
+        let Ok(HubMessage::Error(error)) = decode::<HubMessage>(&frame) else {
+            panic!("not an error");
+        };
+        assert_eq!(error.code, ErrorCode::LimitExceeded);
+        assert_eq!(error.detail, "the Hello probes 17 ops; the limit is 16");
+    }
+
     fn change(seq: u64, origin: u8) -> RemoteChange {
         RemoteChange {
             hub_seq: seq,
