@@ -10,6 +10,7 @@ mod hubref;
 mod report;
 mod storm;
 mod terminal;
+mod week;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,9 @@ enum Command {
     /// Measure checkouts decided by the hub per second (every SKU in strong
     /// mode), with one commit per checkout measured in the same run.
     CheckoutStorm(storm::StormArgs),
+    /// Measure the hub's storage after a simulated week of a store's
+    /// trading, keeping every change against compacting old ones.
+    StoreWeek(week::StoreWeekArgs),
     /// The cashier's terminal UI for one till: find products, sell, see
     /// stock, sync and each checkout's lifecycle. Without --hub it starts an
     /// embedded hub with demo data.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::BootstrapTerminal(args) => bootstrap::terminal(args).await,
             Command::CheckoutStorm(args) => storm::run(args).await,
             Command::Fleet(args) => fleet::run(args).await,
+            Command::StoreWeek(args) => week::run(args).await,
         }
     });
     match result {

@@ -89,12 +89,14 @@ impl ChangeIndex {
         missing
     }
 
-    /// Indexes `doc` from its stored changes (raw automerge changes), unless
-    /// it is indexed already.
+    /// Indexes `doc` from what the log stores of it (`HubLogRead::doc_changes`:
+    /// raw automerge changes, and saved documents — a snapshot, whose
+    /// changes compaction deleted from the log, or an import), unless it is
+    /// indexed already. Bytes that are neither (records) index nothing.
     pub fn load(&self, doc: &DocId, stored: &[Vec<u8>]) {
         let ids: Vec<ChangeId> = stored
             .iter()
-            .filter_map(|bytes| automerge::Change::from_bytes(bytes.clone()).ok())
+            .flat_map(|bytes| stored_changes(bytes))
             .map(|change| ChangeId::of(doc, &change))
             .collect();
         let mut inner = self.lock();
@@ -172,6 +174,18 @@ impl ChangeIndex {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The automerge changes in one stored entry: a change, or every change of
+/// a saved document.
+fn stored_changes(bytes: &[u8]) -> Vec<automerge::Change> {
+    if let Ok(change) = automerge::Change::from_bytes(bytes.to_vec()) {
+        return vec![change];
+    }
+    match automerge::Automerge::load(bytes) {
+        Ok(saved) => saved.get_changes(&[]),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -278,5 +292,29 @@ mod tests {
         index.reserve(std::slice::from_ref(&other)).unwrap();
         other.hash ^= 1;
         assert!(index.reserve(&[other]).is_err());
+    }
+
+    #[test]
+    fn loading_a_snapshot_indexes_the_changes_it_holds() {
+        use automerge::transaction::Transactable as _;
+        let mut doc = automerge::Automerge::new();
+        doc.set_actor(automerge::ActorId::from(vec![4u8; 20]));
+        for value in 0..3 {
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, "k", value).unwrap();
+            tx.commit();
+        }
+        let second = doc.get_changes(&[])[1].clone();
+        let doc_id = DocId::new("store.s1/a").unwrap();
+        let index = ChangeIndex::default();
+        // The log holds only the snapshot: its changes were compacted away.
+        index.load(&doc_id, &[doc.save()]);
+        let mut forged = ChangeId::of(&doc_id, &second);
+        forged.hash ^= 1;
+        assert!(
+            index.reserve(&[forged]).is_err(),
+            "a different change under a number the snapshot holds"
+        );
+        index.reserve(&[ChangeId::of(&doc_id, &second)]).unwrap();
     }
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 use omnisync_core::protocol::message::{Ack, OpBody};
 use omnisync_hub_engine::hub_session::{CommittedChanges, IncomingOp};
 use omnisync_hub_engine::log::HubLog;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
+
+use crate::fanout::Fanout;
 
 use crate::metrics::Metrics;
 
@@ -21,6 +23,11 @@ pub const COMMIT_QUEUE_MAX: usize = 4096;
 pub const GROUP_OPS_MAX: usize = 2048;
 /// How often the authority's periodic work (recalling idle allowances) runs.
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// While compaction has work and ops keep coming, one compaction step runs
+/// after a group commit at most this often; an idle committer runs them
+/// back to back, each in a short transaction of its own.
+pub const COMPACT_BUSY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Failpoint for crash tests (`tests/tests/checkout_crash.rs`). When this
 /// environment variable is `crash-after-commit` as the committer starts, the
@@ -54,7 +61,7 @@ impl Committer {
     /// its own (the baseline the benchmarks compare group commit against).
     pub fn start(
         mut log: Box<dyn HubLog + Send>,
-        fanout: broadcast::Sender<Arc<CommittedChanges>>,
+        fanout: Arc<Fanout>,
         metrics: Arc<Metrics>,
         group_ops_max: usize,
     ) -> (Self, std::thread::JoinHandle<()>) {
@@ -66,7 +73,26 @@ impl Committer {
             .name("omnisync-committer".into())
             .spawn(move || {
                 let mut maintained = Instant::now();
-                while let Some(first) = receiver.blocking_recv() {
+                let mut compacted = Instant::now();
+                // True while compaction has work: look for it at start.
+                let mut compacting = true;
+                loop {
+                    let first = if compacting {
+                        match receiver.try_recv() {
+                            Ok(request) => request,
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                compacting = compact_step(log.as_mut(), &metrics);
+                                compacted = Instant::now();
+                                continue;
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match receiver.blocking_recv() {
+                            Some(request) => request,
+                            None => break,
+                        }
+                    };
                     let mut requests = vec![first];
                     let mut op_count = requests[0].ops.len();
                     while op_count < group_ops_max {
@@ -86,13 +112,16 @@ impl Committer {
                         group_ops_max,
                         crash_after_commit,
                     );
+                    if compacting && compacted.elapsed() >= COMPACT_BUSY_EVERY {
+                        compacting = compact_step(log.as_mut(), &metrics);
+                        compacted = Instant::now();
+                    }
                     if maintained.elapsed() >= MAINTAIN_EVERY {
                         maintained = Instant::now();
+                        // A new round of compaction: examine every set again.
+                        compacting = true;
                         match log.maintain(omnisync_core::now_ms()) {
-                            Ok(committed) if !committed.by_set.is_empty() => {
-                                let _ = fanout.send(Arc::new(committed));
-                            }
-                            Ok(_) => {}
+                            Ok(committed) => fanout.publish_local(committed),
                             Err(error) => {
                                 tracing::error!(%error, "ledger maintenance failed; retried later")
                             }
@@ -125,10 +154,33 @@ impl Committer {
     }
 }
 
+/// Runs one compaction step; returns whether more work waits. Compaction
+/// publishes nothing (the documents stay the same); a failure is logged and
+/// retried next round.
+fn compact_step(log: &mut dyn HubLog, metrics: &Metrics) -> bool {
+    match log.compact(omnisync_core::now_ms()) {
+        Ok(step) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            metrics
+                .compacted_snapshots
+                .fetch_add(step.snapshots as u64, Relaxed);
+            metrics.compacted_changes.fetch_add(step.deleted, Relaxed);
+            if let Some((set, point)) = &step.compacted {
+                tracing::info!(%set, point, snapshots = step.snapshots, "set compacted into snapshots");
+            }
+            step.more
+        }
+        Err(error) => {
+            tracing::error!(%error, "compaction step failed; retried next round");
+            false
+        }
+    }
+}
+
 fn commit_group(
     log: &mut dyn HubLog,
     requests: Vec<CommitRequest>,
-    fanout: &broadcast::Sender<Arc<CommittedChanges>>,
+    fanout: &Fanout,
     metrics: &Metrics,
     group_ops_max: usize,
     crash_after_commit: bool,
@@ -191,10 +243,7 @@ fn commit_group(
             }
         }
     }
-    if !committed.by_set.is_empty() {
-        // No receivers is fine: nobody is subscribed.
-        let _ = fanout.send(Arc::new(committed));
-    }
+    fanout.publish_local(committed);
     let mut acks = acks.into_iter();
     for ((reply, received), len) in replies.into_iter().zip(lens) {
         let answer = match &failure {

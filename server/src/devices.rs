@@ -11,8 +11,11 @@
 //! issued at or before the revocation is refused, and live sessions of the
 //! device are told at once through [`DeviceRegistry::revocations`].
 //!
-//! It lives in its own SQLite file, `<data-dir>/devices.db`, next to the
-//! change log and independent of its schema.
+//! On an embedded hub it lives in its own SQLite file,
+//! `<data-dir>/devices.db`, next to the change log and independent of its
+//! schema; on PostgreSQL in the hub's database, shared by every hub process
+//! on it (a replica bound through one process is refused to another device
+//! through any other; a revocation is announced to all of them).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +24,7 @@ use std::sync::Mutex;
 use omnisync_core::{DeviceId, ReplicaId, TenantId};
 use omnisync_hub_engine::authz::Role;
 use omnisync_hub_engine::hub_session::Peer;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 /// Most replicas one device may bind (reinstalls of the app); past this the
@@ -51,6 +54,40 @@ pub enum RegistryError {
     /// SQLite failed.
     #[error("device registry: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database server failed.
+    #[error("device registry: {0}")]
+    Database(String),
+}
+
+/// A replica binding as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// Its device's tenant.
+    pub tenant: TenantId,
+    /// Its device.
+    pub device: DeviceId,
+}
+
+/// Where the registry's rows live: its own SQLite file next to an embedded
+/// hub's log, or the hub's PostgreSQL database, shared by every hub
+/// process on it (see `storage::postgres::PgRegistryRows`).
+pub trait RegistryRows: Send {
+    /// Every binding and revocation.
+    fn load(&mut self) -> Result<(Vec<Binding>, Vec<Revocation>), RegistryError>;
+    /// Binds the replica unless it is bound; returns the binding stored
+    /// now (another device's, when another process bound it first).
+    fn bind(&mut self, binding: &Binding, now_ms: u64) -> Result<Binding, RegistryError>;
+    /// Stores a revocation (replacing the device's earlier one); durable
+    /// when it returns.
+    fn revoke(&mut self, revocation: &Revocation) -> Result<(), RegistryError>;
+    /// A device's stored revocation (after another process announced one).
+    fn revocation(
+        &mut self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<Revocation>, RegistryError>;
 }
 
 /// Replica bindings and revocations, cached in memory, written through.
@@ -60,7 +97,7 @@ pub struct DeviceRegistry {
 }
 
 struct Inner {
-    db: Connection,
+    rows: Box<dyn RegistryRows>,
     owners: HashMap<ReplicaId, (TenantId, DeviceId)>,
     replicas_per_device: HashMap<(TenantId, DeviceId), usize>,
     revoked: HashMap<(TenantId, DeviceId), Revocation>,
@@ -69,80 +106,41 @@ struct Inner {
 impl DeviceRegistry {
     /// Opens (creating) `<dir>/devices.db` and loads it.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
-        Self::with_connection(Connection::open(dir.join("devices.db"))?)
+        Self::with_rows(Box::new(SqliteRegistryRows::new(Connection::open(
+            dir.join("devices.db"),
+        )?)?))
     }
 
     /// A registry in memory (tests).
     pub fn in_memory() -> Result<Self, RegistryError> {
-        Self::with_connection(Connection::open_in_memory()?)
+        Self::with_rows(Box::new(SqliteRegistryRows::new(
+            Connection::open_in_memory()?,
+        )?))
     }
 
-    fn with_connection(db: Connection) -> Result<Self, RegistryError> {
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS replicas (
-                 replica BLOB PRIMARY KEY,
-                 tenant TEXT NOT NULL,
-                 device TEXT NOT NULL,
-                 bound_ms INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS revocations (
-                 tenant TEXT NOT NULL,
-                 device TEXT NOT NULL,
-                 revoked_ms INTEGER NOT NULL,
-                 reason TEXT NOT NULL,
-                 PRIMARY KEY (tenant, device)
-             );",
-        )?;
+    /// A registry over `rows`, loaded into memory.
+    pub fn with_rows(mut rows: Box<dyn RegistryRows>) -> Result<Self, RegistryError> {
+        let (bindings, revocations) = rows.load()?;
         let mut owners = HashMap::new();
         let mut replicas_per_device: HashMap<(TenantId, DeviceId), usize> = HashMap::new();
-        {
-            let mut rows = db.prepare("SELECT replica, tenant, device FROM replicas")?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                let replica: Vec<u8> = row.get(0)?;
-                let tenant: String = row.get(1)?;
-                let device: String = row.get(2)?;
-                // Rows were written from parsed values; skip any that are not.
-                let (Some(replica), Ok(tenant), Ok(device)) = (
-                    ReplicaId::from_slice(&replica),
-                    TenantId::new(tenant),
-                    DeviceId::new(device),
-                ) else {
-                    continue;
-                };
-                *replicas_per_device
-                    .entry((tenant.clone(), device.clone()))
-                    .or_default() += 1;
-                owners.insert(replica, (tenant, device));
-            }
+        for binding in bindings {
+            *replicas_per_device
+                .entry((binding.tenant.clone(), binding.device.clone()))
+                .or_default() += 1;
+            owners.insert(binding.replica, (binding.tenant, binding.device));
         }
-        let mut revoked = HashMap::new();
-        {
-            let mut rows =
-                db.prepare("SELECT tenant, device, revoked_ms, reason FROM revocations")?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                let (Ok(tenant), Ok(device)) = (
-                    TenantId::new(row.get::<_, String>(0)?),
-                    DeviceId::new(row.get::<_, String>(1)?),
-                ) else {
-                    continue;
-                };
-                let revocation = Revocation {
-                    tenant: tenant.clone(),
-                    device: device.clone(),
-                    revoked_ms: row.get::<_, i64>(2)?.max(0) as u64,
-                    reason: row.get(3)?,
-                };
-                revoked.insert((tenant, device), revocation);
-            }
-        }
+        let revoked = revocations
+            .into_iter()
+            .map(|revocation| {
+                (
+                    (revocation.tenant.clone(), revocation.device.clone()),
+                    revocation,
+                )
+            })
+            .collect();
         Ok(Self {
             inner: Mutex::new(Inner {
-                db,
+                rows,
                 owners,
                 replicas_per_device,
                 revoked,
@@ -172,18 +170,27 @@ impl DeviceRegistry {
                 peer.device
             ));
         }
-        inner
-            .db
-            .execute(
-                "INSERT INTO replicas (replica, tenant, device, bound_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    &peer.replica.0[..],
-                    peer.tenant.as_str(),
-                    peer.device.as_str(),
-                    now_ms as i64
-                ],
+        let stored = inner
+            .rows
+            .bind(
+                &Binding {
+                    replica: peer.replica,
+                    tenant: peer.tenant.clone(),
+                    device: peer.device.clone(),
+                },
+                now_ms,
             )
-            .map_err(|error| format!("device registry: {error}"))?;
+            .map_err(|error| error.to_string())?;
+        if (&stored.tenant, &stored.device) != (&peer.tenant, &peer.device) {
+            // Another hub process bound it first.
+            inner
+                .owners
+                .insert(stored.replica, (stored.tenant, stored.device));
+            return Err(format!(
+                "replica {} belongs to another device; a device must use its own database",
+                peer.replica
+            ));
+        }
         inner.owners.insert(peer.replica, key.clone());
         *inner.replicas_per_device.entry(key).or_default() += 1;
         Ok(())
@@ -223,22 +230,39 @@ impl DeviceRegistry {
         };
         {
             let mut inner = self.lock();
-            inner.db.execute(
-                "INSERT OR REPLACE INTO revocations (tenant, device, revoked_ms, reason)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    tenant.as_str(),
-                    device.as_str(),
-                    now_ms as i64,
-                    revocation.reason
-                ],
-            )?;
+            inner.rows.revoke(&revocation)?;
             inner
                 .revoked
                 .insert((tenant.clone(), device.clone()), revocation.clone());
         }
         let _ = self.revocations.send(revocation.clone());
         Ok(revocation)
+    }
+
+    /// Another hub process revoked `device`: loads its revocation and tells
+    /// this process's live sessions of the device.
+    pub fn revoked_elsewhere(&self, tenant: &str, device: &str) {
+        let (Ok(tenant), Ok(device)) = (TenantId::new(tenant), DeviceId::new(device)) else {
+            tracing::warn!(
+                tenant,
+                device,
+                "ignoring a revocation of a malformed device name"
+            );
+            return;
+        };
+        let loaded = self.lock().rows.revocation(&tenant, &device);
+        match loaded {
+            Ok(Some(revocation)) => {
+                self.lock()
+                    .revoked
+                    .insert((tenant, device), revocation.clone());
+                let _ = self.revocations.send(revocation);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, %tenant, %device, "loading a revocation made by another hub process failed")
+            }
+        }
     }
 
     /// The revocation of `device`, if any.
@@ -265,6 +289,150 @@ impl DeviceRegistry {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The registry's rows in SQLite (`devices.db` next to the hub log).
+pub struct SqliteRegistryRows {
+    db: Connection,
+}
+
+impl SqliteRegistryRows {
+    /// Creates the tables if needed.
+    pub fn new(db: Connection) -> Result<Self, RegistryError> {
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS replicas (
+                 replica BLOB PRIMARY KEY,
+                 tenant TEXT NOT NULL,
+                 device TEXT NOT NULL,
+                 bound_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS revocations (
+                 tenant TEXT NOT NULL,
+                 device TEXT NOT NULL,
+                 revoked_ms INTEGER NOT NULL,
+                 reason TEXT NOT NULL,
+                 PRIMARY KEY (tenant, device)
+             );",
+        )?;
+        Ok(Self { db })
+    }
+}
+
+/// A binding row, unless it holds values no parser accepts (rows are
+/// written from parsed values, so none should).
+pub fn binding_from_row(replica: &[u8], tenant: String, device: String) -> Option<Binding> {
+    Some(Binding {
+        replica: ReplicaId::from_slice(replica)?,
+        tenant: TenantId::new(tenant).ok()?,
+        device: DeviceId::new(device).ok()?,
+    })
+}
+
+/// A revocation row, unless it names a malformed device.
+pub fn revocation_from_row(
+    tenant: String,
+    device: String,
+    revoked_ms: i64,
+    reason: String,
+) -> Option<Revocation> {
+    Some(Revocation {
+        tenant: TenantId::new(tenant).ok()?,
+        device: DeviceId::new(device).ok()?,
+        revoked_ms: revoked_ms.max(0) as u64,
+        reason,
+    })
+}
+
+impl RegistryRows for SqliteRegistryRows {
+    fn load(&mut self) -> Result<(Vec<Binding>, Vec<Revocation>), RegistryError> {
+        let mut bindings = Vec::new();
+        let mut rows = self
+            .db
+            .prepare("SELECT replica, tenant, device FROM replicas")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            bindings.extend(binding_from_row(
+                &row.get::<_, Vec<u8>>(0)?,
+                row.get(1)?,
+                row.get(2)?,
+            ));
+        }
+        drop(rows);
+        let mut revocations = Vec::new();
+        let mut rows = self
+            .db
+            .prepare("SELECT tenant, device, revoked_ms, reason FROM revocations")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            revocations.extend(revocation_from_row(
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+            ));
+        }
+        Ok((bindings, revocations))
+    }
+
+    fn bind(&mut self, binding: &Binding, now_ms: u64) -> Result<Binding, RegistryError> {
+        self.db.execute(
+            "INSERT OR IGNORE INTO replicas (replica, tenant, device, bound_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                &binding.replica.0[..],
+                binding.tenant.as_str(),
+                binding.device.as_str(),
+                now_ms as i64
+            ],
+        )?;
+        let (tenant, device): (String, String) = self.db.query_row(
+            "SELECT tenant, device FROM replicas WHERE replica = ?1",
+            params![&binding.replica.0[..]],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        binding_from_row(&binding.replica.0, tenant, device).ok_or_else(|| {
+            RegistryError::Database(format!(
+                "replica {} is bound to a malformed device name",
+                binding.replica
+            ))
+        })
+    }
+
+    fn revoke(&mut self, revocation: &Revocation) -> Result<(), RegistryError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO revocations (tenant, device, revoked_ms, reason)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                revocation.tenant.as_str(),
+                revocation.device.as_str(),
+                revocation.revoked_ms as i64,
+                revocation.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revocation(
+        &mut self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<Revocation>, RegistryError> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT tenant, device, revoked_ms, reason FROM revocations
+                 WHERE tenant = ?1 AND device = ?2",
+                params![tenant.as_str(), device.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(tenant, device, revoked_ms, reason)| {
+            revocation_from_row(tenant, device, revoked_ms, reason)
+        }))
     }
 }
 
@@ -308,6 +476,21 @@ mod tests {
         let registry = DeviceRegistry::open(dir.path()).unwrap();
         assert!(registry.bind_replica(&peer("till-2", 1), 0).is_err());
         registry.bind_replica(&peer("till-2", 2), 0).unwrap();
+    }
+
+    #[test]
+    fn a_replica_bound_through_another_registry_on_the_same_rows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeviceRegistry::open(dir.path()).unwrap();
+        let second = DeviceRegistry::open(dir.path()).unwrap();
+        first.bind_replica(&peer("till-1", 1), 0).unwrap();
+        let refused = second.bind_replica(&peer("till-2", 1), 0).unwrap_err();
+        assert!(refused.contains("belongs to another device"), "{refused}");
+        assert_eq!(
+            second.owner(&ReplicaId([1; 16])).map(|(_, device)| device),
+            Some(DeviceId::new("till-1").unwrap())
+        );
+        second.bind_replica(&peer("till-1", 1), 0).unwrap();
     }
 
     #[test]

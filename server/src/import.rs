@@ -236,9 +236,22 @@ pub fn import_rows(
     store: &StoreId,
     rows: Vec<ReadRow>,
     default_currency: Currency,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<ImportReport, ImportError> {
     let mut log = crate::storage::open(data_dir)?;
+    import_rows_into(&mut log, store, rows, default_currency, progress)
+}
+
+/// Imports rows into the store's documents through an open writer of any
+/// backend (a SQLite directory, or a PostgreSQL database that running hubs
+/// may share: their write transactions take turns).
+pub fn import_rows_into<B: omnisync_hub_engine::log::Backend>(
+    log: &mut omnisync_hub_engine::log::HubStore<B>,
+    store: &StoreId,
+    rows: Vec<ReadRow>,
+    default_currency: Currency,
+    mut progress: impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
     let actor = log.hub_replica().actor(0);
     let writer = log.hub_replica().0;
     let now_ms = omnisync_core::now_ms();
@@ -346,14 +359,28 @@ pub fn import_rows(
         log.apply_hub_intents(store, chunk)?;
     }
     report.stock_counts = stock_takes.len() as u64;
-    report.head_seq = omnisync_hub_engine::log::HubLog::head_seq(&log)?;
+    report.head_seq = omnisync_hub_engine::log::HubLog::head_seq(log)?;
     log.snapshot_set(&set)?;
     Ok(report)
 }
 
-/// Imports a file (CSV or JSON Lines) with a progress bar on a terminal.
+/// Imports a file (CSV or JSON Lines) into the hub at `data_dir`, with a
+/// progress bar on a terminal.
 pub fn import_file(
     data_dir: &Path,
+    store: &StoreId,
+    path: &Path,
+    format: Option<Format>,
+    default_currency: Currency,
+) -> Result<ImportReport, ImportError> {
+    let target = crate::storage::LogTarget::DataDir(data_dir.to_path_buf());
+    import_file_into(&target, store, path, format, default_currency)
+}
+
+/// Imports a file (CSV or JSON Lines) into the hub log at `target`, with a
+/// progress bar on a terminal.
+pub fn import_file_into(
+    target: &crate::storage::LogTarget,
     store: &StoreId,
     path: &Path,
     format: Option<Format>,
@@ -373,9 +400,16 @@ pub fn import_file(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = import_rows(data_dir, store, rows, default_currency, |handled| {
-        bar.set_position(handled)
-    });
+    let progress = |handled| bar.set_position(handled);
+    let report = match target {
+        crate::storage::LogTarget::DataDir(data_dir) => {
+            import_rows(data_dir, store, rows, default_currency, progress)
+        }
+        crate::storage::LogTarget::Database(url) => {
+            let mut log = crate::storage::postgres::open(url).map_err(HubLogError::from)?;
+            import_rows_into(&mut log, store, rows, default_currency, progress)
+        }
+    };
     bar.finish_and_clear();
     report
 }

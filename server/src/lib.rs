@@ -8,13 +8,18 @@
 pub mod audit;
 pub mod auth;
 pub mod changes;
+pub mod cluster;
 pub mod committer;
 pub mod connection;
 pub mod devices;
+pub mod fanout;
 pub mod http;
 pub mod import;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
+#[cfg(any(test, feature = "pg-cluster"))]
+pub mod pg_cluster;
 pub mod storage;
 pub mod tls;
 pub mod token;
@@ -23,9 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omnisync_hub_engine::hub_session::CommittedChanges;
 use omnisync_hub_engine::log::{HubLogError, HubLogRead};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::auth::{AuthConfig, Authenticator};
 use crate::committer::Committer;
@@ -64,8 +68,13 @@ pub const FANOUT_QUEUE_MAX: usize = 1024;
 pub struct HubConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Directory for the hub database.
+    /// Directory for the hub database (`hub.db`) and the device registry
+    /// (`devices.db`); with [`database`](Self::database) set, for the
+    /// device registry only.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL: the hub log lives in that database instead of
+    /// `data_dir` (several hub processes may share it). `None`: SQLite.
+    pub database: Option<String>,
     /// Name shown to devices and in logs.
     pub hub_id: String,
     /// Most ops per durable commit (1 = one commit per op).
@@ -79,6 +88,9 @@ pub struct HubConfig {
     pub limits: Limits,
     /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
     pub tls: Option<TlsConfig>,
+    /// When the change log is compacted into snapshots; `None` keeps every
+    /// change forever.
+    pub compaction: Option<omnisync_hub_engine::log::CompactPolicy>,
 }
 
 impl HubConfig {
@@ -89,12 +101,14 @@ impl HubConfig {
         Self {
             listen,
             data_dir,
+            database: None,
             hub_id: "hub".into(),
             group_ops_max: committer::GROUP_OPS_MAX,
             price_tolerance_bp: 0,
             auth: AuthConfig::Development,
             limits: Limits::default(),
             tls: None,
+            compaction: Some(omnisync_hub_engine::log::CompactPolicy::default()),
         }
     }
 }
@@ -109,8 +123,8 @@ pub struct HubState {
     pub committer: Committer,
     /// Readers of the log.
     pub reader: Arc<dyn HubLogRead + Send + Sync>,
-    /// Commits for live subscriptions.
-    pub fanout: broadcast::Sender<Arc<CommittedChanges>>,
+    /// Commits for live subscriptions, in log order.
+    pub fanout: Arc<fanout::Fanout>,
     /// Flips to true on shutdown.
     pub shutdown: watch::Sender<bool>,
     /// Metrics.
@@ -139,20 +153,15 @@ pub struct Hub {
 impl Hub {
     /// Opens the storage, binds the listener and starts serving.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
-        let mut writer = storage::open(&config.data_dir).map_err(|source| HubError::Storage {
-            dir: config.data_dir.clone(),
-            source,
-        })?;
-        writer.set_authority_config(omnisync_hub_engine::ledger::authority::AuthorityConfig {
+        let authority = omnisync_hub_engine::ledger::authority::AuthorityConfig {
             price_tolerance_bp: config.price_tolerance_bp,
-        });
-        let log_id = writer.log_id().to_owned();
-        let devices = Arc::new(DeviceRegistry::open(&config.data_dir).map_err(|source| {
-            HubError::Devices {
-                dir: config.data_dir.clone(),
-                source,
-            }
-        })?);
+        };
+        let OpenedLog {
+            writer,
+            reader,
+            log_id,
+        } = open_log(&config, authority).await?;
+        let devices = Arc::new(open_devices(&config).await?);
         let authenticator: Arc<dyn Authenticator> = match &config.auth {
             AuthConfig::Development => Arc::new(auth::DevAuthenticator),
             AuthConfig::Tokens(tokens) => Arc::new(auth::TokenAuthenticator::new(
@@ -165,7 +174,6 @@ impl Hub {
             Some(tls) => Some(tls.server_config().map_err(HubError::Tls)?),
             None => None,
         };
-        let reader = Arc::new(storage::SqliteReader::new(&config.data_dir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| HubError::Bind {
@@ -177,9 +185,19 @@ impl Hub {
             source,
         })?;
         let metrics = Arc::new(Metrics::default());
-        let (fanout, _) = broadcast::channel(FANOUT_QUEUE_MAX);
+        let fanout = Arc::new(fanout::Fanout::new(
+            writer.head_seq().map_err(|source| HubError::Storage {
+                dir: config.data_dir.clone(),
+                source,
+            })?,
+            FANOUT_QUEUE_MAX,
+            {
+                let reader = reader.clone();
+                Box::new(move |after, upto| reader.changes_between(after, upto))
+            },
+        ));
         let (committer, committer_thread) = Committer::start(
-            Box::new(writer),
+            writer,
             fanout.clone(),
             metrics.clone(),
             config.group_ops_max,
@@ -198,6 +216,21 @@ impl Hub {
             changes: changes::ChangeIndex::default(),
             limits,
         });
+        if let Some(url) = &config.database {
+            let devices = state.devices.clone();
+            cluster::spawn(
+                url.clone(),
+                storage::postgres::NOTIFY_CHANNEL,
+                storage::postgres::HEAD_SQL,
+                cluster::Listeners {
+                    fanout: state.fanout.clone(),
+                    on_revocation: Box::new(move |tenant, device| {
+                        devices.revoked_elsewhere(tenant, device)
+                    }),
+                },
+                state.shutdown.subscribe(),
+            );
+        }
         let ticker = state.committer.clone();
         let mut ticker_shutdown = state.shutdown.subscribe();
         tokio::spawn(async move {
@@ -235,7 +268,12 @@ impl Hub {
                 spawn_server!(listener, app, shutdown)
             }
         };
-        tracing::info!(%address, data_dir = %config.data_dir.display(), hub_id = %config.hub_id, tls = tls.is_some(), "hub listening");
+        let database = config
+            .database
+            .as_deref()
+            .map(storage::postgres::redact)
+            .unwrap_or_default();
+        tracing::info!(%address, data_dir = %config.data_dir.display(), %database, hub_id = %config.hub_id, tls = tls.is_some(), "hub listening");
         Ok(Hub {
             address,
             tls: tls.is_some(),
@@ -295,6 +333,94 @@ impl Hub {
     }
 }
 
+/// Opens the device registry: `devices.db` in the data directory, or the
+/// PostgreSQL database every hub process on it shares.
+async fn open_devices(config: &HubConfig) -> Result<DeviceRegistry, HubError> {
+    let devices = match &config.database {
+        None => DeviceRegistry::open(&config.data_dir),
+        Some(url) => {
+            let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
+            tokio::task::spawn_blocking(move || {
+                storage::pg_registry::PgRegistryRows::open(&url)
+                    .and_then(|rows| DeviceRegistry::with_rows(Box::new(rows)))
+            })
+            .await
+            .map_err(|error| HubError::Task(error.to_string()))?
+        }
+    };
+    devices.map_err(|source| HubError::Devices {
+        dir: config.data_dir.clone(),
+        source,
+    })
+}
+
+/// A hub log opened for serving.
+struct OpenedLog {
+    writer: Box<dyn omnisync_hub_engine::log::HubLog + Send>,
+    reader: Arc<dyn HubLogRead + Send + Sync>,
+    log_id: String,
+}
+
+/// Opens the log `config` names: SQLite in the data directory, or the
+/// PostgreSQL database (waiting for it, see [`open_postgres`]).
+async fn open_log(
+    config: &HubConfig,
+    authority: omnisync_hub_engine::ledger::authority::AuthorityConfig,
+) -> Result<OpenedLog, HubError> {
+    match &config.database {
+        None => {
+            let mut writer =
+                storage::open(&config.data_dir).map_err(|source| HubError::Storage {
+                    dir: config.data_dir.clone(),
+                    source,
+                })?;
+            writer.set_authority_config(authority);
+            writer.set_compaction(config.compaction);
+            Ok(OpenedLog {
+                log_id: writer.log_id().to_owned(),
+                writer: Box::new(writer),
+                reader: Arc::new(storage::SqliteReader::new(&config.data_dir)),
+            })
+        }
+        Some(url) => {
+            let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
+            let mut writer = open_postgres(&url).await?;
+            writer.set_authority_config(authority);
+            writer.set_compaction(config.compaction);
+            Ok(OpenedLog {
+                log_id: writer.log_id().to_owned(),
+                writer: Box::new(writer),
+                reader: Arc::new(storage::postgres::PgReader::new(&url)),
+            })
+        }
+    }
+}
+
+/// Opens the PostgreSQL log, waiting for the server: while it is
+/// unreachable, one error line per attempt and another attempt after 1 s,
+/// doubling to 30 s. Failures that retrying cannot heal (wrong password,
+/// missing privileges, a newer schema) end it at once.
+pub async fn open_postgres(
+    url: &storage::postgres::PgUrl,
+) -> Result<storage::postgres::PgHubLog, HubError> {
+    let mut delay = storage::postgres::RECONNECT_DELAY_MIN;
+    loop {
+        let attempt = url.clone();
+        let opened = tokio::task::spawn_blocking(move || storage::postgres::open(&attempt))
+            .await
+            .map_err(|error| HubError::Task(error.to_string()))?;
+        match opened {
+            Ok(writer) => return Ok(writer),
+            Err(error) if error.permanent => return Err(HubError::Database(error.message)),
+            Err(error) => {
+                tracing::error!("{}; retrying in {} s", error.message, delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(storage::postgres::RECONNECT_DELAY_MAX);
+            }
+        }
+    }
+}
+
 /// Why the hub could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -307,6 +433,9 @@ pub enum HubError {
         /// Why.
         source: HubLogError,
     },
+    /// The PostgreSQL database refused the hub (one line, password hidden).
+    #[error("{0}")]
+    Database(String),
     /// The listen address could not be bound.
     #[error("binding {address}: {source}")]
     Bind {
@@ -334,7 +463,8 @@ pub enum HubError {
     Tls(tls::TlsError),
 }
 
-/// Builds an automerge document from the stored changes of `doc`.
+/// Builds an automerge document from what the log stores of `doc`: its
+/// snapshot, if any, then the changes after it.
 pub fn load_doc(
     reader: &dyn HubLogRead,
     doc: &omnisync_core::DocId,

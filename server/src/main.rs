@@ -115,6 +115,85 @@ struct TlsArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// When the change log is compacted into snapshots (see ARCHITECTURE.md,
+/// storage): on by default.
+#[derive(Args)]
+struct CompactArgs {
+    /// Compact only changes at least this old: a number with a unit (`ms`,
+    /// `s`, `m`, `h`, `d`), e.g. `7d`, `36h`; `0s` compacts up to the head.
+    #[arg(long, default_value = "7d", value_parser = parse_duration_ms)]
+    compact_after_age: u64,
+    /// Compact a set once this many of its changes are old enough.
+    #[arg(long, default_value_t = omnisync_hub_engine::log::compact::COMPACT_MIN_CHANGES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    compact_min_changes: u64,
+    /// ...or once its old enough changes hold this many bytes (a number,
+    /// optionally with `K`, `M` or `G`, powers of 1024).
+    #[arg(long, default_value = "64M", value_parser = parse_bytes)]
+    compact_min_bytes: u64,
+    /// Keep every change forever (no compaction).
+    #[arg(long, conflicts_with_all = ["compact_after_age", "compact_min_changes", "compact_min_bytes"])]
+    no_compact: bool,
+}
+
+impl CompactArgs {
+    fn policy(&self) -> Option<omnisync_hub_engine::log::CompactPolicy> {
+        (!self.no_compact).then_some(omnisync_hub_engine::log::CompactPolicy {
+            after_age_ms: self.compact_after_age,
+            min_changes: self.compact_min_changes,
+            min_bytes: self.compact_min_bytes,
+        })
+    }
+}
+
+/// A duration such as `7d`, `36h`, `15m`, `30s` or `500ms`, in milliseconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 7d, 36h, 15m, 30s or 500ms"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    number
+        .checked_mul(unit_ms)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// A byte count such as `1048576`, `512K`, `64M` or `1G` (powers of 1024).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, shift) = match text.strip_suffix(['K', 'k']) {
+        Some(number) => (number, 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(number) => (number, 20),
+            None => match text.strip_suffix(['G', 'g']) {
+                Some(number) => (number, 30),
+                None => (text, 0),
+            },
+        },
+    };
+    let number: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a byte count; write e.g. 1048576, 512K, 64M or 1G")
+    })?;
+    match number.checked_mul(1 << shift) {
+        Some(0) | None => Err(format!("{text:?} must be between 1 byte and 16 EiB")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
 /// Limits; defaults are the named constants in `omnisync_hub::limits`.
 #[derive(Args)]
 struct LimitArgs {
@@ -284,9 +363,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
-        /// Directory for the hub's database.
-        #[arg(long, default_value = "./omnisync-data")]
+        /// Directory for the hub's database (SQLite, one hub process).
+        #[arg(long, default_value = "./omnisync-data", conflicts_with = "database")]
         data_dir: PathBuf,
+        /// Keep the hub log in this PostgreSQL database instead of
+        /// `--data-dir`, e.g. `postgres://hub:PASSWORD@db:5432/omnisync`.
+        /// Several hub processes may serve one database. Waits for an
+        /// unreachable server (retrying after 1 s, doubling to 30 s).
+        #[arg(long)]
+        database: Option<String>,
         /// Name of this hub in logs and handshakes.
         #[arg(long, default_value = "hub")]
         hub_id: String,
@@ -303,6 +388,8 @@ enum Command {
         tls: TlsArgs,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        compact: CompactArgs,
     },
     /// Make a signing key pair: a private JWK for `enrol` (and `serve
     /// --signing-key`), and a public JSON Web Key Set for `serve --jwks`.
@@ -365,11 +452,27 @@ enum Command {
         #[arg(long)]
         store: String,
         /// Directory of the hub's database.
-        #[arg(long, default_value = "./omnisync-data")]
+        #[arg(long, default_value = "./omnisync-data", conflicts_with = "database")]
         data_dir: PathBuf,
+        /// Import into this PostgreSQL database instead of `--data-dir`
+        /// (hubs serving it may keep running).
+        #[arg(long)]
+        database: Option<String>,
         /// Currency for rows that name none.
         #[arg(long, default_value = "EUR")]
         currency: String,
+    },
+    /// Copy a hub's SQLite data directory into an empty PostgreSQL database
+    /// (change log, outcomes, ledger, snapshots, device registry), keeping
+    /// the log's identity so devices carry on where they were. Stop the hub
+    /// on the directory first; afterwards serve with `--database`.
+    Migrate {
+        /// The hub's data directory (holding hub.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, e.g. `postgres://hub:PASSWORD@db:5432/omnisync`.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -395,12 +498,14 @@ fn main() -> anyhow::Result<()> {
             Command::Serve {
                 listen,
                 data_dir,
+                database,
                 hub_id,
                 group_ops_max,
                 price_tolerance_bp,
                 auth,
                 tls,
                 limits,
+                compact,
             } => {
                 let tls = match (&tls.tls_cert, &tls.tls_key) {
                     (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key)?),
@@ -413,12 +518,14 @@ fn main() -> anyhow::Result<()> {
                 let config = HubConfig {
                     listen,
                     data_dir,
+                    database,
                     hub_id,
                     group_ops_max: group_ops_max as usize,
                     price_tolerance_bp,
                     auth,
                     limits: limits.limits(),
                     tls,
+                    compaction: compact.policy(),
                 };
                 let hub = Hub::start(config).await?;
                 println!(
@@ -491,18 +598,44 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", key.sign(&claims).context("signing the token")?);
                 Ok(())
             }
+            Command::Migrate { from, to } => {
+                let url = omnisync_hub::storage::postgres::PgUrl::parse(&to)
+                    .map_err(anyhow::Error::msg)?;
+                let migrated = tokio::task::spawn_blocking(move || {
+                    omnisync_hub::migrate::migrate(&from, &url)
+                })
+                .await??;
+                for (table, rows) in &migrated.rows {
+                    println!("{table}: {rows} rows");
+                }
+                println!(
+                    "migrated: log {} at head {} into {}",
+                    migrated.log_id,
+                    migrated.head,
+                    omnisync_hub::storage::postgres::redact(&to)
+                );
+                Ok(())
+            }
             Command::ImportCatalog {
                 file,
                 store,
                 data_dir,
+                database,
                 currency,
             } => {
+                let target = match database {
+                    Some(url) => omnisync_hub::storage::LogTarget::Database(Box::new(
+                        omnisync_hub::storage::postgres::PgUrl::parse(&url)
+                            .map_err(anyhow::Error::msg)?,
+                    )),
+                    None => omnisync_hub::storage::LogTarget::DataDir(data_dir),
+                };
                 let store = omnisync_core::StoreId::new(store).context("--store")?;
                 let currency =
                     omnisync_core::vocab::goods::Currency::new(&currency).context("--currency")?;
                 let started = std::time::Instant::now();
                 let report = tokio::task::spawn_blocking(move || {
-                    omnisync_hub::import::import_file(&data_dir, &store, &file, None, currency)
+                    omnisync_hub::import::import_file_into(&target, &store, &file, None, currency)
                 })
                 .await??;
                 println!(
@@ -553,4 +686,56 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_byte_counts_parse_with_clear_errors() {
+        assert_eq!(parse_duration_ms("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration_ms("36h"), Ok(36 * 3_600_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
+        assert!(parse_duration_ms("7").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration_ms("7w")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration_ms("d").is_err());
+        assert!(parse_duration_ms("99999999999999999999d").is_err());
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("2k"), Ok(2048));
+        assert!(parse_bytes("0").is_err());
+        assert!(
+            parse_bytes("lots")
+                .unwrap_err()
+                .contains("not a byte count")
+        );
+    }
+
+    #[test]
+    fn compaction_is_on_by_default_and_off_with_no_compact() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["omnisync-hub", "serve", "--dev-auth"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Serve { compact, .. }) => Ok(compact.policy()),
+                Ok(_) => panic!("parsed as another command"),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        let default = serve(&[]).unwrap().expect("on by default");
+        assert_eq!(default.after_age_ms, 7 * 86_400_000);
+        assert_eq!(serve(&["--no-compact"]).unwrap(), None);
+        let custom = serve(&["--compact-after-age", "2h", "--compact-min-changes", "50"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((custom.after_age_ms, custom.min_changes), (7_200_000, 50));
+        assert!(serve(&["--compact-after-age", "2 weeks"]).is_err());
+        assert!(serve(&["--no-compact", "--compact-min-changes", "5"]).is_err());
+    }
 }

@@ -89,6 +89,10 @@ pub struct Metrics {
     pub devices_ahead: AtomicU64,
     /// Ops devices uploaded again after such a handshake.
     pub devices_reuploaded_ops: AtomicU64,
+    /// Documents snapshotted by compaction.
+    pub compacted_snapshots: AtomicU64,
+    /// Changes deleted by compaction.
+    pub compacted_changes: AtomicU64,
     /// Ops per group commit.
     pub commit_batch_ops: Histogram,
     /// Time from an op's arrival at the hub to its ack leaving the committer.
@@ -114,6 +118,8 @@ impl Default for Metrics {
             protocol_errors: AtomicU64::new(0),
             devices_ahead: AtomicU64::new(0),
             devices_reuploaded_ops: AtomicU64::new(0),
+            compacted_snapshots: AtomicU64::new(0),
+            compacted_changes: AtomicU64::new(0),
             commit_batch_ops: Histogram::new(BATCH_BOUNDS),
             ack_latency_seconds: Histogram::new(LATENCY_BOUNDS_S),
             commit_seconds: Histogram::new(LATENCY_BOUNDS_S),
@@ -182,6 +188,18 @@ impl Metrics {
             "Retried ops answered with their original outcome.",
             "counter",
             &self.ops_duplicate,
+        );
+        gauge(
+            "omnisync_compacted_snapshots_total",
+            "Documents saved as snapshots by compaction of the change log.",
+            "counter",
+            &self.compacted_snapshots,
+        );
+        gauge(
+            "omnisync_compacted_changes_total",
+            "Changes deleted by compaction of the change log (covered by snapshots).",
+            "counter",
+            &self.compacted_changes,
         );
         gauge(
             "omnisync_intents_decided_total",

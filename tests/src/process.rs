@@ -195,17 +195,43 @@ fn locate_or_build_hub() -> anyhow::Result<PathBuf> {
 }
 
 fn build_hub(profile_dir: &Path) -> anyhow::Result<()> {
+    build_binary(profile_dir, "omnisync-hub", "omnisync-hub")
+}
+
+/// The `pos-demo` binary of this workspace, built once per test process
+/// (like [`hub_binary`]).
+pub fn pos_demo_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let locate = || -> anyhow::Result<PathBuf> {
+                let exe = std::env::current_exe().context("locating the test executable")?;
+                let deps = exe
+                    .parent()
+                    .context("test executable has no parent directory")?;
+                let profile_dir = if deps.file_name().is_some_and(|name| name == "deps") {
+                    deps.parent().context("deps directory has no parent")?
+                } else {
+                    deps
+                };
+                let binary = profile_dir.join(format!("pos-demo{}", std::env::consts::EXE_SUFFIX));
+                build_binary(profile_dir, "omnisync-pos", "pos-demo")
+                    .with_context(|| format!("building {}", binary.display()))?;
+                Ok(binary)
+            };
+            locate().map_err(|error| format!("{error:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_binary(profile_dir: &Path, package: &str, bin: &str) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut command = Command::new(cargo);
-    command.current_dir(&workspace).args([
-        "build",
-        "--quiet",
-        "-p",
-        "omnisync-hub",
-        "--bin",
-        "omnisync-hub",
-    ]);
+    command
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
     // Build into the same target directory and profile as this test.
     if let Some(target_dir) = profile_dir.parent() {
         command.arg("--target-dir").arg(target_dir);
@@ -282,10 +308,31 @@ impl HubProcess {
         Ok(hub)
     }
 
+    /// Starts `binary serve --dev-auth --listen 127.0.0.1:port --database
+    /// URL` (the hub log in PostgreSQL; several may share it) and checks it
+    /// speaks this build's protocol.
+    pub async fn start_postgres(binary: &Path, port: u16, database: &str) -> anyhow::Result<Self> {
+        let storage = [std::ffi::OsStr::new("--database"), database.as_ref()];
+        let hub = Self::spawn_on(binary, port, &storage, &["--dev-auth"], &[]).await?;
+        hub.check_protocol().await?;
+        Ok(hub)
+    }
+
     async fn spawn(
         binary: &Path,
         port: u16,
         data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let storage = [std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
+        Self::spawn_on(binary, port, &storage, args, env).await
+    }
+
+    async fn spawn_on(
+        binary: &Path,
+        port: u16,
+        storage: &[&std::ffi::OsStr],
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
@@ -296,8 +343,7 @@ impl HubProcess {
             .args(args)
             .arg("--listen")
             .arg(address.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(storage)
             .env(
                 "RUST_LOG",
                 std::env::var("OMNISYNC_HUB_LOG").unwrap_or_else(|_| "warn".into()),

@@ -8,4 +8,18 @@ pub enum HubLogError {
     /// The database failed.
     #[error("hub storage: {0}")]
     Storage(String),
+    /// The changes asked for were compacted into snapshots: a reader that
+    /// starts below the set's compacted point must take the snapshots first
+    /// (`HubLogRead::catch_up_page`).
+    #[error(
+        "the changes of {set} up to {compacted} were compacted into snapshots; cursor {cursor} must start from the snapshots"
+    )]
+    Compacted {
+        /// The set.
+        set: String,
+        /// The cursor asked for.
+        cursor: u64,
+        /// The set's compacted point.
+        compacted: u64,
+    },
 }

@@ -85,6 +85,13 @@ impl IncomingOp {
 pub struct CommittedChanges {
     /// Per set, the new changes in ascending hub sequence order.
     pub by_set: BTreeMap<DocSetId, Vec<RemoteChange>>,
+    /// The part of the log this broadcast covers, `(after, upto]`, set by
+    /// the hub's fan-out (0 and 0 when unknown: not checked). A session
+    /// given a range that starts above the end of the previous one missed
+    /// a commit and reads the log instead.
+    pub after: u64,
+    /// See [`after`](Self::after).
+    pub upto: u64,
 }
 
 /// A page of a set's change log read for a catching-up subscription.
@@ -157,6 +164,8 @@ struct Subscription {
     mode: Mode,
     /// Snapshot transfer in progress: continue after this document.
     resume: Option<omnisync_core::vocab::ids::DocId>,
+    /// The snapshot point of the transfer in progress.
+    resume_point: u64,
 }
 
 #[derive(Debug)]
@@ -193,6 +202,8 @@ pub struct HubSession {
     restore_counts: RestoreCounts,
     /// The `Welcome` waiting for the probe's answer.
     welcome: Option<Welcome>,
+    /// The end of the log range of the last fan-out broadcast received.
+    fanout_upto: Option<u64>,
 }
 
 impl Default for HubSession {
@@ -221,6 +232,7 @@ impl HubSession {
             reupload_through: None,
             restore_counts: RestoreCounts::default(),
             welcome: None,
+            fanout_upto: None,
         }
     }
 
@@ -439,6 +451,16 @@ impl HubSession {
 
     /// Changes just committed by the hub (from any connection).
     pub fn handle_committed(&mut self, committed: &CommittedChanges) {
+        if committed.upto != 0 {
+            if self
+                .fanout_upto
+                .is_some_and(|previous| committed.after > previous)
+            {
+                // A commit between the two was not broadcast to us.
+                self.handle_fanout_lagged();
+            }
+            self.fanout_upto = Some(committed.upto);
+        }
         let (own, peer) = match &self.state {
             State::Ready(peer) => (peer.replica, peer),
             _ => return,
@@ -560,6 +582,27 @@ impl HubSession {
         else {
             return;
         };
+        // Snapshots carry their point as sequence number; the last page of a
+        // transfer, if empty, carries it as cursor.
+        let point = page
+            .changes
+            .first()
+            .map_or(page.cursor, |change| change.hub_seq);
+        if subscription.resume.is_some() && point != subscription.resume_point {
+            // The set was compacted again between two pages of a transfer:
+            // the documents sent at the old point miss changes now deleted.
+            // Start the transfer over at the new point.
+            subscription.resume = None;
+            subscription.mode = Mode::CatchingUp {
+                reading: false,
+                buffered: Vec::new(),
+                overflowed: false,
+            };
+            return;
+        }
+        if subscription.resume.is_none() && page.resume.is_some() {
+            subscription.resume_point = point;
+        }
         let mut outgoing: Vec<RemoteChange> = page
             .changes
             .into_iter()
@@ -677,6 +720,7 @@ impl HubSession {
                 .or_insert(Subscription {
                     cursor: request.cursor,
                     resume: None,
+                    resume_point: 0,
                     mode: Mode::CatchingUp {
                         reading: false,
                         buffered: Vec::new(),
@@ -1174,6 +1218,50 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_range_that_skips_a_commit_sends_the_session_back_to_the_log() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![change(1, 9)],
+                cursor: 1,
+                caught_up: true,
+                resume: None,
+            },
+        );
+        sent_batches(&mut session);
+        let broadcast = |after: u64, upto: u64| {
+            let mut committed = CommittedChanges::default();
+            committed.by_set.insert(
+                set.clone(),
+                (after + 1..=upto).map(|seq| change(seq, 9)).collect(),
+            );
+            committed.after = after;
+            committed.upto = upto;
+            committed
+        };
+        session.handle_committed(&broadcast(1, 2));
+        assert_eq!(sent_batches(&mut session).len(), 1, "live");
+        assert_eq!(session.poll_catch_up(), None);
+        // 3..=4 never reached this session: the next range starts at 4.
+        session.handle_committed(&broadcast(4, 5));
+        assert!(sent_batches(&mut session).is_empty(), "not trusted live");
+        assert_eq!(
+            session.poll_catch_up(),
+            Some((set.clone(), 2)),
+            "the log is read again from the last change given"
+        );
+    }
+
+    #[test]
     fn a_set_whose_last_change_is_below_the_head_still_catches_up() {
         let mut session = ready_session();
         let set = DocSetId::new("store.s1").unwrap();
@@ -1344,6 +1432,57 @@ mod tests {
             batches.iter().map(|b| b.cursor).collect::<Vec<_>>()
         );
         assert_eq!(batches.last().unwrap().cursor, 50);
+    }
+
+    #[test]
+    fn a_snapshot_transfer_whose_point_moves_starts_over() {
+        let mut session = ready_session();
+        let set = DocSetId::new("store.s1").unwrap();
+        session.handle_frame(&encode(&ClientMessage::Subscribe(vec![
+            SubscriptionRequest {
+                set: set.clone(),
+                cursor: 0,
+            },
+        ])));
+        assert!(session.poll_catch_up().is_some());
+        let snapshot = |doc: &str, covers: u64| RemoteChange {
+            hub_seq: covers,
+            doc: DocId::new(doc).unwrap(),
+            origin: ReplicaId([9; 16]),
+            bytes: vec![1],
+        };
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/a", 50)],
+                cursor: 0,
+                caught_up: false,
+                resume: Some(DocId::new("store.s1/a").unwrap()),
+            },
+        );
+        sent_batches(&mut session);
+        assert!(session.catch_up_resume(&set).is_some());
+        assert_eq!(session.poll_catch_up(), Some((set.clone(), 0)));
+        // Compacted again to #80 between two pages: `a` as sent misses
+        // changes up to #80 that are now deleted.
+        session.handle_catch_up_page(
+            &set,
+            ChangePage {
+                changes: vec![snapshot("store.s1/b", 80)],
+                cursor: 80,
+                caught_up: false,
+                resume: None,
+            },
+        );
+        assert!(
+            sent_batches(&mut session).is_empty(),
+            "nothing of the mixed transfer"
+        );
+        assert!(
+            session.catch_up_resume(&set).is_none(),
+            "from the first document"
+        );
+        assert_eq!(session.poll_catch_up(), Some((set, 0)), "the cursor stayed");
     }
 
     #[test]

@@ -64,7 +64,7 @@ use omnisync_core::{DocEdit, Edit, Replica, Value};
 use omnisync_hub_engine::hub_session::{ChangePage, CommittedChanges, HubEvent, HubSession};
 use omnisync_hub_engine::hub_session::{Outbound, Peer};
 use omnisync_hub_engine::ledger::sku_ledger::{IDLE_RECALL_MS, SkuLedger};
-use omnisync_hub_engine::log::{HubLog, HubLogRead, MemoryHubLog};
+use omnisync_hub_engine::log::{CompactPolicy, HubLog, HubLogRead, MemoryHubLog, ReadBackend};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -143,6 +143,7 @@ enum Action {
     Lag,
     Partition,
     HubCrash,
+    Compact,
     Sale,
     Receive,
     StockTake,
@@ -153,7 +154,7 @@ enum Action {
 }
 
 /// Relative weights of the chaos actions.
-const ACTIONS: [(Action, u32); 16] = [
+const ACTIONS: [(Action, u32); 17] = [
     (Action::Deliver, 50),
     (Action::Commit, 10),
     (Action::CommitForbidden, 1),
@@ -163,6 +164,7 @@ const ACTIONS: [(Action, u32); 16] = [
     (Action::Lag, 3),
     (Action::Partition, 2),
     (Action::HubCrash, 1),
+    (Action::Compact, 1),
     (Action::Sale, 14),
     (Action::Receive, 4),
     (Action::StockTake, 1),
@@ -184,8 +186,15 @@ enum Flight {
 /// A deferred catch-up read: requested by the session, then read from the
 /// log, then handed back, each at its own step.
 enum CatchUp {
-    Requested { set: DocSetId, cursor: u64 },
-    Read { set: DocSetId, page: ChangePage },
+    Requested {
+        set: DocSetId,
+        cursor: u64,
+        resume: Option<DocId>,
+    },
+    Read {
+        set: DocSetId,
+        page: ChangePage,
+    },
 }
 
 /// One live connection: both protocol ends and everything in flight.
@@ -287,6 +296,9 @@ struct Sim {
     step: u64,
     now_ms: u64,
     log: MemoryHubLog,
+    /// Every change the log ever held, by sequence number: compaction
+    /// deletes changes from the log, the checks judge the whole history.
+    archive: BTreeMap<u64, RemoteChange>,
     page_len_max: usize,
     terminals: Vec<Terminal>,
     counters_expected: Vec<i64>,
@@ -360,7 +372,17 @@ impl Sim {
             rng,
             step: 0,
             now_ms: EPOCH_MS,
-            log: MemoryHubLog::new(),
+            log: {
+                let mut log = MemoryHubLog::new();
+                // `Action::Compact` compacts everything up to the head.
+                log.set_compaction(Some(CompactPolicy {
+                    after_age_ms: 0,
+                    min_changes: 1,
+                    min_bytes: u64::MAX,
+                }));
+                log
+            },
+            archive: BTreeMap::new(),
             counters_expected: vec![COUNTER_START; SKUS],
             docs_touched: BTreeSet::new(),
             sales: Sales::default(),
@@ -419,6 +441,27 @@ impl Sim {
         self.doing = doing;
     }
 
+    /// Keeps a copy of every change the log holds now, before compaction
+    /// may delete some.
+    fn archive_log(&mut self) {
+        let sets = self.log.read(|rows| rows.change_sets());
+        for set in sets.or_panic(self.seed, "list the sets") {
+            for change in self.log.all_changes(&set) {
+                self.archive.insert(change.hub_seq, change.clone());
+            }
+        }
+    }
+
+    /// Every change of `set` the log ever held, in order (call
+    /// [`Self::archive_log`] first).
+    fn history(&self, set: &DocSetId) -> Vec<RemoteChange> {
+        self.archive
+            .values()
+            .filter(|change| &change.doc.set() == set)
+            .cloned()
+            .collect()
+    }
+
     fn count(&mut self, what: &'static str) {
         *self.stats.entry(what).or_default() += 1;
     }
@@ -473,6 +516,20 @@ impl Sim {
                 // Every session and everything in flight is gone; the log is durable.
                 self.terminals.iter_mut().for_each(|t| t.connection = None);
                 self.count("hub crashes");
+            }
+            Action::Compact => {
+                // One to three steps: a compaction may stop half-way (its
+                // snapshots written, its deletions not yet) for a while.
+                self.archive_log();
+                for _ in 0..self.rng.random_range(1..=3) {
+                    let step = self.log.compact(self.now_ms).or_panic(self.seed, "compact");
+                    if step.deleted > 0 {
+                        self.count("compaction steps that deleted");
+                    }
+                    if !step.more {
+                        break;
+                    }
+                }
             }
             Action::Sale => self.random_sale(index),
             Action::Receive => {
@@ -642,8 +699,13 @@ impl Sim {
                 self.hub_pump(index);
             }
             Flight::CatchUp => match connection.catch_up.take().expect("a read") {
-                CatchUp::Requested { set, cursor } => {
-                    let page = read_page(&self.log, &set, cursor, self.page_len_max);
+                CatchUp::Requested {
+                    set,
+                    cursor,
+                    resume,
+                } => {
+                    let len = self.page_len_max;
+                    let page = read_page(&self.log, &set, cursor, resume.as_ref(), len);
                     connection.catch_up = Some(CatchUp::Read { set, page });
                 }
                 CatchUp::Read { set, page } => {
@@ -827,10 +889,17 @@ impl Sim {
                 && let Some((set, cursor)) = connection.hub.poll_catch_up()
             {
                 if self.rng.random_bool(CATCH_UP_DEFER_PROBABILITY) {
-                    connection.catch_up = Some(CatchUp::Requested { set, cursor });
+                    let resume = connection.hub.catch_up_resume(&set).cloned();
+                    connection.catch_up = Some(CatchUp::Requested {
+                        set,
+                        cursor,
+                        resume,
+                    });
                     *self.stats.entry("deferred catch-up reads").or_default() += 1;
                 } else {
-                    let page = read_page(&self.log, &set, cursor, self.page_len_max);
+                    let resume = connection.hub.catch_up_resume(&set).cloned();
+                    let len = self.page_len_max;
+                    let page = read_page(&self.log, &set, cursor, resume.as_ref(), len);
                     connection.hub.handle_catch_up_page(&set, page);
                     connection.page_handled = true;
                 }
@@ -934,10 +1003,11 @@ impl Sim {
 
     /// Checks every property the simulation promises; `Err` says which failed.
     fn check(&mut self) -> Result<(), String> {
+        self.archive_log();
         self.check_answered()?;
         self.check_exactly_once()?;
         let docs: Vec<DocId> = self.docs_touched.iter().cloned().collect();
-        let hub_changes = self.log.all_changes(&store_set()).to_vec();
+        let hub_changes = self.history(&store_set());
         let mut stores: Vec<&mut Replica> =
             self.terminals.iter_mut().map(|t| &mut t.store).collect();
         check_converged(&mut stores, &hub_changes, &docs)?;
@@ -1000,9 +1070,8 @@ impl Sim {
     /// stored changes are byte-identical, and each terminal's count matches.
     fn check_exactly_once(&self) -> Result<(), String> {
         // Hub records are the hub's own; this is about the terminals' changes.
-        let changes: Vec<&RemoteChange> = self
-            .log
-            .all_changes(&store_set())
+        let history = self.history(&store_set());
+        let changes: Vec<&RemoteChange> = history
             .iter()
             .filter(|change| !is_record_doc(&change.doc))
             .collect();
@@ -1538,10 +1607,17 @@ fn terminal(seed: u64, index: usize, rng: &mut StdRng) -> Terminal {
     }
 }
 
-/// Reads one catch-up page from the log, as the hub's blocking reader does.
-fn read_page(log: &MemoryHubLog, set: &DocSetId, cursor: u64, len: usize) -> ChangePage {
+/// Reads one catch-up page from the log, as the hub's blocking reader does
+/// (snapshots for a cursor below a compacted point).
+fn read_page(
+    log: &MemoryHubLog,
+    set: &DocSetId,
+    cursor: u64,
+    resume: Option<&DocId>,
+    len: usize,
+) -> ChangePage {
     let bytes_target = message::CHANGE_BATCH_BYTES_TARGET;
-    let page = log.changes_since(set, cursor, len, bytes_target);
+    let page = log.catch_up_page(set, cursor, resume, len, bytes_target);
     page.expect("reads of the memory log cannot fail")
 }
 
@@ -1680,7 +1756,8 @@ fn convergence_check_reports_divergence() {
     let docs: Vec<DocId> = sim.docs_touched.iter().cloned().collect();
 
     // The hub's view loses one acknowledged change of the stock document.
-    let mut hub_changes = sim.log.all_changes(&store_set()).to_vec();
+    sim.archive_log();
+    let mut hub_changes = sim.history(&store_set());
     let lost = hub_changes
         .iter()
         .rposition(|change| change.doc == doc("stock"));

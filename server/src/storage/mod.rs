@@ -30,6 +30,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub use omnisync_hub_engine::log::{SNAPSHOT_CATCH_UP_GAP_MIN, hub_replica};
 
+pub mod pg_registry;
+pub mod postgres;
+
+/// Where a hub keeps its log: a SQLite file in a data directory (one
+/// process), or a PostgreSQL database (processes may share it).
+#[derive(Clone, Debug)]
+pub enum LogTarget {
+    /// `<dir>/hub.db`, locked by the one process writing it.
+    DataDir(PathBuf),
+    /// A PostgreSQL database.
+    Database(Box<postgres::PgUrl>),
+}
+
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_snapshots.sql"),
@@ -72,6 +85,20 @@ pub fn open(data_dir: &Path) -> Result<SqliteHubLog, HubLogError> {
     HubStore::open(SqliteBackend::open(data_dir)?)
 }
 
+/// Takes the data directory's lock (held by the one process writing it),
+/// refusing when another process holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, HubLogError> {
+    let lock = std::fs::File::create(data_dir.join(LOCK_FILE_NAME))
+        .map_err(|error| storage_error(format!("creating the lock file: {error}")))?;
+    lock.try_lock().map_err(|_| {
+        storage_error(format!(
+            "{} is in use by another omnisync-hub process (serve, import or migrate); stop it first",
+            data_dir.display()
+        ))
+    })?;
+    Ok(lock)
+}
+
 /// The writer's connection to the hub database, holding the directory's lock.
 pub struct SqliteBackend {
     db: Connection,
@@ -91,17 +118,29 @@ impl SqliteBackend {
     pub fn open(data_dir: &Path) -> Result<Self, HubLogError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| storage_error(format!("creating {}: {error}", data_dir.display())))?;
-        let lock = std::fs::File::create(data_dir.join(LOCK_FILE_NAME))
-            .map_err(|error| storage_error(format!("creating the lock file: {error}")))?;
-        lock.try_lock().map_err(|_| {
-            storage_error(format!(
-                "{} is in use by another omnisync-hub process (serve or import); stop it first",
-                data_dir.display()
-            ))
-        })?;
+        let lock = lock_data_dir(data_dir)?;
         let mut db = open_connection(&data_dir.join(DB_FILE_NAME))?;
         migrate(&mut db)?;
         Ok(Self { db, _lock: lock })
+    }
+}
+
+impl SqliteBackend {
+    /// Moves the write-ahead log into the database file (`wal_checkpoint`);
+    /// with `vacuum`, also rebuilds the file without its free pages, which
+    /// SQLite otherwise keeps for reuse after compaction deleted rows. For
+    /// size measurements and maintenance: it holds the writer meanwhile.
+    pub fn checkpoint(&mut self, vacuum: bool) -> Result<(), HubLogError> {
+        let truncate = |db: &Connection| {
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(storage_error)
+        };
+        truncate(&self.db)?;
+        if vacuum {
+            self.db.execute_batch("VACUUM").map_err(storage_error)?;
+            truncate(&self.db)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,26 +174,29 @@ fn migrate(db: &mut Connection) -> Result<(), HubLogError> {
 
 // Stored blobs: this release writes the evolvable format of
 // `omnisync_core::vocab::codec` and reads the previous release's postcard too.
-fn encode_outcome(outcome: &AckOutcome) -> Result<Vec<u8>, HubLogError> {
+pub(crate) fn encode_outcome(outcome: &AckOutcome) -> Result<Vec<u8>, HubLogError> {
     Ok(outcome.encode_stored())
 }
 
-fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<AckOutcome, HubLogError> {
     AckOutcome::decode_stored(bytes)
         .map_err(|error| storage_error(format!("stored outcome: {error}")))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HubLogError> {
     Ok(omnisync_core::vocab::codec::encode_stored(value))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, HubLogError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, HubLogError> {
     omnisync_core::vocab::codec::decode_stored(bytes)
         .map_err(|error| storage_error(format!("stored {what}: {error}")))
 }
 
 /// A sequence number as SQLite stores it (`u64::MAX` means "no bound").
-fn seq_param(seq: u64) -> i64 {
+pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
@@ -184,9 +226,13 @@ impl<C: Deref<Target = Connection>> SqliteRows<C> {
 
 impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
     fn head_seq(&mut self) -> Result<u64, HubLogError> {
+        // Compaction deletes changes, never above a set's snapshot point.
         let head: Option<i64> = self
             .0
-            .prepare_cached("SELECT MAX(hub_seq) FROM changes")
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT MAX(hub_seq) FROM changes), 0),
+                            COALESCE((SELECT MAX(covers_seq) FROM set_snapshots), 0))",
+            )
             .map_err(storage_error)?
             .query_row([], |row| row.get(0))
             .map_err(storage_error)?;
@@ -237,13 +283,7 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
             let doc: String = row.get(1).map_err(storage_error)?;
             let origin: Vec<u8> = row.get(2).map_err(storage_error)?;
             let bytes: Vec<u8> = row.get(3).map_err(storage_error)?;
-            page.push(RemoteChange {
-                hub_seq: hub_seq as u64,
-                doc: DocId::new(doc).map_err(storage_error)?,
-                origin: ReplicaId::from_slice(&origin)
-                    .ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
-                bytes,
-            });
+            page.push(stored_change(hub_seq, doc, &origin, bytes)?);
         }
         Ok(())
     }
@@ -320,6 +360,76 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
         Ok(covers.map(|covers| covers as u64))
     }
 
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        // One index probe per set rather than a walk over every change.
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "WITH RECURSIVE sets(set_id) AS (
+                     SELECT MIN(set_id) FROM changes
+                     UNION ALL
+                     SELECT (SELECT MIN(set_id) FROM changes WHERE set_id > sets.set_id)
+                     FROM sets WHERE sets.set_id IS NOT NULL)
+                 SELECT set_id FROM sets WHERE set_id IS NOT NULL",
+            )
+            .map_err(storage_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(storage_error)?;
+        let mut sets = Vec::new();
+        for row in rows {
+            sets.push(DocSetId::new(row.map_err(storage_error)?).map_err(storage_error)?);
+        }
+        Ok(sets)
+    }
+
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        let (count, bytes): (i64, i64) = self
+            .0
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM changes
+                 WHERE set_id = ?1 AND hub_seq > ?2 AND hub_seq <= ?3",
+            )
+            .map_err(storage_error)?
+            .query_row(
+                params![set.as_str(), seq_param(after), seq_param(upto)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(storage_error)?;
+        Ok((count as u64, bytes as u64))
+    }
+
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "SELECT DISTINCT doc_id FROM changes
+                 WHERE set_id = ?1 AND hub_seq > ?2 AND hub_seq <= ?3 ORDER BY doc_id",
+            )
+            .map_err(storage_error)?;
+        let rows = statement
+            .query_map(
+                params![set.as_str(), seq_param(after), seq_param(upto)],
+                |row| row.get::<_, String>(0),
+            )
+            .map_err(storage_error)?;
+        let mut docs = Vec::new();
+        for row in rows {
+            docs.push(DocId::new(row.map_err(storage_error)?).map_err(storage_error)?);
+        }
+        Ok(docs)
+    }
+
     fn snapshots_after(
         &mut self,
         set: &DocSetId,
@@ -346,6 +456,49 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
         }
         Ok(())
     }
+
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "SELECT hub_seq, doc_id, origin, bytes FROM changes
+                 WHERE hub_seq > ?1 AND hub_seq <= ?2 ORDER BY hub_seq",
+            )
+            .map_err(storage_error)?;
+        let mut rows = statement
+            .query(params![seq_param(after), seq_param(upto)])
+            .map_err(storage_error)?;
+        while let Some(row) = rows.next().map_err(storage_error)? {
+            let hub_seq: i64 = row.get(0).map_err(storage_error)?;
+            let doc: String = row.get(1).map_err(storage_error)?;
+            let origin: Vec<u8> = row.get(2).map_err(storage_error)?;
+            let bytes: Vec<u8> = row.get(3).map_err(storage_error)?;
+            visit(stored_change(hub_seq, doc, &origin, bytes)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A change row as the contract passes it.
+pub(crate) fn stored_change(
+    hub_seq: i64,
+    doc: String,
+    origin: &[u8],
+    bytes: Vec<u8>,
+) -> Result<RemoteChange, HubLogError> {
+    Ok(RemoteChange {
+        hub_seq: u64::try_from(hub_seq)
+            .map_err(|_| storage_error(format!("stored sequence number {hub_seq} is negative")))?,
+        doc: DocId::new(doc).map_err(storage_error)?,
+        origin: ReplicaId::from_slice(origin)
+            .ok_or_else(|| storage_error("stored origin is not 16 bytes"))?,
+        bytes,
+    })
 }
 
 impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
@@ -544,6 +697,25 @@ impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
         )
     }
 
+    fn delete_changes(
+        &mut self,
+        set: &DocSetId,
+        upto: u64,
+        limit: u64,
+    ) -> Result<u64, HubLogError> {
+        let deleted = self
+            .0
+            .prepare_cached(
+                "DELETE FROM changes WHERE hub_seq IN (
+                     SELECT hub_seq FROM changes WHERE set_id = ?1 AND hub_seq <= ?2
+                     ORDER BY hub_seq LIMIT ?3)",
+            )
+            .map_err(storage_error)?
+            .execute(params![set.as_str(), seq_param(upto), seq_param(limit)])
+            .map_err(storage_error)?;
+        Ok(deleted as u64)
+    }
+
     fn commit(self) -> Result<(), HubLogError> {
         self.0.commit().map_err(storage_error)
     }
@@ -591,9 +763,9 @@ impl SqliteReader {
 }
 
 impl ReadBackend for SqliteReader {
-    fn read<T>(
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError> {
         self.with_connection(|db| {
             // One read transaction: the head and the page come from the same snapshot.
@@ -625,6 +797,12 @@ mod tests {
         }
         fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
             self.writer.maintain(now_ms)
+        }
+        fn compact(
+            &mut self,
+            now_ms: u64,
+        ) -> Result<omnisync_hub_engine::log::CompactStep, HubLogError> {
+            self.writer.compact(now_ms)
         }
         fn head_seq(&self) -> Result<u64, HubLogError> {
             self.writer.head_seq()
@@ -693,11 +871,76 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_price_book_rebuilds_from_compacted_prices() {
+        let dir = tempfile::tempdir().unwrap();
+        omnisync_hub_engine::log::conformance::price_book_rebuilds_from_compacted_prices(
+            SqliteBackend::open(dir.path()).unwrap(),
+        );
+    }
+
+    #[test]
     fn sqlite_price_book_forgets_a_failed_commit() {
         let dir = tempfile::tempdir().unwrap();
         omnisync_hub_engine::log::conformance::price_book_forgets_a_failed_commit(
             SqliteBackend::open(dir.path()).unwrap(),
         );
+    }
+
+    #[test]
+    fn the_head_survives_compaction_and_reopening() {
+        use omnisync_hub_engine::log::CompactPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open(dir.path()).unwrap();
+        let set = DocSetId::new("store.a").unwrap();
+        let mut doc = automerge::Automerge::new();
+        let ops = (1..=3)
+            .map(|seq| {
+                use automerge::transaction::Transactable as _;
+                let mut tx = doc.transaction();
+                tx.put(automerge::ROOT, "n", seq as i64).unwrap();
+                tx.commit();
+                let bytes = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+                incoming(seq, "store.a/x", bytes)
+            })
+            .collect();
+        writer.apply(ops).unwrap();
+        writer.set_compaction(Some(CompactPolicy {
+            after_age_ms: 0,
+            min_changes: 1,
+            min_bytes: u64::MAX,
+        }));
+        while writer.compact(1).unwrap().more {}
+        let reader = SqliteReader::new(dir.path());
+        assert!(reader.changes_since(&set, 0, 10, 1 << 20).is_err());
+        let page = reader.catch_up_page(&set, 0, None, 10, 1 << 20).unwrap();
+        assert_eq!((page.changes.len(), page.cursor), (1, 3), "one snapshot");
+        drop(writer);
+        let mut reopened = open(dir.path()).unwrap();
+        assert_eq!(reopened.head_seq().unwrap(), 3, "every change was deleted");
+        let applied = reopened
+            .apply(vec![incoming(4, "store.a/y", vec![1])])
+            .unwrap();
+        assert_eq!(applied.committed.by_set[&set][0].hub_seq, 4, "never reused");
+    }
+
+    fn incoming(seq: u64, doc: &str, bytes: Vec<u8>) -> IncomingOp {
+        use omnisync_core::protocol::message::{DocChange, Op, OpBody};
+        IncomingOp {
+            op: Op {
+                id: OpId {
+                    replica: ReplicaId([7; 16]),
+                    seq,
+                },
+                created_ms: 0,
+                body: OpBody::Changes(vec![DocChange {
+                    doc: DocId::new(doc).unwrap(),
+                    bytes,
+                }]),
+            },
+            device: omnisync_core::vocab::ids::DeviceId::new("till-1").unwrap(),
+            store: StoreId::new("a").unwrap(),
+            verdict: omnisync_hub_engine::hub_session::Verdict::Accept,
+        }
     }
 
     #[test]

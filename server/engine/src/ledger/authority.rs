@@ -117,6 +117,30 @@ impl LedgerChanges {
 
 type Key<T> = (StoreId, T);
 
+/// The idempotency key a checkout is stored under in its store.
+pub fn checkout_key(intent: &CheckoutIntent) -> String {
+    format!("checkout:{}", intent.idempotency_key)
+}
+
+/// The idempotency key a stock command is stored under in its store
+/// (checkouts and stock commands have separate key spaces).
+pub fn stock_key(key: &omnisync_core::vocab::keys::IdempotencyKey) -> String {
+    format!("stock:{key}")
+}
+
+/// The idempotency key (as stored) deciding `intent` first reads, if any.
+pub fn intent_key(intent: &Intent) -> Option<String> {
+    match intent {
+        Intent::Checkout(checkout) => Some(checkout_key(checkout)),
+        Intent::Stock(
+            StockCommand::Receive { key, .. }
+            | StockCommand::StockTake { key, .. }
+            | StockCommand::Adjust { key, .. },
+        ) => Some(stock_key(key)),
+        _ => None,
+    }
+}
+
 /// The changes of one batch, read-through to storage.
 #[derive(Debug, Default)]
 pub struct UnitOfWork {
@@ -211,7 +235,7 @@ impl UnitOfWork {
         if let Err(invalid) = intent.validate() {
             return Ok(Decision::Refused(invalid.into()));
         }
-        let key = format!("checkout:{}", intent.idempotency_key);
+        let key = checkout_key(intent);
         if let Some(earlier) = self.key(source, store, &key)? {
             return Ok(Decision::Refused(Refusal::Duplicate {
                 order_no: order_no_of(&earlier),
@@ -355,7 +379,7 @@ impl UnitOfWork {
             return Ok(Decision::Refused(invalid.into()));
         }
         // Stock commands and checkouts have separate key spaces.
-        let key = key.map(|key| format!("stock:{key}"));
+        let key = key.map(stock_key);
         if let Some(key) = &key
             && let Some(earlier) = self.key(source, store, key)?
         {

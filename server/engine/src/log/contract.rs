@@ -29,12 +29,23 @@
 //!    - [`snapshot`](LogRows::snapshot), [`set_snapshot`](LogRows::set_snapshot),
 //!      [`snapshots_after`](LogRows::snapshots_after): saved documents, the
 //!      point a set's snapshots cover, and a page of a set's snapshots in id
-//!      order (through [`PageCut::push_snapshot`]).
+//!      order (through [`PageCut::push_snapshot`]);
+//!    - [`changes_between`](LogRows::changes_between): every change of every
+//!      set in a sequence range, in order (a process catching up with what
+//!      other writers of a shared store committed);
+//!    - [`prefetch`](LogRows::prefetch) (optional, a no-op by default): a
+//!      hint naming every row a group commit is about to look up, so a
+//!      backend with costly round trips (PostgreSQL) reads them in a few
+//!      batched queries and answers the lookups from memory.
+//!    - for compaction (see below): [`change_sets`](LogRows::change_sets),
+//!      [`count_changes`](LogRows::count_changes),
+//!      [`changed_docs`](LogRows::changed_docs).
 //! 2. [`WriteTxn`]: one open write transaction. Rows: `put_meta`,
 //!    `put_outcome`, `append` (a numbered change), the ledger's rows
 //!    (`get_sku`/`put_sku`, `get_order`/`put_order`, `get_key`/`put_key`,
 //!    `get_reservation`/`put_reservation`, `get_last_order_no`/`put_order_no`,
-//!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`, and
+//!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`,
+//!    [`delete_changes`](WriteTxn::delete_changes) (compaction), and
 //!    [`commit`](WriteTxn::commit).
 //! 3. [`Backend`]: [`begin`](Backend::begin) opens a write transaction;
 //!    [`ReadBackend::read`] runs reads on one consistent snapshot (safe
@@ -54,21 +65,67 @@
 //! - Reads inside a write transaction see the transaction's own writes of
 //!   outcomes and ledger rows; the shared code never reads a change back in
 //!   the transaction that appended it.
-//! - One writer at a time: the backend refuses a second writer on the same
-//!   store (SQLite holds a lock file), because two writers would hand out the
-//!   same sequence numbers.
+//! - One writer at a time: either the backend refuses a second writer on
+//!   the same store (SQLite holds a lock file), or it serializes write
+//!   transactions across writers (PostgreSQL takes one advisory lock right
+//!   after `BEGIN`), because two concurrent writers would hand out the same
+//!   sequence numbers. [`LogRows::head_seq`] read inside a write transaction
+//!   must therefore be the committed head as of that transaction: the shared
+//!   writer takes its numbering from it at the start of every transaction,
+//!   so several processes may write one store in turn.
 //! - Sequence numbers are given by the shared code; `append` stores them
 //!   as given and never renumbers.
 //! - A backend that cannot fail (memory) may write in place: it has no
 //!   rollback, which is correct only because it never returns an error.
 //! - Keep each primitive to one query (or one row visit), with prepared
 //!   statements cached: the shared code calls them per op, and the group
-//!   commit runs tens of thousands of decided checkouts a second.
+//!   commit runs tens of thousands of decided checkouts a second. A backend
+//!   whose round trips cost more than a row visit (a database server) may
+//!   instead keep the transaction's writes in memory and send them in a few
+//!   multi-row statements at `commit`, answering reads from that overlay
+//!   first; [`LogRows::prefetch`] lets it batch the reads too.
 //! - Row encodings are the backend's own: the contract passes typed values
 //!   (`AckOutcome`, `SkuLedger`, `OrderRecord`, ...) and the backend encodes
 //!   them (SQLite: postcard blobs through its `encode`/`decode` helpers).
 //! - Sequence numbers fit in a signed 64-bit column; `u64::MAX` as an upper
 //!   bound (`doc_changes` for admin reads) means "no bound".
+//!
+//! ## Compaction: deleting changes covered by snapshots
+//!
+//! The shared writer ([`super::HubStore::compact`]) bounds the log: once a
+//! set holds enough changes older than the configured age, it saves the
+//! documents changed since the set's snapshot point as snapshots covering a
+//! new point `S` (a record's snapshot is its newest version), records `S`
+//! with [`WriteTxn::put_set_snapshot`] and the set's *compacted point* `S`
+//! in the metadata (key `compacted/<set>`), and only then, in later
+//! transactions, deletes the set's changes numbered `<= S` through
+//! [`WriteTxn::delete_changes`]. Readers send a cursor below the compacted
+//! point the snapshots first. What a backend must do:
+//!
+//! - [`delete_changes(set, upto, limit)`](WriteTxn::delete_changes): delete
+//!   at most `limit` changes of `set` numbered `<= upto`, the oldest first,
+//!   and return how many it deleted (the shared code calls it again until it
+//!   deletes fewer than `limit`). One statement, e.g. in SQL:
+//!   `DELETE FROM changes WHERE hub_seq IN (SELECT hub_seq FROM changes
+//!   WHERE set_id = $1 AND hub_seq <= $2 ORDER BY hub_seq LIMIT $3)`.
+//!   It is part of the open write transaction like every other write: the
+//!   rows vanish at `commit`, or not at all if it is dropped. Snapshots,
+//!   outcomes and ledger rows are never deleted.
+//! - [`head_seq`](LogRows::head_seq) must stay the highest number ever given
+//!   after deletions: a backend that derives it from the changes takes the
+//!   greater of the highest stored change and the highest set snapshot
+//!   point (compaction never deletes above a set's snapshot point), or keeps
+//!   it in a row of its own. Otherwise a restarted hub would number new
+//!   changes again under deleted numbers.
+//! - [`change_sets`](LogRows::change_sets): the sets that have changes, in
+//!   order (SQL: `SELECT DISTINCT set_id FROM changes ORDER BY set_id`;
+//!   SQLite walks the `(set_id, hub_seq)` index with a recursive query).
+//! - [`count_changes(set, after, upto)`](LogRows::count_changes): how many
+//!   changes of `set` are numbered in `(after, upto]` and their bytes
+//!   (`SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) ...`).
+//! - [`changed_docs(set, after, upto)`](LogRows::changed_docs): the
+//!   documents of `set` with a change numbered in `(after, upto]`, in id
+//!   order (`SELECT DISTINCT doc_id ... ORDER BY doc_id`).
 //!
 //! ## Conformance
 //!
@@ -76,10 +133,14 @@
 //! backend's tests, where `fresh` makes an empty log implementing
 //! `conformance::Conformant` (the writer and a reader of the same store). It
 //! covers exactly-once outcomes, rejections, intents, page limits by count
-//! and by bytes, import writes, snapshots for a far-behind cursor, and the
-//! hub's replica. `conformance::price_book_forgets_a_failed_commit(backend)`
-//! is for backends that roll back (all but memory): it wraps the backend in
-//! `conformance::failing::FailingCommits`. The SQLite backend's tests
+//! and by bytes, import writes, snapshots for a far-behind cursor, the
+//! hub's replica, and compaction (devices from nothing, from the deleted
+//! range and live converge; the age and amount rules).
+//! `conformance::price_book_forgets_a_failed_commit(backend)` is for
+//! backends that roll back (all but memory): it wraps the backend in
+//! `conformance::failing::FailingCommits`; so does
+//! `conformance::price_book_rebuilds_from_compacted_prices(backend)`, which
+//! every backend runs. The SQLite backend's tests
 //! (`omnisync-hub`, `storage/mod.rs`) are the example to copy.
 
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
@@ -89,14 +150,47 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::HubLogError;
-use crate::hub_session::ChangePage;
+use crate::hub_session::{ChangePage, CommittedChanges};
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
+
+/// The rows a group commit is about to look up, named before it starts so a
+/// backend can read them in a few batched queries ([`LogRows::prefetch`]).
+/// A hint only: the shared code still asks for each row, and a row left out
+/// is simply read when asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prefetch {
+    /// Op ids whose stored outcome is looked up.
+    pub ops: Vec<OpId>,
+    /// Ledger entries per (store, SKU).
+    pub skus: Vec<(StoreId, Sku)>,
+    /// Orders per (store, order id).
+    pub orders: Vec<(StoreId, String)>,
+    /// Idempotency keys per (store, key) as stored (`checkout:…`, `stock:…`).
+    pub keys: Vec<(StoreId, String)>,
+    /// Reservations per (store, reservation key).
+    pub reservations: Vec<(StoreId, String)>,
+    /// Stores whose last order number is looked up.
+    pub stores: Vec<StoreId>,
+}
+
+impl Prefetch {
+    /// True when nothing is named.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+            && self.skus.is_empty()
+            && self.orders.is_empty()
+            && self.keys.is_empty()
+            && self.reservations.is_empty()
+            && self.stores.is_empty()
+    }
+}
 
 /// Reads every backend offers, in a read snapshot or a write transaction:
 /// the shared code builds pages, documents and snapshots from these.
 pub trait LogRows {
-    /// The highest sequence number stored, 0 for an empty log.
+    /// The highest sequence number given, 0 for an empty log; it stays
+    /// put when compaction deletes changes (see the module doc).
     fn head_seq(&mut self) -> Result<u64, HubLogError>;
 
     /// A value of the backend's key/value metadata (`log_id`).
@@ -148,6 +242,66 @@ pub trait LogRows {
         after: Option<&DocId>,
         page: &mut PageCut,
     ) -> Result<(), HubLogError>;
+
+    /// Calls `visit` with every change of every set whose sequence number is
+    /// in `(after, upto]`, in sequence order (see [`committed_between`] for
+    /// them grouped by set, as a commit's fan-out carries them).
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError>;
+
+    /// Names the rows about to be looked up in this transaction (a hint; see
+    /// [`Prefetch`]). A backend whose reads are cheap keeps this no-op; one
+    /// that batches them must answer the later lookups exactly as the
+    /// single-row reads would, absence of a row included.
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError> {
+        let _ = want;
+        Ok(())
+    }
+
+    /// Every set with at least one stored change, in id order (compaction
+    /// visits them in turn).
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError>;
+
+    /// The number of changes of `set` numbered in `(after, upto]` and the
+    /// sum of their byte lengths (compaction's trigger).
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError>;
+
+    /// The documents of `set` with at least one change numbered in
+    /// `(after, upto]`, in id order: the ones compaction must snapshot again.
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError>;
+}
+
+/// The changes in `(after, upto]` grouped by set, each set's in sequence
+/// order: what the commits that wrote them fanned out.
+pub fn committed_between(
+    rows: &mut (impl LogRows + ?Sized),
+    after: u64,
+    upto: u64,
+) -> Result<CommittedChanges, HubLogError> {
+    let mut committed = CommittedChanges::default();
+    rows.changes_between(after, upto, &mut |change| {
+        committed
+            .by_set
+            .entry(change.doc.set())
+            .or_default()
+            .push(change);
+        Ok(())
+    })?;
+    Ok(committed)
 }
 
 /// One open write transaction: durable only at [`commit`](Self::commit),
@@ -214,6 +368,11 @@ pub trait WriteTxn: LogRows {
     fn put_snapshot(&mut self, doc: &DocId, covers: u64, bytes: &[u8]) -> Result<(), HubLogError>;
     /// Records the point the snapshots of `set` cover.
     fn put_set_snapshot(&mut self, set: &DocSetId, covers: u64) -> Result<(), HubLogError>;
+    /// Deletes at most `limit` changes of `set` numbered `<= upto`, oldest
+    /// first, and returns how many it deleted. Only compaction calls it, and
+    /// only below a point the set's snapshots cover (see the module doc).
+    fn delete_changes(&mut self, set: &DocSetId, upto: u64, limit: u64)
+    -> Result<u64, HubLogError>;
     /// Makes everything written durable, at once.
     fn commit(self) -> Result<(), HubLogError>
     where
@@ -233,10 +392,12 @@ pub trait Backend {
 /// A store's readers: every reader is a [`super::HubLogRead`].
 pub trait ReadBackend {
     /// Runs `read` on one consistent snapshot of the store (the head and a
-    /// page come from the same one).
-    fn read<T>(
+    /// page come from the same one). `read` and its answer are `Send`: a
+    /// backend whose client must not block an async runtime's thread may
+    /// run it on another thread.
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError>;
 }
 

@@ -180,6 +180,43 @@ impl<M: Deref<Target = MemoryBackend>> LogRows for MemoryRows<M> {
         Ok(self.0.set_snapshots.get(set).copied())
     }
 
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        Ok(self.0.by_set.keys().cloned().collect())
+    }
+
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        let all = self.0.by_set.get(set).map(Vec::as_slice).unwrap_or(&[]);
+        Ok(all
+            .iter()
+            .filter(|change| change.hub_seq > after && change.hub_seq <= upto)
+            .fold((0, 0), |(count, bytes), change| {
+                (count + 1, bytes + change.bytes.len() as u64)
+            }))
+    }
+
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        let docs: BTreeSet<&DocId> = self
+            .0
+            .by_set
+            .get(set)
+            .into_iter()
+            .flatten()
+            .filter(|change| change.hub_seq > after && change.hub_seq <= upto)
+            .map(|change| &change.doc)
+            .collect();
+        Ok(docs.into_iter().cloned().collect())
+    }
+
     fn snapshots_after(
         &mut self,
         set: &DocSetId,
@@ -201,9 +238,47 @@ impl<M: Deref<Target = MemoryBackend>> LogRows for MemoryRows<M> {
         }
         Ok(())
     }
+
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        let mut found: Vec<&RemoteChange> = self
+            .0
+            .by_set
+            .values()
+            .flatten()
+            .filter(|change| change.hub_seq > after && change.hub_seq <= upto)
+            .collect();
+        found.sort_by_key(|change| change.hub_seq);
+        for change in found {
+            visit(change.clone())?;
+        }
+        Ok(())
+    }
 }
 
 impl<M: DerefMut<Target = MemoryBackend>> WriteTxn for MemoryRows<M> {
+    fn delete_changes(
+        &mut self,
+        set: &DocSetId,
+        upto: u64,
+        limit: u64,
+    ) -> Result<u64, HubLogError> {
+        let Some(changes) = self.0.by_set.get_mut(set) else {
+            return Ok(0);
+        };
+        let below = changes.partition_point(|change| change.hub_seq <= upto);
+        let deleted = below.min(usize::try_from(limit).unwrap_or(usize::MAX));
+        changes.drain(..deleted);
+        if changes.is_empty() {
+            self.0.by_set.remove(set);
+        }
+        Ok(deleted as u64)
+    }
+
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {
         self.0.meta.insert(key.to_owned(), value.to_owned());
         Ok(())
@@ -353,9 +428,9 @@ impl Backend for MemoryBackend {
 }
 
 impl ReadBackend for MemoryHubLog {
-    fn read<T>(
+    fn read<T: Send>(
         &self,
-        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError>,
+        read: impl FnOnce(&mut dyn LogRows) -> Result<T, HubLogError> + Send,
     ) -> Result<T, HubLogError> {
         read(&mut MemoryRows(self.backend()))
     }

@@ -9,6 +9,7 @@
 //!   import writes (hub-made changes, hub intents, snapshots of a set);
 //! - [`read`]: pages cut by count and bytes, and the snapshot catch-up rule,
 //!   making every read backend a [`HubLogRead`];
+//! - [`compact`]: compaction, old changes folded into snapshots and deleted;
 //! - [`memory`]: the memory backend, for simulations and tests;
 //! - [`conformance`] (feature `conformance`): the suite every backend runs.
 //!
@@ -16,6 +17,7 @@
 //! through [`HubLog`] and [`HubLogRead`]; the SQLite backend lives in the hub
 //! crate.
 
+pub mod compact;
 pub mod contract;
 pub mod memory;
 pub mod read;
@@ -25,7 +27,8 @@ pub mod store;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use contract::{Backend, LogRows, PageCut, ReadBackend, WriteTxn};
+pub use compact::{CompactPolicy, CompactStep};
+pub use contract::{Backend, LogRows, PageCut, Prefetch, ReadBackend, WriteTxn, committed_between};
 pub use memory::{MEMORY_LOG_ID, MemoryBackend, MemoryHubLog};
 pub use read::SNAPSHOT_CATCH_UP_GAP_MIN;
 pub use shared::{HubTxn, apply_hub_intents, apply_ops, hub_replica, maintain_ledger};
@@ -68,6 +71,15 @@ pub trait HubLog {
 
     /// The highest sequence number given so far.
     fn head_seq(&self) -> Result<u64, HubLogError>;
+
+    /// One bounded step of compaction (see [`compact`]) in a durable
+    /// transaction of its own, with `now_ms` dating the log's changes.
+    /// Runs between group commits; `more` in the answer asks to be called
+    /// again soon. A log without compaction does nothing.
+    fn compact(&mut self, now_ms: u64) -> Result<CompactStep, HubLogError> {
+        let _ = now_ms;
+        Ok(CompactStep::default())
+    }
 }
 
 /// Reads of the hub's log; safe to call from many threads while a
@@ -100,7 +112,12 @@ pub trait HubLogRead {
         self.changes_since(set, cursor, len_max, bytes_target)
     }
 
-    /// Every stored change of one document, in order (for admin reads).
+    /// One document as stored, in order: its snapshot first if it has one
+    /// (for a record, its newest version at the snapshot point), then every
+    /// change after it. Loading each with `load_incremental` rebuilds the
+    /// document; a record's last entry is its newest version. Compaction
+    /// deletes the changes a snapshot covers, so this is the whole document.
+    /// For admin reads and the hub's change index.
     fn doc_changes(
         &self,
         doc: &omnisync_core::vocab::ids::DocId,
@@ -108,6 +125,24 @@ pub trait HubLogRead {
 
     /// The stored answer for an op, if it was ever applied or rejected.
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError>;
+
+    /// Every change with a sequence number in `(after, upto]`, grouped by
+    /// set as a commit's fan-out carries them: what other writers of a
+    /// shared store committed, for this process's live subscriptions.
+    /// Readers that cannot list them say so with an error.
+    fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+        let _ = (after, upto);
+        Err(HubLogError::Storage(
+            "this reader cannot list the changes of every set".into(),
+        ))
+    }
+
+    /// The highest sequence number committed, as a reader sees it now.
+    fn head(&self) -> Result<u64, HubLogError> {
+        Err(HubLogError::Storage(
+            "this reader cannot read the head".into(),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +150,10 @@ mod tests {
     #[test]
     fn memory_log_conforms() {
         super::conformance::run_all(super::MemoryHubLog::new);
+    }
+
+    #[test]
+    fn memory_price_book_rebuilds_from_compacted_prices() {
+        super::conformance::price_book_rebuilds_from_compacted_prices(super::MemoryBackend::new());
     }
 }

@@ -6,19 +6,40 @@
 use omnisync_core::protocol::message::AckOutcome;
 use omnisync_core::vocab::ids::{DocId, DocSetId, OpId};
 
-use super::contract::{LogRows, PageCut, ReadBackend};
+use super::compact::compacted_point;
+use super::contract::{LogRows, PageCut, ReadBackend, committed_between};
 use super::shared::{hub_replica, storage_error};
 use super::store::LOG_ID_KEY;
 use super::{HubLogError, HubLogRead};
-use crate::hub_session::ChangePage;
+use crate::hub_session::{ChangePage, CommittedChanges};
 
 /// A device more than this many sequence numbers behind a set's snapshot
 /// point gets the snapshots instead of the history.
 pub const SNAPSHOT_CATCH_UP_GAP_MIN: u64 = 10_000;
 
 /// Changes of `set` above `cursor`, cut by count and bytes; the cursor of a
-/// caught-up page is the head read in the same snapshot.
+/// caught-up page is the head read in the same snapshot. A cursor below the
+/// set's compacted point is an error ([`HubLogError::Compacted`]): the
+/// changes it needs are gone, and only [`catch_up_page`] sends snapshots.
 pub fn changes_since(
+    rows: &mut dyn LogRows,
+    set: &DocSetId,
+    cursor: u64,
+    len_max: usize,
+    bytes_target: usize,
+) -> Result<ChangePage, HubLogError> {
+    let compacted = compacted_point(rows, set)?;
+    if cursor < compacted {
+        return Err(HubLogError::Compacted {
+            set: set.to_string(),
+            cursor,
+            compacted,
+        });
+    }
+    changes_page(rows, set, cursor, len_max, bytes_target)
+}
+
+fn changes_page(
     rows: &mut dyn LogRows,
     set: &DocSetId,
     cursor: u64,
@@ -32,9 +53,10 @@ pub fn changes_since(
 }
 
 /// The next page for a catching-up subscription: snapshots while `resume`
-/// is set or the cursor is at least [`SNAPSHOT_CATCH_UP_GAP_MIN`] (or the
-/// whole history, when shorter) behind the set's snapshot point; changes
-/// otherwise.
+/// is set, when the cursor is below the set's compacted point (the changes
+/// it needs were deleted), or when it is at least
+/// [`SNAPSHOT_CATCH_UP_GAP_MIN`] (or the whole history, when shorter)
+/// behind the set's snapshot point; changes otherwise.
 pub fn catch_up_page(
     rows: &mut dyn LogRows,
     set: &DocSetId,
@@ -43,9 +65,11 @@ pub fn catch_up_page(
     len_max: usize,
     bytes_target: usize,
 ) -> Result<ChangePage, HubLogError> {
+    let compacted = compacted_point(rows, set)?;
     match rows.set_snapshot(set)? {
         Some(covers)
             if resume.is_some()
+                || cursor < compacted
                 || (covers > cursor
                     && covers - cursor >= SNAPSHOT_CATCH_UP_GAP_MIN.min(covers)) =>
         {
@@ -56,7 +80,11 @@ pub fn catch_up_page(
             rows.snapshots_after(set, resume, &mut page)?;
             Ok(page.into_snapshots(cursor))
         }
-        _ => changes_since(rows, set, cursor, len_max, bytes_target),
+        // A compacted point always comes with a snapshot point above it.
+        _ if cursor < compacted => Err(storage_error(format!(
+            "{set} was compacted up to {compacted} but has no snapshot point"
+        ))),
+        _ => changes_page(rows, set, cursor, len_max, bytes_target),
     }
 }
 
@@ -85,7 +113,14 @@ impl<B: ReadBackend> HubLogRead for B {
     fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
         self.read(|rows| {
             let mut all = Vec::new();
-            rows.doc_changes(doc, 0, u64::MAX, &mut |bytes| {
+            let after = match rows.snapshot(doc)? {
+                Some((snapshot, covers)) => {
+                    all.push(snapshot);
+                    covers
+                }
+                None => 0,
+            };
+            rows.doc_changes(doc, after, u64::MAX, &mut |bytes| {
                 all.push(bytes.to_vec());
                 Ok(())
             })?;
@@ -95,5 +130,13 @@ impl<B: ReadBackend> HubLogRead for B {
 
     fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
         self.read(|rows| rows.find_outcome(op))
+    }
+
+    fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+        self.read(|rows| committed_between(rows, after, upto))
+    }
+
+    fn head(&self) -> Result<u64, HubLogError> {
+        self.read(|rows| rows.head_seq())
     }
 }

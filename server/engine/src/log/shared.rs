@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use omnisync_core::protocol::message::{Ack, AckOutcome, OpBody, RejectCode, RemoteChange};
 use omnisync_core::vocab::goods::{Channel, Sku};
 use omnisync_core::vocab::ids::{DeviceId, DocId, OpId, ReplicaId, StoreId};
-use omnisync_core::vocab::intent::{Decision, Intent};
+use omnisync_core::vocab::intent::{Decision, Intent, StockCommand};
 use omnisync_core::vocab::record::OrderRecord;
 
-use super::contract::{LogRows, WriteTxn};
+use super::contract::{LogRows, Prefetch, WriteTxn};
 use super::{AppliedBatch, HubLogError};
 use crate::hub_session::{CommittedChanges, IncomingOp};
 use crate::ledger::authority::{
-    AuthorityConfig, LedgerChanges, LedgerSource, Reservation, UnitOfWork,
+    self, AuthorityConfig, LedgerChanges, LedgerSource, Reservation, UnitOfWork,
 };
 use crate::ledger::price_book::PriceBook;
 use crate::ledger::sku_ledger::SkuLedger;
@@ -35,6 +35,68 @@ pub trait HubTxn: LedgerSource {
     fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError>;
     /// Persists what the authority changed.
     fn persist_ledger(&mut self, changes: &LedgerChanges) -> Result<(), HubLogError>;
+    /// Names the rows the batch is about to look up ([`LogRows::prefetch`]).
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError>;
+}
+
+/// Every row deciding `ops` will look up: their outcomes and, for intents,
+/// the idempotency keys, orders, reservations, ledger entries and order
+/// numbers of their stores.
+pub fn prefetch_for(ops: &[IncomingOp]) -> Prefetch {
+    let mut want = Prefetch::default();
+    for incoming in ops {
+        want.ops.push(incoming.op.id);
+        let OpBody::Intent(intent) = &incoming.op.body else {
+            continue;
+        };
+        if incoming.rejection().is_some() {
+            continue;
+        }
+        let store = &incoming.store;
+        if let Some(key) = authority::intent_key(intent) {
+            want.keys.push((store.clone(), key));
+        }
+        match intent {
+            Intent::Checkout(checkout) => {
+                want.orders
+                    .push((store.clone(), checkout.order_id.as_str().to_owned()));
+                for line in &checkout.lines {
+                    want.skus.push((store.clone(), line.sku.clone()));
+                }
+                want.stores.push(store.clone());
+            }
+            Intent::Stock(
+                StockCommand::Receive { sku, .. }
+                | StockCommand::StockTake { sku, .. }
+                | StockCommand::Adjust { sku, .. }
+                | StockCommand::SetPolicy { sku, .. },
+            ) => want.skus.push((store.clone(), sku.clone())),
+            Intent::OrderStatus(change) => want
+                .orders
+                .push((store.clone(), change.order_id.as_str().to_owned())),
+            Intent::Reserve { key, sku, .. } => {
+                want.reservations
+                    .push((store.clone(), key.as_str().to_owned()));
+                want.skus.push((store.clone(), sku.clone()));
+            }
+            Intent::CommitReservation { key } | Intent::CancelReservation { key } => want
+                .reservations
+                .push((store.clone(), key.as_str().to_owned())),
+            Intent::ReleaseAllowance { sku, .. } => want.skus.push((store.clone(), sku.clone())),
+        }
+    }
+    dedup(&mut want.ops);
+    dedup(&mut want.skus);
+    dedup(&mut want.orders);
+    dedup(&mut want.keys);
+    dedup(&mut want.reservations);
+    dedup(&mut want.stores);
+    want
+}
+
+fn dedup<T: Ord>(items: &mut Vec<T>) {
+    items.sort_unstable();
+    items.dedup();
 }
 
 /// The op loop every backend shares: exactly-once outcomes, numbering of
@@ -50,6 +112,7 @@ pub fn apply_ops(
     now_ms: u64,
 ) -> Result<AppliedBatch, HubLogError> {
     let mut batch = AppliedBatch::default();
+    txn.prefetch(&prefetch_for(&ops))?;
     let mut work = UnitOfWork::new(config);
     // Outcomes decided earlier in this same batch (a duplicate inside one push).
     let mut decided: HashMap<OpId, AckOutcome> = HashMap::new();
@@ -295,6 +358,13 @@ impl<T: WriteTxn> HubTxn for SharedTxn<'_, T> {
             self.rows.put_order_no(store, *last)?;
         }
         Ok(())
+    }
+
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError> {
+        if want.is_empty() {
+            return Ok(());
+        }
+        self.rows.prefetch(want)
     }
 }
 

@@ -2,12 +2,23 @@
 //! identity and hub replica, the price book (dropped after a failed commit),
 //! group commits, and the import writes (hub-made changes, intents the hub
 //! issues, snapshots of a set). Backends only store rows.
+//!
+//! Several writers, one store: a backend may let several processes write
+//! one store in turn (PostgreSQL serializes their transactions with an
+//! advisory lock). So every transaction takes the head from the backend
+//! ([`LogRows::head_seq`] inside the transaction) rather than trusting the
+//! head this writer left, and numbers from there. When the two differ,
+//! another writer committed in between: its changes may have touched prices
+//! documents, so the price book (a cache of them) is dropped and rebuilt
+//! from storage on demand. With one writer (SQLite, memory) the heads always
+//! agree and the extra read is one index probe per transaction.
 
 use omnisync_core::protocol::message::RemoteChange;
 use omnisync_core::vocab::ids::{DeviceId, DocId, DocSetId, ReplicaId, StoreId};
 use omnisync_core::vocab::intent::{Decision, Intent};
 use omnisync_core::vocab::record::is_record_doc;
 
+use super::compact::{CompactPolicy, CompactStep, Compaction};
 use super::contract::{Backend, LogRows, WriteTxn};
 use super::shared::{
     HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at, maintain_ledger,
@@ -33,6 +44,7 @@ pub struct HubStore<B: Backend> {
     hub: ReplicaId,
     config: AuthorityConfig,
     prices: PriceBook,
+    compaction: Compaction,
 }
 
 impl<B: Backend> HubStore<B> {
@@ -60,7 +72,18 @@ impl<B: Backend> HubStore<B> {
             log_id,
             config: AuthorityConfig::default(),
             prices: PriceBook::new(),
+            compaction: Compaction::off(),
         })
+    }
+
+    /// Turns compaction on with `policy`, or off with `None` (the default).
+    pub fn set_compaction(&mut self, policy: Option<CompactPolicy>) {
+        self.compaction.set_policy(policy);
+    }
+
+    /// The compaction policy, if compaction is on.
+    pub fn compaction(&self) -> Option<CompactPolicy> {
+        self.compaction.policy()
     }
 
     /// Sets the authority's settings (price tolerance).
@@ -100,20 +123,21 @@ impl<B: Backend> HubStore<B> {
             AuthorityConfig,
         ) -> Result<T, HubLogError>,
     ) -> Result<T, HubLogError> {
-        let mut head = self.head;
         let result = {
             let mut txn = self.backend.begin()?;
+            let head_before = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
+            let mut head = head_before;
             let result = {
-                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, self.head);
+                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, head_before);
                 work(&mut shared, &mut head, self.hub, self.config)
             };
             result.and_then(|value| {
                 txn.commit()?;
-                Ok(value)
+                Ok((value, head))
             })
         };
         match result {
-            Ok(value) => {
+            Ok((value, head)) => {
                 self.head = head;
                 Ok(value)
             }
@@ -146,9 +170,9 @@ impl<B: Backend> HubStore<B> {
         changes: Vec<(DocId, Vec<u8>)>,
     ) -> Result<u64, HubLogError> {
         let origin = self.hub;
-        let mut head = self.head;
         let mut touches_prices = false;
         let mut txn = self.backend.begin()?;
+        let mut head = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
         for (doc, bytes) in changes {
             head += 1;
             touches_prices |= PriceBook::follows(&doc);
@@ -170,8 +194,8 @@ impl<B: Backend> HubStore<B> {
 
     /// A document as the hub has it now, or `None` if it has no changes.
     pub fn load_doc(&mut self, doc: &DocId) -> Result<Option<automerge::Automerge>, HubLogError> {
-        let head = self.head;
         let mut txn = self.backend.begin()?;
+        let head = txn.head_seq()?;
         let loaded = load_doc_at(&mut txn, doc, head)?;
         // Dropped without a commit: a read-only transaction.
         drop(txn);
@@ -181,8 +205,8 @@ impl<B: Backend> HubStore<B> {
     /// Saves every document of `set` as a snapshot covering the current head,
     /// and records that point for the set. Returns the number of documents.
     pub fn snapshot_set(&mut self, set: &DocSetId) -> Result<usize, HubLogError> {
-        let covers = self.head;
         let mut txn = self.backend.begin()?;
+        let covers = txn.head_seq()?;
         let docs = txn.set_docs(set)?;
         for doc in &docs {
             // A record's snapshot is its newest version; a document's is its save.
@@ -200,6 +224,22 @@ impl<B: Backend> HubStore<B> {
     }
 }
 
+/// The committed head as `txn` sees it; when another writer moved it since
+/// this one's last commit (`known`), the price book is dropped (see the
+/// module doc) and `known` follows.
+fn catch_up(
+    known: &mut u64,
+    prices: &mut PriceBook,
+    txn: &mut impl LogRows,
+) -> Result<u64, HubLogError> {
+    let head = txn.head_seq()?;
+    if head != *known {
+        *prices = PriceBook::new();
+        *known = head;
+    }
+    Ok(head)
+}
+
 impl<B: Backend> HubLog for HubStore<B> {
     fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
         let now_ms = omnisync_core::now_ms();
@@ -212,5 +252,26 @@ impl<B: Backend> HubLog for HubStore<B> {
 
     fn head_seq(&self) -> Result<u64, HubLogError> {
         Ok(self.head)
+    }
+
+    fn compact(&mut self, now_ms: u64) -> Result<CompactStep, HubLogError> {
+        if self.compaction.policy().is_none() {
+            return Ok(CompactStep::default());
+        }
+        let planned = {
+            let mut txn = self.backend.begin()?;
+            let planned = self.compaction.step(&mut txn, self.head, now_ms);
+            planned.and_then(|planned| {
+                txn.commit()?;
+                Ok(planned)
+            })
+        };
+        match planned {
+            Ok(planned) => Ok(self.compaction.commit_step(planned)),
+            Err(error) => {
+                self.compaction.fail_step();
+                Err(error)
+            }
+        }
     }
 }

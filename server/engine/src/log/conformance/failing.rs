@@ -11,7 +11,7 @@ use omnisync_core::vocab::record::OrderRecord;
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
 use crate::log::HubLogError;
-use crate::log::contract::{Backend, LogRows, PageCut, WriteTxn};
+use crate::log::contract::{Backend, LogRows, PageCut, Prefetch, WriteTxn};
 
 /// `B` with a switch that makes the next transaction's commit fail.
 #[derive(Debug)]
@@ -99,6 +99,36 @@ impl<T: WriteTxn> LogRows for FailingTxn<T> {
     ) -> Result<(), HubLogError> {
         self.inner.snapshots_after(set, after, page)
     }
+    fn changes_between(
+        &mut self,
+        after: u64,
+        upto: u64,
+        visit: &mut dyn FnMut(RemoteChange) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        self.inner.changes_between(after, upto, visit)
+    }
+    fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError> {
+        self.inner.prefetch(want)
+    }
+    fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError> {
+        self.inner.change_sets()
+    }
+    fn count_changes(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<(u64, u64), HubLogError> {
+        self.inner.count_changes(set, after, upto)
+    }
+    fn changed_docs(
+        &mut self,
+        set: &DocSetId,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<DocId>, HubLogError> {
+        self.inner.changed_docs(set, after, upto)
+    }
 }
 
 impl<T: WriteTxn> WriteTxn for FailingTxn<T> {
@@ -177,6 +207,14 @@ impl<T: WriteTxn> WriteTxn for FailingTxn<T> {
     }
     fn put_set_snapshot(&mut self, set: &DocSetId, covers: u64) -> Result<(), HubLogError> {
         self.inner.put_set_snapshot(set, covers)
+    }
+    fn delete_changes(
+        &mut self,
+        set: &DocSetId,
+        upto: u64,
+        limit: u64,
+    ) -> Result<u64, HubLogError> {
+        self.inner.delete_changes(set, upto, limit)
     }
     fn commit(self) -> Result<(), HubLogError> {
         if self.fail {

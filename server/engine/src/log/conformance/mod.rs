@@ -64,6 +64,9 @@ pub fn run_all<L: Conformant>(mut fresh: impl FnMut() -> L) {
     pages_are_cut_by_bytes(fresh());
     import_writes_are_the_hubs(fresh());
     a_far_behind_cursor_gets_snapshots_then_the_rest(fresh());
+    compaction_keeps_every_document_and_record(fresh());
+    compaction_waits_for_age_and_amount(fresh());
+    compaction_never_drops_changes_waiting_for_dependencies(fresh());
 }
 
 /// Intents are decided in op order, once: a retry gets the stored
@@ -456,6 +459,92 @@ pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
     );
 }
 
+/// After the prices documents were compacted (their changes deleted), a
+/// price book rebuilt from storage (dropped by a failed commit) still
+/// checks checkouts against the price in force: read from the snapshot and
+/// the changes after it.
+pub fn price_book_rebuilds_from_compacted_prices<B: Backend>(backend: B) {
+    use failing::FailingCommits;
+    use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+    use omnisync_core::vocab::intent::{
+        CheckoutIntent, Decision, Intent, IntentLine, LineSource, Refusal, StockCommand,
+    };
+    use omnisync_core::vocab::layout;
+    let mut log = HubStore::open(FailingCommits::new(backend)).unwrap();
+    let store = StoreId::new("a").unwrap();
+    let sku = Sku::new("tea").unwrap();
+    let prices = layout::prices_doc(&store, &sku);
+    let mut doc = automerge::Automerge::new();
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    for (amount, counter) in [(100, 1), (300, 2)] {
+        let mut change = op(
+            11,
+            next(),
+            prices.as_str(),
+            &price_change(&mut doc, &sku, amount, counter),
+        );
+        change.store = store.clone();
+        log.apply(vec![change]).unwrap();
+    }
+    let receive = Intent::Stock(StockCommand::Receive {
+        key: "delivery-1".parse().unwrap(),
+        sku: sku.clone(),
+        quantity: 10,
+    });
+    log.apply(vec![intent(11, next(), receive)]).unwrap();
+    log.set_compaction(Some(CompactPolicy {
+        after_age_ms: 0,
+        min_changes: 1,
+        min_bytes: u64::MAX,
+    }));
+    let compacted = compact_fully(&mut log, 1);
+    assert!(compacted.deleted >= 2, "{compacted:?}");
+    // A failed commit drops the price book: the next check rebuilds it.
+    log.backend_mut().fail_next = true;
+    assert!(log.apply(vec![]).is_err());
+    let checkout = |order: &str, unit_price_minor: i64| {
+        Intent::Checkout(CheckoutIntent {
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
+            lines: vec![IntentLine {
+                sku: sku.clone(),
+                quantity: 1,
+                unit_price_minor,
+                source: LineSource::Hub,
+            }],
+            currency: Currency::new("EUR").expect("currency"),
+            payment_ref: "card".parse().unwrap(),
+            channel: Channel::Pos,
+        })
+    };
+    let decided = log
+        .apply(vec![
+            intent(11, next(), checkout("o-old", 100)),
+            intent(11, next(), checkout("o-new", 300)),
+        ])
+        .unwrap();
+    assert!(
+        matches!(
+            decided.acks[0].outcome,
+            AckOutcome::Decided(Decision::Refused(Refusal::PriceChanged { .. }))
+        ),
+        "the old price is no longer in force: {:?}",
+        decided.acks[0]
+    );
+    assert!(
+        matches!(
+            decided.acks[1].outcome,
+            AckOutcome::Decided(Decision::Confirmed { .. })
+        ),
+        "the compacted price is: {:?}",
+        decided.acks[1]
+    );
+}
+
 /// The change that sets the till price of `sku` to `amount_minor` in the
 /// prices document `doc` (a later `counter` wins).
 fn price_change(
@@ -491,4 +580,345 @@ fn price_change(
         .expect("a change was made")
         .raw_bytes()
         .to_vec()
+}
+
+/// A device as the conformance suite models one: automerge documents fed
+/// every change or snapshot it receives, records replaced by each newer
+/// version, and a cursor per set moved the way `HubSession` moves it.
+#[derive(Default)]
+struct Follower {
+    cursors: std::collections::BTreeMap<DocSetId, u64>,
+    docs: std::collections::BTreeMap<DocId, automerge::Automerge>,
+    records: std::collections::BTreeMap<DocId, Vec<u8>>,
+}
+
+/// What a follower holds: each document's heads and each record's bytes.
+type FollowerView = (
+    std::collections::BTreeMap<DocId, Vec<automerge::ChangeHash>>,
+    std::collections::BTreeMap<DocId, Vec<u8>>,
+);
+
+impl Follower {
+    /// Reads `set` through catch-up pages (small ones, to cross page and
+    /// snapshot-transfer boundaries) until caught up.
+    fn catch_up(&mut self, log: &impl HubLogRead, set: &DocSetId) {
+        let mut cursor = self.cursors.get(set).copied().unwrap_or(0);
+        let mut resume: Option<DocId> = None;
+        for _ in 0..10_000 {
+            let page = log
+                .catch_up_page(set, cursor, resume.as_ref(), 3, 1 << 20)
+                .unwrap_or_else(|error| panic!("catch-up of {set} from {cursor}: {error}"));
+            for change in page.changes.iter().filter(|change| change.hub_seq > cursor) {
+                self.apply(change);
+            }
+            cursor = cursor.max(page.cursor);
+            resume = page.resume;
+            if page.caught_up && resume.is_none() {
+                self.cursors.insert(set.clone(), cursor);
+                return;
+            }
+        }
+        panic!("catching up on {set} never ended");
+    }
+
+    fn apply(&mut self, change: &omnisync_core::protocol::message::RemoteChange) {
+        if omnisync_core::vocab::record::is_record_doc(&change.doc) {
+            self.records
+                .insert(change.doc.clone(), change.bytes.clone());
+        } else {
+            self.docs
+                .entry(change.doc.clone())
+                .or_default()
+                .load_incremental(&change.bytes)
+                .unwrap_or_else(|error| panic!("{} does not load: {error}", change.doc));
+        }
+    }
+
+    fn view(&mut self) -> FollowerView {
+        let docs = self
+            .docs
+            .iter_mut()
+            .map(|(doc, loaded)| {
+                let mut heads = loaded.get_heads();
+                heads.sort();
+                (doc.clone(), heads)
+            })
+            .collect();
+        (docs, self.records.clone())
+    }
+}
+
+/// Runs compaction steps at `now_ms` until no work is left; returns the
+/// steps' totals.
+fn compact_fully<B: Backend>(store: &mut HubStore<B>, now_ms: u64) -> CompactStep {
+    let mut total = CompactStep::default();
+    for _ in 0..10_000 {
+        let step = store.compact(now_ms).expect("compaction step");
+        total.snapshots += step.snapshots;
+        total.deleted += step.deleted;
+        if step.compacted.is_some() {
+            total.compacted = step.compacted;
+        }
+        if !step.more {
+            return total;
+        }
+    }
+    panic!("compaction never ended");
+}
+
+/// The change that sets `key` to `value` in `doc`.
+fn edit(doc: &mut automerge::Automerge, key: &str, value: i64) -> Vec<u8> {
+    use automerge::transaction::Transactable as _;
+    let mut tx = doc.transaction();
+    tx.put(automerge::ROOT, key, value)
+        .expect("put into a document");
+    tx.commit();
+    doc.get_last_local_change()
+        .expect("a change was made")
+        .raw_bytes()
+        .to_vec()
+}
+
+/// After compaction, devices that start from nothing or from a cursor in
+/// the deleted range hold the same documents and records as one that
+/// followed live, for a document set and a records set (`orders.S`); the
+/// changes after the compacted point still come; a compacted document that
+/// changes again loads right; a second compaction snapshots only the
+/// documents changed since the first; a read below the compacted point
+/// through `changes_since` is refused rather than silently short.
+pub fn compaction_keeps_every_document_and_record<L: Conformant>(mut log: L) {
+    use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+    use omnisync_core::vocab::intent::{
+        CheckoutIntent, Decision, Intent, IntentLine, LineSource, OrderStatusChange, StockCommand,
+    };
+    let store = StoreId::new("a").unwrap();
+    let set = DocSetId::new("store.a").unwrap();
+    let orders = DocSetId::orders(&store);
+    let sku = Sku::new("tea").unwrap();
+    let receive = |key: &str| {
+        Intent::Stock(StockCommand::Receive {
+            key: key.parse().unwrap(),
+            sku: sku.clone(),
+            quantity: 5,
+        })
+    };
+    let checkout = |order: &str| {
+        Intent::Checkout(CheckoutIntent {
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
+            lines: vec![IntentLine {
+                sku: sku.clone(),
+                quantity: 1,
+                unit_price_minor: 100,
+                source: LineSource::Hub,
+            }],
+            currency: Currency::new("EUR").unwrap(),
+            payment_ref: "card".parse().unwrap(),
+            channel: Channel::Pos,
+        })
+    };
+    let status = |order: &str, expected_version: u64, status: &str| {
+        Intent::OrderStatus(OrderStatusChange {
+            order_id: order.parse().unwrap(),
+            expected_version,
+            status: status.parse().unwrap(),
+        })
+    };
+    let confirmed = |batch: &AppliedBatch| {
+        for ack in &batch.acks {
+            assert!(
+                !matches!(ack.outcome, AckOutcome::Decided(Decision::Refused(_))),
+                "{ack:?}"
+            );
+        }
+    };
+    // Two actors edit two documents concurrently.
+    let mut one = automerge::Automerge::new();
+    one.set_actor(automerge::ActorId::from(vec![1u8; 16]));
+    let mut two = one.fork();
+    two.set_actor(automerge::ActorId::from(vec![2u8; 16]));
+    let mut other = automerge::Automerge::new();
+    other.set_actor(automerge::ActorId::from(vec![3u8; 16]));
+    let mut third = automerge::Automerge::new();
+    third.set_actor(automerge::ActorId::from(vec![4u8; 16]));
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let mut ops = Vec::new();
+    for value in 0..4 {
+        ops.push(op(9, next(), "store.a/d0", &edit(&mut one, "one", value)));
+        ops.push(op(9, next(), "store.a/d0", &edit(&mut two, "two", value)));
+        ops.push(op(9, next(), "store.a/d1", &edit(&mut other, "n", value)));
+    }
+    ops.push(intent(9, next(), receive("delivery-1")));
+    ops.push(intent(9, next(), checkout("o-1")));
+    confirmed(&log.apply(ops).unwrap());
+    let mut early = Follower::default();
+    early.catch_up(&log, &set);
+    early.catch_up(&log, &orders);
+    let mut ops = vec![
+        op(9, next(), "store.a/d0", &edit(&mut one, "one", 10)),
+        op(9, next(), "store.a/d2", &edit(&mut third, "m", 1)),
+        intent(9, next(), receive("delivery-2")),
+        intent(9, next(), status("o-1", 1, "paid")),
+        intent(9, next(), checkout("o-2")),
+    ];
+    ops.push(intent(9, next(), status("o-1", 2, "fulfilled")));
+    confirmed(&log.apply(ops).unwrap());
+    let mut live = Follower::default();
+    live.catch_up(&log, &set);
+    live.catch_up(&log, &orders);
+    assert!(
+        early.cursors[&set] < live.cursors[&set],
+        "the early device stopped in what compaction deletes"
+    );
+    let head = log.head_seq().unwrap();
+
+    log.store().set_compaction(Some(CompactPolicy {
+        after_age_ms: 0,
+        min_changes: 1,
+        min_bytes: u64::MAX,
+    }));
+    let first = compact_fully(log.store(), 1);
+    assert!(first.deleted > 0 && first.snapshots > 0, "{first:?}");
+    assert_eq!(log.head_seq().unwrap(), head, "the head never moves back");
+    for deleted_range in [0, early.cursors[&set]] {
+        assert!(
+            matches!(
+                log.changes_since(&set, deleted_range, 100, 1 << 20),
+                Err(HubLogError::Compacted { .. })
+            ),
+            "changes_since below the compacted point must fail, not skip"
+        );
+    }
+    let kept = log.changes_since(&set, head, 100, 1 << 20).unwrap();
+    assert!(kept.changes.is_empty() && kept.caught_up && kept.cursor == head);
+    let d0 = DocId::new("store.a/d0").unwrap();
+    assert_eq!(
+        log.doc_changes(&d0).unwrap().len(),
+        1,
+        "only the snapshot is left of d0"
+    );
+
+    // Changes after the compacted point: a compacted document changes again.
+    confirmed(
+        &log.apply(vec![
+            op(9, next(), "store.a/d0", &edit(&mut two, "two", 20)),
+            intent(9, next(), receive("delivery-3")),
+            intent(9, next(), status("o-2", 1, "paid")),
+        ])
+        .unwrap(),
+    );
+    let mut fresh = Follower::default();
+    for follower in [&mut live, &mut early, &mut fresh] {
+        follower.catch_up(&log, &set);
+        follower.catch_up(&log, &orders);
+    }
+    let expected = live.view();
+    assert_eq!(expected.0.len(), 3, "three documents");
+    assert!(expected.1.len() >= 3, "a stock record and two orders");
+    assert_eq!(fresh.view(), expected, "a fresh device");
+    assert_eq!(early.view(), expected, "a device in the deleted range");
+    assert_eq!(fresh.cursors, live.cursors);
+
+    // The document loads from its snapshot and the change after it.
+    let mut d0_heads = log.store().load_doc(&d0).unwrap().expect("d0").get_heads();
+    d0_heads.sort();
+    assert_eq!(d0_heads, expected.0[&d0]);
+    let mut from_reads = automerge::Automerge::new();
+    for bytes in log.doc_changes(&d0).unwrap() {
+        from_reads.load_incremental(&bytes).unwrap();
+    }
+    let mut read_heads = from_reads.get_heads();
+    read_heads.sort();
+    assert_eq!(read_heads, expected.0[&d0]);
+
+    // Incremental: only d0, the stock record and order o-2 changed since.
+    let second = compact_fully(log.store(), 2);
+    assert_eq!(second.snapshots, 3, "{second:?}");
+    assert_eq!(second.deleted, 3);
+    let mut again = Follower::default();
+    again.catch_up(&log, &set);
+    again.catch_up(&log, &orders);
+    assert_eq!(again.view(), expected, "after the second compaction");
+}
+
+/// Compaction touches only changes older than the age (dated by the marks
+/// the writer keeps) and only sets with enough of them.
+pub fn compaction_waits_for_age_and_amount<L: Conformant>(mut log: L) {
+    let set = DocSetId::new("store.a").unwrap();
+    let mut doc = automerge::Automerge::new();
+    let day = 86_400_000;
+    log.store().set_compaction(Some(CompactPolicy {
+        after_age_ms: day,
+        min_changes: 3,
+        min_bytes: u64::MAX,
+    }));
+    let old: Vec<IncomingOp> = (1..=3)
+        .map(|seq| op(10, seq, "store.a/x", &edit(&mut doc, "n", seq as i64)))
+        .collect();
+    log.apply(old).unwrap();
+    let dated = log.head_seq().unwrap();
+    // The first step dates the log: nothing is old yet.
+    assert_eq!(compact_fully(log.store(), day), CompactStep::default());
+    let young: Vec<IncomingOp> = (4..=5)
+        .map(|seq| op(10, seq, "store.a/x", &edit(&mut doc, "n", seq as i64)))
+        .collect();
+    log.apply(young).unwrap();
+    assert_eq!(
+        compact_fully(log.store(), 2 * day - 1).deleted,
+        0,
+        "not a day old yet"
+    );
+    let step = compact_fully(log.store(), 2 * day);
+    assert_eq!(step.deleted, 3, "the three changes older than a day");
+    assert_eq!(step.compacted, Some((set.clone(), dated)));
+    let rest = log.changes_since(&set, dated, 100, 1 << 20).unwrap();
+    assert_eq!(rest.changes.len(), 2, "the young changes stay");
+    // Two changes older than a day are not enough for another compaction.
+    assert_eq!(compact_fully(log.store(), 4 * day).deleted, 0);
+    let mut follower = Follower::default();
+    follower.catch_up(&log, &set);
+    let mut heads = follower.docs[&DocId::new("store.a/x").unwrap()].get_heads();
+    heads.sort();
+    assert_eq!(heads, doc.get_heads());
+}
+
+/// A document holding a change whose dependency the log lacks (the change
+/// it builds on was refused) is never compacted: its save would leave that
+/// change out, and deleting it would lose it. The step fails, nothing is
+/// deleted, and the other sets are still compacted.
+pub fn compaction_never_drops_changes_waiting_for_dependencies<L: Conformant>(mut log: L) {
+    let set = DocSetId::new("store.a").unwrap();
+    let mut doc = automerge::Automerge::new();
+    let _refused = edit(&mut doc, "n", 1);
+    let waiting = edit(&mut doc, "n", 2);
+    let mut other = automerge::Automerge::new();
+    let mut fine = op(12, 2, "store.b/y", &edit(&mut other, "n", 1));
+    fine.store = StoreId::new("b").unwrap();
+    log.apply(vec![op(12, 1, "store.a/x", &waiting), fine])
+        .unwrap();
+    log.store().set_compaction(Some(CompactPolicy {
+        after_age_ms: 0,
+        min_changes: 1,
+        min_bytes: u64::MAX,
+    }));
+    let mut failed = false;
+    for _ in 0..100 {
+        match log.store().compact(1) {
+            Ok(step) if !step.more => break,
+            Ok(_) => {}
+            Err(_) => failed = true,
+        }
+    }
+    assert!(failed, "the step that met the waiting change failed");
+    let kept = log.changes_since(&set, 0, 10, 1 << 20).unwrap();
+    assert_eq!(kept.changes.len(), 1, "the waiting change is kept");
+    assert!(
+        log.changes_since(&DocSetId::new("store.b").unwrap(), 0, 10, 1 << 20)
+            .is_err(),
+        "the other set was compacted"
+    );
 }
