@@ -52,6 +52,7 @@ fn fuzz_client_session_frames() {
                 hub_time_ms: 0,
                 allowed_sets: vec![set],
                 log_id: "log".into(),
+                probe_known: None,
             }));
             let _ = session.handle_frame(&welcome, 0);
             for (index, body) in frames.iter().enumerate() {

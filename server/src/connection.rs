@@ -19,7 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
 use omnisync_core::protocol::message::{self, ErrorCode, OpBody, RejectCode};
-use omnisync_core::vocab::ids::DocSetId;
+use omnisync_core::vocab::ids::{DocSetId, OpId};
 use omnisync_hub_engine::authz::{AuditEvent, AuditKind};
 use omnisync_hub_engine::hub_session::{
     ChangePage, HubEvent, HubSession, IncomingOp, Outbound, Verdict,
@@ -97,6 +97,10 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
                                 tokio::time::Instant::now() + Duration::from_millis(left)
                             });
                 }
+                HubEvent::Probe(ops) => match probe_outcomes(&hub, ops).await {
+                    Ok(known) => session.handle_probe_answer(known),
+                    Err(error) => session.handle_internal_error(error),
+                },
                 HubEvent::Apply(mut ops) => {
                     match refuse_conflicting_changes(&hub, &mut ops).await {
                         Ok(refusals) => {
@@ -123,6 +127,7 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
         while let Some(event) = session.poll_audit() {
             audit::record_session_event(&hub.metrics, &subject, &event);
         }
+        count_restore(&hub, &mut session, &subject);
         // Read the log only as fast as the device takes what was read.
         if catch_up.is_none()
             && outbox.pending() < CATCH_UP_OUTBOUND_BYTES_MAX
@@ -256,6 +261,35 @@ pub async fn serve(socket: WebSocket, hub: Arc<HubState>, address: SocketAddr) {
     };
     hub.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(device = %subject.device, %address, %reason, "connection closed");
+}
+
+/// Looks up whether the log holds an outcome for each probed op (one read
+/// each, on the blocking pool: at most `PROBE_OPS_MAX` per handshake).
+async fn probe_outcomes(hub: &Arc<HubState>, ops: Vec<OpId>) -> Result<Vec<bool>, String> {
+    let reader = hub.reader.clone();
+    tokio::task::spawn_blocking(move || {
+        ops.iter()
+            .map(|op| reader.outcome(op).map(|outcome| outcome.is_some()))
+            .collect::<Result<Vec<bool>, _>>()
+    })
+    .await
+    .map_err(|error| error.to_string())?
+    .map_err(|error| format!("probing op outcomes: {error}"))
+}
+
+/// Counts what the session's probe showed: a device ahead of this hub (logged
+/// at warn) and the ops it uploads again.
+fn count_restore(hub: &HubState, session: &mut HubSession, subject: &audit::Subject) {
+    let counts = session.take_restore_counts();
+    if counts.behind > 0 {
+        hub.metrics.devices_ahead.fetch_add(counts.behind, Relaxed);
+        tracing::warn!(device = %subject.device, "this hub lacks ops the device saw acknowledged (restored from an older backup?); the device uploads them again");
+    }
+    if counts.reuploaded_ops > 0 {
+        hub.metrics
+            .devices_reuploaded_ops
+            .fetch_add(counts.reuploaded_ops, Relaxed);
+    }
 }
 
 /// Turns every accepted op that brings a different automerge change under

@@ -84,6 +84,11 @@ pub struct Metrics {
     pub changes_sent: AtomicU64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,
+    /// Handshakes whose probe showed this hub lacks ops the device saw
+    /// acknowledged (the hub was restored from an older backup).
+    pub devices_ahead: AtomicU64,
+    /// Ops devices uploaded again after such a handshake.
+    pub devices_reuploaded_ops: AtomicU64,
     /// Documents snapshotted by compaction.
     pub compacted_snapshots: AtomicU64,
     /// Changes deleted by compaction.
@@ -111,6 +116,8 @@ impl Default for Metrics {
             commits: AtomicU64::new(0),
             changes_sent: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            devices_ahead: AtomicU64::new(0),
+            devices_reuploaded_ops: AtomicU64::new(0),
             compacted_snapshots: AtomicU64::new(0),
             compacted_changes: AtomicU64::new(0),
             commit_batch_ops: Histogram::new(BATCH_BOUNDS),
@@ -217,6 +224,18 @@ impl Metrics {
             "Connections closed for a protocol violation.",
             "counter",
             &self.protocol_errors,
+        );
+        gauge(
+            "omnisync_devices_ahead_total",
+            "Handshakes whose probe showed this hub lacks ops the device saw acknowledged (restored from an older backup).",
+            "counter",
+            &self.devices_ahead,
+        );
+        gauge(
+            "omnisync_devices_reuploaded_ops_total",
+            "Ops devices uploaded again to this hub after such a handshake.",
+            "counter",
+            &self.devices_reuploaded_ops,
         );
         let _ = writeln!(
             out,

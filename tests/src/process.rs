@@ -381,6 +381,7 @@ impl HubProcess {
             credentials: Credentials::default(),
             agent: "omnisync-tests protocol check".into(),
             versions: None,
+            probe: None,
         });
         let handshake = async {
             let (mut socket, _) = tokio_tungstenite::connect_async(self.sync_url()).await?;

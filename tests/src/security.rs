@@ -218,6 +218,7 @@ impl RawClient {
                 },
                 agent: "omnisync-tests hostile client".into(),
                 versions: None,
+                probe: None,
             }))
             .await?;
         match client.next_message().await? {

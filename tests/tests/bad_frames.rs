@@ -166,6 +166,7 @@ fn hello(device: &str) -> anyhow::Result<Message> {
         credentials: Credentials::default(),
         agent: "bad-frames-test".into(),
         versions: None,
+        probe: None,
     });
     Ok(Message::Binary(message::encode(&hello).into()))
 }

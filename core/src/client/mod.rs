@@ -821,6 +821,7 @@ impl Client {
             let log_id = store.hub_log_id().map_err(|error| error.to_string())?;
             (identity, subscriptions, log_id)
         };
+        let probe = self.restore_probe()?;
         let mut caught_up: std::collections::BTreeMap<_, bool> = subscriptions
             .iter()
             .map(|(set, _)| (set.clone(), false))
@@ -832,8 +833,14 @@ impl Client {
                 .version_max
                 .load(std::sync::atomic::Ordering::Relaxed),
         };
-        let mut session =
-            ClientSession::speaking(identity, subscriptions, log_id, crate::now_ms(), versions);
+        let mut session = ClientSession::probing(
+            identity,
+            subscriptions,
+            log_id,
+            crate::now_ms(),
+            versions,
+            probe,
+        );
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         loop {
             while let Some(frame) = session.poll_transmit() {
@@ -1019,6 +1026,7 @@ impl Client {
                             status.refused_sets = sets;
                         });
                     }
+                    ClientEvent::HubBehind(behind) => self.answer_restored_hub(behind).await?,
                     ClientEvent::HubLogChanged(log_id) => {
                         self.replica()
                             .set_hub_log_id(&log_id)
@@ -1034,6 +1042,35 @@ impl Client {
                 session.handle_local_ops(ops);
             }
         }
+    }
+
+    /// The answered ops this connect probes the hub with (see
+    /// `Hello::probe`).
+    fn restore_probe(&self) -> Result<Vec<crate::protocol::message::ProbedOp>, LinkDown> {
+        self.replica()
+            .restore_probe()
+            .map_err(|error| LinkDown::from(format!("reading the probe: {error}")))
+    }
+
+    /// The hub lacks ops this device saw acknowledged: it was restored from
+    /// an older backup. Lowers the stored cursors and queues the ops it may
+    /// lack for upload again, before this connection reads ops to push.
+    async fn answer_restored_hub(
+        &self,
+        behind: crate::protocol::device_session::HubBehind,
+    ) -> Result<(), LinkDown> {
+        let flagged = self
+            .blocking(move |replica| replica.requeue_for_restored_hub(&behind))
+            .await?
+            .map_err(|error| format!("answering a restored hub: {error}"))?;
+        tracing::warn!(
+            ops = flagged,
+            unknown_probed = behind.unknown,
+            known_through = behind.known_through,
+            "hub is behind this device's acknowledgements: re-uploading {flagged} ops"
+        );
+        self.refresh_status(|_| {});
+        Ok(())
     }
 
     /// Runs SQLite work on tokio's blocking pool, so a slow fsync or a large

@@ -70,6 +70,24 @@ pub trait Hooks: Send + Sync + 'static {
         decision: &Decision,
         now_ms: u64,
     ) -> Result<DecidedState, DbError>;
+
+    /// A hub restored from an older backup decided again an intent it had
+    /// decided before (the device uploaded it again), and `later` differs
+    /// from `first`. The first answer stands on the device (its op keeps its
+    /// status and decision); this says what to do about the hub's different
+    /// view, such as opening a compensation task. The default does nothing.
+    fn intent_redecided(
+        &self,
+        tx: &Transaction<'_>,
+        op_seq: u64,
+        intent: &Intent,
+        first: &Decision,
+        later: &Decision,
+        now_ms: u64,
+    ) -> Result<(), DbError> {
+        let _ = (tx, op_seq, intent, first, later, now_ms);
+        Ok(())
+    }
 }
 
 /// Hooks that derive nothing: a bare document store and op log, for tests of

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_projections.sql"),
     include_str!("migrations/0003_ledger.sql"),
+    include_str!("migrations/0004_reupload.sql"),
 ];
 
 /// Why a store operation failed.
@@ -446,6 +447,35 @@ impl Replica {
         oplog::pending(&self.db, self.replica, after_seq, limit)
     }
 
+    /// The acknowledged ops to probe the hub with on a connect (see
+    /// `Hello::probe`): the newest, the 2nd, 4th, 8th, … newest answered ops,
+    /// each with its place in the hub's log.
+    /// Ops answered before the device last met a new hub log are left out:
+    /// that log never held them.
+    pub fn restore_probe(&self) -> Result<Vec<message::ProbedOp>, DbError> {
+        let floor = read_meta_u64(&self.db, "probe_floor_seq")?;
+        oplog::probe(&self.db, self.replica, floor)
+    }
+
+    /// Answers a hub restored from an older backup, in one transaction:
+    /// lowers every stored cursor to `behind.known_through` and flags for
+    /// upload again every answered op the hub may lack, without changing
+    /// its status, decision or local effects (the hub applies an op id once
+    /// and answers those it holds with their stored outcome). Returns how
+    /// many ops now wait to be uploaded again.
+    pub fn requeue_for_restored_hub(
+        &mut self,
+        behind: &crate::protocol::device_session::HubBehind,
+    ) -> Result<usize, DbError> {
+        let floor = read_meta_u64(&self.db, "probe_floor_seq")?;
+        self.set_sync(Durability::AppCrash)?;
+        let tx = self.db.transaction()?;
+        let flagged =
+            oplog::requeue_for_restored_hub(&tx, behind.known_through, behind.known_op_seq, floor)?;
+        tx.commit()?;
+        Ok(flagged)
+    }
+
     /// Records the hub's verdicts for ops.
     pub fn record_acks(&mut self, acks: &[Ack], now_ms: u64) -> Result<AckSummary, DbError> {
         self.set_sync(Durability::AppCrash)?;
@@ -712,6 +742,13 @@ impl Replica {
         if previous.is_some_and(|previous| previous != log_id) {
             tracing::warn!(device = %self.device, log_id, "hub change log changed; restarting every subscription from 0");
             tx.execute("UPDATE subscriptions SET cursor = 0", [])?;
+            // The new log never held the ops answered so far: they are not
+            // probed again (a replaced hub does not get them back).
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe_floor_seq', (SELECT COALESCE(MAX(seq), 0) FROM ops))
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('hub_log_id', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",

@@ -4,12 +4,21 @@
 //! as `pending`. The hub's verdict moves it to `acknowledged` or to
 //! `rejected` — the dead-letter lane, which keeps the op and its reason for
 //! the app to show and never blocks the ops behind it.
+//!
+//! Nothing is ever deleted: every answered op keeps its body and the place
+//! in the hub's log its answer put it at (`hub_seq`: the `Applied` ack's
+//! number; for an intent, whose `Decided` ack carries none, the highest
+//! cursor when it was recorded, a number at or below where the hub committed
+//! it). That is what lets a device answer a hub restored from an older
+//! backup: it probes the newest answered ops on every connect
+//! ([`probe`]) and, when the hub lacks some, flags those it may lack for
+//! upload again ([`requeue_for_restored_hub`]) without touching their status.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{DbError, DecidedState, Hooks};
-use crate::protocol::message::{Ack, AckOutcome, Op, OpBody, RejectCode};
+use crate::protocol::message::{Ack, AckOutcome, Op, OpBody, PROBE_OPS_MAX, ProbedOp, RejectCode};
 use crate::vocab::codec;
 use crate::vocab::ids::{DocId, OpId, ReplicaId};
 use crate::vocab::intent::{Decision, Intent, Refusal};
@@ -89,7 +98,8 @@ pub struct DeadLetter {
 /// Counts of the op log for sync status screens and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpLogStats {
-    /// Ops waiting for the hub.
+    /// Ops waiting for the hub (including answered ops to upload again to a
+    /// hub restored from an older backup).
     pub pending: u64,
     /// Age of the oldest pending op, in ms (0 when none).
     pub oldest_pending_age_ms: u64,
@@ -126,10 +136,13 @@ pub(crate) fn insert(
     docs: &str,
 ) -> Result<(), DbError> {
     let body = body.encode_stored();
-    tx.execute(
-        "INSERT INTO ops (seq, created_ms, status, body, docs) VALUES (?1, ?2, 'pending', ?3, ?4)",
-        params![seq as i64, created_ms as i64, body, docs],
-    )?;
+    // hub_seq starts as the highest cursor: the hub commits the op above it.
+    // An `Applied` ack replaces it with the op's own number.
+    tx.prepare_cached(
+        "INSERT INTO ops (seq, created_ms, status, body, docs, hub_seq)
+         VALUES (?1, ?2, 'pending', ?3, ?4, (SELECT COALESCE(MAX(cursor), 0) FROM subscriptions))",
+    )?
+    .execute(params![seq as i64, created_ms as i64, body, docs])?;
     Ok(())
 }
 
@@ -138,7 +151,8 @@ pub(crate) fn last_seq(db: &Connection) -> Result<u64, DbError> {
     Ok(seq.unwrap_or(0) as u64)
 }
 
-/// Pending ops with a sequence number above `after_seq`, oldest first.
+/// Ops to push with a sequence number above `after_seq`, oldest first: the
+/// pending ones and the answered ones flagged for a restored hub.
 pub(crate) fn pending(
     db: &Connection,
     replica: ReplicaId,
@@ -146,7 +160,10 @@ pub(crate) fn pending(
     limit: usize,
 ) -> Result<Vec<Op>, DbError> {
     let mut statement = db.prepare_cached(
-        "SELECT seq, created_ms, body FROM ops WHERE status = 'pending' AND seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, created_ms, body FROM ops WHERE status = 'pending' AND seq > ?1
+         UNION ALL
+         SELECT seq, created_ms, body FROM ops WHERE reupload = 1 AND seq > ?1
+         ORDER BY seq LIMIT ?2",
     )?;
     let mut rows = statement.query(params![after_seq as i64, limit as i64])?;
     let mut ops = Vec::new();
@@ -189,6 +206,9 @@ pub(crate) fn record_acks(
                     params![seq, now_ms as i64, *hub_seq as i64],
                 )?;
                 summary.acknowledged += changed;
+                if changed == 0 {
+                    reupload_answered(tx, hooks, ack, now_ms)?;
+                }
                 changed
             }
             AckOutcome::Rejected { code, detail } => {
@@ -198,11 +218,17 @@ pub(crate) fn record_acks(
                     params![seq, now_ms as i64, code.as_str(), detail],
                 )?;
                 summary.rejected += changed;
+                if changed == 0 {
+                    reupload_answered(tx, hooks, ack, now_ms)?;
+                }
                 changed
             }
             AckOutcome::Decided(decision) => {
                 let Some(intent) = intent_pending(tx, ack.op.seq)? else {
-                    continue; // Decided before, or not an intent of ours.
+                    // Decided before (an upload again, or a repeated ack),
+                    // or not an intent of ours.
+                    reupload_answered(tx, hooks, ack, now_ms)?;
+                    continue;
                 };
                 let state = hooks.intent_decided(tx, ack.op.seq, &intent, decision, now_ms)?;
                 let status = state.as_str();
@@ -231,6 +257,127 @@ pub(crate) fn record_acks(
         }
     }
     Ok(summary)
+}
+
+/// Records a restored hub's answer to an op uploaded again: clears its flag
+/// and takes the hub's new number for its changes. The first answer stands
+/// on the device: a different decision is handed to
+/// [`Hooks::intent_redecided`], a rejection of an op the hub once accepted
+/// is logged. Does nothing for an op not flagged (a repeated ack).
+fn reupload_answered(
+    tx: &Transaction<'_>,
+    hooks: &dyn Hooks,
+    ack: &Ack,
+    now_ms: u64,
+) -> Result<(), DbError> {
+    let seq = ack.op.seq;
+    let row: Option<(Vec<u8>, Option<Vec<u8>>)> = tx
+        .prepare_cached("SELECT body, decision FROM ops WHERE seq = ?1 AND reupload = 1")?
+        .query_row([seq as i64], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((body, first)) = row else {
+        return Ok(());
+    };
+    match &ack.outcome {
+        AckOutcome::Applied { hub_seq } => {
+            tx.prepare_cached("UPDATE ops SET reupload = 0, hub_seq = ?2 WHERE seq = ?1")?
+                .execute(params![seq as i64, *hub_seq as i64])?;
+            return Ok(());
+        }
+        AckOutcome::Rejected { code, detail } => {
+            tracing::warn!(op = %ack.op, %code, %detail, "the restored hub rejected an op it had accepted before; the first answer stands on this device");
+        }
+        AckOutcome::Decided(decision) => {
+            let first = first
+                .map(|blob| {
+                    codec::decode_stored::<Decision>(&blob).map_err(|error| DbError::Corrupt {
+                        doc: format!("op {seq}"),
+                        detail: format!("stored decision: {error}"),
+                    })
+                })
+                .transpose()?;
+            if let (Some(first), Some(intent)) = (first, decode_intent(seq, Some(body))?)
+                && first != *decision
+            {
+                tracing::warn!(op = %ack.op, ?first, later = ?decision, "the restored hub decided an intent differently; the first answer stands on this device");
+                hooks.intent_redecided(tx, seq, &intent, &first, decision, now_ms)?;
+            }
+        }
+        AckOutcome::Unknown(_) => return Ok(()), // Stays flagged, as a pending op stays pending.
+    }
+    tx.prepare_cached("UPDATE ops SET reupload = 0 WHERE seq = ?1")?
+        .execute([seq as i64])?;
+    Ok(())
+}
+
+/// The probe of a connect: up to [`PROBE_OPS_MAX`] answered ops, the
+/// newest, the 2nd, 4th, 8th, … newest, each with the place in the hub's log
+/// its answer put it at. Ops flagged for upload again are left out: their
+/// answer is still to come, and so are ops at or below `floor`.
+pub(crate) fn probe(
+    db: &Connection,
+    replica: ReplicaId,
+    floor: u64,
+) -> Result<Vec<ProbedOp>, DbError> {
+    let mut statement = db.prepare_cached(
+        "SELECT seq, COALESCE(hub_seq, 0) FROM ops
+         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0 AND seq > ?2
+         ORDER BY seq DESC LIMIT 1 OFFSET ?1",
+    )?;
+    let mut probe = Vec::with_capacity(PROBE_OPS_MAX);
+    for rank in 0..PROBE_OPS_MAX {
+        let offset = (1_i64 << rank) - 1;
+        let Some((seq, hub_seq)) = statement
+            .query_row(params![offset, floor as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?
+        else {
+            break;
+        };
+        probe.push(ProbedOp {
+            op: OpId {
+                replica,
+                seq: seq as u64,
+            },
+            hub_seq: hub_seq.max(0) as u64,
+        });
+    }
+    Ok(probe)
+}
+
+/// Answers a hub that lacks acknowledged ops of this device (see
+/// `protocol::device_session::HubBehind`): lowers every cursor to
+/// `known_through` (K) and flags for upload again every answered op the hub
+/// may lack: those above `known_op_seq` and those placed above K, if above
+/// `floor` (ops answered by an earlier hub log). Their place becomes at most
+/// K until the hub answers again. Returns how many ops are flagged.
+pub(crate) fn requeue_for_restored_hub(
+    tx: &Transaction<'_>,
+    known_through: u64,
+    known_op_seq: u64,
+    floor: u64,
+) -> Result<usize, DbError> {
+    let (k, p) = (known_through as i64, known_op_seq as i64);
+    tx.execute(
+        "UPDATE subscriptions SET cursor = ?1 WHERE cursor > ?1",
+        [k],
+    )?;
+    tx.execute(
+        "UPDATE ops SET reupload = 1, hub_seq = MIN(COALESCE(hub_seq, 0), ?1)
+         WHERE status NOT IN ('pending', 'rejected') AND reupload = 0 AND seq > ?3
+           AND (seq > ?2 OR COALESCE(hub_seq, 0) > ?1)",
+        params![k, p, floor as i64],
+    )?;
+    // A pending op recorded with a cursor the restored hub never reached.
+    tx.execute(
+        "UPDATE ops SET hub_seq = ?1 WHERE status = 'pending' AND hub_seq > ?1",
+        [k],
+    )?;
+    let flagged: i64 = tx.query_row("SELECT COUNT(*) FROM ops WHERE reupload = 1", [], |row| {
+        row.get(0)
+    })?;
+    Ok(flagged as usize)
 }
 
 /// The intent of a pending op, if the op is one.
@@ -321,7 +468,9 @@ pub(crate) fn status(db: &Connection, seq: u64) -> Result<Option<OpStatus>, DbEr
 /// ranges of their own and stay cheap however long the log grows.
 pub(crate) fn stats(db: &Connection, now_ms: u64, full: bool) -> Result<OpLogStats, DbError> {
     let (pending, oldest): (i64, Option<i64>) = db
-        .prepare_cached("SELECT COUNT(*), MIN(created_ms) FROM ops WHERE status = 'pending'")?
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(created_ms) FROM ops WHERE status = 'pending' OR reupload = 1",
+        )?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let count = |status: &str| -> Result<u64, DbError> {
         Ok(db

@@ -420,3 +420,169 @@ fn an_interrupted_snapshot_batch_does_not_move_the_cursor() {
 fn doc_named(n: usize) -> DocId {
     DocId::new(format!("store.s1/d{n}")).unwrap()
 }
+
+/// A store with `count` ops the hub acknowledged, op `n` at hub number
+/// `10 * n`, following `store.s1` with its cursor at `cursor`.
+fn acknowledged_store(count: u64, cursor: u64) -> Replica {
+    let (device, store_id) = ids();
+    let mut store = Replica::open_in_memory(device, store_id).unwrap();
+    let set = DocSetId::new("store.s1").unwrap();
+    store.subscribe(&set).unwrap();
+    store.set_cursor(&set, cursor).unwrap();
+    let acks: Vec<Ack> = (1..=count)
+        .map(|n| {
+            let op = store.commit(&[put("a", "k", n as i64)], n).unwrap();
+            Ack {
+                op,
+                outcome: AckOutcome::Applied { hub_seq: 10 * n },
+            }
+        })
+        .collect();
+    store.record_acks(&acks, 5_000).unwrap();
+    store
+}
+
+#[test]
+fn the_probe_holds_the_newest_answered_ops_exponentially_spaced() {
+    let mut store = acknowledged_store(40, 400);
+    store.commit(&[put("a", "k", 99)], 6_000).unwrap(); // pending: not probed
+    let probe = store.restore_probe().unwrap();
+    let seqs: Vec<(u64, u64)> = probe
+        .iter()
+        .map(|probed| (probed.op.seq, probed.hub_seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            (40, 400),
+            (39, 390),
+            (37, 370),
+            (33, 330),
+            (25, 250),
+            (9, 90)
+        ]
+    );
+}
+
+#[test]
+fn a_restored_hub_lowers_cursors_and_gets_back_only_what_it_may_lack() {
+    use crate::protocol::device_session::probe_verdict;
+    let mut store = acknowledged_store(40, 400);
+    let waiting = store.commit(&[put("a", "k", 99)], 6_000).unwrap();
+    let probe = store.restore_probe().unwrap();
+    // The hub was restored from a backup taken at hub number 300: it holds
+    // ops 1 to 30.
+    let known: Vec<bool> = probe.iter().map(|probed| probed.hub_seq <= 300).collect();
+    let behind = probe_verdict(&probe, &known).expect("the hub is behind");
+    assert_eq!(
+        (behind.known_through, behind.known_op_seq, behind.unknown),
+        (250, 25, 4)
+    );
+    let flagged = store.requeue_for_restored_hub(&behind).unwrap();
+    assert_eq!(flagged, 15, "ops 26 to 40");
+    assert_eq!(
+        store.subscriptions().unwrap(),
+        vec![(DocSetId::new("store.s1").unwrap(), 250)]
+    );
+    // Pushed again in order with the pending op; their status stays.
+    let to_push: Vec<u64> = store
+        .pending_ops(0, 100)
+        .unwrap()
+        .iter()
+        .map(|op| op.id.seq)
+        .collect();
+    assert_eq!(to_push, (26..=40).chain([waiting.seq]).collect::<Vec<_>>());
+    let replica = store.replica();
+    let again = |seq: u64| OpId { replica, seq };
+    assert_eq!(
+        store.op_status(&again(30)).unwrap(),
+        Some(OpStatus::Acknowledged { acked_ms: 5_000 })
+    );
+    assert_eq!(store.op_stats(7_000).unwrap().pending, 16);
+    // Ops the hub lacked are probed again only once it has answered them.
+    assert!(
+        store
+            .restore_probe()
+            .unwrap()
+            .iter()
+            .all(|probed| probed.op.seq <= 25)
+    );
+    // The restored hub answers: the ones it held with their stored number,
+    // the others with new numbers.
+    let acks: Vec<Ack> = (26..=40)
+        .map(|seq| Ack {
+            op: again(seq),
+            outcome: AckOutcome::Applied {
+                hub_seq: if seq <= 30 { 10 * seq } else { 300 + seq },
+            },
+        })
+        .collect();
+    let summary = store.record_acks(&acks, 8_000).unwrap();
+    assert_eq!(summary.acknowledged, 0, "nothing newly acknowledged");
+    assert_eq!(
+        store.op_status(&again(40)).unwrap(),
+        Some(OpStatus::Acknowledged { acked_ms: 5_000 }),
+        "the first answer stands"
+    );
+    assert_eq!(
+        store
+            .pending_ops(0, 100)
+            .unwrap()
+            .iter()
+            .map(|op| op.id.seq)
+            .collect::<Vec<_>>(),
+        vec![waiting.seq]
+    );
+    let newest = store.restore_probe().unwrap()[0];
+    assert_eq!((newest.op.seq, newest.hub_seq), (40, 340));
+    // The hub now holds everything probed: nothing more to do.
+    let all_known = vec![true; store.restore_probe().unwrap().len()];
+    assert_eq!(
+        probe_verdict(&store.restore_probe().unwrap(), &all_known),
+        None
+    );
+}
+
+#[test]
+fn a_hub_that_holds_none_of_the_probe_gets_every_answered_op_back() {
+    use crate::protocol::device_session::probe_verdict;
+    let mut store = acknowledged_store(20, 200);
+    let probe = store.restore_probe().unwrap();
+    let behind = probe_verdict(&probe, &vec![false; probe.len()]).unwrap();
+    assert_eq!((behind.known_through, behind.known_op_seq), (0, 0));
+    assert_eq!(store.requeue_for_restored_hub(&behind).unwrap(), 20);
+    assert_eq!(
+        store.subscriptions().unwrap(),
+        vec![(DocSetId::new("store.s1").unwrap(), 0)]
+    );
+}
+
+#[test]
+fn ops_answered_by_an_earlier_hub_log_are_neither_probed_nor_uploaded_again() {
+    use crate::protocol::device_session::probe_verdict;
+    let mut store = acknowledged_store(10, 100);
+    store.set_hub_log_id("log-1").unwrap();
+    assert_eq!(store.restore_probe().unwrap().len(), 4);
+    // A replaced hub: a new log. The ops answered so far stay with the old one.
+    store.set_hub_log_id("log-2").unwrap();
+    assert!(store.restore_probe().unwrap().is_empty());
+    let op = store.commit(&[put("a", "k", 11)], 9_000).unwrap();
+    store
+        .record_acks(
+            &[Ack {
+                op,
+                outcome: AckOutcome::Applied { hub_seq: 3 },
+            }],
+            9_100,
+        )
+        .unwrap();
+    let probe = store.restore_probe().unwrap();
+    assert_eq!(
+        probe.iter().map(|probed| probed.op.seq).collect::<Vec<_>>(),
+        vec![op.seq]
+    );
+    // Restored from a backup of the new log that lacks the new op: only it
+    // comes back.
+    let behind = probe_verdict(&probe, &[false]).unwrap();
+    assert_eq!(store.requeue_for_restored_hub(&behind).unwrap(), 1);
+}

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::message::{
-    self, Ack, ChangeBatch, ClientMessage, Credentials, Hello, HubMessage, Op, ProtocolError,
-    SubscriptionRequest, Welcome,
+    self, Ack, ChangeBatch, ClientMessage, Credentials, Hello, HubMessage, Op, ProbedOp,
+    ProtocolError, SubscriptionRequest, Welcome,
 };
 use crate::vocab::ids::{DocSetId, OpId};
 
@@ -55,6 +55,50 @@ pub enum ClientEvent {
     /// session restarted every subscription from 0. Persist the new log id
     /// and reset the stored cursors.
     HubLogChanged(String),
+    /// The hub lacks acknowledged ops of this device (a hub database restored
+    /// from an older backup). The session has already lowered its cursors to
+    /// `known_through`; the runtime lowers the stored cursors the same way
+    /// and queues the ops the hub may lack for upload again
+    /// (`Replica::requeue_for_restored_hub`), before it reads ops to push.
+    HubBehind(HubBehind),
+}
+
+/// What a probe answer showed: the hub does not hold every op this device
+/// saw acknowledged, so it was restored from an older backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubBehind {
+    /// K: where the device places the newest probed op the hub still holds
+    /// that is older than every probed op it lacks (0 if none). Every change
+    /// the hub numbered at or below K is still the same there; numbers above
+    /// it may have been given again to other changes.
+    pub known_through: u64,
+    /// That op's own sequence number (0 if none): every op of this device
+    /// above it may be missing at the hub.
+    pub known_op_seq: u64,
+    /// How many probed ops the hub lacks.
+    pub unknown: usize,
+}
+
+/// Reads the hub's answer to a probe (`known`, one flag per probed op, in
+/// the probe's order: newest first). `None` when the hub holds every probed
+/// op, or when the answer does not fit the probe (a hub that did not look).
+pub fn probe_verdict(probe: &[ProbedOp], known: &[bool]) -> Option<HubBehind> {
+    if probe.len() != known.len() {
+        return None;
+    }
+    let oldest_unknown = known.iter().rposition(|known| !known)?;
+    // The newest op the hub holds that is older than every op it lacks:
+    // the hub's log is intact at least up to where it sits.
+    let anchor = probe[oldest_unknown + 1..]
+        .iter()
+        .zip(&known[oldest_unknown + 1..])
+        .find(|(_, known)| **known)
+        .map(|(probed, _)| *probed);
+    Some(HubBehind {
+        known_through: anchor.map_or(0, |probed| probed.hub_seq),
+        known_op_seq: anchor.map_or(0, |probed| probed.op.seq),
+        unknown: known.iter().filter(|known| !**known).count(),
+    })
 }
 
 /// Why an input was refused.
@@ -98,6 +142,8 @@ pub struct ClientSession {
     version: u8,
     /// Set when a hub refused the offered versions in an older one.
     fallback: Option<u8>,
+    /// The acknowledged ops the `Hello` probed, newest first.
+    probe: Vec<ProbedOp>,
 }
 
 impl ClientSession {
@@ -133,6 +179,30 @@ impl ClientSession {
         now_ms: u64,
         versions: message::VersionRange,
     ) -> Self {
+        Self::probing(
+            identity,
+            subscriptions,
+            known_log_id,
+            now_ms,
+            versions,
+            Vec::new(),
+        )
+    }
+
+    /// Like [`ClientSession::speaking`], with a probe of acknowledged ops in
+    /// the `Hello` (see [`Hello::probe`]; at most
+    /// [`message::PROBE_OPS_MAX`], newest first; more are cut). When the
+    /// hub's answer shows it lacks some of them, the session lowers its
+    /// cursors before subscribing and emits [`ClientEvent::HubBehind`].
+    pub fn probing(
+        identity: ClientIdentity,
+        subscriptions: Vec<(DocSetId, u64)>,
+        known_log_id: Option<String>,
+        now_ms: u64,
+        versions: message::VersionRange,
+        mut probe: Vec<ProbedOp>,
+    ) -> Self {
+        probe.truncate(message::PROBE_OPS_MAX);
         let max = versions
             .max
             .clamp(message::PROTOCOL_VERSION_MIN, message::PROTOCOL_VERSION);
@@ -150,6 +220,7 @@ impl ClientSession {
             refused: std::collections::BTreeSet::new(),
             version: max,
             fallback: None,
+            probe: probe.clone(),
         };
         let hello = ClientMessage::Hello(Hello {
             device: identity.device,
@@ -161,6 +232,7 @@ impl ClientSession {
                 min: versions.min.min(max),
                 max,
             }),
+            probe: (!probe.is_empty()).then_some(probe),
         });
         let frame = session.frame(&hello);
         session.transmit.push_back(frame);
@@ -276,6 +348,17 @@ impl ClientSession {
                     self.known_log_id = Some(welcome.log_id.clone());
                     self.events
                         .push_back(ClientEvent::HubLogChanged(welcome.log_id.clone()));
+                } else if let Some(behind) = welcome
+                    .probe_known
+                    .as_deref()
+                    .and_then(|known| probe_verdict(&self.probe, known))
+                {
+                    // The same log, restored from an older backup: changes
+                    // above K may have been numbered again.
+                    for cursor in self.subscriptions.values_mut() {
+                        *cursor = (*cursor).min(behind.known_through);
+                    }
+                    self.events.push_back(ClientEvent::HubBehind(behind));
                 }
                 // Asking for a set the hub refuses would close the session;
                 // follow only what this device may read and report the rest.
@@ -432,6 +515,7 @@ mod tests {
                 .map(|set| DocSetId::new(*set).unwrap())
                 .collect(),
             log_id: log_id.into(),
+            probe_known: None,
         }))
     }
 
@@ -510,6 +594,107 @@ mod tests {
             session.poll_event(),
             Some(ClientEvent::HubLogChanged("new-log".into()))
         );
+    }
+
+    fn probed(seq: u64, hub_seq: u64) -> ProbedOp {
+        ProbedOp {
+            op: OpId {
+                replica: ReplicaId([1; 16]),
+                seq,
+            },
+            hub_seq,
+        }
+    }
+
+    fn welcome_answering(log_id: &str, known: Option<Vec<bool>>) -> Vec<u8> {
+        encode(&HubMessage::Welcome(Welcome {
+            hub_id: "hub".into(),
+            hub_time_ms: 0,
+            allowed_sets: vec![DocSetId::new("store.s1").unwrap()],
+            log_id: log_id.into(),
+            probe_known: known,
+        }))
+    }
+
+    fn probing_session(log_id: &str) -> ClientSession {
+        let subscriptions = vec![(DocSetId::new("store.s1").unwrap(), 500)];
+        let probe = vec![
+            probed(40, 400),
+            probed(39, 390),
+            probed(37, 370),
+            probed(33, 330),
+        ];
+        let mut session = ClientSession::probing(
+            identity(),
+            subscriptions,
+            Some(log_id.into()),
+            0,
+            message::VersionRange::SUPPORTED,
+            probe.clone(),
+        );
+        assert!(matches!(
+            sent(&mut session).as_slice(),
+            [ClientMessage::Hello(Hello { probe: Some(sent), .. })] if *sent == probe
+        ));
+        session
+    }
+
+    #[test]
+    fn a_hub_lacking_probed_ops_lowers_the_cursors_before_subscribing() {
+        let mut session = probing_session("log");
+        let answer = welcome_answering("log", Some(vec![false, false, true, true]));
+        session.handle_frame(&answer, 0).unwrap();
+        assert_eq!(
+            sent(&mut session),
+            vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                set: DocSetId::new("store.s1").unwrap(),
+                cursor: 370
+            }])]
+        );
+        assert_eq!(
+            session.poll_event(),
+            Some(ClientEvent::HubBehind(HubBehind {
+                known_through: 370,
+                known_op_seq: 37,
+                unknown: 2
+            }))
+        );
+        assert!(matches!(session.poll_event(), Some(ClientEvent::Ready(_))));
+    }
+
+    #[test]
+    fn a_hub_holding_every_probed_op_or_not_answering_changes_nothing() {
+        for answer in [Some(vec![true; 4]), None, Some(vec![false])] {
+            let mut session = probing_session("log");
+            session
+                .handle_frame(&welcome_answering("log", answer), 0)
+                .unwrap();
+            assert_eq!(
+                sent(&mut session),
+                vec![ClientMessage::Subscribe(vec![SubscriptionRequest {
+                    set: DocSetId::new("store.s1").unwrap(),
+                    cursor: 500
+                }])]
+            );
+            assert!(matches!(session.poll_event(), Some(ClientEvent::Ready(_))));
+        }
+    }
+
+    #[test]
+    fn the_anchor_is_older_than_every_op_the_hub_lacks() {
+        let probe = [
+            probed(40, 400),
+            probed(39, 390),
+            probed(37, 370),
+            probed(33, 330),
+        ];
+        // The hub holds the newest but lacks an older one: only the op
+        // below every gap vouches for the log.
+        let behind = probe_verdict(&probe, &[true, false, true, true]).unwrap();
+        assert_eq!((behind.known_through, behind.known_op_seq), (370, 37));
+        let behind = probe_verdict(&probe, &[true, true, true, false]).unwrap();
+        assert_eq!((behind.known_through, behind.known_op_seq), (0, 0));
+        assert_eq!(probe_verdict(&probe, &[true; 4]), None);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub const CHANGE_BATCH_LEN_MAX: usize = 512;
 pub const CHANGE_BATCH_BYTES_TARGET: usize = 1024 * 1024;
 /// Longest free-text detail in an error or rejection.
 pub const DETAIL_BYTES_MAX: usize = 512;
+/// Most acknowledged ops one `Hello` may probe (see [`Hello::probe`]).
+pub const PROBE_OPS_MAX: usize = 16;
 
 /// A message from a device to the hub.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +90,26 @@ pub struct Hello {
     /// only the version of the frame that carried it.
     #[serde(default)]
     pub versions: Option<VersionRange>,
+    /// Up to [`PROBE_OPS_MAX`] ops this device saw acknowledged, newest
+    /// first, exponentially spaced back (the newest, the 2nd, 4th, 8th
+    /// newest, …): the hub says in [`Welcome::probe_known`] which of them it
+    /// holds, so that a device notices a hub restored from an older backup.
+    /// Absent from a device that sends no probe (or of an older release);
+    /// not encoded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Vec<ProbedOp>>,
+}
+
+/// One acknowledged op of a device's probe, with the hub sequence number
+/// the device places it at (the `hub_seq` of its `Applied` ack; for a
+/// decided intent, which carries none, a number at or below where the hub
+/// committed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbedOp {
+    /// The op.
+    pub op: OpId,
+    /// Where the device places it in the hub's log.
+    pub hub_seq: u64,
 }
 
 /// An inclusive range of protocol versions.
@@ -152,6 +174,12 @@ pub struct Welcome {
     /// device that finds a different log id (a restored or replaced hub
     /// database) starts its cursors again from 0.
     pub log_id: String,
+    /// The answer to [`Hello::probe`], one flag per probed op in its order:
+    /// true when the hub holds an outcome for the op. Absent when the
+    /// `Hello` had no probe (or from a hub of an older release); not
+    /// encoded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_known: Option<Vec<bool>>,
 }
 
 /// Subscribe to a document set from a cursor (0 = from the beginning).

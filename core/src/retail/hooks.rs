@@ -43,6 +43,18 @@ impl Hooks for RetailHooks {
     ) -> Result<DecidedState, DbError> {
         orders::on_decision(tx, op_seq, intent, decision, now_ms)
     }
+
+    fn intent_redecided(
+        &self,
+        tx: &Transaction<'_>,
+        op_seq: u64,
+        intent: &Intent,
+        first: &Decision,
+        later: &Decision,
+        now_ms: u64,
+    ) -> Result<(), DbError> {
+        orders::on_redecision(tx, op_seq, intent, first, later, now_ms)
+    }
 }
 
 impl Replica {

@@ -339,6 +339,66 @@ pub(crate) fn on_decision(
     Ok(status)
 }
 
+/// A hub restored from an older backup decided again a checkout this device
+/// had uploaded before, and differently. The first answer stands on the
+/// device (the customer was told it); when the two disagree on whether the
+/// sale happened — confirmed (or short) first and refused later, or the
+/// other way round — the sale and the hub's books disagree, and a
+/// compensation task is opened for the app to settle (unless one is open for
+/// the op already). A different order number or covered quantity alone
+/// opens none: the hub's order record brings its view to the orders table.
+pub(crate) fn on_redecision(
+    tx: &Transaction<'_>,
+    op_seq: u64,
+    intent: &Intent,
+    first: &Decision,
+    later: &Decision,
+    now_ms: u64,
+) -> Result<(), DbError> {
+    let Intent::Checkout(checkout) = intent else {
+        return Ok(());
+    };
+    let sold = |decision: &Decision| !matches!(decision, Decision::Refused(_));
+    if sold(first) == sold(later) {
+        return Ok(());
+    }
+    let reason = match later {
+        Decision::Refused(refusal) => {
+            format!("the restored hub refused this sale it had confirmed: {refusal}")
+        }
+        _ => "the restored hub confirmed this sale it had refused".to_owned(),
+    };
+    let lines: Vec<ShortLine> = checkout
+        .lines
+        .iter()
+        .map(|line| ShortLine {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+        })
+        .collect();
+    let order_no = match (first, later) {
+        (Decision::Confirmed { order_no } | Decision::Short { order_no, .. }, _)
+        | (_, Decision::Confirmed { order_no } | Decision::Short { order_no, .. }) => {
+            Some(*order_no as i64)
+        }
+        _ => None,
+    };
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO compensations (op_seq, order_id, order_no, lines, reason, state, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6)",
+    )?
+    .execute(params![
+        op_seq as i64,
+        checkout.order_id.as_str(),
+        order_no,
+        serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into()),
+        reason,
+        now_ms as i64,
+        CompensationState::Open.as_str(),
+    ])?;
+    Ok(())
+}
+
 /// Checkout, order queries and compensations.
 impl Replica {
     /// Records a sale: spends allowance, records the pending order and the

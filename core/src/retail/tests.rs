@@ -14,7 +14,7 @@ use super::*;
 use crate::db::Replica;
 use crate::protocol::message::{Ack, AckOutcome, ChangeBatch, OpBody, RemoteChange};
 use crate::vocab::goods::{Channel, Currency, Money, Sku};
-use crate::vocab::ids::{CustomerId, DeviceId, DocSetId, StoreId};
+use crate::vocab::ids::{CustomerId, DeviceId, DocSetId, OpId, StoreId};
 
 /// The changes replicas uploaded, numbered in upload order like a hub's log.
 #[derive(Default)]
@@ -805,4 +805,74 @@ fn stored_modes_policies_and_states_parse_strictly() {
         assert_eq!(CompensationState::parse(state.as_str()), Some(state));
     }
     assert_eq!(CompensationState::parse("closed"), None);
+}
+
+#[test]
+fn a_restored_hub_deciding_a_sale_differently_opens_a_compensation_task() {
+    use crate::db::OpStatus;
+    use crate::protocol::device_session::probe_verdict;
+    use crate::vocab::intent::{Decision, Refusal};
+    let mut store = replica("till-1");
+    let request = |order: &str| super::orders::CheckoutRequest {
+        order_id: order.parse().unwrap(),
+        idempotency_key: None,
+        lines: vec![OrderLine {
+            sku: sku("a"),
+            quantity: 2,
+            unit_price_minor: 100,
+        }],
+        currency: Currency::new("EUR").unwrap(),
+        payment_ref: "card-1".parse().unwrap(),
+        channel: Channel::Pos,
+    };
+    let online = super::orders::Connectivity::Online;
+    let kept = store.checkout(&request("o-1"), online, NOW).unwrap().op;
+    let changed = store.checkout(&request("o-2"), online, NOW).unwrap().op;
+    let confirmed = |order_no| Decision::Confirmed { order_no };
+    let decide = |store: &mut Replica, answers: [(OpId, Decision); 2]| {
+        let acks: Vec<Ack> = answers
+            .into_iter()
+            .map(|(op, decision)| Ack {
+                op,
+                outcome: AckOutcome::Decided(decision),
+            })
+            .collect();
+        store.record_acks(&acks, NOW).unwrap()
+    };
+    decide(&mut store, [(kept, confirmed(1)), (changed, confirmed(2))]);
+    let probe = store.restore_probe().unwrap();
+    let behind = probe_verdict(&probe, &vec![false; probe.len()]).unwrap();
+    assert_eq!(store.requeue_for_restored_hub(&behind).unwrap(), 2);
+    let pushed = store.pending_ops(0, 10).unwrap();
+    assert_eq!(
+        pushed.iter().map(|op| op.id).collect::<Vec<_>>(),
+        vec![kept, changed],
+        "the same op ids, the same intents"
+    );
+    // The restored hub decides them again: the first as before, the second
+    // is refused now (its stock was sold again after the backup).
+    let refused = Decision::Refused(Refusal::OutOfStock {
+        sku: "a".into(),
+        available: 0,
+    });
+    let summary = decide(&mut store, [(kept, confirmed(1)), (changed, refused)]);
+    assert!(summary.decided.is_empty(), "no decision applied twice");
+    assert_eq!(
+        store.op_status(&changed).unwrap(),
+        Some(OpStatus::Confirmed {
+            decision: confirmed(2)
+        }),
+        "the first answer stands"
+    );
+    let tasks = store.compensations().unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!((tasks[0].op, tasks[0].order_no), (changed, Some(2)));
+    assert!(
+        tasks[0]
+            .reason
+            .contains("refused this sale it had confirmed")
+    );
+    assert!(store.pending_ops(0, 10).unwrap().is_empty());
+    let order = store.order("o-2").unwrap().unwrap();
+    assert_eq!(order.order_no, Some(2));
 }

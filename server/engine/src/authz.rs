@@ -593,6 +593,7 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
             versions: None,
+            probe: None,
         })));
         assert!(matches!(
             session.poll_event(),

@@ -16,7 +16,7 @@ use omnisync_core::protocol::message::{
     PROTOCOL_VERSION_MIN, ProtocolError, RejectCode, RemoteChange, SubscriptionRequest,
     VersionRange, Welcome,
 };
-use omnisync_core::vocab::ids::{DeviceId, DocSetId, StoreId};
+use omnisync_core::vocab::ids::{DeviceId, DocSetId, OpId, StoreId};
 
 /// Live changes buffered for a subscription that is still catching up; past
 /// this the buffer is dropped and the subscription reads the log once more.
@@ -116,6 +116,22 @@ pub enum HubEvent {
     Authenticate(Hello),
     /// Store these ops in one durable commit, then pass the acks to `handle_acks`.
     Apply(Vec<IncomingOp>),
+    /// Look up whether the log holds an outcome for each of these ops (the
+    /// device's probe, all of the authenticated replica), then call
+    /// `handle_probe_answer` with one flag per op, in this order. The
+    /// `Welcome` waits for the answer.
+    Probe(Vec<OpId>),
+}
+
+/// What the probes of a session showed, for the hub's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreCounts {
+    /// Handshakes whose probe found ops the log lacks (this hub is behind
+    /// the device's acknowledgements: restored from an older backup).
+    pub behind: u64,
+    /// Ops pushed again by such a device: ops at or below the newest it
+    /// probed, which it had seen answered.
+    pub reuploaded_ops: u64,
 }
 
 /// What the runtime must send.
@@ -136,6 +152,8 @@ pub enum Outbound {
 enum State {
     AwaitingHello,
     Authenticating,
+    /// Authenticated; waiting for the probe's answer before the `Welcome`.
+    Probing(Peer),
     Ready(Peer),
     Closed,
 }
@@ -175,6 +193,15 @@ pub struct HubSession {
     /// speaks until the handshake settles on one (so that a refusal before
     /// it reaches a device of any release readably).
     version: u8,
+    /// The ops the `Hello` probed, in its order.
+    probe: Vec<OpId>,
+    /// Set once a probe found ops the log lacks: pushed ops at or below this
+    /// sequence number are uploads again.
+    reupload_through: Option<u64>,
+    /// Counts not yet taken by the runtime.
+    restore_counts: RestoreCounts,
+    /// The `Welcome` waiting for the probe's answer.
+    welcome: Option<Welcome>,
     /// The end of the log range of the last fan-out broadcast received.
     fanout_upto: Option<u64>,
 }
@@ -201,6 +228,10 @@ impl HubSession {
             limits,
             audit: VecDeque::new(),
             version: message::PROTOCOL_VERSION_MIN,
+            probe: Vec::new(),
+            reupload_through: None,
+            restore_counts: RestoreCounts::default(),
+            welcome: None,
             fanout_upto: None,
         }
     }
@@ -246,13 +277,25 @@ impl HubSession {
                     );
                 };
                 self.version = chosen;
+                let probe = hello.probe.as_deref().unwrap_or_default();
+                if probe.len() > message::PROBE_OPS_MAX {
+                    return self.fail(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the Hello probes {} ops; the limit is {}",
+                            probe.len(),
+                            message::PROBE_OPS_MAX
+                        ),
+                    );
+                }
+                self.probe = probe.iter().map(|probed| probed.op).collect();
                 self.state = State::Authenticating;
                 self.events.push_back(HubEvent::Authenticate(hello));
             }
             (ClientMessage::Hello(_), _) => {
                 self.fail(ErrorCode::UnexpectedMessage, "a second Hello".into());
             }
-            (_, State::AwaitingHello | State::Authenticating) => {
+            (_, State::AwaitingHello | State::Authenticating | State::Probing(_)) => {
                 self.fail(
                     ErrorCode::UnexpectedMessage,
                     "the first message must be Hello".into(),
@@ -275,6 +318,10 @@ impl HubSession {
                 }
                 if ops.is_empty() {
                     return;
+                }
+                if let Some(through) = self.reupload_through {
+                    self.restore_counts.reuploaded_ops +=
+                        ops.iter().filter(|op| op.id.seq <= through).count() as u64;
                 }
                 // An op claiming another replica's id is answered but never
                 // stored: storing the refusal would poison that id for its
@@ -332,17 +379,67 @@ impl HubSession {
         }
         match result {
             Ok(peer) => {
-                let welcome = Welcome {
+                self.welcome = Some(Welcome {
                     hub_id: hub_id.to_owned(),
                     hub_time_ms: now_ms,
                     allowed_sets: peer.readable.clone(),
                     log_id: log_id.to_owned(),
-                };
-                self.state = State::Ready(peer);
-                self.send(&HubMessage::Welcome(welcome));
+                    probe_known: None,
+                });
+                if self.probe.is_empty() {
+                    self.send_welcome(peer, None);
+                } else {
+                    // Only the connection's own ops are looked up; an op of
+                    // another replica is not this device's to ask about.
+                    let own: Vec<OpId> = self
+                        .probe
+                        .iter()
+                        .filter(|op| op.replica == peer.replica)
+                        .copied()
+                        .collect();
+                    self.state = State::Probing(peer);
+                    self.events.push_back(HubEvent::Probe(own));
+                }
             }
             Err(reason) => self.fail(ErrorCode::Unauthenticated, reason),
         }
+    }
+
+    /// The runtime's answer to `HubEvent::Probe`: for each op it named, in
+    /// order, whether the log holds its outcome. Sends the `Welcome` with
+    /// the answer to the whole probe.
+    pub fn handle_probe_answer(&mut self, known: Vec<bool>) {
+        if !matches!(self.state, State::Probing(_)) {
+            return;
+        }
+        let State::Probing(peer) = std::mem::replace(&mut self.state, State::Authenticating) else {
+            return;
+        };
+        let mut answers = known.into_iter();
+        let probe_known: Vec<bool> = self
+            .probe
+            .iter()
+            .map(|op| op.replica == peer.replica && answers.next().unwrap_or(false))
+            .collect();
+        if probe_known.iter().any(|known| !known) {
+            self.restore_counts.behind += 1;
+            self.reupload_through = self.probe.iter().map(|op| op.seq).max();
+        }
+        self.send_welcome(peer, Some(probe_known));
+    }
+
+    /// Takes the counts of what probes showed since the last call.
+    pub fn take_restore_counts(&mut self) -> RestoreCounts {
+        std::mem::take(&mut self.restore_counts)
+    }
+
+    fn send_welcome(&mut self, peer: Peer, probe_known: Option<Vec<bool>>) {
+        let Some(mut welcome) = self.welcome.take() else {
+            return;
+        };
+        welcome.probe_known = probe_known;
+        self.state = State::Ready(peer);
+        self.send(&HubMessage::Welcome(welcome));
     }
 
     /// Durable verdicts from storage for ops of this session.
@@ -861,6 +958,7 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
             versions: None,
+            probe: None,
         })));
         assert!(matches!(
             session.poll_event(),
@@ -879,6 +977,7 @@ mod tests {
             credentials: Credentials::default(),
             agent: "test".into(),
             versions,
+            probe: None,
         })
     }
 
@@ -924,6 +1023,106 @@ mod tests {
             "the device speaks protocol versions 3 to 7, this hub speaks versions 1 to 2: update the hub"
         );
         assert!(session.is_closed());
+    }
+
+    fn probing_hello(ops: &[(u8, u64)]) -> Vec<u8> {
+        let probe = ops
+            .iter()
+            .map(|(replica, seq)| message::ProbedOp {
+                op: OpId {
+                    replica: ReplicaId([*replica; 16]),
+                    seq: *seq,
+                },
+                hub_seq: 10 * seq,
+            })
+            .collect();
+        let ClientMessage::Hello(mut hello) = hello(None) else {
+            unreachable!("hello() builds a Hello");
+        };
+        hello.probe = Some(probe);
+        encode(&ClientMessage::Hello(hello))
+    }
+
+    fn welcome_of(session: &mut HubSession) -> Welcome {
+        match session.poll_transmit() {
+            Some(Outbound::Frame(frame)) => match decode::<HubMessage>(&frame) {
+                Ok(HubMessage::Welcome(welcome)) => welcome,
+                other => panic!("not a welcome: {other:?}"),
+            },
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_welcome_waits_for_the_probe_and_answers_only_for_the_own_replica() {
+        let mut session = HubSession::new();
+        // Op 9 names another replica: not looked up, answered false.
+        session.handle_frame(&probing_hello(&[(1, 40), (2, 9), (1, 33)]));
+        assert!(matches!(
+            session.poll_event(),
+            Some(HubEvent::Authenticate(_))
+        ));
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        assert_eq!(
+            session.poll_transmit(),
+            None,
+            "no welcome before the answer"
+        );
+        let Some(HubEvent::Probe(ops)) = session.poll_event() else {
+            panic!("no probe lookup");
+        };
+        assert_eq!(
+            ops.iter().map(|op| op.seq).collect::<Vec<_>>(),
+            vec![40, 33]
+        );
+        session.handle_probe_answer(vec![false, true]);
+        let welcome = welcome_of(&mut session);
+        assert_eq!(welcome.probe_known, Some(vec![false, false, true]));
+        assert_eq!(session.take_restore_counts().behind, 1);
+        // Ops up to the newest probed one are uploads again.
+        let op = |seq| Op {
+            id: OpId {
+                replica: peer().replica,
+                seq,
+            },
+            created_ms: 0,
+            body: OpBody::Changes(Vec::new()),
+        };
+        session.handle_frame(&encode(&ClientMessage::Push(vec![op(35), op(40), op(41)])));
+        assert_eq!(
+            session.take_restore_counts(),
+            RestoreCounts {
+                behind: 0,
+                reuploaded_ops: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_hub_holding_every_probed_op_counts_nothing_and_too_long_a_probe_is_refused() {
+        let mut session = HubSession::new();
+        session.handle_frame(&probing_hello(&[(1, 40), (1, 39)]));
+        session.poll_event();
+        session.handle_authenticated(Ok(peer()), "hub", "log-1", 0);
+        session.poll_event();
+        session.handle_probe_answer(vec![true, true]);
+        assert_eq!(welcome_of(&mut session).probe_known, Some(vec![true, true]));
+        assert_eq!(session.take_restore_counts(), RestoreCounts::default());
+
+        let mut session = HubSession::new();
+        let too_many: Vec<(u8, u64)> = (1..=message::PROBE_OPS_MAX as u64 + 1)
+            .map(|seq| (1, seq))
+            .collect();
+        session.handle_frame(&probing_hello(&too_many));
+        assert!(session.is_closed());
+        let Some(Outbound::Frame(frame)) = session.poll_transmit() else {
+            panic!("no refusal");
+        };
+        let Ok(HubMessage::Error(error)) = decode::<HubMessage>(&frame) else {
+            panic!("not an error");
+        };
+        assert_eq!(error.code, ErrorCode::LimitExceeded);
+        assert_eq!(error.detail, "the Hello probes 17 ops; the limit is 16");
     }
 
     fn change(seq: u64, origin: u8) -> RemoteChange {

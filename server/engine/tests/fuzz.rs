@@ -37,6 +37,7 @@ fn ready_hub_session() -> HubSession {
         credentials: Credentials::default(),
         agent: "fuzz".into(),
         versions: None,
+        probe: None,
     })));
     assert!(matches!(
         session.poll_event(),

@@ -733,8 +733,16 @@ impl Sim {
             .subscriptions()
             .or_panic(seed, "reading subscriptions");
         let log_id = store.hub_log_id().or_panic(seed, "reading the hub log id");
+        let probe = store.restore_probe().or_panic(seed, "reading the probe");
         self.terminals[index].connection = Some(Connection {
-            client: ClientSession::new(identity, subscriptions, log_id, now),
+            client: ClientSession::probing(
+                identity,
+                subscriptions,
+                log_id,
+                now,
+                omnisync_core::protocol::message::VersionRange::SUPPORTED,
+                probe,
+            ),
             hub: HubSession::new(),
             to_hub: VecDeque::new(),
             to_client: VecDeque::new(),
@@ -795,6 +803,11 @@ impl Sim {
                 }
                 ClientEvent::Failed(error) => panic!("seed {seed}: till-{index}: {error:?}"),
                 ClientEvent::SubscriptionsRefused(sets) => panic!("seed {seed}: refused {sets:?}"),
+                // The simulated hub crashes but never loses a commit: a
+                // probe that finds it behind is a false alarm.
+                ClientEvent::HubBehind(behind) => {
+                    panic!("seed {seed}: till-{index}: hub behind {behind:?}")
+                }
             }
         }
         if let Some((after_seq, room)) = connection.client.wants_ops() {
@@ -848,6 +861,15 @@ impl Sim {
                         };
                         let hub = &mut connection.hub;
                         hub.handle_authenticated(Ok(peer), HUB_ID, HUB_LOG_ID, self.now_ms);
+                        continue;
+                    }
+                    HubEvent::Probe(ops) => {
+                        let known = ops
+                            .iter()
+                            .map(|op| self.log.outcome(op).map(|outcome| outcome.is_some()))
+                            .collect::<Result<Vec<bool>, _>>()
+                            .or_panic(seed, "probing op outcomes");
+                        connection.hub.handle_probe_answer(known);
                         continue;
                     }
                     HubEvent::Apply(ops) => ops,

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ChangeBatch, Credentials, DocChange, EncodeError, ProtocolError, RejectCode,
-    SubscriptionRequest, Welcome,
+    SubscriptionRequest,
 };
-use crate::vocab::ids::{DeviceId, OpId, ReplicaId, StoreId};
+use crate::vocab::ids::{DeviceId, DocSetId, OpId, ReplicaId, StoreId};
 use crate::vocab::intent::{Decision, Intent};
 use crate::vocab::record::{RECORD_MAGIC, Record, is_record_doc};
 
@@ -56,6 +56,19 @@ pub struct Hello {
     pub credentials: Credentials,
     /// Client software.
     pub agent: String,
+}
+
+/// Version 1 `Welcome` (no probe answer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The hub's name.
+    pub hub_id: String,
+    /// The hub's clock, ms since the epoch.
+    pub hub_time_ms: u64,
+    /// The sets the device may subscribe to.
+    pub allowed_sets: Vec<DocSetId>,
+    /// Identity of the hub's change log.
+    pub log_id: String,
 }
 
 /// Version 1 `Op`.
@@ -166,6 +179,7 @@ impl From<ClientMessage> for super::ClientMessage {
                 credentials: hello.credentials,
                 agent: hello.agent,
                 versions: None,
+                probe: None,
             }),
             ClientMessage::Subscribe(requests) => super::ClientMessage::Subscribe(requests),
             ClientMessage::Push(ops) => super::ClientMessage::Push(
@@ -213,7 +227,13 @@ impl TryFrom<super::ClientMessage> for ClientMessage {
 impl From<HubMessage> for super::HubMessage {
     fn from(message: HubMessage) -> Self {
         match message {
-            HubMessage::Welcome(welcome) => super::HubMessage::Welcome(welcome),
+            HubMessage::Welcome(welcome) => super::HubMessage::Welcome(super::Welcome {
+                hub_id: welcome.hub_id,
+                hub_time_ms: welcome.hub_time_ms,
+                allowed_sets: welcome.allowed_sets,
+                log_id: welcome.log_id,
+                probe_known: None,
+            }),
             HubMessage::Acks(acks) => super::HubMessage::Acks(
                 acks.into_iter()
                     .map(|ack| super::Ack {
@@ -233,7 +253,12 @@ impl TryFrom<super::HubMessage> for HubMessage {
     type Error = EncodeError;
     fn try_from(message: super::HubMessage) -> Result<Self, EncodeError> {
         Ok(match message {
-            super::HubMessage::Welcome(welcome) => HubMessage::Welcome(welcome),
+            super::HubMessage::Welcome(welcome) => HubMessage::Welcome(Welcome {
+                hub_id: welcome.hub_id,
+                hub_time_ms: welcome.hub_time_ms,
+                allowed_sets: welcome.allowed_sets,
+                log_id: welcome.log_id,
+            }),
             super::HubMessage::Acks(acks) => HubMessage::Acks(
                 acks.into_iter()
                     .map(|ack| {
