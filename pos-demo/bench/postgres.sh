@@ -102,8 +102,9 @@ for run in $(seq 1 "$RUNS"); do
     start_hub --database "$db"; a=$hub_url; victim=$hub_pid
     start_hub --database "$db"; b=$hub_url
     ( sleep "$KILL_AFTER"; kill -9 "$victim" ) &
+    killer=$!
     "$demo_bin" fleet --terminals 20 --sales-per-terminal 2000 --skus 1000 --json --hub "$a,$b" | tag "failover-postgres run $run (hub A killed after ${KILL_AFTER}s)"
-    wait
+    wait "$killer"
     stop_hubs
   fi
 done

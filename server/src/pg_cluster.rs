@@ -175,6 +175,11 @@ impl PgCluster {
         ))
     }
 
+    /// The directory of the PostgreSQL programs (`pg_dump`, `pg_restore`, …).
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     /// The port the server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

@@ -205,8 +205,7 @@ async fn receive_stock(url: &str) -> anyhow::Result<TestDevice> {
 
 /// Audits the hub's database: the answered ops are there exactly once, the
 /// ledger took every confirmed unit once and sold nothing it did not have.
-fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<()> {
-    let reader = SqliteReader::new(data_dir);
+fn audit_hub(reader: &dyn HubLogRead, shop: &Shop, answered: &[OpId]) -> anyhow::Result<()> {
     let missing: Vec<String> = answered
         .iter()
         .filter_map(|op| match reader.outcome(op) {
@@ -222,7 +221,7 @@ fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<
     let set = DocSetId::store(&StoreId::new(STORE)?);
     // Not gapless: the set's numbers interleave with the orders' and the
     // tills' allowance records.
-    let changes = audit::all_changes(&reader, &set)?;
+    let changes = audit::all_changes(reader, &set)?;
     let mut confirmed: BTreeMap<Sku, u64> = BTreeMap::new();
     for till in &shop.tills {
         let (replica, stats) = {
@@ -234,7 +233,7 @@ fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<
             "{}: op log after sync: {stats:?}",
             till.name
         );
-        audit::assert_exactly_once(&reader, &changes, replica, &till.edits)
+        audit::assert_exactly_once(reader, &changes, replica, &till.edits)
             .with_context(|| format!("{}'s document edits", till.name))?;
         for (seq, (item, units)) in &till.checkouts {
             let op = OpId { replica, seq: *seq };
@@ -275,7 +274,7 @@ fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<
     // Every sale the hub confirmed came from the tills' checkouts: no intent
     // was decided twice (its order is numbered once).
     let orders = DocSetId::orders(&StoreId::new(STORE)?);
-    let order_changes = audit::all_changes(&reader, &orders)?;
+    let order_changes = audit::all_changes(reader, &orders)?;
     let mut numbered: BTreeMap<String, u64> = BTreeMap::new();
     for change in &order_changes {
         let Ok(Record::Order(order)) = Record::decode(&change.bytes) else {
@@ -294,11 +293,10 @@ fn audit_hub(data_dir: &Path, shop: &Shop, answered: &[OpId]) -> anyhow::Result<
 }
 
 /// Every till holds the hub's version of every sales document.
-async fn assert_converged_to_hub(data_dir: &Path, shop: &Shop) -> anyhow::Result<()> {
-    let reader = SqliteReader::new(data_dir);
+async fn assert_converged_to_hub(reader: &dyn HubLogRead, shop: &Shop) -> anyhow::Result<()> {
     for owner in &shop.tills {
         let doc = terminal::sales_doc(STORE, &owner.name)?;
-        let mut hub_heads: Vec<String> = omnisync_hub::load_doc(&reader, &doc)?
+        let mut hub_heads: Vec<String> = omnisync_hub::load_doc(reader, &doc)?
             .get_heads()
             .iter()
             .map(|head| head.to_string())
@@ -315,16 +313,146 @@ async fn assert_converged_to_hub(data_dir: &Path, shop: &Shop) -> anyhow::Result
     Ok(())
 }
 
+/// Where the hub keeps its log, with that store's own backup and restore.
+trait Storage {
+    /// Starts a hub process on the store.
+    async fn start_hub(&self, binary: &Path, port: u16) -> anyhow::Result<HubProcess>;
+    /// Takes an online backup while the hub runs.
+    fn take_backup(&self) -> anyhow::Result<()>;
+    /// Puts the backup in place (the hub is stopped).
+    fn restore(&self) -> anyhow::Result<()>;
+    /// Reads the store as it is now.
+    fn reader(&self) -> anyhow::Result<Box<dyn HubLogRead>>;
+}
+
+/// A hub on SQLite: `VACUUM INTO`, then the copy put back in place.
+struct Sqlite {
+    data_dir: tempfile::TempDir,
+    backup: PathBuf,
+    _backup_dir: tempfile::TempDir,
+}
+
+impl Storage for Sqlite {
+    async fn start_hub(&self, binary: &Path, port: u16) -> anyhow::Result<HubProcess> {
+        HubProcess::start(binary, port, self.data_dir.path()).await
+    }
+    fn take_backup(&self) -> anyhow::Result<()> {
+        take_backup(self.data_dir.path(), &self.backup)
+    }
+    fn restore(&self) -> anyhow::Result<()> {
+        restore_backup(&self.backup, self.data_dir.path())
+    }
+    fn reader(&self) -> anyhow::Result<Box<dyn HubLogRead>> {
+        Ok(Box::new(SqliteReader::new(self.data_dir.path())))
+    }
+}
+
+/// A hub on PostgreSQL: `pg_dump -Fc` of the live database, then the
+/// database dropped, made again and filled by `pg_restore`.
+struct Postgres {
+    cluster: std::sync::Arc<omnisync_hub::pg_cluster::PgCluster>,
+    name: String,
+    url: String,
+    dump: PathBuf,
+    _dump_dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let output = std::process::Command::new(self.cluster.bin().join(program))
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Storage for Postgres {
+    async fn start_hub(&self, binary: &Path, port: u16) -> anyhow::Result<HubProcess> {
+        HubProcess::start_postgres(binary, port, &self.url).await
+    }
+    fn take_backup(&self) -> anyhow::Result<()> {
+        self.run(
+            "pg_dump",
+            &[
+                "-Fc".as_ref(),
+                "-f".as_ref(),
+                self.dump.as_os_str(),
+                "-d".as_ref(),
+                self.url.as_ref(),
+            ],
+        )
+    }
+    fn restore(&self) -> anyhow::Result<()> {
+        let name = &self.name;
+        self.cluster
+            .execute("postgres", &format!("DROP DATABASE {name} WITH (FORCE)"))
+            .map_err(anyhow::Error::msg)?;
+        self.cluster
+            .create_database(name)
+            .map_err(anyhow::Error::msg)?;
+        self.run(
+            "pg_restore",
+            &["-d".as_ref(), self.url.as_ref(), self.dump.as_os_str()],
+        )
+    }
+    fn reader(&self) -> anyhow::Result<Box<dyn HubLogRead>> {
+        let url =
+            omnisync_hub::storage::postgres::PgUrl::parse(&self.url).map_err(anyhow::Error::msg)?;
+        Ok(Box::new(omnisync_hub::storage::postgres::PgReader::new(
+            &url,
+        )))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op() -> anyhow::Result<()>
 {
+    let backup_dir = tempfile::tempdir()?;
+    let storage = Sqlite {
+        data_dir: tempfile::tempdir()?,
+        backup: backup_dir.path().join("hub-backup.db"),
+        _backup_dir: backup_dir,
+    };
+    restored_hub_scenario(&storage).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_hub_restored_from_an_older_dump_gets_back_every_acknowledged_op()
+-> anyhow::Result<()> {
+    let cluster = tokio::task::spawn_blocking(omnisync_hub::pg_cluster::PgCluster::shared)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let name = "restored".to_owned();
+    let url = cluster.create_database(&name).map_err(anyhow::Error::msg)?;
+    let dump_dir = tempfile::tempdir()?;
+    let storage = Postgres {
+        dump: dump_dir.path().join("hub.dump"),
+        _dump_dir: dump_dir,
+        cluster,
+        name,
+        url,
+    };
+    restored_hub_scenario(&storage).await
+}
+
+/// One scenario at a time: each runs a hub, a back office and four tills
+/// on the two cores, and their timing assumptions are for one.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The scenario on any storage: sell, back up under way, sell on, kill the
+/// hub, restore the older backup, restart, sell; then audit the hub's store.
+async fn restored_hub_scenario(storage: &impl Storage) -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     init_logs();
     let binary = tokio::task::spawn_blocking(hub_binary).await??;
-    let data_dir = tempfile::tempdir()?;
-    let backup_dir = tempfile::tempdir()?;
-    let backup = backup_dir.path().join("hub-backup.db");
     let port = free_port()?;
-    let mut hub = HubProcess::start(&binary, port, data_dir.path()).await?;
+    let mut hub = storage.start_hub(&binary, port).await?;
     let url = hub.sync_url();
     let _office = receive_stock(&url).await?;
     let mut shop = Shop::open(&url).await?;
@@ -333,8 +461,7 @@ async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op() -
     // until the hub has answered everything.
     let started = std::time::Instant::now();
     shop.sell(SALES_PER_PHASE)?;
-    let (from, into) = (data_dir.path().to_owned(), backup.clone());
-    tokio::task::spawn_blocking(move || take_backup(&from, &into)).await??;
+    tokio::task::block_in_place(|| storage.take_backup())?;
     shop.sell(SALES_PER_PHASE)?;
     shop.wait_synced().await?;
     let answered = shop.answered_ops()?;
@@ -342,14 +469,15 @@ async fn a_hub_restored_from_an_older_backup_gets_back_every_acknowledged_op() -
 
     // The hub dies; its database comes back from the older backup.
     hub.kill()?;
-    restore_backup(&backup, data_dir.path())?;
-    let hub = HubProcess::start(&binary, port, data_dir.path()).await?;
+    tokio::task::block_in_place(|| storage.restore())?;
+    let hub = storage.start_hub(&binary, port).await?;
 
     shop.sell(SALES_PER_PHASE)?;
     shop.wait_synced().await?;
     tracing::info!(elapsed = ?started.elapsed(), "synced after the restore");
-    audit_hub(data_dir.path(), &shop, &answered)?;
-    assert_converged_to_hub(data_dir.path(), &shop).await?;
+    let reader = storage.reader()?;
+    tokio::task::block_in_place(|| audit_hub(&*reader, &shop, &answered))?;
+    assert_converged_to_hub(&*reader, &shop).await?;
 
     let metrics = http::get(hub.address, "/metrics", HTTP_TIMEOUT).await?.body;
     let ahead = http::metric_value(&metrics, "omnisync_devices_ahead_total").unwrap_or(0.0);
