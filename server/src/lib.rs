@@ -336,8 +336,11 @@ impl Hub {
 /// Opens the device registry: `devices.db` in the data directory, or the
 /// PostgreSQL database every hub process on it shares.
 async fn open_devices(config: &HubConfig) -> Result<DeviceRegistry, HubError> {
-    let devices = match &config.database {
-        None => DeviceRegistry::open(&config.data_dir),
+    match &config.database {
+        None => DeviceRegistry::open(&config.data_dir).map_err(|source| HubError::Devices {
+            dir: config.data_dir.clone(),
+            source,
+        }),
         Some(url) => {
             let url = storage::postgres::PgUrl::parse(url).map_err(HubError::Database)?;
             tokio::task::spawn_blocking(move || {
@@ -346,12 +349,9 @@ async fn open_devices(config: &HubConfig) -> Result<DeviceRegistry, HubError> {
             })
             .await
             .map_err(|error| HubError::Task(error.to_string()))?
+            .map_err(|error| HubError::Database(error.to_string()))
         }
-    };
-    devices.map_err(|source| HubError::Devices {
-        dir: config.data_dir.clone(),
-        source,
-    })
+    }
 }
 
 /// A hub log opened for serving.
