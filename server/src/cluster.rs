@@ -25,6 +25,8 @@ use crate::fanout::Fanout;
 
 /// The channel revocations are announced on (payload `tenant/device`).
 pub const REVOCATIONS_CHANNEL: &str = "omnisync_revocations";
+/// The listening connection's `application_name` (seen in `pg_stat_activity`).
+pub const LISTENER_NAME: &str = "omnisync-hub-listener";
 /// How often the head is read even without a notification.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
 /// First wait before connecting again; doubles up to [`RETRY_MAX`].
@@ -64,9 +66,14 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut delay = RETRY_MIN;
         loop {
+            let began = std::time::Instant::now();
             let session = listen_once(&url, log_channel, head_sql, &listeners, &heads);
             tokio::select! {
                 ended = session => {
+                    if began.elapsed() > RETRY_MAX {
+                        // It had been listening: start over from the shortest wait.
+                        delay = RETRY_MIN;
+                    }
                     if let Err(error) = ended {
                         tracing::warn!(error, retry_in_ms = delay.as_millis() as u64, "listening for other hub processes' commits failed");
                     }
@@ -101,7 +108,13 @@ async fn listen_once(
     listeners: &Listeners,
     heads: &std::sync::mpsc::Sender<u64>,
 ) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| "the database URL does not parse".to_owned())?;
+    config.application_name(LISTENER_NAME);
+    config.connect_timeout(RETRY_MAX);
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|error| crate::storage::postgres::describe(&error))?;
     let (messages, mut received) = tokio::sync::mpsc::unbounded_channel();

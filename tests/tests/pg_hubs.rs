@@ -62,10 +62,36 @@ async fn changes_through_one_hub_reach_devices_of_the_other() -> anyhow::Result<
             "till-1 (on the first hub) lacks edits made through the second: {merged}"
         );
     }
+    // The listening connections are cut (a database restart, a proxy):
+    // the hubs listen again and catch up on what was committed meanwhile.
+    cluster
+        .execute(
+            "two_hubs",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'two_hubs' AND application_name = 'omnisync-hub-listener'",
+        )
+        .map_err(anyhow::Error::msg)?;
+    let late = DocId::new("store.s1/after-the-cut")?;
+    tills[1].client.commit(&[DocEdit {
+        doc: late.clone(),
+        edits: vec![Edit::put(&["seen"], Value::Bool(true))],
+    }])?;
+    tills[1].client.wait_synced(SYNC_TIMEOUT).await?;
+    wait_converged(&clients, std::slice::from_ref(&late)).await?;
+    assert!(
+        tills[0]
+            .client
+            .replica()
+            .doc_json(&late)?
+            .to_string()
+            .contains("seen"),
+        "a change made through the second hub after the cut reached the first hub's till"
+    );
+
     // One log: gapless, each change once, whichever hub stored it.
     let changes = audit::all_changes(&*first.reader(), &DocSetId::store(&StoreId::new("s1")?))?;
     audit::assert_gapless(&changes)?;
-    assert_eq!(changes.len(), 60, "60 edits, each stored once");
+    assert_eq!(changes.len(), 61, "61 edits, each stored once");
     for till in tills {
         till.client.stop().await;
     }
