@@ -175,6 +175,24 @@ fn locate_or_build_hub() -> anyhow::Result<PathBuf> {
         );
         return Ok(path);
     }
+    workspace_binary("omnisync-hub", "omnisync-hub")
+}
+
+/// The `pos-demo` binary of this workspace, built once per test process
+/// (like [`hub_binary`]).
+pub fn pos_demo_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            workspace_binary("omnisync-pos", "pos-demo").map_err(|error| format!("{error:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Builds `bin` of `package` into the target directory and profile of this
+/// test executable (`<target>/<profile>/deps/…`) and returns its path.
+fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
     let deps = exe
         .parent()
@@ -184,45 +202,15 @@ fn locate_or_build_hub() -> anyhow::Result<PathBuf> {
     } else {
         deps
     };
-    let binary = profile_dir.join(format!("omnisync-hub{}", std::env::consts::EXE_SUFFIX));
-    build_hub(profile_dir).with_context(|| format!("building {}", binary.display()))?;
+    let binary = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    build_binary(profile_dir, package, bin)
+        .with_context(|| format!("building {}", binary.display()))?;
     anyhow::ensure!(
         binary.is_file(),
-        "cargo built omnisync-hub but {} does not exist",
+        "cargo built {bin} but {} does not exist",
         binary.display()
     );
     Ok(binary)
-}
-
-fn build_hub(profile_dir: &Path) -> anyhow::Result<()> {
-    build_binary(profile_dir, "omnisync-hub", "omnisync-hub")
-}
-
-/// The `pos-demo` binary of this workspace, built once per test process
-/// (like [`hub_binary`]).
-pub fn pos_demo_binary() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let locate = || -> anyhow::Result<PathBuf> {
-                let exe = std::env::current_exe().context("locating the test executable")?;
-                let deps = exe
-                    .parent()
-                    .context("test executable has no parent directory")?;
-                let profile_dir = if deps.file_name().is_some_and(|name| name == "deps") {
-                    deps.parent().context("deps directory has no parent")?
-                } else {
-                    deps
-                };
-                let binary = profile_dir.join(format!("pos-demo{}", std::env::consts::EXE_SUFFIX));
-                build_binary(profile_dir, "omnisync-pos", "pos-demo")
-                    .with_context(|| format!("building {}", binary.display()))?;
-                Ok(binary)
-            };
-            locate().map_err(|error| format!("{error:#}"))
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
 }
 
 fn build_binary(profile_dir: &Path, package: &str, bin: &str) -> anyhow::Result<()> {

@@ -780,77 +780,13 @@ impl ReadBackend for SqliteReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnisync_hub_engine::hub_session::{ChangePage, CommittedChanges, IncomingOp};
-    use omnisync_hub_engine::log::conformance::Conformant;
-    use omnisync_hub_engine::log::{AppliedBatch, HubLog, HubLogRead};
+    use omnisync_hub_engine::hub_session::IncomingOp;
+    use omnisync_hub_engine::log::conformance::Paired;
+    use omnisync_hub_engine::log::{HubLog, HubLogRead};
 
-    /// Writer and reader together, so the shared conformance suite can run.
-    struct Both {
-        writer: SqliteHubLog,
-        reader: SqliteReader,
-        _dir: tempfile::TempDir,
-    }
-
-    impl HubLog for Both {
-        fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
-            self.writer.apply(ops)
-        }
-        fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
-            self.writer.maintain(now_ms)
-        }
-        fn compact(
-            &mut self,
-            now_ms: u64,
-        ) -> Result<omnisync_hub_engine::log::CompactStep, HubLogError> {
-            self.writer.compact(now_ms)
-        }
-        fn head_seq(&self) -> Result<u64, HubLogError> {
-            self.writer.head_seq()
-        }
-    }
-
-    impl HubLogRead for Both {
-        fn changes_since(
-            &self,
-            set: &DocSetId,
-            cursor: u64,
-            len_max: usize,
-            bytes_target: usize,
-        ) -> Result<ChangePage, HubLogError> {
-            self.reader
-                .changes_since(set, cursor, len_max, bytes_target)
-        }
-        fn catch_up_page(
-            &self,
-            set: &DocSetId,
-            cursor: u64,
-            resume: Option<&DocId>,
-            len_max: usize,
-            bytes_target: usize,
-        ) -> Result<ChangePage, HubLogError> {
-            self.reader
-                .catch_up_page(set, cursor, resume, len_max, bytes_target)
-        }
-        fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
-            self.reader.doc_changes(doc)
-        }
-        fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
-            self.reader.outcome(op)
-        }
-        fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
-            self.reader.changes_between(after, upto)
-        }
-        fn head(&self) -> Result<u64, HubLogError> {
-            self.reader.head()
-        }
-    }
-
-    impl Conformant for Both {
-        type Backend = SqliteBackend;
-        fn store(&mut self) -> &mut SqliteHubLog {
-            &mut self.writer
-        }
-    }
+    /// Writer and reader of one directory, so the shared conformance suite
+    /// can run.
+    type Both = Paired<SqliteBackend, SqliteReader, tempfile::TempDir>;
 
     #[test]
     fn a_second_writer_on_the_same_directory_is_refused() {
@@ -864,10 +800,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = open(dir.path()).unwrap();
         let reader = SqliteReader::new(dir.path());
-        Both {
+        Paired {
             writer,
             reader,
-            _dir: dir,
+            keep: dir,
         }
     }
 
@@ -954,11 +890,11 @@ mod tests {
         let both = fresh();
         let mut writer = both.writer;
         writer.apply(vec![]).unwrap();
-        let dir = both._dir;
-        omnisync_hub_engine::log::conformance::duplicates_get_the_original_answer(Both {
+        let dir = both.keep;
+        omnisync_hub_engine::log::conformance::duplicates_get_the_original_answer(Paired {
             writer,
             reader: SqliteReader::new(dir.path()),
-            _dir: tempfile::tempdir().unwrap(),
+            keep: (),
         });
         let reopened = open(dir.path()).unwrap();
         assert_eq!(reopened.head_seq().unwrap(), 1);

@@ -1835,9 +1835,9 @@ mod tests {
     use omnisync_core::vocab::intent::{
         CheckoutIntent, Intent, IntentLine, LineSource, OfflinePolicy, StockCommand, StockPolicy,
     };
-    use omnisync_hub_engine::hub_session::{ChangePage, CommittedChanges, IncomingOp, Verdict};
-    use omnisync_hub_engine::log::conformance::Conformant;
-    use omnisync_hub_engine::log::{AppliedBatch, HubLog, HubLogRead};
+    use omnisync_hub_engine::hub_session::{IncomingOp, Verdict};
+    use omnisync_hub_engine::log::conformance::Paired;
+    use omnisync_hub_engine::log::{HubLog, HubLogRead};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1851,74 +1851,16 @@ mod tests {
         (cluster, PgUrl::parse(&url).expect("cluster URL"))
     }
 
-    /// Writer and reader together, so the shared conformance suite can run.
-    struct Both {
-        writer: PgHubLog,
-        reader: PgReader,
-        _cluster: Arc<PgCluster>,
-    }
-
-    impl HubLog for Both {
-        fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
-            self.writer.apply(ops)
-        }
-        fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
-            self.writer.maintain(now_ms)
-        }
-        fn head_seq(&self) -> Result<u64, HubLogError> {
-            self.writer.head_seq()
-        }
-    }
-
-    impl HubLogRead for Both {
-        fn changes_since(
-            &self,
-            set: &DocSetId,
-            cursor: u64,
-            len_max: usize,
-            bytes_target: usize,
-        ) -> Result<ChangePage, HubLogError> {
-            self.reader
-                .changes_since(set, cursor, len_max, bytes_target)
-        }
-        fn catch_up_page(
-            &self,
-            set: &DocSetId,
-            cursor: u64,
-            resume: Option<&DocId>,
-            len_max: usize,
-            bytes_target: usize,
-        ) -> Result<ChangePage, HubLogError> {
-            self.reader
-                .catch_up_page(set, cursor, resume, len_max, bytes_target)
-        }
-        fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
-            self.reader.doc_changes(doc)
-        }
-        fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
-            self.reader.outcome(op)
-        }
-        fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
-            self.reader.changes_between(after, upto)
-        }
-        fn head(&self) -> Result<u64, HubLogError> {
-            self.reader.head()
-        }
-    }
-
-    impl Conformant for Both {
-        type Backend = PgBackend;
-        fn store(&mut self) -> &mut PgHubLog {
-            &mut self.writer
-        }
-    }
+    /// Writer and reader of one database, so the shared conformance suite
+    /// can run.
+    type Both = Paired<PgBackend, PgReader, Arc<PgCluster>>;
 
     fn fresh() -> Both {
         let (cluster, url) = fresh_db();
-        Both {
+        Paired {
             writer: open(&url).expect("opening the database"),
             reader: PgReader::new(&url),
-            _cluster: cluster,
+            keep: cluster,
         }
     }
 

@@ -48,6 +48,76 @@ pub trait Conformant: HubLog + HubLogRead {
     fn store(&mut self) -> &mut HubStore<Self::Backend>;
 }
 
+/// A backend's writer and a reader of the same store, tested together, with
+/// whatever must outlive them (a temporary directory, a test database
+/// cluster) in `keep`. The SQLite and PostgreSQL tests use it as their log.
+pub struct Paired<B: Backend, R, K> {
+    /// The writer.
+    pub writer: HubStore<B>,
+    /// A reader of the same store.
+    pub reader: R,
+    /// Dropped with the pair.
+    pub keep: K,
+}
+
+impl<B: Backend, R, K> HubLog for Paired<B, R, K> {
+    fn apply(&mut self, ops: Vec<IncomingOp>) -> Result<AppliedBatch, HubLogError> {
+        self.writer.apply(ops)
+    }
+    fn maintain(&mut self, now_ms: u64) -> Result<CommittedChanges, HubLogError> {
+        self.writer.maintain(now_ms)
+    }
+    fn compact(&mut self, now_ms: u64) -> Result<CompactStep, HubLogError> {
+        self.writer.compact(now_ms)
+    }
+    fn head_seq(&self) -> Result<u64, HubLogError> {
+        self.writer.head_seq()
+    }
+}
+
+impl<B: Backend, R: HubLogRead, K> HubLogRead for Paired<B, R, K> {
+    fn changes_since(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        self.reader
+            .changes_since(set, cursor, len_max, bytes_target)
+    }
+    fn catch_up_page(
+        &self,
+        set: &DocSetId,
+        cursor: u64,
+        resume: Option<&DocId>,
+        len_max: usize,
+        bytes_target: usize,
+    ) -> Result<ChangePage, HubLogError> {
+        self.reader
+            .catch_up_page(set, cursor, resume, len_max, bytes_target)
+    }
+    fn doc_changes(&self, doc: &DocId) -> Result<Vec<Vec<u8>>, HubLogError> {
+        self.reader.doc_changes(doc)
+    }
+    fn outcome(&self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
+        self.reader.outcome(op)
+    }
+    fn changes_between(&self, after: u64, upto: u64) -> Result<CommittedChanges, HubLogError> {
+        self.reader.changes_between(after, upto)
+    }
+    fn head(&self) -> Result<u64, HubLogError> {
+        self.reader.head()
+    }
+}
+
+impl<B: Backend, R: HubLogRead, K> Conformant for Paired<B, R, K> {
+    type Backend = B;
+    fn store(&mut self) -> &mut HubStore<B> {
+        &mut self.writer
+    }
+}
+
 impl Conformant for HubStore<MemoryBackend> {
     type Backend = MemoryBackend;
     fn store(&mut self) -> &mut HubStore<MemoryBackend> {
