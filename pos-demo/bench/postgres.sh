@@ -8,10 +8,12 @@
 #   - storm: the checkout storm against one hub process on PostgreSQL and one
 #     on SQLite;
 #   - failover: the fleet on two PostgreSQL hubs with one of them killed
-#     (SIGKILL) KILL_AFTER seconds into the run.
+#     (SIGKILL) KILL_AFTER seconds into the run;
+#   - the disk's baseline first: durable 8 kB writes per second with
+#     fdatasync (pg_test_fsync), so figures of different days compare.
 # Prints one JSON line per measurement, tagged, on stdout.
 #
-#   pos-demo/bench/postgres.sh [fleet|storm|failover|all]
+#   pos-demo/bench/postgres.sh [fleet|storm|failover|baseline|all]
 #
 # Uses the release binaries (cargo build --release -p omnisync-hub -p omnisync-pos).
 set -euo pipefail
@@ -78,7 +80,16 @@ tag() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().split
 fleet_args=(fleet --terminals 20 --sales-per-terminal 500 --skus 1000 --json)
 storm_args=(checkout-storm --clients 50 --checkouts 200000 --skus 100 --stock 1000 --json --no-baseline)
 
+# The disk's durable-write rate, on the disk the cluster and hubs use.
+baseline() {
+  "$pg_bin/pg_test_fsync" -s 1 -f "$work/fsync.test" 2>/dev/null \
+    | awk -v run="$1" '$1 == "fdatasync" && !done { printf "{\"bench\": \"disk-baseline run %s\", \"fdatasync_per_s\": %.0f}\n", run, $2; done = 1 }'
+  rm -f "$work/fsync.test"
+}
+
 for run in $(seq 1 "$RUNS"); do
+  baseline "$run"
+  [[ $what == baseline ]] && continue
   if [[ $what == fleet || $what == all ]]; then
     db=$(fresh_db)
     start_hub --database "$db"; a=$hub_url
