@@ -131,7 +131,8 @@
 //!
 //! With feature `conformance`, call `log::conformance::run_all(fresh)` in the
 //! backend's tests, where `fresh` makes an empty log implementing
-//! `conformance::Conformant` (the writer and a reader of the same store). It
+//! `conformance::Conformant` (the writer and a reader of the same store;
+//! `conformance::Paired { writer, reader, keep }` is one for any backend). It
 //! covers exactly-once outcomes, rejections, intents, page limits by count
 //! and by bytes, import writes, snapshots for a far-behind cursor, the
 //! hub's replica, and compaction (devices from nothing, from the deleted
