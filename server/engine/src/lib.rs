@@ -18,6 +18,7 @@
 
 pub mod authz;
 pub mod error;
+pub mod events;
 pub mod hub_session;
 pub mod ledger;
 pub mod log;
