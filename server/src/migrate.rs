@@ -98,6 +98,18 @@ const LOG_TABLES: &[Table] = &[
         name: "ledger_stores",
         columns: &[("store_id", Type::TEXT), ("last_order_no", Type::INT8)],
     },
+    Table {
+        name: "events",
+        columns: &[
+            ("seq", Type::INT8),
+            ("tenant", Type::TEXT),
+            ("store_id", Type::TEXT),
+            ("store_seq", Type::INT8),
+            ("type", Type::TEXT),
+            ("time_ms", Type::INT8),
+            ("data", Type::JSONB),
+        ],
+    },
 ];
 
 /// The device registry's tables (`devices.db` on SQLite).
@@ -218,7 +230,12 @@ pub fn migrate(from: &Path, to: &PgUrl) -> Result<Migrated, MigrateError> {
     }
     let mut migrated = Migrated::default();
     for table in LOG_TABLES {
-        let rows = copy_table(&source, &mut txn, table)?;
+        // A hub store from before the outbox has no events table: none to copy.
+        let rows = if source_has_table(&source, table.name)? {
+            copy_table(&source, &mut txn, table)?
+        } else {
+            0
+        };
         migrated.rows.push((table.name, rows));
     }
     if let Some(devices) = &devices {
@@ -253,6 +270,18 @@ pub fn migrate(from: &Path, to: &PgUrl) -> Result<Migrated, MigrateError> {
     txn.commit().map_err(target_error)?;
     migrated.head = head.max(0) as u64;
     Ok(migrated)
+}
+
+/// True when the SQLite source has table `name`.
+fn source_has_table(source: &rusqlite::Connection, name: &str) -> Result<bool, MigrateError> {
+    source
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| count > 0)
+        .map_err(|error| MigrateError::Source(error.to_string()))
 }
 
 /// Copies one table with binary COPY; returns the rows copied.
@@ -318,6 +347,13 @@ fn convert(
             Box::new(std::str::from_utf8(text).map_err(|_| wrong())?.to_owned())
         }
         (&Type::BYTEA, ValueRef::Blob(bytes)) => Box::new(bytes.to_vec()),
+        (&Type::JSONB, ValueRef::Text(text)) => Box::new(
+            serde_json::from_slice::<serde_json::Value>(text).map_err(|error| {
+                MigrateError::Source(format!(
+                    "table {table}, column {column}: not JSON ({error})"
+                ))
+            })?,
+        ),
         _ => return Err(wrong()),
     })
 }

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 use omnisync_core::OpId;
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use omnisync_core::vocab::goods::Sku;
-use omnisync_core::vocab::ids::StoreId;
+use omnisync_core::vocab::ids::{StoreId, TenantId};
+use omnisync_hub_engine::events::{Event, EventFilter, EventType};
 use omnisync_core::vocab::ids::{DocId, DocSetId, ReplicaId};
 use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_snapshots.sql"),
     include_str!("migrations/0003_ledger.sql"),
+    include_str!("migrations/0004_events.sql"),
 ];
 /// File in the data directory held locked by the one process writing it.
 pub const LOCK_FILE_NAME: &str = "hub.lock";
@@ -200,6 +202,34 @@ pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// An outbox row as both SQL backends store it.
+pub(crate) struct EventColumns {
+    pub seq: i64,
+    pub tenant: String,
+    pub store: String,
+    pub store_seq: i64,
+    pub kind: String,
+    pub time_ms: i64,
+    pub data: String,
+}
+
+impl EventColumns {
+    /// The event, or a storage error naming the row that does not decode.
+    pub fn into_event(self) -> Result<Event, HubLogError> {
+        let bad = |what: &str| storage_error(format!("outbox row {}: {what}", self.seq));
+        Ok(Event {
+            seq: self.seq as u64,
+            tenant: TenantId::new(&self.tenant).map_err(|_| bad("bad tenant"))?,
+            store: StoreId::new(&self.store).map_err(|_| bad("bad store"))?,
+            store_seq: self.store_seq as u64,
+            kind: EventType::parse(&self.kind)
+                .ok_or_else(|| bad(&format!("unknown type {:?}", self.kind)))?,
+            time_ms: self.time_ms as u64,
+            data: serde_json::from_str(&self.data).map_err(|_| bad("data is not JSON"))?,
+        })
+    }
+}
+
 /// The contract's rows over a connection: a reader's `&Connection` or the
 /// writer's open transaction.
 pub struct SqliteRows<C>(C);
@@ -225,6 +255,70 @@ impl<C: Deref<Target = Connection>> SqliteRows<C> {
 }
 
 impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
+    fn event_head(&mut self) -> Result<u64, HubLogError> {
+        let head: Option<i64> = self
+            .0
+            .prepare_cached("SELECT MAX(seq) FROM events")
+            .map_err(storage_error)?
+            .query_row([], |row| row.get(0))
+            .map_err(storage_error)?;
+        Ok(head.unwrap_or(0) as u64)
+    }
+
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        let last: Option<i64> = self
+            .0
+            .prepare_cached("SELECT MAX(store_seq) FROM events WHERE store_id = ?1")
+            .map_err(storage_error)?
+            .query_row([store.as_str()], |row| row.get(0))
+            .map_err(storage_error)?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        let mut sql = String::from(
+            "SELECT seq, tenant, store_id, store_seq, type, time_ms, data FROM events WHERE seq > ?",
+        );
+        let mut values: Vec<rusqlite::types::Value> = vec![seq_param(after).into()];
+        if !filter.stores.is_empty() {
+            sql.push_str(" AND store_id IN (");
+            sql.push_str(&vec!["?"; filter.stores.len()].join(", "));
+            sql.push(')');
+            values.extend(filter.stores.iter().map(|store| store.as_str().to_owned().into()));
+        }
+        if !filter.types.is_empty() {
+            sql.push_str(" AND type IN (");
+            sql.push_str(&vec!["?"; filter.types.len()].join(", "));
+            sql.push(')');
+            values.extend(filter.types.iter().map(|kind| kind.as_str().to_owned().into()));
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        values.push((limit.min(i64::MAX as usize) as i64).into());
+        let mut statement = self.0.prepare_cached(&sql).map_err(storage_error)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(values))
+            .map_err(storage_error)?;
+        while let Some(row) = rows.next().map_err(storage_error)? {
+            let columns = EventColumns {
+                seq: row.get(0).map_err(storage_error)?,
+                tenant: row.get(1).map_err(storage_error)?,
+                store: row.get(2).map_err(storage_error)?,
+                store_seq: row.get(3).map_err(storage_error)?,
+                kind: row.get(4).map_err(storage_error)?,
+                time_ms: row.get(5).map_err(storage_error)?,
+                data: row.get(6).map_err(storage_error)?,
+            };
+            visit(columns.into_event()?)?;
+        }
+        Ok(())
+    }
+
     fn head_seq(&mut self) -> Result<u64, HubLogError> {
         // Compaction deletes changes, never above a set's snapshot point.
         let head: Option<i64> = self
@@ -502,6 +596,22 @@ pub(crate) fn stored_change(
 }
 
 impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
+    fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
+        self.run(
+            "INSERT INTO events (seq, tenant, store_id, store_seq, type, time_ms, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                seq_param(event.seq),
+                event.tenant.as_str(),
+                event.store.as_str(),
+                seq_param(event.store_seq),
+                event.kind.as_str(),
+                seq_param(event.time_ms),
+                event.data.to_string()
+            ],
+        )
+    }
+
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {
         self.run(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)

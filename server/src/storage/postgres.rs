@@ -72,12 +72,16 @@ use omnisync_hub_engine::log::{
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
 
-use super::{decode, decode_outcome, encode, encode_outcome, seq_param, stored_change};
+use super::{
+    EventColumns, decode, decode_outcome, encode, encode_outcome, seq_param, stored_change,
+};
+use omnisync_hub_engine::events::{Event, EventFilter};
 
 /// The migrations, in order; the schema version is their count.
 const MIGRATIONS: &[&str] = &[
     include_str!("pg_migrations/0001_init.sql"),
     include_str!("pg_migrations/0002_devices.sql"),
+    include_str!("pg_migrations/0003_events.sql"),
 ];
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -338,6 +342,8 @@ enum Stmt {
     SkusWithRights,
     Prefetch,
     Flush,
+    EventHead,
+    StoreEventSeq,
 }
 
 const STATEMENTS: &[(Stmt, &str)] = &[
@@ -410,6 +416,11 @@ const STATEMENTS: &[(Stmt, &str)] = &[
     ),
     (Stmt::Prefetch, PREFETCH_SQL),
     (Stmt::Flush, FLUSH_SQL),
+    (Stmt::EventHead, "SELECT COALESCE(MAX(seq), 0) FROM events"),
+    (
+        Stmt::StoreEventSeq,
+        "SELECT COALESCE(MAX(store_seq), 0) FROM events WHERE store_id = $1",
+    ),
 ];
 
 /// Every row a group commit names, from all tables in one statement:
@@ -481,7 +492,11 @@ p AS (INSERT INTO snapshots (doc_id, set_id, covers_seq, bytes)
 q AS (INSERT INTO set_snapshots (set_id, covers_seq)
       SELECT * FROM unnest($31::text[], $32::int8[])
       ON CONFLICT (set_id) DO UPDATE SET covers_seq = EXCLUDED.covers_seq),
-h AS (UPDATE log_head SET seq = $33::int8 WHERE id = 1 AND seq < $33::int8)
+h AS (UPDATE log_head SET seq = $33::int8 WHERE id = 1 AND seq < $33::int8),
+e AS (INSERT INTO events (seq, tenant, store_id, store_seq, type, time_ms, data)
+      SELECT s, t, st, ss, ty, tm, d::jsonb
+      FROM unnest($35::int8[], $36::text[], $37::text[], $38::int8[], $39::text[], $40::int8[],
+                  $41::text[]) AS x(s, t, st, ss, ty, tm, d))
 SELECT pg_notify('omnisync_log', $34::text) WHERE $34::text IS NOT NULL";
 
 /// The prepared statements of one connection.
@@ -663,7 +678,7 @@ impl Backend for PgBackend {
         // One round trip: the transaction, the writers' lock, then the head
         // as committed by whoever held the lock last.
         let sql = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY}); SELECT seq FROM log_head WHERE id = 1"
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY}); SELECT seq, (SELECT COALESCE(MAX(seq), 0) FROM events) FROM log_head WHERE id = 1"
         );
         let messages = match conn.client.simple_query(&sql) {
             Ok(messages) => messages,
@@ -673,30 +688,40 @@ impl Backend for PgBackend {
                 return Err(pg_error(error));
             }
         };
-        let head = simple_head(&messages);
+        let heads = simple_heads(&messages);
         let mut txn = PgTxn {
             conn,
             head: 0,
             appended: 0,
+            event_head: 0,
             overlay: Overlay::default(),
             done: false,
         };
-        txn.head = head?;
+        (txn.head, txn.event_head) = heads?;
         txn.appended = txn.head;
         Ok(txn)
     }
 }
 
-/// The head in the answer to `begin`'s query.
-fn simple_head(messages: &[SimpleQueryMessage]) -> Result<u64, HubLogError> {
-    // The lock's row (void) comes first; the head's is the last.
-    let head = messages.iter().rev().find_map(|message| match message {
-        SimpleQueryMessage::Row(row) => row.get(0),
-        _ => None,
-    });
-    let head = head.ok_or_else(|| storage_error("log_head has no row"))?;
-    head.parse::<u64>()
-        .map_err(|_| storage_error(format!("log_head holds {head:?}, not a sequence number")))
+/// The head and the outbox's head in the answer to `begin`'s query.
+fn simple_heads(messages: &[SimpleQueryMessage]) -> Result<(u64, u64), HubLogError> {
+    // The lock's row (void) comes first; the heads' is the last.
+    let row = messages
+        .iter()
+        .rev()
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .ok_or_else(|| storage_error("log_head has no row"))?;
+    let number = |index: usize| -> Result<u64, HubLogError> {
+        let text = row
+            .get(index)
+            .ok_or_else(|| storage_error("log_head has no row"))?;
+        text.parse::<u64>()
+            .map_err(|_| storage_error(format!("log_head holds {text:?}, not a sequence number")))
+    };
+    Ok((number(0)?, number(1)?))
 }
 
 impl Drop for PgBackend {
@@ -729,6 +754,7 @@ struct Overlay {
     meta: HashMap<String, String>,
     snapshots: HashMap<DocId, (u64, Vec<u8>)>,
     set_snapshots: HashMap<DocSetId, u64>,
+    events: Vec<Event>,
     /// The head written by the last flush.
     flushed_head: u64,
 }
@@ -744,7 +770,8 @@ impl Overlay {
             && self.dirty_order_nos.is_empty()
             && self.meta.is_empty()
             && self.snapshots.is_empty()
-            && self.set_snapshots.is_empty())
+            && self.set_snapshots.is_empty()
+            && self.events.is_empty())
     }
 }
 
@@ -756,6 +783,8 @@ pub struct PgTxn<'a> {
     head: u64,
     /// The highest sequence number appended (or `head`).
     appended: u64,
+    /// The outbox's committed head when the transaction began.
+    event_head: u64,
     overlay: Overlay,
     done: bool,
 }
@@ -795,6 +824,13 @@ struct FlushColumns {
     snapshot_bytes: Vec<Vec<u8>>,
     set_snapshot_set: Vec<String>,
     set_snapshot_covers: Vec<i64>,
+    event_seq: Vec<i64>,
+    event_tenant: Vec<String>,
+    event_store: Vec<String>,
+    event_store_seq: Vec<i64>,
+    event_type: Vec<String>,
+    event_time: Vec<i64>,
+    event_data: Vec<String>,
 }
 
 impl FlushColumns {
@@ -865,6 +901,15 @@ impl FlushColumns {
             columns.set_snapshot_set.push(set.as_str().to_owned());
             columns.set_snapshot_covers.push(seq_param(covers));
         }
+        for event in overlay.events.drain(..) {
+            columns.event_seq.push(seq_param(event.seq));
+            columns.event_tenant.push(event.tenant.as_str().to_owned());
+            columns.event_store.push(event.store.as_str().to_owned());
+            columns.event_store_seq.push(seq_param(event.store_seq));
+            columns.event_type.push(event.kind.as_str().to_owned());
+            columns.event_time.push(seq_param(event.time_ms));
+            columns.event_data.push(event.data.to_string());
+        }
         Ok(columns)
     }
 }
@@ -916,6 +961,13 @@ impl PgTxn<'_> {
                 &c.set_snapshot_covers,
                 &head,
                 &notify,
+                &c.event_seq,
+                &c.event_tenant,
+                &c.event_store,
+                &c.event_store_seq,
+                &c.event_type,
+                &c.event_time,
+                &c.event_data,
             ],
         )?;
         self.overlay.flushed_head = self.appended;
@@ -939,6 +991,62 @@ impl Drop for PgTxn<'_> {
             self.conn.poisoned = true;
         }
     }
+}
+
+/// A count or maximum a statement answers in its first column.
+fn read_count(
+    conn: &mut PgConn,
+    statement: Stmt,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, HubLogError> {
+    let rows = conn.rows(statement, params)?;
+    let value: i64 = match rows.first() {
+        Some(row) => row.try_get(0).map_err(pg_error)?,
+        None => 0,
+    };
+    Ok(value as u64)
+}
+
+/// The outbox's events after `after` passing `filter` (one statement; the
+/// filter's lists are arrays, empty for "all").
+fn events_after(
+    conn: &mut PgConn,
+    after: u64,
+    filter: &EventFilter,
+    limit: usize,
+    visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+) -> Result<(), HubLogError> {
+    let stores: Vec<&str> = filter.stores.iter().map(StoreId::as_str).collect();
+    let types: Vec<&str> = filter.types.iter().map(|kind| kind.as_str()).collect();
+    let rows = conn
+        .client
+        .query(
+            "SELECT seq, tenant, store_id, store_seq, type, time_ms, data::text FROM events
+             WHERE seq > $1
+               AND (cardinality($2::text[]) = 0 OR store_id = ANY($2::text[]))
+               AND (cardinality($3::text[]) = 0 OR type = ANY($3::text[]))
+             ORDER BY seq LIMIT $4",
+            &[
+                &seq_param(after),
+                &stores,
+                &types,
+                &(limit.min(i64::MAX as usize) as i64),
+            ],
+        )
+        .map_err(pg_error)?;
+    for row in rows {
+        let columns = EventColumns {
+            seq: row.try_get(0).map_err(pg_error)?,
+            tenant: row.try_get(1).map_err(pg_error)?,
+            store: row.try_get(2).map_err(pg_error)?,
+            store_seq: row.try_get(3).map_err(pg_error)?,
+            kind: row.try_get(4).map_err(pg_error)?,
+            time_ms: row.try_get(5).map_err(pg_error)?,
+            data: row.try_get(6).map_err(pg_error)?,
+        };
+        visit(columns.into_event()?)?;
+    }
+    Ok(())
 }
 
 /// Reads shared by the reader and the writer's transaction.
@@ -1169,6 +1277,21 @@ impl LogRows for PgReadRows<'_> {
     fn head_seq(&mut self) -> Result<u64, HubLogError> {
         read_head(self.0)
     }
+    fn event_head(&mut self) -> Result<u64, HubLogError> {
+        read_count(self.0, Stmt::EventHead, &[])
+    }
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        read_count(self.0, Stmt::StoreEventSeq, &[&store.as_str()])
+    }
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        events_after(self.0, after, filter, limit, visit)
+    }
     fn meta(&mut self, key: &str) -> Result<Option<String>, HubLogError> {
         meta(self.0, key)
     }
@@ -1244,6 +1367,32 @@ impl LogRows for PgReadRows<'_> {
 impl LogRows for PgTxn<'_> {
     fn head_seq(&mut self) -> Result<u64, HubLogError> {
         Ok(self.appended)
+    }
+    fn event_head(&mut self) -> Result<u64, HubLogError> {
+        Ok(self.event_head)
+    }
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        let pending = self
+            .overlay
+            .events
+            .iter()
+            .rev()
+            .find(|event| &event.store == store)
+            .map(|event| event.store_seq);
+        match pending {
+            Some(last) => Ok(last),
+            None => read_count(self.conn, Stmt::StoreEventSeq, &[&store.as_str()]),
+        }
+    }
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        self.sync()?;
+        events_after(self.conn, after, filter, limit, visit)
     }
     fn meta(&mut self, key: &str) -> Result<Option<String>, HubLogError> {
         match self.overlay.meta.get(key) {
@@ -1527,6 +1676,11 @@ impl PgTxn<'_> {
 }
 
 impl WriteTxn for PgTxn<'_> {
+    fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
+        self.overlay.events.push(event.clone());
+        Ok(())
+    }
+
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {
         self.overlay.meta.insert(key.to_owned(), value.to_owned());
         Ok(())

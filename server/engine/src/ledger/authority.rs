@@ -22,7 +22,15 @@ use omnisync_core::vocab::intent::{
     StockCommand, validate_reservation,
 };
 use omnisync_core::vocab::keys::{OrderStatusName, ReservationKey};
-use omnisync_core::vocab::record::{AllowanceRecord, OrderLineRecord, OrderRecord, Record};
+use omnisync_core::vocab::record::{
+    AllowanceRecord, OrderLineRecord, OrderRecord, Record, StockRecord,
+};
+
+use crate::events::{
+    AllowanceData, COMPENSATED_PREFIX, CompensationOpenedData, CompensationResolvedData,
+    EventDraft, EventType, OrderConfirmedData, OrderRefusedData, OrderStatusChangedData,
+    ShortLineData, StockLevelData,
+};
 
 /// An open or finished reservation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +110,9 @@ pub struct LedgerChanges {
     pub order_nos: Vec<(StoreId, u64)>,
     /// Records to append to the change log, in order.
     pub records: Vec<(DocId, Vec<u8>)>,
+    /// The events the batch's decisions produced, in order (orders and
+    /// refusals as decided, then stock levels and allowances as they ended).
+    pub events: Vec<EventDraft>,
 }
 
 impl LedgerChanges {
@@ -112,6 +123,7 @@ impl LedgerChanges {
             && self.keys.is_empty()
             && self.reservations.is_empty()
             && self.order_nos.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -155,6 +167,10 @@ pub struct UnitOfWork {
     reservations: BTreeMap<Key<String>, Option<Reservation>>,
     dirty_reservations: BTreeSet<Key<String>>,
     order_nos: BTreeMap<StoreId, u64>,
+    /// Ledger entries as storage had them before the batch, to tell what
+    /// an event reports (a level that moved, a grant, a recall).
+    sku_origins: BTreeMap<Key<Sku>, SkuLedger>,
+    events: Vec<EventDraft>,
 }
 
 impl UnitOfWork {
@@ -176,7 +192,21 @@ impl UnitOfWork {
         now_ms: u64,
     ) -> Result<Decision, HubLogError> {
         let decision = match intent {
-            Intent::Checkout(checkout) => self.checkout(source, store, device, checkout, now_ms)?,
+            Intent::Checkout(checkout) => {
+                let decision = self.checkout(source, store, device, checkout, now_ms)?;
+                if let Decision::Refused(reason) = &decision {
+                    self.events.push(EventDraft::new(
+                        store,
+                        EventType::OrderRefused,
+                        &OrderRefusedData {
+                            order_id: checkout.order_id.to_string(),
+                            device: device.to_string(),
+                            reason: reason.clone(),
+                        },
+                    ));
+                }
+                decision
+            }
             Intent::Stock(command) => self.stock_command(source, store, command)?,
             Intent::OrderStatus(change) => self.order_status(source, store, change)?,
             Intent::Reserve { key, sku, quantity } => {
@@ -510,8 +540,12 @@ impl UnitOfWork {
     }
 
     /// Everything the batch changed, with the records to publish.
-    pub fn finish(self) -> LedgerChanges {
-        let mut changes = LedgerChanges::default();
+    pub fn finish(mut self) -> LedgerChanges {
+        let mut changes = LedgerChanges {
+            events: std::mem::take(&mut self.events),
+            ..LedgerChanges::default()
+        };
+        self.draft_events(&mut changes.events);
         for key in &self.dirty_skus {
             let ledger = &self.skus[key];
             changes.records.extend(record_of(
@@ -564,6 +598,56 @@ impl UnitOfWork {
         changes
     }
 
+    /// The events of the ledger entries the batch changed, compared with
+    /// how storage had them: stock levels, then allowances granted or
+    /// recalled (order events are drafted as each order is written).
+    fn draft_events(&self, events: &mut Vec<EventDraft>) {
+        for key in &self.dirty_skus {
+            let (store, sku) = key;
+            let now = self.skus[key].stock_record(sku);
+            let before = self
+                .sku_origins
+                .get(key)
+                .map(|ledger| ledger.stock_record(sku));
+            if before.is_none_or(|before| !same_level(&before, &now)) {
+                events.push(EventDraft::new(
+                    store,
+                    EventType::StockLevelChanged,
+                    &StockLevelData::of(&now),
+                ));
+            }
+        }
+        for (store, sku, device) in &self.dirty_rights {
+            let key = (store.clone(), sku.clone());
+            let now = self.skus[&key].rights.get(device).cloned().unwrap_or_default();
+            let before = self
+                .sku_origins
+                .get(&key)
+                .and_then(|ledger| ledger.rights.get(device).cloned())
+                .unwrap_or_default();
+            let data = |units| AllowanceData {
+                device: device.to_string(),
+                sku: sku.to_string(),
+                units,
+                held: now.held(),
+            };
+            if now.granted > before.granted {
+                events.push(EventDraft::new(
+                    store,
+                    EventType::AllowanceGranted,
+                    &data(now.granted - before.granted),
+                ));
+            }
+            if now.recall && !before.recall {
+                events.push(EventDraft::new(
+                    store,
+                    EventType::AllowanceRecalled,
+                    &data(0),
+                ));
+            }
+        }
+    }
+
     fn sku(
         &mut self,
         source: &mut dyn LedgerSource,
@@ -575,6 +659,7 @@ impl UnitOfWork {
             return Ok(ledger.clone());
         }
         let ledger = source.sku(store, sku)?.unwrap_or_default();
+        self.sku_origins.insert(key.clone(), ledger.clone());
         self.skus.insert(key, ledger.clone());
         Ok(ledger)
     }
@@ -616,8 +701,13 @@ impl UnitOfWork {
         Ok(order)
     }
 
+    /// Writes an order back and drafts its events (a new order, a status
+    /// change, a compensation opened or resolved), in decision order.
     fn put_order(&mut self, store: &StoreId, order: OrderRecord) {
         let key = (store.clone(), order.order_id.as_str().to_owned());
+        let before = self.orders.get(&key).cloned().flatten();
+        self.events
+            .extend(order_events(store, before.as_ref(), &order));
         self.orders.insert(key.clone(), Some(order));
         self.dirty_orders.insert(key);
     }
@@ -687,6 +777,76 @@ fn order_no_of(decision: &Decision) -> Option<u64> {
         Decision::Confirmed { order_no } | Decision::Short { order_no, .. } => Some(*order_no),
         _ => None,
     }
+}
+
+/// The events of an order written by a batch: `before` is how storage had it.
+fn order_events(
+    store: &StoreId,
+    before: Option<&OrderRecord>,
+    order: &OrderRecord,
+) -> Vec<EventDraft> {
+    let mut events = Vec::new();
+    match before {
+        None => {
+            events.push(EventDraft::new(
+                store,
+                EventType::OrderConfirmed,
+                &OrderConfirmedData::of(order),
+            ));
+            let short: Vec<ShortLineData> = order
+                .lines
+                .iter()
+                .filter(|line| line.short > 0)
+                .map(|line| ShortLineData {
+                    sku: line.sku.to_string(),
+                    quantity: line.short,
+                })
+                .collect();
+            if !short.is_empty() {
+                events.push(EventDraft::new(
+                    store,
+                    EventType::CompensationOpened,
+                    &CompensationOpenedData {
+                        order_id: order.order_id.to_string(),
+                        order_no: order.order_no,
+                        device: order.device.to_string(),
+                        lines: short,
+                    },
+                ));
+            }
+        }
+        Some(before) if before.version != order.version => {
+            events.push(EventDraft::new(
+                store,
+                EventType::OrderStatusChanged,
+                &OrderStatusChangedData {
+                    order_id: order.order_id.to_string(),
+                    order_no: order.order_no,
+                    from: before.status.to_string(),
+                    status: order.status.to_string(),
+                    version: order.version,
+                },
+            ));
+            if let Some(resolution) = order.status.as_str().strip_prefix(COMPENSATED_PREFIX) {
+                events.push(EventDraft::new(
+                    store,
+                    EventType::CompensationResolved,
+                    &CompensationResolvedData {
+                        order_id: order.order_id.to_string(),
+                        order_no: order.order_no,
+                        resolution: resolution.to_owned(),
+                    },
+                ));
+            }
+        }
+        Some(_) => {}
+    }
+    events
+}
+
+/// True when two stock records show the same levels (versions aside).
+fn same_level(a: &StockRecord, b: &StockRecord) -> bool {
+    (a.on_hand, a.free, a.reserved, a.held, a.mode) == (b.on_hand, b.free, b.reserved, b.held, b.mode)
 }
 
 /// True when `seen` is within `tolerance_bp` basis points of `current`.

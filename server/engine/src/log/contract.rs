@@ -37,11 +37,16 @@
 //!      hint naming every row a group commit is about to look up, so a
 //!      backend with costly round trips (PostgreSQL) reads them in a few
 //!      batched queries and answers the lookups from memory.
+//!    - the outbox of events ([`crate::events`]):
+//!      [`event_head`](LogRows::event_head),
+//!      [`store_event_seq`](LogRows::store_event_seq),
+//!      [`events_after`](LogRows::events_after);
 //!    - for compaction (see below): [`change_sets`](LogRows::change_sets),
 //!      [`count_changes`](LogRows::count_changes),
 //!      [`changed_docs`](LogRows::changed_docs).
 //! 2. [`WriteTxn`]: one open write transaction. Rows: `put_meta`,
-//!    `put_outcome`, `append` (a numbered change), the ledger's rows
+//!    `put_outcome`, `append` (a numbered change), `append_event` (an
+//!    event of the outbox, numbered by the shared code), the ledger's rows
 //!    (`get_sku`/`put_sku`, `get_order`/`put_order`, `get_key`/`put_key`,
 //!    `get_reservation`/`put_reservation`, `get_last_order_no`/`put_order_no`,
 //!    `skus_with_rights`), `put_snapshot`, `put_set_snapshot`,
@@ -154,6 +159,7 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::HubLogError;
+use crate::events::{Event, EventFilter};
 use crate::hub_session::{ChangePage, CommittedChanges};
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
@@ -266,6 +272,25 @@ pub trait LogRows {
         Ok(())
     }
 
+    /// The highest outbox position written (0 when none). Like
+    /// [`head_seq`](LogRows::head_seq), read inside a write transaction it
+    /// is the committed one as of that transaction.
+    fn event_head(&mut self) -> Result<u64, HubLogError>;
+
+    /// The last per-store position given to an event of `store` (0 when
+    /// none).
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError>;
+
+    /// Calls `visit` with the outbox's events above position `after` that
+    /// pass `filter`, in position order, at most `limit` of them.
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError>;
+
     /// Every set with at least one stored change, in id order (compaction
     /// visits them in turn).
     fn change_sets(&mut self) -> Result<Vec<DocSetId>, HubLogError>;
@@ -322,6 +347,9 @@ pub trait WriteTxn: LogRows {
     ) -> Result<(), HubLogError>;
     /// Stores a numbered change as given.
     fn append(&mut self, change: &RemoteChange) -> Result<(), HubLogError>;
+    /// Stores an event in the outbox as given (numbered by the shared
+    /// code; never renumbered).
+    fn append_event(&mut self, event: &Event) -> Result<(), HubLogError>;
     /// A SKU's ledger entry.
     fn get_sku(&mut self, store: &StoreId, sku: &Sku) -> Result<Option<SkuLedger>, HubLogError>;
     /// Writes a SKU's ledger entry (insert or replace).

@@ -11,6 +11,7 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::HubLogError;
+use crate::events::{Event, EventFilter};
 use super::contract::{Backend, LogRows, PageCut, ReadBackend, WriteTxn};
 use super::store::{HubStore, LOG_ID_KEY};
 use crate::ledger::authority::{AuthorityConfig, Reservation};
@@ -36,6 +37,7 @@ pub struct MemoryBackend {
     order_nos: HashMap<StoreId, u64>,
     snapshots: BTreeMap<DocSetId, BTreeMap<DocId, (u64, Vec<u8>)>>,
     set_snapshots: HashMap<DocSetId, u64>,
+    events: Vec<Event>,
 }
 
 impl MemoryBackend {
@@ -108,6 +110,42 @@ impl<M: Deref<Target = MemoryBackend>> LogRows for MemoryRows<M> {
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, HubLogError> {
         Ok(self.0.meta.get(key).cloned())
+    }
+
+    fn event_head(&mut self) -> Result<u64, HubLogError> {
+        Ok(self.0.events.last().map_or(0, |event| event.seq))
+    }
+
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        Ok(self
+            .0
+            .events
+            .iter()
+            .rev()
+            .find(|event| &event.store == store)
+            .map_or(0, |event| event.store_seq))
+    }
+
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        // Positions are dense from 1: position p is at index p - 1.
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        for event in self
+            .0
+            .events
+            .iter()
+            .skip(start)
+            .filter(|event| filter.admits(event))
+            .take(limit)
+        {
+            visit(event.clone())?;
+        }
+        Ok(())
     }
 
     fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
@@ -277,6 +315,11 @@ impl<M: DerefMut<Target = MemoryBackend>> WriteTxn for MemoryRows<M> {
             self.0.by_set.remove(set);
         }
         Ok(deleted as u64)
+    }
+
+    fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
+        self.0.events.push(event.clone());
+        Ok(())
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {

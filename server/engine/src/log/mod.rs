@@ -143,6 +143,21 @@ pub trait HubLogRead {
             "this reader cannot read the head".into(),
         ))
     }
+
+    /// At most `limit` events of the outbox above position `after` that pass
+    /// `filter`, with where the next read starts and the outbox's head, all
+    /// from one snapshot.
+    fn events(
+        &self,
+        after: u64,
+        filter: &crate::events::EventFilter,
+        limit: usize,
+    ) -> Result<crate::events::EventPage, HubLogError> {
+        let _ = (after, filter, limit);
+        Err(HubLogError::Storage(
+            "this reader cannot read the outbox".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use omnisync_core::protocol::message::AckOutcome;
 use omnisync_core::vocab::ids::{DocId, DocSetId, OpId};
 
 use super::compact::compacted_point;
+use crate::events::{EventFilter, EventPage};
 use super::contract::{LogRows, PageCut, ReadBackend, committed_between};
 use super::shared::{hub_replica, storage_error};
 use super::store::LOG_ID_KEY;
@@ -139,4 +140,38 @@ impl<B: ReadBackend> HubLogRead for B {
     fn head(&self) -> Result<u64, HubLogError> {
         self.read(|rows| rows.head_seq())
     }
+
+    fn events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<EventPage, HubLogError> {
+        self.read(|rows| events_page(rows, after, filter, limit))
+    }
+}
+
+/// A page of the outbox: at most `limit` events after `after` passing
+/// `filter`. `next` is the last position returned when the page is full
+/// (more may follow), else the head read in the same snapshot (every
+/// position up to it was looked at).
+pub fn events_page(
+    rows: &mut dyn LogRows,
+    after: u64,
+    filter: &EventFilter,
+    limit: usize,
+) -> Result<EventPage, HubLogError> {
+    let head = rows.event_head()?;
+    let mut events = Vec::new();
+    if after < head && limit > 0 {
+        rows.events_after(after, filter, limit, &mut |event| {
+            events.push(event);
+            Ok(())
+        })?;
+    }
+    let next = match events.last() {
+        Some(last) if events.len() >= limit => last.seq,
+        _ => head.max(after),
+    };
+    Ok(EventPage { events, next, head })
 }

@@ -12,6 +12,7 @@ use omnisync_core::vocab::intent::{Decision, Intent, StockCommand};
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::contract::{LogRows, Prefetch, WriteTxn};
+use crate::events::{self, Event, EventDraft};
 use super::{AppliedBatch, HubLogError};
 use crate::hub_session::{CommittedChanges, IncomingOp};
 use crate::ledger::authority::{
@@ -37,6 +38,8 @@ pub trait HubTxn: LedgerSource {
     fn persist_ledger(&mut self, changes: &LedgerChanges) -> Result<(), HubLogError>;
     /// Names the rows the batch is about to look up ([`LogRows::prefetch`]).
     fn prefetch(&mut self, want: &Prefetch) -> Result<(), HubLogError>;
+    /// Numbers `drafts` and writes them to the outbox, stamped `now_ms`.
+    fn emit(&mut self, drafts: Vec<EventDraft>, now_ms: u64) -> Result<(), HubLogError>;
 }
 
 /// Every row deciding `ops` will look up: their outcomes and, for intents,
@@ -135,6 +138,13 @@ pub fn apply_ops(
             None => match incoming.op.body {
                 OpBody::Changes(changes) => {
                     batch.stored += 1;
+                    let drafts: Vec<EventDraft> = changes
+                        .iter()
+                        .flat_map(|change| events::from_document_change(&change.doc, &change.bytes))
+                        .collect();
+                    if !drafts.is_empty() {
+                        txn.emit(drafts, now_ms)?;
+                    }
                     for change in changes {
                         *head += 1;
                         let remote = RemoteChange {
@@ -173,7 +183,7 @@ pub fn apply_ops(
         decided.insert(id, outcome.clone());
         batch.acks.push(Ack { op: id, outcome });
     }
-    publish(txn, head, hub_replica, work, &mut batch.committed)?;
+    publish(txn, head, hub_replica, work, &mut batch.committed, now_ms)?;
     Ok(batch)
 }
 
@@ -197,7 +207,7 @@ pub fn apply_hub_intents(
         decisions.push(work.decide(txn, store, device, intent, now_ms)?);
     }
     let mut committed = CommittedChanges::default();
-    publish(txn, head, hub_replica, work, &mut committed)?;
+    publish(txn, head, hub_replica, work, &mut committed, now_ms)?;
     Ok((decisions, committed))
 }
 
@@ -212,7 +222,7 @@ pub fn maintain_ledger(
     let mut work = UnitOfWork::new(config);
     work.recall_idle(txn, now_ms)?;
     let mut committed = CommittedChanges::default();
-    publish(txn, head, hub_replica, work, &mut committed)?;
+    publish(txn, head, hub_replica, work, &mut committed, now_ms)?;
     Ok(committed)
 }
 
@@ -222,10 +232,15 @@ fn publish(
     hub_replica: ReplicaId,
     work: UnitOfWork,
     committed: &mut CommittedChanges,
+    now_ms: u64,
 ) -> Result<(), HubLogError> {
-    let changes = work.finish();
+    let mut changes = work.finish();
     if changes.is_empty() {
         return Ok(());
+    }
+    let drafts = std::mem::take(&mut changes.events);
+    if !drafts.is_empty() {
+        txn.emit(drafts, now_ms)?;
     }
     for (doc, bytes) in &changes.records {
         *head += 1;
@@ -251,18 +266,99 @@ fn publish(
 pub struct SharedTxn<'a, T: WriteTxn> {
     rows: &'a mut T,
     prices: &'a mut PriceBook,
+    events: &'a mut EventNumbering,
     /// The head before this transaction (documents are loaded up to it).
     head_before: u64,
 }
 
 impl<'a, T: WriteTxn> SharedTxn<'a, T> {
-    /// Wraps `rows`; `head_before` is the head the transaction started at.
-    pub fn new(rows: &'a mut T, prices: &'a mut PriceBook, head_before: u64) -> Self {
+    /// Wraps `rows`; `head_before` is the head the transaction started at,
+    /// `events` numbers the outbox from where the transaction found it.
+    pub fn new(
+        rows: &'a mut T,
+        prices: &'a mut PriceBook,
+        events: &'a mut EventNumbering,
+        head_before: u64,
+    ) -> Self {
         Self {
             rows,
             prices,
+            events,
             head_before,
         }
+    }
+}
+
+/// How the writer numbers the outbox: the position last given and, per
+/// store, the store's last position (a cache of [`LogRows::store_event_seq`],
+/// dropped whenever another writer may have written events).
+#[derive(Debug)]
+pub struct EventNumbering {
+    tenant: omnisync_core::vocab::ids::TenantId,
+    head: u64,
+    stores: HashMap<StoreId, u64>,
+}
+
+impl EventNumbering {
+    /// Numbering for events of `tenant`, from nothing known.
+    pub fn new(tenant: omnisync_core::vocab::ids::TenantId) -> Self {
+        Self {
+            tenant,
+            head: 0,
+            stores: HashMap::new(),
+        }
+    }
+
+    /// The tenant events are written for.
+    pub fn tenant(&self) -> &omnisync_core::vocab::ids::TenantId {
+        &self.tenant
+    }
+
+    /// Takes the outbox's committed position as `rows` sees it at the start
+    /// of a write transaction; when it is not where this writer left it,
+    /// another writer wrote events and the per-store cache is dropped.
+    pub fn catch_up(&mut self, rows: &mut impl LogRows) -> Result<(), HubLogError> {
+        let head = rows.event_head()?;
+        if head != self.head {
+            self.stores.clear();
+            self.head = head;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything (after a failed commit): the next transaction
+    /// reads the positions from storage again.
+    pub fn forget(&mut self) {
+        self.stores.clear();
+        self.head = u64::MAX;
+    }
+
+    /// Numbers and writes `drafts` through `rows`.
+    pub fn write(
+        &mut self,
+        rows: &mut impl WriteTxn,
+        drafts: Vec<EventDraft>,
+        now_ms: u64,
+    ) -> Result<(), HubLogError> {
+        for draft in drafts {
+            let store_seq = match self.stores.get(&draft.store) {
+                Some(last) => *last,
+                None => rows.store_event_seq(&draft.store)?,
+            } + 1;
+            self.head += 1;
+            let event = Event {
+                seq: self.head,
+                tenant: self.tenant.clone(),
+                store: draft.store,
+                store_seq,
+                kind: draft.kind,
+                time_ms: now_ms,
+                data: draft.data,
+            };
+            rows.append_event(&event)?;
+            self.stores.insert(event.store, store_seq);
+        }
+        Ok(())
     }
 }
 
@@ -365,6 +461,10 @@ impl<T: WriteTxn> HubTxn for SharedTxn<'_, T> {
             return Ok(());
         }
         self.rows.prefetch(want)
+    }
+
+    fn emit(&mut self, drafts: Vec<EventDraft>, now_ms: u64) -> Result<(), HubLogError> {
+        self.events.write(&mut *self.rows, drafts, now_ms)
     }
 }
 

@@ -21,9 +21,11 @@ use omnisync_core::vocab::record::is_record_doc;
 use super::compact::{CompactPolicy, CompactStep, Compaction};
 use super::contract::{Backend, LogRows, WriteTxn};
 use super::shared::{
-    HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at, maintain_ledger,
-    storage_error,
+    EventNumbering, HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at,
+    maintain_ledger, storage_error,
 };
+use crate::events::{self, EventDraft};
+use omnisync_core::vocab::ids::TenantId;
 use super::{AppliedBatch, HubLog, HubLogError};
 use crate::hub_session::{CommittedChanges, IncomingOp};
 use crate::ledger::authority::AuthorityConfig;
@@ -33,6 +35,9 @@ use crate::ledger::price_book::PriceBook;
 pub const LOG_ID_KEY: &str = "log_id";
 /// The device name the hub's own intents (import stock counts) are issued as.
 pub const HUB_ISSUER: &str = "hub";
+/// The tenant a log's events name until [`HubStore::set_tenant`] says
+/// otherwise (the development hub's tenant).
+pub const DEFAULT_TENANT: &str = "dev";
 
 /// The writer of a hub log: owns the backend, and is the only one to number
 /// changes, so that sequence numbers are dense and never handed out twice.
@@ -44,6 +49,7 @@ pub struct HubStore<B: Backend> {
     hub: ReplicaId,
     config: AuthorityConfig,
     prices: PriceBook,
+    events: EventNumbering,
     compaction: Compaction,
 }
 
@@ -72,8 +78,21 @@ impl<B: Backend> HubStore<B> {
             log_id,
             config: AuthorityConfig::default(),
             prices: PriceBook::new(),
+            events: EventNumbering::new(
+                TenantId::new(DEFAULT_TENANT).map_err(storage_error)?,
+            ),
             compaction: Compaction::off(),
         })
+    }
+
+    /// Sets the tenant (retail chain) the log's events name.
+    pub fn set_tenant(&mut self, tenant: TenantId) {
+        self.events = EventNumbering::new(tenant);
+    }
+
+    /// The tenant the log's events name.
+    pub fn tenant(&self) -> &TenantId {
+        self.events.tenant()
     }
 
     /// Turns compaction on with `policy`, or off with `None` (the default).
@@ -127,10 +146,11 @@ impl<B: Backend> HubStore<B> {
             let mut txn = self.backend.begin()?;
             let head_before = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
             let mut head = head_before;
-            let result = {
-                let mut shared = SharedTxn::new(&mut txn, &mut self.prices, head_before);
+            let result = self.events.catch_up(&mut txn).and_then(|()| {
+                let mut shared =
+                    SharedTxn::new(&mut txn, &mut self.prices, &mut self.events, head_before);
                 work(&mut shared, &mut head, self.hub, self.config)
-            };
+            });
             result.and_then(|value| {
                 txn.commit()?;
                 Ok((value, head))
@@ -143,6 +163,7 @@ impl<B: Backend> HubStore<B> {
             }
             Err(error) => {
                 self.prices = PriceBook::new();
+                self.events.forget();
                 Err(error)
             }
         }
@@ -171,25 +192,57 @@ impl<B: Backend> HubStore<B> {
     ) -> Result<u64, HubLogError> {
         let origin = self.hub;
         let mut touches_prices = false;
-        let mut txn = self.backend.begin()?;
-        let mut head = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
-        for (doc, bytes) in changes {
-            head += 1;
-            touches_prices |= PriceBook::follows(&doc);
-            txn.append(&RemoteChange {
-                hub_seq: head,
-                doc,
-                origin,
-                bytes,
-            })?;
-        }
-        txn.commit()?;
+        let now_ms = omnisync_core::now_ms();
+        let written = {
+            let mut txn = self.backend.begin()?;
+            let mut head = catch_up(&mut self.head, &mut self.prices, &mut txn)?;
+            let write = || -> Result<(), HubLogError> {
+                self.events.catch_up(&mut txn)?;
+                let mut drafts: Vec<EventDraft> = Vec::new();
+                for (doc, bytes) in changes {
+                    head += 1;
+                    touches_prices |= PriceBook::follows(&doc);
+                    drafts.extend(events::from_document_change(&doc, &bytes));
+                    txn.append(&RemoteChange {
+                        hub_seq: head,
+                        doc,
+                        origin,
+                        bytes,
+                    })?;
+                }
+                self.events.write(&mut txn, drafts, now_ms)
+            };
+            write().and_then(|()| txn.commit()).map(|()| head)
+        };
+        let head = match written {
+            Ok(head) => head,
+            Err(error) => {
+                self.events.forget();
+                return Err(error);
+            }
+        };
         self.head = head;
         if touches_prices {
             // Cheaper than loading every imported prices document into it.
             self.prices = PriceBook::new();
         }
         Ok(head)
+    }
+
+    /// A page of the outbox as the writer's store has it now (see
+    /// [`super::HubLogRead::events`]; for tools and tests that hold the
+    /// writer rather than a reader).
+    pub fn events(
+        &mut self,
+        after: u64,
+        filter: &events::EventFilter,
+        limit: usize,
+    ) -> Result<events::EventPage, HubLogError> {
+        let mut txn = self.backend.begin()?;
+        let page = super::read::events_page(&mut txn, after, filter, limit);
+        // Dropped without a commit: a read-only transaction.
+        drop(txn);
+        page
     }
 
     /// A document as the hub has it now, or `None` if it has no changes.

@@ -8,6 +8,7 @@ use omnisync_core::vocab::ids::{DocId, DocSetId, OpId, StoreId};
 use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
+use crate::events::{Event, EventFilter};
 use crate::ledger::authority::Reservation;
 use crate::ledger::sku_ledger::SkuLedger;
 use crate::log::HubLogError;
@@ -58,6 +59,21 @@ impl<T: WriteTxn> LogRows for FailingTxn<T> {
     }
     fn meta(&mut self, key: &str) -> Result<Option<String>, HubLogError> {
         self.inner.meta(key)
+    }
+    fn event_head(&mut self) -> Result<u64, HubLogError> {
+        self.inner.event_head()
+    }
+    fn store_event_seq(&mut self, store: &StoreId) -> Result<u64, HubLogError> {
+        self.inner.store_event_seq(store)
+    }
+    fn events_after(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
+    ) -> Result<(), HubLogError> {
+        self.inner.events_after(after, filter, limit, visit)
     }
     fn find_outcome(&mut self, op: &OpId) -> Result<Option<AckOutcome>, HubLogError> {
         self.inner.find_outcome(op)
@@ -132,6 +148,9 @@ impl<T: WriteTxn> LogRows for FailingTxn<T> {
 }
 
 impl<T: WriteTxn> WriteTxn for FailingTxn<T> {
+    fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
+        self.inner.append_event(event)
+    }
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {
         self.inner.put_meta(key, value)
     }

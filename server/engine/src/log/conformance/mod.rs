@@ -109,6 +109,14 @@ impl<B: Backend, R: HubLogRead, K> HubLogRead for Paired<B, R, K> {
     fn head(&self) -> Result<u64, HubLogError> {
         self.reader.head()
     }
+    fn events(
+        &self,
+        after: u64,
+        filter: &crate::events::EventFilter,
+        limit: usize,
+    ) -> Result<crate::events::EventPage, HubLogError> {
+        self.reader.events(after, filter, limit)
+    }
 }
 
 impl<B: Backend, R: HubLogRead, K> Conformant for Paired<B, R, K> {
@@ -138,6 +146,142 @@ pub fn run_all<L: Conformant>(mut fresh: impl FnMut() -> L) {
     compaction_waits_for_age_and_amount(fresh());
     compaction_never_drops_changes_waiting_for_dependencies(fresh());
     changes_between_lists_every_set_in_order(fresh());
+    events_are_written_with_their_cause(fresh());
+}
+
+/// A group commit writes the events of what it decided and stored, in the
+/// same transaction: dense outbox positions, dense positions per store,
+/// typed payloads; readers page and filter them.
+pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
+    use crate::events::{EventFilter, EventType, OrderConfirmedData, StockLevelData};
+    use omnisync_core::vocab::goods::{Channel, Currency, Sku};
+    use omnisync_core::vocab::intent::{
+        CheckoutIntent, Intent, IntentLine, LineSource, StockCommand,
+    };
+    use omnisync_core::vocab::layout;
+    let sku = Sku::new("tea").expect("sku");
+    let checkout = |order: &str, quantity| {
+        Intent::Checkout(CheckoutIntent {
+            order_id: order.parse().unwrap(),
+            idempotency_key: order.parse().unwrap(),
+            lines: vec![IntentLine {
+                sku: sku.clone(),
+                quantity,
+                unit_price_minor: 100,
+                source: LineSource::Hub,
+            }],
+            currency: Currency::new("EUR").expect("currency"),
+            payment_ref: "card".parse().unwrap(),
+            channel: Channel::Pos,
+        })
+    };
+    let receive = |key: &str| {
+        Intent::Stock(StockCommand::Receive {
+            key: key.parse().unwrap(),
+            sku: sku.clone(),
+            quantity: 3,
+        })
+    };
+    assert_eq!(log.events(0, &EventFilter::default(), 10).expect("events").head, 0);
+    let mut in_b = intent(4, 4, receive("delivery-b"));
+    in_b.store = StoreId::new("b").expect("store");
+    log.apply(vec![
+        intent(4, 1, receive("delivery-a")),
+        intent(4, 2, checkout("o-1", 2)),
+        intent(4, 3, checkout("o-2", 2)),
+        in_b,
+    ])
+    .expect("apply");
+    // A retry changes nothing and writes no event.
+    log.apply(vec![intent(4, 2, checkout("o-1", 2))]).expect("retry");
+    // Product fields written by a catalog change.
+    let catalog = layout::catalog_doc(&StoreId::new("a").expect("store"), &sku);
+    let mut doc = automerge::Automerge::new();
+    let change = {
+        use automerge::transaction::Transactable as _;
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "tea/name", "Green tea").expect("put");
+        tx.commit();
+        doc.get_last_local_change().expect("change").raw_bytes().to_vec()
+    };
+    log.store()
+        .append_hub_changes(vec![(catalog, change)])
+        .expect("import");
+
+    let page = log.events(0, &EventFilter::default(), 100).expect("events");
+    let seqs: Vec<u64> = page.events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=page.events.len() as u64).collect::<Vec<_>>(), "dense positions");
+    assert_eq!(page.head, page.events.len() as u64);
+    assert_eq!(page.next, page.head);
+    for store in ["a", "b"] {
+        let store_seqs: Vec<u64> = page
+            .events
+            .iter()
+            .filter(|event| event.store.as_str() == store)
+            .map(|event| event.store_seq)
+            .collect();
+        assert_eq!(
+            store_seqs,
+            (1..=store_seqs.len() as u64).collect::<Vec<_>>(),
+            "dense positions in store {store}"
+        );
+    }
+    let kinds = |store: &str| -> Vec<EventType> {
+        page.events
+            .iter()
+            .filter(|event| event.store.as_str() == store)
+            .map(|event| event.kind)
+            .collect()
+    };
+    let a = kinds("a");
+    assert_eq!(
+        a.iter().filter(|kind| **kind == EventType::OrderConfirmed).count(),
+        1,
+        "{a:?}"
+    );
+    assert_eq!(a.iter().filter(|kind| **kind == EventType::OrderRefused).count(), 1, "{a:?}");
+    assert_eq!(a.last(), Some(&EventType::ProductChanged), "{a:?}");
+    assert!(a.contains(&EventType::StockLevelChanged), "{a:?}");
+    assert_eq!(kinds("b"), vec![EventType::StockLevelChanged]);
+    let confirmed = page
+        .events
+        .iter()
+        .find(|event| event.kind == EventType::OrderConfirmed)
+        .expect("confirmed");
+    let order: OrderConfirmedData =
+        serde_json::from_value(confirmed.data.clone()).expect("typed payload");
+    assert_eq!((order.order_id.as_str(), order.order_no, order.total_minor), ("o-1", 1, 200));
+    let last_stock = page
+        .events
+        .iter()
+        .rfind(|event| event.kind == EventType::StockLevelChanged && event.store.as_str() == "a")
+        .expect("stock");
+    let level: StockLevelData = serde_json::from_value(last_stock.data.clone()).expect("stock");
+    assert_eq!(level.on_hand, 1, "3 received, 2 sold");
+    assert_eq!(confirmed.tenant.as_str(), log.store().tenant().as_str());
+
+    // Paging: a full page ends at its last event; the filter skips the rest.
+    let first = log.events(0, &EventFilter::default(), 2).expect("page");
+    assert_eq!(first.events.len(), 2);
+    assert_eq!(first.next, 2);
+    let only_b = EventFilter {
+        stores: vec![StoreId::new("b").expect("store")],
+        types: Vec::new(),
+    };
+    let b = log.events(0, &only_b, 100).expect("store b");
+    assert_eq!(b.events.len(), 1);
+    assert_eq!(b.next, page.head, "every position was looked at");
+    let refused = EventFilter {
+        stores: Vec::new(),
+        types: vec![EventType::OrderRefused],
+    };
+    let r = log.events(0, &refused, 100).expect("refused");
+    assert_eq!(r.events.len(), 1);
+    assert_eq!(r.events[0].kind, EventType::OrderRefused);
+    let rest = log.events(first.next, &EventFilter::default(), 100).expect("rest");
+    assert_eq!(rest.events.first().map(|event| event.seq), Some(3));
+    assert_eq!(rest.events.len() + 2, page.events.len());
+    assert!(log.events(page.head, &EventFilter::default(), 100).expect("none").events.is_empty());
 }
 
 /// The changes of every set in a sequence range, grouped by set, each set's
@@ -558,6 +702,19 @@ pub fn price_book_forgets_a_failed_commit<B: Backend>(backend: B) {
         "the stored price is 100, not the rolled-back 500: {:?}",
         after.acks[0]
     );
+    // The rolled-back price has no event, and numbering went on without a gap.
+    let events = log
+        .events(0, &crate::events::EventFilter::default(), 1000)
+        .unwrap()
+        .events;
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    let amounts: Vec<i64> = events
+        .iter()
+        .filter(|event| event.kind == crate::events::EventType::PriceChanged)
+        .map(|event| event.data["amount_minor"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, vec![100], "only the committed price: {events:?}");
 }
 
 /// After the prices documents were compacted (their changes deleted), a
