@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use omnisync_core::protocol::message::Hello;
-use omnisync_core::vocab::ids::{CustomerId, DocSetId, TenantId};
+use omnisync_core::vocab::ids::{CustomerId, DocSetId, StoreId, TenantId};
 use omnisync_hub_engine::authz::{Identity, Role};
 use omnisync_hub_engine::hub_session::Peer;
 
@@ -43,6 +43,35 @@ pub trait Authenticator: Send + Sync {
         let _ = (bearer, now_ms);
         Ok(None)
     }
+
+    /// Which stores' events the holder of `bearer` may read from the feed.
+    /// The development authenticator lets anyone read every store; the token
+    /// authenticator wants an event-consumer token (its `stores` claim, or
+    /// every store of the tenant without one) or a back-office token (its
+    /// own store).
+    fn authorize_events(&self, bearer: Option<&str>, now_ms: u64) -> Result<EventScope, AuthError> {
+        let _ = (bearer, now_ms);
+        Ok(EventScope::AllStores)
+    }
+}
+
+/// The stores whose events a feed consumer may read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventScope {
+    /// Every store of the hub's tenant.
+    AllStores,
+    /// These stores only.
+    Stores(Vec<StoreId>),
+}
+
+impl EventScope {
+    /// True when the scope covers `store`.
+    pub fn covers(&self, store: &StoreId) -> bool {
+        match self {
+            EventScope::AllStores => true,
+            EventScope::Stores(stores) => stores.contains(store),
+        }
+    }
 }
 
 /// Why an HTTP caller was refused.
@@ -68,6 +97,19 @@ pub enum AuthConfig {
     Development,
     /// Signed device tokens ([`TokenAuthenticator`]).
     Tokens(Box<TokenConfig>),
+}
+
+impl AuthConfig {
+    /// The tenant this hub serves: the token validation's, or the
+    /// development tenant.
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            AuthConfig::Tokens(config) => config.validation.tenant.clone(),
+            AuthConfig::Development => {
+                TenantId::new(DEV_TENANT).expect("the development tenant is a valid id")
+            }
+        }
+    }
 }
 
 /// Configuration of [`TokenAuthenticator`].
@@ -197,6 +239,35 @@ impl Authenticator for TokenAuthenticator {
             )));
         }
         Ok(Some(identity))
+    }
+
+    fn authorize_events(&self, bearer: Option<&str>, now_ms: u64) -> Result<EventScope, AuthError> {
+        let bearer = bearer.ok_or_else(|| {
+            AuthError::Unauthenticated(
+                "the event feed needs an event-consumer or back-office bearer token".into(),
+            )
+        })?;
+        let verified = self
+            .verify(bearer, now_ms)
+            .map_err(AuthError::Unauthenticated)?;
+        match verified.identity.role {
+            Role::EventConsumer => match verified.claims.stores {
+                None => Ok(EventScope::AllStores),
+                Some(stores) => stores
+                    .iter()
+                    .map(|store| {
+                        StoreId::new(store).map_err(|error| {
+                            AuthError::Unauthenticated(format!("token claim stores: {error}"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(EventScope::Stores),
+            },
+            Role::BackOffice => Ok(EventScope::Stores(vec![verified.identity.store])),
+            other => Err(AuthError::Forbidden(format!(
+                "the event feed is for event-consumer and back-office tokens, not {other}"
+            ))),
+        }
     }
 }
 

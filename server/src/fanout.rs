@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use omnisync_hub_engine::hub_session::CommittedChanges;
 use omnisync_hub_engine::log::HubLogError;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Reads every change with a sequence number in `(after, upto]`, grouped
 /// by set, in order.
@@ -36,6 +36,10 @@ pub struct Fanout {
     /// The highest sequence number broadcast (everything below was too).
     delivered: Mutex<u64>,
     gaps: Box<GapReader>,
+    /// Ticks after every commit this process made or heard of, changes or
+    /// not (a refused checkout writes only an outcome and its event): what
+    /// the event feed's long polls wait on.
+    commits: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -54,7 +58,19 @@ impl Fanout {
             sender: broadcast::channel(capacity).0,
             delivered: Mutex::new(head),
             gaps,
+            commits: watch::channel(0).0,
         }
+    }
+
+    /// A receiver that changes after every commit (see [`Fanout::publish_local`]
+    /// and [`Fanout::publish_upto`]).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    fn tick(&self) {
+        self.commits
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// A receiver of every commit broadcast from now on.
@@ -70,6 +86,7 @@ impl Fanout {
     /// Broadcasts a commit made by this process (its changes, ascending per
     /// set), after any changes of other processes numbered before it.
     pub fn publish_local(&self, committed: CommittedChanges) {
+        self.tick();
         let Some((first, last)) = span(&committed) else {
             return;
         };
@@ -102,6 +119,8 @@ impl Fanout {
         if head > *delivered {
             self.deliver_gap(&mut delivered, head);
         }
+        drop(delivered);
+        self.tick();
     }
 
     /// Reads `(delivered, upto]` from the log and broadcasts it. When the

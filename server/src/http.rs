@@ -35,6 +35,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/v1/admin/ops/{replica}/{seq}", get(admin_op))
         .route("/v1/admin/devices/{device}/revoke", post(admin_revoke))
         .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/events", get(crate::feed::events))
+        .route("/v1/events/stream", get(crate::feed::stream))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -270,7 +272,8 @@ async fn refresh(
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token of a request, if it has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()

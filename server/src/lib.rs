@@ -13,6 +13,7 @@ pub mod committer;
 pub mod connection;
 pub mod devices;
 pub mod fanout;
+pub mod feed;
 pub mod http;
 pub mod import;
 pub mod limits;
@@ -376,6 +377,12 @@ async fn open_log(
                 })?;
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
+            writer
+                .set_tenant(config.auth.tenant())
+                .map_err(|source| HubError::Storage {
+                    dir: config.data_dir.clone(),
+                    source,
+                })?;
             Ok(OpenedLog {
                 log_id: writer.log_id().to_owned(),
                 writer: Box::new(writer),
@@ -387,6 +394,9 @@ async fn open_log(
             let mut writer = open_postgres(&url).await?;
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
+            writer
+                .set_tenant(config.auth.tenant())
+                .map_err(|error| HubError::Database(error.to_string()))?;
             Ok(OpenedLog {
                 log_id: writer.log_id().to_owned(),
                 writer: Box::new(writer),

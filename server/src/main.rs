@@ -430,12 +430,17 @@ enum Command {
         /// The device id (`sub`).
         #[arg(long)]
         device: String,
-        /// terminal, customer-app, back-office or hub-peer.
+        /// terminal, customer-app, back-office, hub-peer or event-consumer.
         #[arg(long)]
         role: String,
         /// The shopper (customer-app only).
         #[arg(long)]
         customer: Option<String>,
+        /// The stores an event-consumer token may read events of,
+        /// comma-separated (event-consumer only; without it: every store of
+        /// the tenant on the hub).
+        #[arg(long, value_delimiter = ',')]
+        stores: Option<Vec<String>>,
         /// Lifetime in seconds (at most 30 days).
         #[arg(long, default_value_t = token::TOKEN_TTL_S_DEFAULT)]
         ttl_s: u64,
@@ -571,6 +576,7 @@ fn main() -> anyhow::Result<()> {
                 device,
                 role,
                 customer,
+                stores,
                 ttl_s,
                 issued_at_s,
             } => {
@@ -593,8 +599,27 @@ fn main() -> anyhow::Result<()> {
                 {
                     anyhow::bail!("--customer is required for, and only for, --role customer-app");
                 }
+                if stores.is_some()
+                    && identity.role != omnisync_hub_engine::authz::Role::EventConsumer
+                {
+                    anyhow::bail!("--stores is for --role event-consumer only");
+                }
+                let stores = stores
+                    .map(|stores| {
+                        stores
+                            .into_iter()
+                            .map(|store| {
+                                omnisync_core::StoreId::new(&store)
+                                    .map(|store| store.to_string())
+                                    .with_context(|| format!("--stores: {store:?}"))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()
+                    })
+                    .transpose()?;
                 let now_s = issued_at_s.unwrap_or_else(|| omnisync_core::now_ms() / 1000);
-                let claims = token::claims_for(&identity, &issuer, &audience, now_s, ttl_s, now_s);
+                let mut claims =
+                    token::claims_for(&identity, &issuer, &audience, now_s, ttl_s, now_s);
+                claims.stores = stores;
                 println!("{}", key.sign(&claims).context("signing the token")?);
                 Ok(())
             }

@@ -218,6 +218,9 @@ pub struct Claims {
     /// When the device was enrolled, unix seconds; refreshes keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// An event consumer's stores (absent: every store of the tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<String>>,
 }
 
 /// The `aud` claim: a string or an array of strings.
@@ -332,7 +335,26 @@ impl ClaimMapping {
                 )));
             }
         };
+        let stores = match payload.get("stores") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| {
+                        item.as_str().map(str::to_owned).ok_or_else(|| {
+                            TokenError::Claim("stores is not an array of strings".into())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => {
+                return Err(TokenError::Claim(
+                    "stores is not an array of strings".into(),
+                ));
+            }
+        };
         Ok(Claims {
+            stores,
             iss: text("iss")?,
             aud,
             sub: text(&self.device)?,
@@ -942,6 +964,7 @@ pub fn claims_for(
         exp: now_s.saturating_add(ttl_s.min(TOKEN_TTL_S_MAX)),
         nbf: None,
         auth_time: Some(auth_time),
+        stores: None,
     }
 }
 
@@ -1468,6 +1491,7 @@ mod tests {
             exp: NOW + 3600,
             nbf: None,
             auth_time: Some(NOW - 10),
+            stores: None,
         }
     }
 

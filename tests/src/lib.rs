@@ -5,12 +5,14 @@
 //! - [`process`]: child processes (the real hub binary, the test terminal)
 //!   that are SIGKILLed when their guard drops;
 //! - [`audit`]: exactly-once checks of the hub's change log;
+//! - [`events`]: reading a hub's event feed;
 //! - [`http`]: a raw HTTP/1.1 GET for `/healthz` and `/metrics`;
 //! - [`security`]: keys and tokens from the hub's own `keygen` and `enrol`,
 //!   hubs in token mode, and a raw client for hostile devices;
 //! - [`terminal`]: what the `omnisync-test-terminal` binary writes and prints.
 
 pub mod audit;
+pub mod events;
 pub mod http;
 pub mod process;
 pub mod security;

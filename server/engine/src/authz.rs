@@ -41,6 +41,10 @@ pub enum Role {
     /// Another hub replicating one store: reads and writes the store and
     /// chain sets like a back office, nothing of customers.
     HubPeer,
+    /// A system reading the hub's event feed (ERP, accounting, an exporter):
+    /// the events of its tenant's stores on this hub, or of the stores its
+    /// token lists. Never syncs documents.
+    EventConsumer,
     /// The development authenticator's peers: the set lists it granted, with
     /// no per-kind rules. Never issued in a token.
     Development,
@@ -98,7 +102,9 @@ pub fn reject_code_str(code: RejectCode) -> &'static str {
 
 /// Why a role string did not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}; expected terminal, customer-app, back-office or hub-peer")]
+#[error(
+    "unknown role {0:?}; expected terminal, customer-app, back-office, hub-peer or event-consumer"
+)]
 pub struct UnknownRole(pub String);
 
 impl Role {
@@ -109,6 +115,7 @@ impl Role {
             Role::CustomerApp => "customer-app",
             Role::BackOffice => "back-office",
             Role::HubPeer => "hub-peer",
+            Role::EventConsumer => "event-consumer",
             Role::Development => "development",
         }
     }
@@ -123,6 +130,7 @@ impl FromStr for Role {
             "customer-app" => Ok(Role::CustomerApp),
             "back-office" => Ok(Role::BackOffice),
             "hub-peer" => Ok(Role::HubPeer),
+            "event-consumer" => Ok(Role::EventConsumer),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -202,6 +210,9 @@ impl Peer {
                 vec![store_set.clone(), DocSetId::chain()],
                 vec![store_set, DocSetId::chain()],
             ),
+            Role::EventConsumer => {
+                return Err("an event-consumer token reads the event feed; it cannot sync".into());
+            }
         };
         if identity.role != Role::CustomerApp {
             readable.extend(staff_records);
@@ -301,6 +312,7 @@ pub fn authorize_intent(
                 | Intent::CommitReservation { .. }
                 | Intent::CancelReservation { .. }
         ),
+        Role::EventConsumer => false,
     };
     if allowed {
         Ok(())
@@ -326,7 +338,9 @@ fn store_change(peer: &Peer, doc: &DocId, who: &str) -> Result<(), (RejectCode, 
     let forbidden = |why: String| Err((RejectCode::Forbidden, why));
     match peer.role {
         Role::BackOffice | Role::HubPeer | Role::Development => Ok(()),
-        Role::CustomerApp => forbidden(format!("{who} may not change store data ({doc})")),
+        Role::CustomerApp | Role::EventConsumer => {
+            forbidden(format!("{who} may not change store data ({doc})"))
+        }
         // A till's sales, stock and order changes are intents the hub
         // decides (`authorize_intent`), never document changes. Its own
         // documents (`till/<device>/...`: shift notes, drawer counts) are its.

@@ -90,7 +90,9 @@ impl EventType {
 
     /// The type of a wire name; `None` for a name this release does not know.
     pub fn parse(name: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|kind| kind.as_str() == name)
+        EventType::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 }
 

@@ -16,11 +16,11 @@ use std::sync::Mutex;
 use omnisync_core::OpId;
 use omnisync_core::protocol::message::{AckOutcome, RemoteChange};
 use omnisync_core::vocab::goods::Sku;
-use omnisync_core::vocab::ids::{StoreId, TenantId};
-use omnisync_hub_engine::events::{Event, EventFilter, EventType};
 use omnisync_core::vocab::ids::{DocId, DocSetId, ReplicaId};
+use omnisync_core::vocab::ids::{StoreId, TenantId};
 use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
+use omnisync_hub_engine::events::{Event, EventFilter, EventType};
 use omnisync_hub_engine::ledger::authority::Reservation;
 use omnisync_hub_engine::ledger::sku_ledger::SkuLedger;
 use omnisync_hub_engine::log::shared::storage_error;
@@ -290,13 +290,23 @@ impl<C: Deref<Target = Connection>> LogRows for SqliteRows<C> {
             sql.push_str(" AND store_id IN (");
             sql.push_str(&vec!["?"; filter.stores.len()].join(", "));
             sql.push(')');
-            values.extend(filter.stores.iter().map(|store| store.as_str().to_owned().into()));
+            values.extend(
+                filter
+                    .stores
+                    .iter()
+                    .map(|store| store.as_str().to_owned().into()),
+            );
         }
         if !filter.types.is_empty() {
             sql.push_str(" AND type IN (");
             sql.push_str(&vec!["?"; filter.types.len()].join(", "));
             sql.push(')');
-            values.extend(filter.types.iter().map(|kind| kind.as_str().to_owned().into()));
+            values.extend(
+                filter
+                    .types
+                    .iter()
+                    .map(|kind| kind.as_str().to_owned().into()),
+            );
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
         values.push((limit.min(i64::MAX as usize) as i64).into());

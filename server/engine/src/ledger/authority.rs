@@ -619,7 +619,11 @@ impl UnitOfWork {
         }
         for (store, sku, device) in &self.dirty_rights {
             let key = (store.clone(), sku.clone());
-            let now = self.skus[&key].rights.get(device).cloned().unwrap_or_default();
+            let now = self.skus[&key]
+                .rights
+                .get(device)
+                .cloned()
+                .unwrap_or_default();
             let before = self
                 .sku_origins
                 .get(&key)
@@ -846,7 +850,8 @@ fn order_events(
 
 /// True when two stock records show the same levels (versions aside).
 fn same_level(a: &StockRecord, b: &StockRecord) -> bool {
-    (a.on_hand, a.free, a.reserved, a.held, a.mode) == (b.on_hand, b.free, b.reserved, b.held, b.mode)
+    (a.on_hand, a.free, a.reserved, a.held, a.mode)
+        == (b.on_hand, b.free, b.reserved, b.held, b.mode)
 }
 
 /// True when `seen` is within `tolerance_bp` basis points of `current`.

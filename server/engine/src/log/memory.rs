@@ -11,9 +11,9 @@ use omnisync_core::vocab::intent::Decision;
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::HubLogError;
-use crate::events::{Event, EventFilter};
 use super::contract::{Backend, LogRows, PageCut, ReadBackend, WriteTxn};
 use super::store::{HubStore, LOG_ID_KEY};
+use crate::events::{Event, EventFilter};
 use crate::ledger::authority::{AuthorityConfig, Reservation};
 use crate::ledger::sku_ledger::SkuLedger;
 

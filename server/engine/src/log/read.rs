@@ -7,11 +7,11 @@ use omnisync_core::protocol::message::AckOutcome;
 use omnisync_core::vocab::ids::{DocId, DocSetId, OpId};
 
 use super::compact::compacted_point;
-use crate::events::{EventFilter, EventPage};
 use super::contract::{LogRows, PageCut, ReadBackend, committed_between};
 use super::shared::{hub_replica, storage_error};
 use super::store::LOG_ID_KEY;
 use super::{HubLogError, HubLogRead};
+use crate::events::{EventFilter, EventPage};
 use crate::hub_session::{ChangePage, CommittedChanges};
 
 /// A device more than this many sequence numbers behind a set's snapshot

@@ -12,8 +12,8 @@ use omnisync_core::vocab::intent::{Decision, Intent, StockCommand};
 use omnisync_core::vocab::record::OrderRecord;
 
 use super::contract::{LogRows, Prefetch, WriteTxn};
-use crate::events::{self, Event, EventDraft};
 use super::{AppliedBatch, HubLogError};
+use crate::events::{self, Event, EventDraft};
 use crate::hub_session::{CommittedChanges, IncomingOp};
 use crate::ledger::authority::{
     self, AuthorityConfig, LedgerChanges, LedgerSource, Reservation, UnitOfWork,

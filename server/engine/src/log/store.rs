@@ -24,12 +24,12 @@ use super::shared::{
     EventNumbering, HubTxn, SharedTxn, apply_hub_intents, apply_ops, hub_replica, load_doc_at,
     maintain_ledger, storage_error,
 };
-use crate::events::{self, EventDraft};
-use omnisync_core::vocab::ids::TenantId;
 use super::{AppliedBatch, HubLog, HubLogError};
+use crate::events::{self, EventDraft};
 use crate::hub_session::{CommittedChanges, IncomingOp};
 use crate::ledger::authority::AuthorityConfig;
 use crate::ledger::price_book::PriceBook;
+use omnisync_core::vocab::ids::TenantId;
 
 /// The metadata key of the log's identity.
 pub const LOG_ID_KEY: &str = "log_id";
@@ -38,6 +38,8 @@ pub const HUB_ISSUER: &str = "hub";
 /// The tenant a log's events name until [`HubStore::set_tenant`] says
 /// otherwise (the development hub's tenant).
 pub const DEFAULT_TENANT: &str = "dev";
+/// The metadata key of the tenant the log's events name.
+pub const TENANT_KEY: &str = "tenant";
 
 /// The writer of a hub log: owns the backend, and is the only one to number
 /// changes, so that sequence numbers are dense and never handed out twice.
@@ -57,7 +59,7 @@ impl<B: Backend> HubStore<B> {
     /// Takes over `backend`: reads its head and its log id, making (and
     /// storing) a random one for a new log.
     pub fn open(mut backend: B) -> Result<Self, HubLogError> {
-        let (head, log_id) = {
+        let (head, log_id, tenant) = {
             let mut txn = backend.begin()?;
             let head = txn.head_seq()?;
             let log_id = match txn.meta(LOG_ID_KEY)? {
@@ -68,9 +70,12 @@ impl<B: Backend> HubStore<B> {
                     log_id
                 }
             };
+            let tenant = txn.meta(TENANT_KEY)?;
             txn.commit()?;
-            (head, log_id)
+            (head, log_id, tenant)
         };
+        let tenant = TenantId::new(tenant.as_deref().unwrap_or(DEFAULT_TENANT))
+            .map_err(|error| storage_error(format!("the log's tenant: {error}")))?;
         Ok(Self {
             backend,
             head,
@@ -78,16 +83,22 @@ impl<B: Backend> HubStore<B> {
             log_id,
             config: AuthorityConfig::default(),
             prices: PriceBook::new(),
-            events: EventNumbering::new(
-                TenantId::new(DEFAULT_TENANT).map_err(storage_error)?,
-            ),
+            events: EventNumbering::new(tenant),
             compaction: Compaction::off(),
         })
     }
 
-    /// Sets the tenant (retail chain) the log's events name.
-    pub fn set_tenant(&mut self, tenant: TenantId) {
+    /// Sets the tenant (retail chain) the log's events name, and stores it
+    /// with the log so tools writing to it later (imports) name it too.
+    pub fn set_tenant(&mut self, tenant: TenantId) -> Result<(), HubLogError> {
+        if &tenant == self.events.tenant() {
+            return Ok(());
+        }
+        let mut txn = self.backend.begin()?;
+        txn.put_meta(TENANT_KEY, tenant.as_str())?;
+        txn.commit()?;
         self.events = EventNumbering::new(tenant);
+        Ok(())
     }
 
     /// The tenant the log's events name.

@@ -182,7 +182,12 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
             quantity: 3,
         })
     };
-    assert_eq!(log.events(0, &EventFilter::default(), 10).expect("events").head, 0);
+    assert_eq!(
+        log.events(0, &EventFilter::default(), 10)
+            .expect("events")
+            .head,
+        0
+    );
     let mut in_b = intent(4, 4, receive("delivery-b"));
     in_b.store = StoreId::new("b").expect("store");
     log.apply(vec![
@@ -193,16 +198,21 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
     ])
     .expect("apply");
     // A retry changes nothing and writes no event.
-    log.apply(vec![intent(4, 2, checkout("o-1", 2))]).expect("retry");
+    log.apply(vec![intent(4, 2, checkout("o-1", 2))])
+        .expect("retry");
     // Product fields written by a catalog change.
     let catalog = layout::catalog_doc(&StoreId::new("a").expect("store"), &sku);
     let mut doc = automerge::Automerge::new();
     let change = {
         use automerge::transaction::Transactable as _;
         let mut tx = doc.transaction();
-        tx.put(automerge::ROOT, "tea/name", "Green tea").expect("put");
+        tx.put(automerge::ROOT, "tea/name", "Green tea")
+            .expect("put");
         tx.commit();
-        doc.get_last_local_change().expect("change").raw_bytes().to_vec()
+        doc.get_last_local_change()
+            .expect("change")
+            .raw_bytes()
+            .to_vec()
     };
     log.store()
         .append_hub_changes(vec![(catalog, change)])
@@ -210,7 +220,11 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
 
     let page = log.events(0, &EventFilter::default(), 100).expect("events");
     let seqs: Vec<u64> = page.events.iter().map(|event| event.seq).collect();
-    assert_eq!(seqs, (1..=page.events.len() as u64).collect::<Vec<_>>(), "dense positions");
+    assert_eq!(
+        seqs,
+        (1..=page.events.len() as u64).collect::<Vec<_>>(),
+        "dense positions"
+    );
     assert_eq!(page.head, page.events.len() as u64);
     assert_eq!(page.next, page.head);
     for store in ["a", "b"] {
@@ -235,11 +249,19 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
     };
     let a = kinds("a");
     assert_eq!(
-        a.iter().filter(|kind| **kind == EventType::OrderConfirmed).count(),
+        a.iter()
+            .filter(|kind| **kind == EventType::OrderConfirmed)
+            .count(),
         1,
         "{a:?}"
     );
-    assert_eq!(a.iter().filter(|kind| **kind == EventType::OrderRefused).count(), 1, "{a:?}");
+    assert_eq!(
+        a.iter()
+            .filter(|kind| **kind == EventType::OrderRefused)
+            .count(),
+        1,
+        "{a:?}"
+    );
     assert_eq!(a.last(), Some(&EventType::ProductChanged), "{a:?}");
     assert!(a.contains(&EventType::StockLevelChanged), "{a:?}");
     assert_eq!(kinds("b"), vec![EventType::StockLevelChanged]);
@@ -250,7 +272,10 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
         .expect("confirmed");
     let order: OrderConfirmedData =
         serde_json::from_value(confirmed.data.clone()).expect("typed payload");
-    assert_eq!((order.order_id.as_str(), order.order_no, order.total_minor), ("o-1", 1, 200));
+    assert_eq!(
+        (order.order_id.as_str(), order.order_no, order.total_minor),
+        ("o-1", 1, 200)
+    );
     let last_stock = page
         .events
         .iter()
@@ -278,10 +303,17 @@ pub fn events_are_written_with_their_cause<L: Conformant>(mut log: L) {
     let r = log.events(0, &refused, 100).expect("refused");
     assert_eq!(r.events.len(), 1);
     assert_eq!(r.events[0].kind, EventType::OrderRefused);
-    let rest = log.events(first.next, &EventFilter::default(), 100).expect("rest");
+    let rest = log
+        .events(first.next, &EventFilter::default(), 100)
+        .expect("rest");
     assert_eq!(rest.events.first().map(|event| event.seq), Some(3));
     assert_eq!(rest.events.len() + 2, page.events.len());
-    assert!(log.events(page.head, &EventFilter::default(), 100).expect("none").events.is_empty());
+    assert!(
+        log.events(page.head, &EventFilter::default(), 100)
+            .expect("none")
+            .events
+            .is_empty()
+    );
 }
 
 /// The changes of every set in a sequence range, grouped by set, each set's
