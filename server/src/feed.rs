@@ -155,6 +155,11 @@ fn authorize(
     headers: &HeaderMap,
     address: SocketAddr,
 ) -> Result<EventScope, ApiError> {
+    if !hub.events {
+        return Err(ApiError::NotFound(
+            "this hub writes no events (it runs with --no-events)".into(),
+        ));
+    }
     hub.authenticator
         .authorize_events(bearer(headers), omnisync_core::now_ms())
         .map_err(|error| {

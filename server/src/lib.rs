@@ -92,6 +92,9 @@ pub struct HubConfig {
     /// When the change log is compacted into snapshots; `None` keeps every
     /// change forever.
     pub compaction: Option<omnisync_hub_engine::log::CompactPolicy>,
+    /// Whether group commits write typed events to the outbox (the event
+    /// feed and exporters read them); on by default.
+    pub events: bool,
 }
 
 impl HubConfig {
@@ -110,6 +113,7 @@ impl HubConfig {
             limits: Limits::default(),
             tls: None,
             compaction: Some(omnisync_hub_engine::log::CompactPolicy::default()),
+            events: true,
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct HubState {
     pub rates: RateLimiters,
     /// The automerge change behind every (document, actor, seq) accepted.
     pub changes: changes::ChangeIndex,
+    /// Whether group commits write events (`serve --no-events` turns it off).
+    pub events: bool,
 }
 
 /// A running hub.
@@ -215,6 +221,7 @@ impl Hub {
             devices,
             rates: RateLimiters::new(&limits),
             changes: changes::ChangeIndex::default(),
+            events: config.events,
             limits,
         });
         if let Some(url) = &config.database {
@@ -377,6 +384,7 @@ async fn open_log(
                 })?;
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
+            writer.set_events(config.events);
             writer
                 .set_tenant(config.auth.tenant())
                 .map_err(|source| HubError::Storage {
@@ -394,6 +402,7 @@ async fn open_log(
             let mut writer = open_postgres(&url).await?;
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
+            writer.set_events(config.events);
             writer
                 .set_tenant(config.auth.tenant())
                 .map_err(|error| HubError::Database(error.to_string()))?;

@@ -390,6 +390,11 @@ enum Command {
         limits: LimitArgs,
         #[command(flatten)]
         compact: CompactArgs,
+        /// Write no typed events (no outbox: the event feed stays empty and
+        /// exporters have nothing to send). For hubs nothing reads events
+        /// from, and to measure what the outbox costs.
+        #[arg(long)]
+        no_events: bool,
     },
     /// Make a signing key pair: a private JWK for `enrol` (and `serve
     /// --signing-key`), and a public JSON Web Key Set for `serve --jwks`.
@@ -511,6 +516,7 @@ fn main() -> anyhow::Result<()> {
                 tls,
                 limits,
                 compact,
+                no_events,
             } => {
                 let tls = match (&tls.tls_cert, &tls.tls_key) {
                     (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key)?),
@@ -531,6 +537,7 @@ fn main() -> anyhow::Result<()> {
                     limits: limits.limits(),
                     tls,
                     compaction: compact.policy(),
+                    events: !no_events,
                 };
                 let hub = Hub::start(config).await?;
                 println!(

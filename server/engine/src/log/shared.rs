@@ -297,6 +297,8 @@ pub struct EventNumbering {
     tenant: omnisync_core::vocab::ids::TenantId,
     head: u64,
     stores: HashMap<StoreId, u64>,
+    /// False when the hub writes no events (`serve --no-events`).
+    enabled: bool,
 }
 
 impl EventNumbering {
@@ -306,7 +308,19 @@ impl EventNumbering {
             tenant,
             head: 0,
             stores: HashMap::new(),
+            enabled: true,
         }
+    }
+
+    /// Turns the outbox on (the default) or off: off, drafts are dropped
+    /// and nothing is written.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
+    /// True when events are written.
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// The tenant events are written for.
@@ -340,6 +354,9 @@ impl EventNumbering {
         drafts: Vec<EventDraft>,
         now_ms: u64,
     ) -> Result<(), HubLogError> {
+        if !self.enabled {
+            return Ok(());
+        }
         for draft in drafts {
             let store_seq = match self.stores.get(&draft.store) {
                 Some(last) => *last,

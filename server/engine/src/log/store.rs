@@ -97,8 +97,17 @@ impl<B: Backend> HubStore<B> {
         let mut txn = self.backend.begin()?;
         txn.put_meta(TENANT_KEY, tenant.as_str())?;
         txn.commit()?;
+        let enabled = self.events.enabled();
         self.events = EventNumbering::new(tenant);
+        self.events.set_enabled(enabled);
         Ok(())
+    }
+
+    /// Turns the outbox on (the default) or off. Off, group commits write
+    /// no events: for hubs nothing consumes events from, and to measure
+    /// what the outbox costs.
+    pub fn set_events(&mut self, enabled: bool) {
+        self.events.set_enabled(enabled);
     }
 
     /// The tenant the log's events name.
