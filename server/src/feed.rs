@@ -11,6 +11,10 @@
 //!   Server-Sent Events (`id:` the position, `event:` the type, `data:` the
 //!   CloudEvent); a reconnecting client's `Last-Event-ID` resumes it.
 //!
+//! A consumer further behind than the outbox keeps events (`serve
+//! --events-retention`, 30 days by default) gets 410 Gone naming the
+//! position to resume after.
+//!
 //! Who may read what: [`crate::auth::Authenticator::authorize_events`]. A
 //! caller naming a store outside its token's scope gets 403; one naming no
 //! store reads every store its token covers.
@@ -26,6 +30,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use omnisync_core::vocab::ids::StoreId;
 use omnisync_hub_engine::events::{CloudEvent, EventFilter, EventPage, EventType};
+use omnisync_hub_engine::log::HubLogError;
 use serde::Serialize;
 
 use crate::HubState;
@@ -190,7 +195,10 @@ async fn read_page(
     tokio::task::spawn_blocking(move || reader.events(after, &filter, limit))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?
-        .map_err(|error| ApiError::Internal(format!("reading the outbox: {error}")))
+        .map_err(|error| match error {
+            pruned @ HubLogError::EventsPruned { .. } => ApiError::Gone(pruned.to_string()),
+            error => ApiError::Internal(format!("reading the outbox: {error}")),
+        })
 }
 
 /// Waits until a commit is heard of, [`RECHECK_EVERY`] passed, `deadline`
@@ -266,6 +274,9 @@ pub async fn stream(
     }
     let scope = authorize(&hub, &headers, address)?;
     let filter = scoped(query.filter, &scope)?;
+    // A position the outbox no longer holds is an answer (410), not a
+    // stream that ends at once.
+    read_page(&hub, query.after, &filter, 1).await?;
     let state = StreamState {
         commits: hub.fanout.commits(),
         hub,

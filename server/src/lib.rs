@@ -95,7 +95,12 @@ pub struct HubConfig {
     /// Whether group commits write typed events to the outbox (the event
     /// feed and exporters read them); on by default.
     pub events: bool,
+    /// How long events are kept, ms (`None`: forever).
+    pub events_retention_ms: Option<u64>,
 }
+
+/// How long the outbox keeps events by default: 30 days.
+pub const EVENTS_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
 impl HubConfig {
     /// Defaults for `data_dir`, listening on `listen`: development
@@ -114,6 +119,7 @@ impl HubConfig {
             tls: None,
             compaction: Some(omnisync_hub_engine::log::CompactPolicy::default()),
             events: true,
+            events_retention_ms: Some(EVENTS_RETENTION_MS_DEFAULT),
         }
     }
 }
@@ -385,6 +391,7 @@ async fn open_log(
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
             writer.set_events(config.events);
+            writer.set_events_retention(config.events_retention_ms);
             writer
                 .set_tenant(config.auth.tenant())
                 .map_err(|source| HubError::Storage {
@@ -403,6 +410,7 @@ async fn open_log(
             writer.set_authority_config(authority);
             writer.set_compaction(config.compaction);
             writer.set_events(config.events);
+            writer.set_events_retention(config.events_retention_ms);
             writer
                 .set_tenant(config.auth.tenant())
                 .map_err(|error| HubError::Database(error.to_string()))?;

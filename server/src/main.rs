@@ -395,6 +395,11 @@ enum Command {
         /// from, and to measure what the outbox costs.
         #[arg(long)]
         no_events: bool,
+        /// How long the outbox keeps events (a number with a unit: `ms`,
+        /// `s`, `m`, `h`, `d`), e.g. `30d`; a feed consumer further behind is
+        /// told it lost events (HTTP 410). `0s` keeps them forever.
+        #[arg(long, default_value = "30d", value_parser = parse_duration_ms)]
+        events_retention: u64,
     },
     /// Make a signing key pair: a private JWK for `enrol` (and `serve
     /// --signing-key`), and a public JSON Web Key Set for `serve --jwks`.
@@ -517,6 +522,7 @@ fn main() -> anyhow::Result<()> {
                 limits,
                 compact,
                 no_events,
+                events_retention,
             } => {
                 let tls = match (&tls.tls_cert, &tls.tls_key) {
                     (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key)?),
@@ -538,6 +544,7 @@ fn main() -> anyhow::Result<()> {
                     tls,
                     compaction: compact.policy(),
                     events: !no_events,
+                    events_retention_ms: (events_retention > 0).then_some(events_retention),
                 };
                 let hub = Hub::start(config).await?;
                 println!(

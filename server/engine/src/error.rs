@@ -22,4 +22,16 @@ pub enum HubLogError {
         /// The set's compacted point.
         compacted: u64,
     },
+    /// The events asked for are older than the outbox keeps: a consumer
+    /// that read nothing after `after` for longer than the retention lost
+    /// them, and resumes from `pruned` (after reconciling).
+    #[error(
+        "events after {after} were pruned up to {pruned} (older than the outbox keeps); resume after {pruned}"
+    )]
+    EventsPruned {
+        /// The position asked to read after.
+        after: u64,
+        /// The highest position deleted.
+        pruned: u64,
+    },
 }

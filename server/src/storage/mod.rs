@@ -606,6 +606,30 @@ pub(crate) fn stored_change(
 }
 
 impl WriteTxn for SqliteRows<rusqlite::Transaction<'_>> {
+    fn delete_events(&mut self, before_ms: u64, limit: u64) -> Result<(u64, u64), HubLogError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "DELETE FROM events WHERE seq IN (
+                     SELECT e.seq FROM events e
+                     WHERE e.time_ms < ?1
+                       AND e.store_seq < (SELECT MAX(x.store_seq) FROM events x
+                                          WHERE x.store_id = e.store_id)
+                     ORDER BY e.seq LIMIT ?2)
+                 RETURNING seq",
+            )
+            .map_err(storage_error)?;
+        let deleted: Vec<i64> = statement
+            .query_map(params![seq_param(before_ms), seq_param(limit)], |row| {
+                row.get(0)
+            })
+            .map_err(storage_error)?
+            .collect::<Result<_, _>>()
+            .map_err(storage_error)?;
+        let highest = deleted.iter().copied().max().unwrap_or(0);
+        Ok((deleted.len() as u64, highest as u64))
+    }
+
     fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
         self.run(
             "INSERT INTO events (seq, tenant, store_id, store_seq, type, time_ms, data)

@@ -1676,6 +1676,29 @@ impl PgTxn<'_> {
 }
 
 impl WriteTxn for PgTxn<'_> {
+    fn delete_events(&mut self, before_ms: u64, limit: u64) -> Result<(u64, u64), HubLogError> {
+        self.sync()?;
+        let row = self
+            .conn
+            .client
+            .query_one(
+                "WITH d AS (
+                     DELETE FROM events WHERE seq IN (
+                         SELECT e.seq FROM events e
+                         WHERE e.time_ms < $1
+                           AND e.store_seq < (SELECT MAX(x.store_seq) FROM events x
+                                              WHERE x.store_id = e.store_id)
+                         ORDER BY e.seq LIMIT $2)
+                     RETURNING seq)
+                 SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM d",
+                &[&seq_param(before_ms), &seq_param(limit)],
+            )
+            .map_err(pg_error)?;
+        let count: i64 = row.try_get(0).map_err(pg_error)?;
+        let highest: i64 = row.try_get(1).map_err(pg_error)?;
+        Ok((count as u64, highest as u64))
+    }
+
     fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
         self.overlay.events.push(event.clone());
         Ok(())

@@ -405,6 +405,14 @@ pub trait WriteTxn: LogRows {
     /// only below a point the set's snapshots cover (see the module doc).
     fn delete_changes(&mut self, set: &DocSetId, upto: u64, limit: u64)
     -> Result<u64, HubLogError>;
+    /// Deletes at most `limit` events written before `before_ms`, oldest
+    /// first, never the newest event of a store (its position numbers the
+    /// store's next one); returns how many were deleted and the highest
+    /// position deleted (0 when none). One statement, e.g. in SQL:
+    /// `DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE
+    /// e.time_ms < $1 AND e.store_seq < (SELECT MAX(store_seq) FROM events x
+    /// WHERE x.store_id = e.store_id) ORDER BY e.seq LIMIT $2) RETURNING seq`.
+    fn delete_events(&mut self, before_ms: u64, limit: u64) -> Result<(u64, u64), HubLogError>;
     /// Makes everything written durable, at once.
     fn commit(self) -> Result<(), HubLogError>
     where

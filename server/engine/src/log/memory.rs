@@ -133,13 +133,9 @@ impl<M: Deref<Target = MemoryBackend>> LogRows for MemoryRows<M> {
         limit: usize,
         visit: &mut dyn FnMut(Event) -> Result<(), HubLogError>,
     ) -> Result<(), HubLogError> {
-        // Positions are dense from 1: position p is at index p - 1.
-        let start = usize::try_from(after).unwrap_or(usize::MAX);
-        for event in self
-            .0
-            .events
+        let start = self.0.events.partition_point(|event| event.seq <= after);
+        for event in self.0.events[start..]
             .iter()
-            .skip(start)
             .filter(|event| filter.admits(event))
             .take(limit)
         {
@@ -320,6 +316,23 @@ impl<M: DerefMut<Target = MemoryBackend>> WriteTxn for MemoryRows<M> {
     fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
         self.0.events.push(event.clone());
         Ok(())
+    }
+
+    fn delete_events(&mut self, before_ms: u64, limit: u64) -> Result<(u64, u64), HubLogError> {
+        let mut newest: HashMap<StoreId, u64> = HashMap::new();
+        for event in &self.0.events {
+            newest.insert(event.store.clone(), event.seq);
+        }
+        let doomed: BTreeSet<u64> = self
+            .0
+            .events
+            .iter()
+            .filter(|event| event.time_ms < before_ms && newest[&event.store] != event.seq)
+            .map(|event| event.seq)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        self.0.events.retain(|event| !doomed.contains(&event.seq));
+        Ok((doomed.len() as u64, doomed.last().copied().unwrap_or(0)))
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {

@@ -151,6 +151,20 @@ impl<B: ReadBackend> HubLogRead for B {
     }
 }
 
+/// The metadata key of the highest outbox position pruned.
+pub const EVENTS_PRUNED_KEY: &str = "events/pruned";
+
+/// The highest outbox position pruned (0 when none): a reader must start at
+/// or after it.
+pub fn events_pruned(rows: &mut (impl LogRows + ?Sized)) -> Result<u64, HubLogError> {
+    match rows.meta(EVENTS_PRUNED_KEY)? {
+        None => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|_| storage_error(format!("{EVENTS_PRUNED_KEY} holds {text:?}"))),
+    }
+}
+
 /// A page of the outbox: at most `limit` events after `after` passing
 /// `filter`. `next` is the last position returned when the page is full
 /// (more may follow), else the head read in the same snapshot (every
@@ -161,6 +175,10 @@ pub fn events_page(
     filter: &EventFilter,
     limit: usize,
 ) -> Result<EventPage, HubLogError> {
+    let pruned = events_pruned(rows)?;
+    if after < pruned {
+        return Err(HubLogError::EventsPruned { after, pruned });
+    }
     let head = rows.event_head()?;
     let mut events = Vec::new();
     if after < head && limit > 0 {

@@ -40,6 +40,8 @@ pub const HUB_ISSUER: &str = "hub";
 pub const DEFAULT_TENANT: &str = "dev";
 /// The metadata key of the tenant the log's events name.
 pub const TENANT_KEY: &str = "tenant";
+/// Most events one pruning transaction deletes.
+pub const EVENTS_PRUNE_BATCH: u64 = 10_000;
 
 /// The writer of a hub log: owns the backend, and is the only one to number
 /// changes, so that sequence numbers are dense and never handed out twice.
@@ -52,6 +54,8 @@ pub struct HubStore<B: Backend> {
     config: AuthorityConfig,
     prices: PriceBook,
     events: EventNumbering,
+    /// Events older than this many ms are pruned (`None`: kept forever).
+    events_retention_ms: Option<u64>,
     compaction: Compaction,
 }
 
@@ -84,6 +88,7 @@ impl<B: Backend> HubStore<B> {
             config: AuthorityConfig::default(),
             prices: PriceBook::new(),
             events: EventNumbering::new(tenant),
+            events_retention_ms: None,
             compaction: Compaction::off(),
         })
     }
@@ -101,6 +106,33 @@ impl<B: Backend> HubStore<B> {
         self.events = EventNumbering::new(tenant);
         self.events.set_enabled(enabled);
         Ok(())
+    }
+
+    /// Keeps events for `retention_ms` after they were written, or forever
+    /// with `None` (the default). Pruning runs with compaction
+    /// ([`HubLog::compact`]), a bounded batch at a time, and never deletes a
+    /// store's newest event.
+    pub fn set_events_retention(&mut self, retention_ms: Option<u64>) {
+        self.events_retention_ms = retention_ms;
+    }
+
+    /// Deletes at most [`EVENTS_PRUNE_BATCH`] events older than the
+    /// retention in one transaction, and records the highest position
+    /// deleted (readers asking for older ones get
+    /// [`HubLogError::EventsPruned`]). Returns how many were deleted.
+    pub fn prune_events(&mut self, now_ms: u64) -> Result<u64, HubLogError> {
+        let Some(retention_ms) = self.events_retention_ms else {
+            return Ok(0);
+        };
+        let mut txn = self.backend.begin()?;
+        let (deleted, highest) =
+            txn.delete_events(now_ms.saturating_sub(retention_ms), EVENTS_PRUNE_BATCH)?;
+        if deleted > 0 {
+            let pruned = super::read::events_pruned(&mut txn)?.max(highest);
+            txn.put_meta(super::read::EVENTS_PRUNED_KEY, &pruned.to_string())?;
+            txn.commit()?;
+        }
+        Ok(deleted)
     }
 
     /// Turns the outbox on (the default) or off. Off, group commits write
@@ -328,8 +360,13 @@ impl<B: Backend> HubLog for HubStore<B> {
     }
 
     fn compact(&mut self, now_ms: u64) -> Result<CompactStep, HubLogError> {
+        let pruned = self.prune_events(now_ms)?;
+        let pruning = pruned >= EVENTS_PRUNE_BATCH;
         if self.compaction.policy().is_none() {
-            return Ok(CompactStep::default());
+            return Ok(CompactStep {
+                more: pruning,
+                ..CompactStep::default()
+            });
         }
         let planned = {
             let mut txn = self.backend.begin()?;
@@ -340,7 +377,11 @@ impl<B: Backend> HubLog for HubStore<B> {
             })
         };
         match planned {
-            Ok(planned) => Ok(self.compaction.commit_step(planned)),
+            Ok(planned) => {
+                let mut step = self.compaction.commit_step(planned);
+                step.more |= pruning;
+                Ok(step)
+            }
             Err(error) => {
                 self.compaction.fail_step();
                 Err(error)

@@ -151,6 +151,9 @@ impl<T: WriteTxn> WriteTxn for FailingTxn<T> {
     fn append_event(&mut self, event: &Event) -> Result<(), HubLogError> {
         self.inner.append_event(event)
     }
+    fn delete_events(&mut self, before_ms: u64, limit: u64) -> Result<(u64, u64), HubLogError> {
+        self.inner.delete_events(before_ms, limit)
+    }
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), HubLogError> {
         self.inner.put_meta(key, value)
     }

@@ -147,6 +147,63 @@ pub fn run_all<L: Conformant>(mut fresh: impl FnMut() -> L) {
     compaction_never_drops_changes_waiting_for_dependencies(fresh());
     changes_between_lists_every_set_in_order(fresh());
     events_are_written_with_their_cause(fresh());
+    old_events_are_pruned_but_numbering_goes_on(fresh());
+}
+
+/// Pruning deletes events older than the retention, except each store's
+/// newest; a reader asking for pruned positions is told where to resume,
+/// and numbering (overall and per store) goes on where it was.
+pub fn old_events_are_pruned_but_numbering_goes_on<L: Conformant>(mut log: L) {
+    use crate::events::{EventFilter, EventType};
+    use omnisync_core::vocab::goods::Sku;
+    use omnisync_core::vocab::intent::{Intent, StockCommand};
+    let receive = |store: &str, n: u64| {
+        let mut op = intent(
+            9,
+            n,
+            Intent::Stock(StockCommand::Receive {
+                key: format!("delivery-{n}").parse().unwrap(),
+                sku: Sku::new("tea").expect("sku"),
+                quantity: 1,
+            }),
+        );
+        op.store = StoreId::new(store).expect("store");
+        op
+    };
+    // One commit each: a commit writes one stock event per SKU.
+    for n in 1..=5 {
+        log.apply(vec![receive(if n <= 3 { "a" } else { "b" }, n)])
+            .expect("apply");
+    }
+    let all = EventFilter::default();
+    let before = log.events(0, &all, 100).expect("events");
+    assert_eq!(before.events.len(), 5);
+    let now = omnisync_core::now_ms();
+    log.store().set_events_retention(Some(1_000));
+    assert_eq!(log.store().prune_events(now).expect("nothing old yet"), 0);
+    let deleted = log.store().prune_events(now + 60_000).expect("prune");
+    assert_eq!(deleted, 3, "all but the newest of a (3) and of b (5)");
+    match log.events(0, &all, 100) {
+        Err(HubLogError::EventsPruned {
+            after: 0,
+            pruned: 4,
+        }) => {}
+        other => panic!("expected EventsPruned up to 4, got {other:?}"),
+    }
+    let kept = log.events(4, &all, 100).expect("after the pruned point");
+    assert_eq!(
+        kept.events
+            .iter()
+            .map(|event| event.seq)
+            .collect::<Vec<_>>(),
+        vec![5]
+    );
+    log.apply(vec![receive("a", 6)]).expect("apply");
+    let next = log.events(5, &all, 100).expect("new");
+    assert_eq!(next.events.len(), 1);
+    assert_eq!(next.events[0].seq, 6, "numbering goes on");
+    assert_eq!(next.events[0].store_seq, 4, "and per store");
+    assert_eq!(next.events[0].kind, EventType::StockLevelChanged);
 }
 
 /// A group commit writes the events of what it decided and stored, in the
