@@ -31,7 +31,8 @@ use axum::response::{IntoResponse, Response};
 use omnisync_core::vocab::ids::StoreId;
 use omnisync_hub_engine::events::{CloudEvent, EventFilter, EventPage, EventType};
 use omnisync_hub_engine::log::HubLogError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::HubState;
 use crate::audit;
@@ -59,17 +60,47 @@ struct FeedQuery {
     filter: EventFilter,
 }
 
+/// The query parameters of `GET /v1/events` and `/v1/events/stream`, as
+/// sent (numbers are parsed after, with one clear line per bad value).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// The last outbox position handled (`sequence` of the last event, or
+    /// the previous answer's `next`); 0 reads from the start.
+    #[param(value_type = Option<u64>, minimum = 0)]
+    after: Option<String>,
+    /// Events per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Long poll: wait up to this many seconds (0 to 60, default 0) for an
+    /// event to pass the filter.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 60)]
+    wait: Option<String>,
+    /// Only these stores (comma-separated); default: every store the token
+    /// covers.
+    #[param(value_type = Option<Vec<crate::openapi::StoreName>>, style = Form, explode = false)]
+    store: Option<String>,
+    /// Only these event types (comma-separated); default: all.
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<Vec<EventType>>, style = Form, explode = false)]
+    kind: Option<String>,
+}
+
 /// The answer of `GET /v1/events`.
-#[derive(Debug, Serialize)]
-struct FeedPage {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedPage {
+    /// The events that passed the filter, in outbox order.
     events: Vec<CloudEvent>,
+    /// Where the next read starts: pass it as `after`.
     next: u64,
+    /// The outbox's last position when the page was read.
     head: u64,
 }
 
 /// Parses the query string: every parameter is known, every value valid.
 fn parse_query(raw: Option<&str>) -> Result<FeedQuery, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+    let params: FeedParams = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|error| ApiError::BadRequest(format!("query string: {error}")))?;
     let mut query = FeedQuery {
         after: 0,
@@ -77,62 +108,58 @@ fn parse_query(raw: Option<&str>) -> Result<FeedQuery, ApiError> {
         wait: Duration::ZERO,
         filter: EventFilter::default(),
     };
-    for (name, value) in pairs {
-        match name.as_str() {
-            "after" => query.after = number(&name, &value)?,
-            "limit" => {
-                let limit = number(&name, &value)?;
-                if limit == 0 || limit > PAGE_LEN_MAX as u64 {
-                    return Err(ApiError::BadRequest(format!(
-                        "limit must be 1 to {PAGE_LEN_MAX}, not {limit}"
-                    )));
-                }
-                query.limit = limit as usize;
-            }
-            "wait" => {
-                let wait = number(&name, &value)?;
-                if wait > WAIT_S_MAX {
-                    return Err(ApiError::BadRequest(format!(
-                        "wait must be 0 to {WAIT_S_MAX} seconds, not {wait}"
-                    )));
-                }
-                query.wait = Duration::from_secs(wait);
-            }
-            "store" => {
-                for store in list(&value) {
-                    let store = StoreId::new(store)
-                        .map_err(|error| ApiError::BadRequest(format!("store: {error}")))?;
-                    query.filter.stores.push(store);
-                }
-            }
-            "type" => {
-                for name in list(&value) {
-                    let kind = EventType::parse(name).ok_or_else(|| {
-                        let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-                        ApiError::BadRequest(format!(
-                            "unknown event type {name:?}; known: {}",
-                            known.join(", ")
-                        ))
-                    })?;
-                    query.filter.types.push(kind);
-                }
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?}; expected after, limit, wait, store, type"
-                )));
-            }
+    if let Some(after) = &params.after {
+        query.after = number("after", after)?;
+    }
+    if let Some(limit) = &params.limit {
+        let limit = number("limit", limit)?;
+        if limit == 0 || limit > PAGE_LEN_MAX as u64 {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be 1 to {PAGE_LEN_MAX}, not {limit}"
+            )));
         }
+        query.limit = limit as usize;
+    }
+    if let Some(wait) = &params.wait {
+        let wait = number("wait", wait)?;
+        if wait > WAIT_S_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "wait must be 0 to {WAIT_S_MAX} seconds, not {wait}"
+            )));
+        }
+        query.wait = Duration::from_secs(wait);
+    }
+    for store in list(params.store.as_deref().unwrap_or("")) {
+        let store =
+            StoreId::new(store).map_err(|error| ApiError::BadRequest(format!("store: {error}")))?;
+        query.filter.stores.push(store);
+    }
+    for name in list(params.kind.as_deref().unwrap_or("")) {
+        let kind = EventType::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "unknown event type {name:?}; known: {}",
+                known.join(", ")
+            ))
+        })?;
+        query.filter.types.push(kind);
     }
     Ok(query)
 }
 
-fn number(name: &str, value: &str) -> Result<u64, ApiError> {
-    value.parse().map_err(|_| {
-        ApiError::BadRequest(format!(
-            "{name} must be a non-negative integer, not {value:?}"
-        ))
-    })
+/// A non-negative integer that fits a signed 64-bit column (positions are
+/// stored as such), or one clear line naming the parameter.
+pub(crate) fn number(name: &str, value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|number| i64::try_from(*number).is_ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be an integer from 0 to {}, not {value:?}",
+                i64::MAX
+            ))
+        })
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
@@ -220,7 +247,22 @@ async fn wait_for_commit(
     }
 }
 
-/// `GET /v1/events`.
+/// `GET /v1/events`: a page of the outbox (a long poll with `wait`).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(FeedParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events; pass `next` as the next `after`.", body = FeedPage),
+        (status = 400, description = "A parameter is wrong.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "A store outside the token's scope, or a token that may not read events.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "This hub writes no events (`--no-events`).", body = crate::openapi::ErrorBody),
+        (status = 410, description = "`after` is below the pruned point: those events are gone.", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn events(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -259,6 +301,24 @@ pub async fn events(
 
 /// `GET /v1/events/stream`: Server-Sent Events from `after` (or the
 /// `Last-Event-ID` header) on, until the client goes or the hub stops.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "events",
+    params(
+        FeedParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (overrides `after`).", minimum = 0),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A stream of `id:`/`event:`/`data:` records, the data a CloudEvent.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A parameter is wrong.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "A store outside the token's scope, or a token that may not read events.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "This hub writes no events (`--no-events`).", body = crate::openapi::ErrorBody),
+        (status = 410, description = "`after` is below the pruned point: those events are gone.", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn stream(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -357,12 +417,16 @@ mod tests {
         assert_eq!(parse_query(None).unwrap().limit, PAGE_LEN_DEFAULT);
         for (bad, says) in [
             ("after=-1", "after must be"),
+            (
+                "after=9223372036854775808",
+                "after must be an integer from 0",
+            ),
             ("limit=0", "limit must be 1 to"),
             ("limit=5000", "limit must be 1 to"),
             ("wait=61", "wait must be 0 to 60"),
             ("type=omnisync.order.eaten", "unknown event type"),
             ("store=a%2Fb", "store"),
-            ("colour=red", "unknown parameter"),
+            ("colour=red", "unknown field `colour`"),
         ] {
             let error = parse_query(Some(bad)).unwrap_err().to_string();
             assert!(error.contains(says), "{bad}: {error}");

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +37,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/events", get(crate::feed::events))
         .route("/v1/events/stream", get(crate::feed::stream))
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -70,14 +71,31 @@ async fn sync(
         .on_upgrade(move |socket| crate::connection::serve(socket, hub, address))
 }
 
-async fn healthz(State(hub): State<Arc<HubState>>) -> Response {
+/// `GET /healthz`: `ok` while the hub serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Serving.", content_type = "text/plain", body = String),
+        (status = 503, description = "Shutting down.", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn healthz(State(hub): State<Arc<HubState>>) -> Response {
     if *hub.shutdown.borrow() {
         return ApiError::Unavailable("shutting down".into()).into_response();
     }
     (StatusCode::OK, "ok\n").into_response()
 }
 
-async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
+/// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics in the Prometheus text format 0.0.4.", content_type = "text/plain", body = String))
+)]
+pub(crate) async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         hub.metrics.render(),
@@ -85,20 +103,48 @@ async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct DocQuery {
+/// The query of `GET /v1/admin/docs/{doc}`.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DocQuery {
+    /// `json` (default) or `automerge` (the saved document's bytes).
+    #[param(pattern = "^(json|automerge)$")]
     format: Option<String>,
 }
 
 /// `GET /v1/admin/docs/{doc}`: the document as JSON, or as automerge bytes
-/// with `?format=automerge`.
-async fn admin_doc(
+/// with `?format=automerge`; a hub record's newest version as JSON.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/docs/{doc}",
+    tag = "admin",
+    params(
+        ("doc" = String, Path, description = "A document id, e.g. `store.s1/catalog/b007` or `orders.s1/rec/order/o-1` (at most 200 bytes).",
+            pattern = r"^(store|customer|chain|orders|device)\.[a-z0-9-]{1,20}(/[a-z0-9-]{1,20}){1,3}$"),
+        DocQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The document.", content(
+            (Object = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
+        (status = 400, description = "A bad document id or format.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not a back-office token.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such document.", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn admin_doc(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(doc): Path<String>,
-    Query(query): Query<DocQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let query: DocQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|error| ApiError::BadRequest(format!("query string: {error}")))?;
     authorize_admin(&hub, &headers, address)?;
     let doc = DocId::new(doc).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let reader = hub.reader.clone();
@@ -144,12 +190,30 @@ async fn admin_doc(
 }
 
 /// `GET /v1/admin/ops/{replica}/{seq}`: the hub's stored answer for an op.
-async fn admin_op(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/ops/{replica}/{seq}",
+    tag = "admin",
+    params(
+        ("replica" = String, Path, description = "The device database's replica id: 32 hex digits.", pattern = "^[0-9a-fA-F]{32}$"),
+        ("seq" = u64, Path, description = "The op's sequence number in that replica.", minimum = 0),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`outcome` is `applied` (with `hub_seq`), `rejected` (with `code`, `detail`), `decided` (with `decision`, `detail`) or `unknown`.", body = Object),
+        (status = 400, description = "A bad replica id or sequence number.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not a back-office token.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "The hub has no answer for this op.", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn admin_op(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path((replica, seq)): Path<(String, u64)>,
+    Path((replica, seq)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let seq = crate::feed::number("seq", &seq)?;
     authorize_admin(&hub, &headers, address)?;
     let replica: omnisync_core::ReplicaId =
         replica
@@ -187,16 +251,49 @@ async fn admin_op(
     Ok(axum::Json(body).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct RevokeRequest {
+/// The body of a revocation (optional).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    /// Why, for the audit log and the device's error.
     #[serde(default)]
     reason: Option<String>,
+}
+
+/// The answer to a revocation.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RevokeAnswer {
+    /// The device revoked.
+    revoked: String,
+    /// When, ms since the epoch: tokens issued before are refused.
+    revoked_ms: u64,
+}
+
+/// The answer to a refresh.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RefreshAnswer {
+    /// The new token.
+    token: String,
 }
 
 /// `POST /v1/admin/devices/{device}/revoke` with `{"reason": "…"}`: the
 /// device's tokens issued until now are refused, and its live sessions are
 /// closed with `unauthenticated: device … was revoked: …`.
-async fn admin_revoke(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/devices/{device}/revoke",
+    tag = "admin",
+    params(("device" = crate::openapi::StoreName, Path, description = "The device id (1 to 64 of `A-Z a-z 0-9 - _ .`).")),
+    request_body(content = Option<RevokeRequest>, description = "Optional: the reason.", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Revoked.", body = RevokeAnswer),
+        (status = 400, description = "A bad device id or body.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not a back-office token.", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn admin_revoke(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -205,11 +302,22 @@ async fn admin_revoke(
 ) -> Result<Response, ApiError> {
     let admin = authorize_admin(&hub, &headers, address)?;
     let device = DeviceId::new(device).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    // No body, `null` and `{}` all mean "no reason given".
     let request: RevokeRequest = if body.is_empty() {
         RevokeRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        match serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?
+        {
+            serde_json::Value::Null => RevokeRequest::default(),
+            object @ serde_json::Value::Object(_) => serde_json::from_value(object)
+                .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?,
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "body: expected a JSON object like {\"reason\": \"…\"}".into(),
+                ));
+            }
+        }
     };
     let tenant = match &admin {
         Some(identity) => identity.tenant.clone(),
@@ -230,17 +338,29 @@ async fn admin_revoke(
         .unwrap_or_default();
     tracing::warn!(target: audit::AUDIT_TARGET, code = "revoked", device = %revocation.device,
         tenant = %revocation.tenant, reason = %revocation.reason, by = %by, %address, "device revoked");
-    Ok(axum::Json(serde_json::json!({
-        "revoked": revocation.device.to_string(),
-        "revoked_ms": revocation.revoked_ms,
-    }))
+    Ok(axum::Json(RevokeAnswer {
+        revoked: revocation.device.to_string(),
+        revoked_ms: revocation.revoked_ms,
+    })
     .into_response())
 }
 
 /// `POST /v1/auth/refresh` with `Authorization: Bearer <token>`: a new
 /// token with the same claims and a new expiry, while the old one is still
 /// valid, not revoked, and the device's enrolment is recent enough.
-async fn refresh(
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A fresh token.", body = RefreshAnswer),
+        (status = 401, description = "No valid token, or enrolled too long ago.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "This hub does not issue tokens.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this address.", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn refresh(
     State(hub): State<Arc<HubState>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -258,7 +378,7 @@ async fn refresh(
     let token = bearer(&headers)
         .ok_or_else(|| ApiError::Unauthorized("send the current token as a bearer token".into()))?;
     match hub.authenticator.refresh(token, omnisync_core::now_ms()) {
-        Ok(token) => Ok(axum::Json(serde_json::json!({ "token": token })).into_response()),
+        Ok(token) => Ok(axum::Json(RefreshAnswer { token }).into_response()),
         Err(error) => {
             audit::record(
                 &hub.metrics,

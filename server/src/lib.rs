@@ -19,6 +19,7 @@ pub mod import;
 pub mod limits;
 pub mod metrics;
 pub mod migrate;
+pub mod openapi;
 #[cfg(any(test, feature = "pg-cluster"))]
 pub mod pg_cluster;
 pub mod storage;

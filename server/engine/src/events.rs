@@ -108,6 +108,20 @@ impl Serialize for EventType {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(EventType::ALL.iter().map(|kind| kind.as_str())))
+            .description(Some("What happened (the CloudEvents `type`)."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EventType {}
+
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
@@ -190,6 +204,7 @@ pub struct EventPage {
 /// The CloudEvents 1.0 envelope (JSON structured mode) of an event, as the
 /// feed, the brokers and webhooks carry it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloudEvent {
     /// Always `1.0`.
     pub specversion: String,
@@ -214,7 +229,8 @@ pub struct CloudEvent {
     pub sequence: u64,
     /// Extension: the position among the store's events.
     pub storesequence: u64,
-    /// The typed payload.
+    /// The typed payload: one of the `*Data` schemas, by `type`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
 }
 
@@ -273,6 +289,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// One line of an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderLineData {
     /// The product.
     pub sku: String,
@@ -286,6 +303,7 @@ pub struct OrderLineData {
 
 /// `omnisync.order.confirmed`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderConfirmedData {
     /// The order id the selling device chose.
     pub order_id: String,
@@ -332,17 +350,20 @@ impl OrderConfirmedData {
 
 /// `omnisync.order.refused`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderRefusedData {
     /// The order id the device chose.
     pub order_id: String,
     /// The device that tried to sell.
     pub device: String,
     /// Why: the typed refusal the device got (`{"OutOfStock": {...}}`, ...).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub reason: Refusal,
 }
 
 /// `omnisync.order.status_changed`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderStatusChangedData {
     /// The order.
     pub order_id: String,
@@ -358,6 +379,7 @@ pub struct OrderStatusChangedData {
 
 /// `omnisync.stock.level_changed`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevelData {
     /// The product.
     pub sku: String,
@@ -396,6 +418,7 @@ impl StockLevelData {
 
 /// `omnisync.allowance.granted` and `omnisync.allowance.recalled`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AllowanceData {
     /// The terminal.
     pub device: String,
@@ -409,6 +432,7 @@ pub struct AllowanceData {
 
 /// `omnisync.price.changed`: one price register written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PriceChangedData {
     /// The product.
     pub sku: String,
@@ -424,6 +448,7 @@ pub struct PriceChangedData {
 
 /// `omnisync.product.changed`: the fields one change wrote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductChangedData {
     /// The product.
     pub sku: String,
@@ -435,6 +460,7 @@ pub struct ProductChangedData {
 
 /// `omnisync.compensation.opened`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompensationOpenedData {
     /// The order sold beyond stock.
     pub order_id: String,
@@ -448,6 +474,7 @@ pub struct CompensationOpenedData {
 
 /// Units of a SKU not covered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShortLineData {
     /// The product.
     pub sku: String,
@@ -467,6 +494,7 @@ impl ShortLineData {
 
 /// `omnisync.compensation.resolved`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompensationResolvedData {
     /// The order.
     pub order_id: String,
