@@ -35,9 +35,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::HubState;
-use crate::audit;
-use crate::auth::{AuthError, EventScope};
-use crate::http::{ApiError, bearer};
+use crate::auth::EventScope;
+use crate::http::{ApiError, bearer, refused};
 
 /// Events per page when the caller names no `limit`.
 pub const PAGE_LEN_DEFAULT: usize = 100;
@@ -194,20 +193,7 @@ fn authorize(
     }
     hub.authenticator
         .authorize_events(bearer(headers), omnisync_core::now_ms())
-        .map_err(|error| {
-            let code = match error {
-                AuthError::Forbidden(_) => "forbidden",
-                _ => "unauthenticated",
-            };
-            audit::record(
-                &hub.metrics,
-                &audit::Subject::address(address),
-                code,
-                &error.to_string(),
-                None,
-            );
-            error.into()
-        })
+        .map_err(|error| refused(hub, address, error))
 }
 
 /// One page of the outbox, read off the async threads.

@@ -409,20 +409,23 @@ fn authorize_admin(
 ) -> Result<Option<Identity>, ApiError> {
     hub.authenticator
         .authorize_admin(bearer(headers), omnisync_core::now_ms())
-        .map_err(|error| {
-            let code = match error {
-                AuthError::Forbidden(_) => "forbidden",
-                _ => "unauthenticated",
-            };
-            audit::record(
-                &hub.metrics,
-                &audit::Subject::address(address),
-                code,
-                &error.to_string(),
-                None,
-            );
-            error.into()
-        })
+        .map_err(|error| refused(hub, address, error))
+}
+
+/// A refused HTTP caller: audited, and answered 401 or 403.
+pub(crate) fn refused(hub: &HubState, address: SocketAddr, error: AuthError) -> ApiError {
+    let code = match error {
+        AuthError::Forbidden(_) => "forbidden",
+        _ => "unauthenticated",
+    };
+    audit::record(
+        &hub.metrics,
+        &audit::Subject::address(address),
+        code,
+        &error.to_string(),
+        None,
+    );
+    error.into()
 }
 
 impl From<AuthError> for ApiError {

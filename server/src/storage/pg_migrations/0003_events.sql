@@ -12,3 +12,5 @@ CREATE TABLE events (
     data      jsonb NOT NULL
 );
 CREATE UNIQUE INDEX events_by_store ON events (store_id, store_seq);
+-- Pruning finds the events older than the retention without scanning the rest.
+CREATE INDEX events_by_time ON events (time_ms);
